@@ -1,0 +1,54 @@
+using Microsoft.CodeAnalysis;
+
+namespace EmaGen.Generator;
+
+/// <summary>Every diagnostic the generator reports; docs/diagnostics.md documents each id.</summary>
+internal static class DiagnosticDescriptors
+{
+    private const string Category = "EmaGen";
+    private const string HelpBase = "https://github.com/emagen/emagen/blob/main/docs/diagnostics.md#";
+
+    public static readonly DiagnosticDescriptor NotPartial = Error(
+        "EMA001", "[EmaTracked] class must be partial",
+        "[EmaTracked] class '{0}' must be declared partial so that EmaGen can add its generated members");
+
+    public static readonly DiagnosticDescriptor NotAModule = Error(
+        "EMA002", "[EmaTracked] class must derive from a TorchSharp module",
+        "[EmaTracked] class '{0}' does not derive from TorchSharp.torch.nn.Module; only modules have parameters to average");
+
+    public static readonly DiagnosticDescriptor ContainingTypeNotPartial = Error(
+        "EMA003", "Type containing an [EmaTracked] class must be partial",
+        "'{0}' contains the [EmaTracked] class '{1}' and must be declared partial");
+
+    public static readonly DiagnosticDescriptor GenericNotSupported = Error(
+        "EMA004", "Generic [EmaTracked] classes are not supported",
+        "[EmaTracked] class '{0}' is generic or nested in a generic type; make a non-generic class (derive a closed one if needed) and track that");
+
+    public static readonly DiagnosticDescriptor UnknownParameters = Error(
+        "EMA005", "Member's parameters cannot be known at compile time",
+        "Member '{0}' of type '{1}' holds parameters EmaGen cannot know at compile time; mark its class [EmaTracked], use a supported built-in module, a ModuleList<T> or an array of those, or mark the member [EmaIgnore]");
+
+    public static readonly DiagnosticDescriptor DuplicateName = Error(
+        "EMA006", "Two members register the same name",
+        "Members '{0}' and '{1}' of '{2}' both register the name '{3}'; named_parameters() would lose one of them");
+
+    public static readonly DiagnosticDescriptor AutoPropertyComponent = Error(
+        "EMA007", "Parameter or module held in an auto-property",
+        "Auto-property '{0}' holds a {1}; TorchSharp would register it as '<{0}>k__BackingField', so declare it as a field");
+
+    public static readonly DiagnosticDescriptor RegisterComponentsOverridden = Error(
+        "EMA008", "[EmaTracked] class overrides RegisterComponents",
+        "'{0}' overrides RegisterComponents(), which EmaGen generates for [EmaTracked] classes (reflection-free, so NativeAOT works); remove the override and register anything extra in the constructor");
+
+    public static readonly DiagnosticDescriptor BaseClassComponents = Error(
+        "EMA009", "Base class declares parameters or modules",
+        "Base class '{0}' of [EmaTracked] class '{1}' declares parameter or module fields, which EmaGen does not track; move them into '{1}' or derive '{1}' from a TorchSharp module directly");
+
+    public static readonly DiagnosticDescriptor IgnoreHasNoEffect = new(
+        "EMA010", "[EmaIgnore] has no effect",
+        "[EmaIgnore] on '{0}' has no effect: the member holds no parameters",
+        Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema010");
+
+    private static DiagnosticDescriptor Error(string id, string title, string message) =>
+        new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true, helpLinkUri: HelpBase + id.ToLowerInvariant());
+}

@@ -1,0 +1,48 @@
+namespace EmaGen.Generator.Model;
+
+/// <summary>How a member holds components (mirrors the runtime's <c>EmaMemberKind</c>).</summary>
+internal enum MemberKind
+{
+    Parameter,
+    Buffer,
+    Module,
+    ModuleArray,
+    ModuleList,
+}
+
+/// <summary>How the parameters of a module type are known.</summary>
+internal enum ModuleKind
+{
+    /// <summary>Its class is [EmaTracked]: walk it through its own generated members.</summary>
+    Tracked,
+    /// <summary>A TorchSharp built-in whose parameter names are in <see cref="Parsing.BuiltinModules"/>.</summary>
+    Builtin,
+    /// <summary>A TorchSharp module with no parameters.</summary>
+    Parameterless,
+}
+
+/// <summary>A module type and what the generator knows about its parameters.</summary>
+/// <param name="Kind">How its parameters are known.</param>
+/// <param name="TypeName">Fully qualified type name.</param>
+/// <param name="ShadowTypeName">Fully qualified shadow type, or null for parameterless modules.</param>
+/// <param name="ParameterNames">Built-ins: local parameter names in registration order (also the property names).</param>
+internal sealed record ModuleTypeSpec(ModuleKind Kind, string TypeName, string? ShadowTypeName, EquatableArray<string> ParameterNames);
+
+/// <summary>One field of a tracked class that holds a parameter, buffer or submodule(s).</summary>
+/// <param name="Name">Registered name: the field name, or its [ComponentName].</param>
+/// <param name="MemberName">The C# field name.</param>
+/// <param name="Kind">How it holds components.</param>
+/// <param name="TypeName">The declared type, fully qualified.</param>
+/// <param name="DisplayTypeName">The declared type for descriptions, without <c>global::</c>.</param>
+/// <param name="Ignored">Marked [EmaIgnore].</param>
+/// <param name="IsNullable">Declared with a nullable annotation.</param>
+/// <param name="Module">For module members, lists and arrays: the (element) module type.</param>
+internal sealed record MemberSpec(
+    string Name,
+    string MemberName,
+    MemberKind Kind,
+    string TypeName,
+    string DisplayTypeName,
+    bool Ignored,
+    bool IsNullable,
+    ModuleTypeSpec? Module);

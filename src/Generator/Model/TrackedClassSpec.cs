@@ -1,0 +1,23 @@
+namespace EmaGen.Generator.Model;
+
+/// <summary>Everything the emitter needs about one [EmaTracked] class; plain values only, no symbols.</summary>
+/// <param name="Namespace">Containing namespace, or empty for the global namespace.</param>
+/// <param name="Name">The class name.</param>
+/// <param name="ContainingTypes">Enclosing types, outermost first.</param>
+/// <param name="FullyQualifiedName">The <c>global::</c> qualified name.</param>
+/// <param name="DisplayName">Namespace-qualified name without <c>global::</c>, for messages and descriptions.</param>
+/// <param name="ExtensionAccessibility">"public" or "internal" for the typed <c>Shadow</c> extension, or null when the class is not reachable from a top-level type.</param>
+/// <param name="Members">Members that hold components, in declaration (field) order.</param>
+internal sealed record TrackedClassSpec(
+    string Namespace,
+    string Name,
+    EquatableArray<ContainingTypeSpec> ContainingTypes,
+    string FullyQualifiedName,
+    string DisplayName,
+    string? ExtensionAccessibility,
+    EquatableArray<MemberSpec> Members);
+
+/// <summary>An enclosing type the generated partial must be nested in.</summary>
+/// <param name="Keyword">"class", "struct", "record", "record struct" or "interface".</param>
+/// <param name="Name">The type's name.</param>
+internal sealed record ContainingTypeSpec(string Keyword, string Name);

@@ -1,0 +1,302 @@
+using System.Collections.Generic;
+using System.Linq;
+using System.Threading;
+using EmaGen.Generator.Model;
+using Microsoft.CodeAnalysis;
+using Microsoft.CodeAnalysis.CSharp;
+using Microsoft.CodeAnalysis.CSharp.Syntax;
+
+namespace EmaGen.Generator.Parsing;
+
+/// <summary>Turns one [EmaTracked] class symbol into a <see cref="TrackedClassSpec"/> plus diagnostics. No symbol leaves this class.</summary>
+internal sealed class TrackedClassParser
+{
+    private static readonly SymbolDisplayFormat QualifiedFormat = SymbolDisplayFormat.FullyQualifiedFormat
+        .WithMiscellaneousOptions(SymbolDisplayMiscellaneousOptions.UseSpecialTypes | SymbolDisplayMiscellaneousOptions.EscapeKeywordIdentifiers);
+
+    private static readonly SymbolDisplayFormat DisplayFormat = SymbolDisplayFormat.FullyQualifiedFormat
+        .WithGlobalNamespaceStyle(SymbolDisplayGlobalNamespaceStyle.Omitted)
+        .WithMiscellaneousOptions(SymbolDisplayMiscellaneousOptions.UseSpecialTypes);
+
+    private readonly KnownTypes _known;
+    private readonly List<DiagnosticInfo> _diagnostics = new();
+
+    private TrackedClassParser(KnownTypes known) => _known = known;
+
+    public static ParseResult Parse(GeneratorAttributeSyntaxContext context, CancellationToken cancellationToken)
+    {
+        if (context.TargetSymbol is not INamedTypeSymbol type || context.TargetNode is not ClassDeclarationSyntax syntax)
+        {
+            return new ParseResult(null, EquatableArray<DiagnosticInfo>.Empty);
+        }
+        var parser = new TrackedClassParser(KnownTypes.From(context.SemanticModel.Compilation));
+        var spec = parser.ParseClass(type, syntax, cancellationToken);
+        return new ParseResult(spec, parser._diagnostics.ToEquatableArray());
+    }
+
+    private TrackedClassSpec? ParseClass(INamedTypeSymbol type, ClassDeclarationSyntax syntax, CancellationToken cancellationToken)
+    {
+        var location = syntax.Identifier.GetLocation();
+        var display = type.ToDisplayString(DisplayFormat);
+        bool ok = true;
+
+        if (!syntax.Modifiers.Any(SyntaxKind.PartialKeyword))
+        {
+            Report(DiagnosticDescriptors.NotPartial, location, display);
+            ok = false;
+        }
+        if (IsGenericOrInGeneric(type))
+        {
+            Report(DiagnosticDescriptors.GenericNotSupported, location, display);
+            ok = false;
+        }
+        var containing = new List<ContainingTypeSpec>();
+        for (var outer = type.ContainingType; outer is not null; outer = outer.ContainingType)
+        {
+            if (!IsPartial(outer, cancellationToken))
+            {
+                Report(DiagnosticDescriptors.ContainingTypeNotPartial, outer.Locations.FirstOrDefault(), outer.ToDisplayString(DisplayFormat), display);
+                ok = false;
+            }
+            containing.Insert(0, new ContainingTypeSpec(Keyword(outer), outer.Name));
+        }
+        if (!_known.IsModule(type))
+        {
+            Report(DiagnosticDescriptors.NotAModule, location, display);
+            return null;
+        }
+
+        ok &= CheckBaseClasses(type, location, display);
+        ok &= CheckNoRegisterComponentsOverride(type, display);
+
+        var members = ParseMembers(type, display, cancellationToken);
+        if (!ok || members is null) return null;
+
+        return new TrackedClassSpec(
+            type.ContainingNamespace.IsGlobalNamespace ? "" : type.ContainingNamespace.ToDisplayString(),
+            type.Name,
+            containing.ToEquatableArray(),
+            type.ToDisplayString(QualifiedFormat),
+            display,
+            ExtensionAccessibility(type),
+            members.ToEquatableArray());
+    }
+
+    private List<MemberSpec>? ParseMembers(INamedTypeSymbol type, string display, CancellationToken cancellationToken)
+    {
+        var members = new List<MemberSpec>();
+        var byName = new Dictionary<string, string>();
+        bool ok = true;
+        foreach (var symbol in type.GetMembers())
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (symbol.IsStatic) continue;
+            bool ignored = _known.HasAttribute(symbol, _known.EmaIgnore);
+
+            if (symbol is IPropertySymbol property)
+            {
+                if (IsAutoProperty(type, property) && _known.IsComponent(property.Type))
+                {
+                    Report(DiagnosticDescriptors.AutoPropertyComponent, property.Locations.FirstOrDefault(), property.Name, KindWord(property.Type));
+                    ok = false;
+                }
+                else if (ignored)
+                {
+                    Report(DiagnosticDescriptors.IgnoreHasNoEffect, property.Locations.FirstOrDefault(), property.Name);
+                }
+                continue;
+            }
+            if (symbol is not IFieldSymbol field || field.IsConst || field.IsImplicitlyDeclared) continue;
+
+            var member = ClassifyField(field, ignored, ref ok);
+            if (member is null) continue;
+            if (byName.TryGetValue(member.Name, out var first))
+            {
+                Report(DiagnosticDescriptors.DuplicateName, field.Locations.FirstOrDefault(), first, field.Name, display, member.Name);
+                ok = false;
+                continue;
+            }
+            byName[member.Name] = field.Name;
+            members.Add(member);
+        }
+        return ok ? members : null;
+    }
+
+    private MemberSpec? ClassifyField(IFieldSymbol field, bool ignored, ref bool ok)
+    {
+        var type = field.Type;
+        var location = field.Locations.FirstOrDefault();
+        string name = ComponentName(field) ?? field.Name;
+        bool nullable = field.NullableAnnotation == NullableAnnotation.Annotated;
+        string typeName = type.ToDisplayString(QualifiedFormat);
+        string displayType = type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(DisplayFormat);
+
+        MemberSpec Make(MemberKind kind, ModuleTypeSpec? module) =>
+            new(name, field.Name, kind, type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat), displayType, ignored, nullable, module);
+
+        if (_known.IsParameter(type)) return Make(MemberKind.Parameter, null);
+        if (_known.IsTensor(type))
+        {
+            if (ignored) Report(DiagnosticDescriptors.IgnoreHasNoEffect, location, field.Name);
+            return Make(MemberKind.Buffer, null);
+        }
+
+        MemberKind kind;
+        ITypeSymbol? moduleType;
+        if (type is IArrayTypeSymbol { Rank: 1 } array && _known.IsModule(array.ElementType))
+        {
+            kind = MemberKind.ModuleArray;
+            moduleType = array.ElementType;
+        }
+        else if (type is INamedTypeSymbol named && KnownTypes.DerivesFrom(named, _known.ModuleListOfT))
+        {
+            kind = MemberKind.ModuleList;
+            moduleType = ModuleListElement(named);
+        }
+        else if (_known.IsModule(type))
+        {
+            kind = MemberKind.Module;
+            moduleType = type;
+        }
+        else
+        {
+            if (ignored) Report(DiagnosticDescriptors.IgnoreHasNoEffect, location, field.Name);
+            return null;
+        }
+
+        var module = moduleType is null ? null : ClassifyModule(moduleType);
+        if (module is null)
+        {
+            // An ignored member is still registered; it just has no known parameters to walk.
+            if (ignored) return Make(kind, null);
+            Report(DiagnosticDescriptors.UnknownParameters, location, field.Name, displayType);
+            ok = false;
+            return null;
+        }
+        return Make(kind, module);
+    }
+
+    private ITypeSymbol? ModuleListElement(INamedTypeSymbol type)
+    {
+        for (INamedTypeSymbol? t = type; t is not null; t = t.BaseType)
+        {
+            if (SymbolEqualityComparer.Default.Equals(t.OriginalDefinition, _known.ModuleListOfT)) return t.TypeArguments[0];
+        }
+        return null;
+    }
+
+    private ModuleTypeSpec? ClassifyModule(ITypeSymbol type)
+    {
+        var typeName = type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat);
+        if (_known.HasAttribute(type, _known.EmaTracked))
+        {
+            return new ModuleTypeSpec(ModuleKind.Tracked, typeName, typeName + ".EmaShadow", EquatableArray<string>.Empty);
+        }
+        for (var t = type; t is not null; t = t.BaseType)
+        {
+            var ns = t.ContainingNamespace?.ToDisplayString() ?? "";
+            if (t.ContainingType is null && BuiltinModules.ByDeclaringType.TryGetValue(ns + "." + t.MetadataName, out var builtin))
+            {
+                return new ModuleTypeSpec(ModuleKind.Builtin, typeName, builtin.ShadowType, builtin.Parameters.ToEquatableArray());
+            }
+            if (t.ContainingType is null && BuiltinModules.IsParameterlessBase(ns, t.Name))
+            {
+                return new ModuleTypeSpec(ModuleKind.Parameterless, typeName, null, EquatableArray<string>.Empty);
+            }
+        }
+        return null;
+    }
+
+    private string? ComponentName(IFieldSymbol field)
+    {
+        if (_known.ComponentName is null) return null;
+        foreach (var attribute in field.GetAttributes())
+        {
+            if (!SymbolEqualityComparer.Default.Equals(attribute.AttributeClass, _known.ComponentName)) continue;
+            foreach (var arg in attribute.NamedArguments)
+            {
+                if (arg.Key == "Name" && arg.Value.Value is string s && s.Length > 0) return s;
+            }
+        }
+        return null;
+    }
+
+    private bool CheckBaseClasses(INamedTypeSymbol type, Location location, string display)
+    {
+        bool ok = true;
+        for (var b = type.BaseType; b is not null && b.ContainingAssembly?.Name != "TorchSharp"; b = b.BaseType)
+        {
+            bool hasComponents = b.GetMembers().OfType<IFieldSymbol>().Any(f => !f.IsStatic && _known.IsComponent(f.Type));
+            if (hasComponents)
+            {
+                Report(DiagnosticDescriptors.BaseClassComponents, location, b.ToDisplayString(DisplayFormat), display);
+                ok = false;
+            }
+        }
+        return ok;
+    }
+
+    private bool CheckNoRegisterComponentsOverride(INamedTypeSymbol type, string display)
+    {
+        foreach (var method in type.GetMembers("RegisterComponents").OfType<IMethodSymbol>())
+        {
+            if (method.IsOverride && method.Parameters.Length == 0 && !method.IsImplicitlyDeclared)
+            {
+                Report(DiagnosticDescriptors.RegisterComponentsOverridden, method.Locations.FirstOrDefault(), display);
+                return false;
+            }
+        }
+        return true;
+    }
+
+    private static bool IsAutoProperty(INamedTypeSymbol type, IPropertySymbol property) =>
+        type.GetMembers().OfType<IFieldSymbol>().Any(f => SymbolEqualityComparer.Default.Equals(f.AssociatedSymbol, property));
+
+    private string KindWord(ITypeSymbol type) => _known.IsParameter(type) ? "Parameter" : _known.IsTensor(type) ? "Tensor" : "Module";
+
+    private static bool IsGenericOrInGeneric(INamedTypeSymbol type)
+    {
+        for (INamedTypeSymbol? t = type; t is not null; t = t.ContainingType)
+        {
+            if (t.TypeParameters.Length > 0) return true;
+        }
+        return false;
+    }
+
+    private static bool IsPartial(INamedTypeSymbol type, CancellationToken cancellationToken) =>
+        type.DeclaringSyntaxReferences.All(r =>
+            r.GetSyntax(cancellationToken) is TypeDeclarationSyntax t && t.Modifiers.Any(SyntaxKind.PartialKeyword));
+
+    private static string Keyword(INamedTypeSymbol type) => type switch
+    {
+        { IsRecord: true, TypeKind: TypeKind.Struct } => "record struct",
+        { IsRecord: true } => "record",
+        { TypeKind: TypeKind.Struct } => "struct",
+        { TypeKind: TypeKind.Interface } => "interface",
+        _ => "class",
+    };
+
+    // The typed Shadow extension lives in a top-level static class, so it can be no more visible than the tracked class.
+    private static string? ExtensionAccessibility(INamedTypeSymbol type)
+    {
+        bool allPublic = true;
+        for (INamedTypeSymbol? t = type; t is not null; t = t.ContainingType)
+        {
+            switch (t.DeclaredAccessibility)
+            {
+                case Accessibility.Public:
+                    break;
+                case Accessibility.Internal:
+                case Accessibility.ProtectedOrInternal:
+                    allPublic = false;
+                    break;
+                default:
+                    return null;
+            }
+        }
+        return allPublic ? "public" : "internal";
+    }
+
+    private void Report(DiagnosticDescriptor descriptor, Location? location, params string[] arguments) =>
+        _diagnostics.Add(DiagnosticInfo.Create(descriptor, location, arguments));
+}

@@ -1,0 +1,288 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using TorchSharp;
+
+namespace EmaGen;
+
+/// <summary>
+/// Keeps an exponential moving average of a tracked model's trainable parameters:
+/// <c>ema = decay * ema + (1 - decay) * param</c> after every optimizer step. Shadows live on the parameters' device and
+/// dtype, in one contiguous buffer per (device, dtype) group. The typed shadow tree is the generated extension
+/// property <c>Shadow</c> (for example <c>ema.Shadow.fc1.weight</c>).
+/// </summary>
+/// <typeparam name="TModel">An <see cref="EmaTrackedAttribute"/> module class.</typeparam>
+public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Module, IEmaTracked<TModel>
+{
+    private const int NamesShownInErrors = 5;
+
+    private readonly EmaParameterInfo[] _all;
+    private readonly torch.Tensor?[] _shadowBySlot;
+    private readonly Dictionary<string, int> _trackedIndex;
+    private readonly ShadowArena _arena;
+    private readonly Dictionary<(DeviceType, int, torch.ScalarType), torch.Tensor> _weights = new();
+    private readonly object _shadowRoot;
+    private bool _disposed;
+
+    /// <summary>Binds to <paramref name="model"/> with a constant <paramref name="decay"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="decay"/> is outside [0, 1].</exception>
+    public EmaManager(TModel model, double decay = EmaOptions.DefaultDecay)
+        : this(model, new EmaOptions { Decay = decay })
+    {
+    }
+
+    /// <summary>Binds to <paramref name="model"/>: records its parameters and copies the trainable ones into fresh shadows.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The decay is outside [0, 1].</exception>
+    public EmaManager(TModel model, EmaOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        Decay = options.Decay;
+
+        var collector = new SlotCollector();
+        TModel.VisitParameters(model, ref collector);
+        var slots = collector.Slots;
+
+        var all = new List<EmaParameterInfo>();
+        var sources = new List<torch.Tensor?>();
+        var slotToParameter = new int[slots.Count];
+        for (int s = 0; s < slots.Count; s++)
+        {
+            var slot = slots[s];
+            slotToParameter[s] = -1;
+            if (slot.Parameter is null) continue;
+            var p = slot.Parameter;
+            var exclusion = slot.Ignored ? EmaExclusion.Ignored : p.requires_grad ? EmaExclusion.None : EmaExclusion.Frozen;
+            slotToParameter[s] = all.Count;
+            all.Add(new EmaParameterInfo(slot.FullName, p.shape, p.dtype, p.device, exclusion));
+            sources.Add(p);
+        }
+        _all = all.ToArray();
+
+        _trackedIndex = new Dictionary<string, int>(StringComparer.Ordinal);
+        for (int i = 0; i < _all.Length; i++)
+        {
+            if (!_all[i].Tracked) continue;
+            if (!_trackedIndex.TryAdd(_all[i].Name, i))
+            {
+                throw new InvalidOperationException($"The model registers the parameter name '{_all[i].Name}' twice.");
+            }
+        }
+        TrackedNames = _all.Where(p => p.Tracked).Select(p => p.Name).ToArray();
+
+        _arena = new ShadowArena(_all, sources);
+        _shadowBySlot = new torch.Tensor?[slots.Count];
+        for (int s = 0; s < slots.Count; s++)
+        {
+            if (slotToParameter[s] >= 0) _shadowBySlot[s] = _arena[slotToParameter[s]];
+        }
+        try
+        {
+            _shadowRoot = BuildShadow(model, slots, slotToParameter);
+        }
+        catch
+        {
+            _arena.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The decay in <c>ema = decay * ema + (1 - decay) * param</c>.</summary>
+    public double Decay { get; }
+
+    /// <summary>Number of averaged parameters.</summary>
+    public int Count => _trackedIndex.Count;
+
+    /// <summary>Names of the averaged parameters, in <c>named_parameters()</c> order.</summary>
+    public IReadOnlyList<string> TrackedNames { get; }
+
+    /// <summary>Every parameter of the model (averaged or not), in <c>named_parameters()</c> order.</summary>
+    public IReadOnlyList<EmaParameterInfo> Parameters => _all;
+
+    /// <summary>True when <paramref name="name"/> is an averaged parameter.</summary>
+    public bool Contains(string name) => _trackedIndex.ContainsKey(name);
+
+    /// <summary>Bytes of shadow storage held by this manager.</summary>
+    public long ShadowBytes => _arena.Bytes;
+
+    /// <summary>The shadow tensor of parameter <paramref name="name"/> (a view the manager owns).</summary>
+    /// <exception cref="KeyNotFoundException">No averaged parameter has that name.</exception>
+    public torch.Tensor this[string name]
+    {
+        get
+        {
+            ThrowIfDisposed();
+            if (!_trackedIndex.TryGetValue(name, out int i))
+            {
+                throw new KeyNotFoundException($"'{name}' is not an averaged parameter of {typeof(TModel).Name}.");
+            }
+            return _arena[i]!;
+        }
+    }
+
+    /// <summary>The typed shadow tree as the generated class <typeparamref name="TShadow"/> (usually reached through the generated <c>Shadow</c> property).</summary>
+    public TShadow GetShadow<TShadow>() where TShadow : class
+    {
+        ThrowIfDisposed();
+        return _shadowRoot as TShadow ?? throw new InvalidCastException(
+            $"The shadow of {typeof(TModel).FullName} is {_shadowRoot.GetType().FullName}, not {typeof(TShadow).FullName}.");
+    }
+
+    /// <summary>Applies <c>ema = decay * ema + (1 - decay) * param</c> to every averaged parameter, in place, without recording gradients.</summary>
+    public void Update(TModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ThrowIfDisposed();
+        using var _ = torch.no_grad();
+        var updater = new ShadowUpdater(_shadowBySlot, WeightFor);
+        TModel.VisitParameters(model, ref updater);
+        if (updater.SlotsSeen != _shadowBySlot.Length)
+        {
+            throw new InvalidOperationException(
+                $"The model has {updater.SlotsSeen} parameter slots, but had {_shadowBySlot.Length} when the EMA manager was built.");
+        }
+    }
+
+    /// <summary>
+    /// Copies the averaged weights into <paramref name="model"/> (the trained model itself, or a second instance of the
+    /// same class, e.g. for evaluation or export). Parameters without a shadow are left as they are.
+    /// </summary>
+    public void CopyTo(TModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ThrowIfDisposed();
+        using var _ = torch.no_grad();
+        var copier = new ShadowCopier(_shadowBySlot);
+        TModel.VisitParameters(model, ref copier);
+        if (copier.SlotsSeen != _shadowBySlot.Length)
+        {
+            throw new InvalidOperationException(
+                $"The target model has {copier.SlotsSeen} parameter slots, the EMA layout {_shadowBySlot.Length}.");
+        }
+    }
+
+    /// <summary>Caller-owned copies of every shadow, keyed by parameter name, in <c>named_parameters()</c> order.</summary>
+    public Dictionary<string, torch.Tensor> StateDict()
+    {
+        ThrowIfDisposed();
+        using var _ = torch.no_grad();
+        var state = new Dictionary<string, torch.Tensor>(_trackedIndex.Count, StringComparer.Ordinal);
+        foreach (var name in TrackedNames)
+        {
+            state.Add(name, _arena[_trackedIndex[name]]!.clone());
+        }
+        return state;
+    }
+
+    /// <summary>
+    /// Copies <paramref name="state"/> into the shadows. Every entry is checked before anything is written, so a
+    /// rejected load leaves every shadow unchanged.
+    /// </summary>
+    /// <param name="state">Tensors keyed by parameter name; values are copied, the caller keeps ownership.</param>
+    /// <param name="strict">When true, <paramref name="state"/> must name exactly the averaged parameters.</param>
+    /// <exception cref="ArgumentException">Missing or unexpected names (strict), or a shape or dtype mismatch, or a null tensor.</exception>
+    public void LoadStateDict(IReadOnlyDictionary<string, torch.Tensor> state, bool strict = true)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        ThrowIfDisposed();
+
+        if (strict)
+        {
+            var missing = TrackedNames.Where(n => !state.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
+            var unexpected = state.Keys.Where(n => !_trackedIndex.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
+            if (missing.Count > 0 || unexpected.Count > 0)
+            {
+                var parts = new List<string>();
+                if (missing.Count > 0) parts.Add($"{missing.Count} missing ({Sample(missing)})");
+                if (unexpected.Count > 0) parts.Add($"{unexpected.Count} unexpected ({Sample(unexpected)})");
+                throw new ArgumentException(
+                    $"EMA state dict does not match {typeof(TModel).Name}: {string.Join("; ", parts)}.", nameof(state));
+            }
+        }
+
+        var plan = new List<(torch.Tensor Target, torch.Tensor Source)>();
+        var problems = new List<string>();
+        foreach (var (name, tensor) in state.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            if (!_trackedIndex.TryGetValue(name, out int i)) continue;
+            var info = _all[i];
+            if (tensor is null)
+            {
+                problems.Add($"'{name}': value is null");
+                continue;
+            }
+            if (tensor.dtype != info.DType)
+            {
+                problems.Add($"'{name}': dtype {tensor.dtype}, expected {info.DType}");
+            }
+            if (!tensor.shape.AsSpan().SequenceEqual(info.Shape))
+            {
+                problems.Add($"'{name}': shape [{string.Join(", ", tensor.shape)}], expected {info.ShapeText}");
+            }
+            plan.Add((_arena[i]!, tensor));
+        }
+        if (problems.Count > 0)
+        {
+            throw new ArgumentException(
+                $"EMA state dict does not fit {typeof(TModel).Name}: {problems.Count} mismatch(es): {Sample(problems, "; ")}.", nameof(state));
+        }
+
+        using var _ = torch.no_grad();
+        foreach (var (target, source) in plan)
+        {
+            InPlace.Release(target.copy_(source), target);
+        }
+    }
+
+    /// <summary>Releases the shadow storage.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _arena.Dispose();
+        foreach (var w in _weights.Values) w.Dispose();
+        _weights.Clear();
+    }
+
+    // lerp_ needs its weight as a tensor of the shadow's dtype and device; a double would build a new 0-dim tensor per call.
+    private torch.Tensor WeightFor(torch.Tensor shadow)
+    {
+        var key = (shadow.device_type, shadow.device_index, shadow.dtype);
+        if (!_weights.TryGetValue(key, out var w))
+        {
+            w = torch.tensor(1.0 - Decay, shadow.dtype, shadow.device).DetachFromDisposeScope();
+            _weights[key] = w;
+        }
+        return w;
+    }
+
+    private object BuildShadow(TModel model, List<ParameterSlot> slots, int[] slotToParameter)
+    {
+        var entries = new List<EmaShadowEntry>();
+        var localNames = new List<string>();
+        for (int s = 0; s < slots.Count; s++)
+        {
+            var slot = slots[s];
+            if (slot.Ignored) continue;
+            int p = slotToParameter[s];
+            string reason = p < 0
+                ? "the model holds no such parameter (null)"
+                : _all[p].Exclusion == EmaExclusion.Frozen ? "it was frozen (requires_grad false) when the EMA manager was built" : "";
+            entries.Add(new EmaShadowEntry(slot.FullName, p >= 0 ? _arena[p] : null, reason));
+            localNames.Add(slot.LocalName);
+        }
+        var builder = new EmaShadowBuilder(entries, localNames);
+        var root = TModel.CreateShadow(model, builder);
+        builder.EnsureComplete();
+        return root;
+    }
+
+    private static string Sample(IReadOnlyList<string> items, string separator = ", ")
+    {
+        var shown = string.Join(separator, items.Take(NamesShownInErrors));
+        return items.Count > NamesShownInErrors ? $"{shown}{separator}... and {items.Count - NamesShownInErrors} more" : shown;
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+}

@@ -1,0 +1,40 @@
+using System;
+using TorchSharp;
+
+namespace EmaGen;
+
+/// <summary>Why a parameter of the model has no EMA shadow.</summary>
+public enum EmaExclusion
+{
+    /// <summary>The parameter is averaged.</summary>
+    None,
+    /// <summary><c>requires_grad</c> was false when the manager was built (a frozen parameter).</summary>
+    Frozen,
+    /// <summary>The member is marked <see cref="EmaIgnoreAttribute"/>.</summary>
+    Ignored,
+}
+
+/// <summary>One parameter of the bound model, as the manager saw it at construction.</summary>
+/// <param name="Name">Full dotted name, identical to TorchSharp's <c>named_parameters()</c>.</param>
+/// <param name="Shape">Shape at construction.</param>
+/// <param name="DType">Element type of the parameter (and, for now, of its shadow).</param>
+/// <param name="Device">Device of the parameter (and of its shadow).</param>
+/// <param name="Exclusion">Why it is not averaged, or <see cref="EmaExclusion.None"/>.</param>
+public sealed record EmaParameterInfo(string Name, long[] Shape, torch.ScalarType DType, torch.Device Device, EmaExclusion Exclusion)
+{
+    /// <summary>True when the parameter has a shadow.</summary>
+    public bool Tracked => Exclusion == EmaExclusion.None;
+
+    /// <summary>Number of elements.</summary>
+    public long Numel
+    {
+        get
+        {
+            long n = 1;
+            foreach (var d in Shape) n = checked(n * d);
+            return n;
+        }
+    }
+
+    internal string ShapeText => "[" + string.Join(", ", Shape) + "]";
+}

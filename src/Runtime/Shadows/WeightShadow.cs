@@ -1,0 +1,16 @@
+using TorchSharp;
+
+namespace EmaGen.Shadows;
+
+/// <summary>Shadow of a built-in module with a single <c>weight</c> (Embedding, EmbeddingBag, PReLU).</summary>
+public sealed class WeightShadow
+{
+    /// <summary>Built by generated code.</summary>
+    public WeightShadow(EmaShadowEntry weight) => WeightEntry = weight;
+
+    /// <summary>The <c>weight</c> slot (tracked or not).</summary>
+    public EmaShadowEntry WeightEntry { get; }
+
+    /// <summary>Shadow of <c>weight</c>.</summary>
+    public torch.Tensor weight => WeightEntry.Tensor;
+}

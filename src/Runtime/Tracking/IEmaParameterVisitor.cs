@@ -1,0 +1,26 @@
+using TorchSharp.Modules;
+
+namespace EmaGen;
+
+/// <summary>
+/// Receives a tracked model's parameters from the generated <c>VisitParameters</c>, in the order of TorchSharp's
+/// <c>named_parameters()</c>: a module's own parameters first, then each submodule's, in field order. Names arrive as
+/// path segments so that a visitor that does not need full names (the per-step update) never builds a string.
+/// </summary>
+public interface IEmaParameterVisitor
+{
+    /// <summary>Enters a named submodule (a field) or, with <paramref name="ignored"/>, one excluded by <see cref="EmaIgnoreAttribute"/>.</summary>
+    void EnterModule(string name, bool ignored);
+
+    /// <summary>Enters the element at <paramref name="index"/> of an array or <c>ModuleList</c> of submodules.</summary>
+    void EnterIndex(int index);
+
+    /// <summary>Leaves the submodule or element entered last.</summary>
+    void ExitModule();
+
+    /// <summary>
+    /// One parameter slot. <paramref name="parameter"/> is null where the model holds none (a <c>Linear</c> without
+    /// bias); such a slot has no name in <c>named_parameters()</c> but is still visited so every traversal stays aligned.
+    /// </summary>
+    void Parameter(string name, Parameter? parameter, bool ignored);
+}

@@ -122,9 +122,9 @@ internal static class TrackedClassEmitter
                 else
                 {
                     var count = m.Kind == MemberKind.ModuleArray ? "Length" : "Count";
-                    w.Open($"for (int i = 0; i < {local}.{count}; i++)");
-                    w.Line("visitor.EnterIndex(i);");
-                    EmitVisitModule(w, m.Module!, $"{local}[i]");
+                    w.Open($"for (int __i = 0; __i < {local}.{count}; __i++)");
+                    w.Line("visitor.EnterIndex(__i);");
+                    EmitVisitModule(w, m.Module!, $"{local}[__i]");
                     w.Line("visitor.ExitModule();");
                     w.Close();
                 }
@@ -158,32 +158,41 @@ internal static class TrackedClassEmitter
         var args = new System.Collections.Generic.List<string>();
         foreach (var m in spec.Members.Where(m => m.Kind == MemberKind.Parameter && !m.Ignored))
         {
-            w.Line($"var {m.MemberName} = builder.Next({Literal(m.Name)});");
-            args.Add(m.MemberName);
+            w.Line($"var {ShadowLocal(m)} = builder.Next({Literal(m.Name)});");
+            args.Add(ShadowLocal(m));
         }
         foreach (var m in spec.Members.Where(m => HasVisitableModules(m) && !m.Ignored))
         {
             var shadowType = ShadowMemberType(m);
             var local = "__" + m.MemberName;
-            w.Line($"{shadowType}? {m.MemberName} = null;");
-            w.Open($"if (module.{m.MemberName} is {{ }} {local})");
-            if (m.Kind == MemberKind.Module)
+            w.Line($"{shadowType}? {ShadowLocal(m)} = null;");
+            if (m.Kind == MemberKind.Module && m.Module!.Kind == ModuleKind.Builtin)
             {
-                w.Line($"{m.MemberName} = {CreateModuleShadow(m.Module!, local)};");
+                w.Open($"if (module.{m.MemberName} is not null)");
+                w.Line($"{ShadowLocal(m)} = {CreateModuleShadow(m.Module!, "")};");
+            }
+            else if (m.Kind == MemberKind.Module)
+            {
+                w.Open($"if (module.{m.MemberName} is {{ }} {local})");
+                w.Line($"{ShadowLocal(m)} = {CreateModuleShadow(m.Module!, local)};");
             }
             else
             {
                 var count = m.Kind == MemberKind.ModuleArray ? "Length" : "Count";
-                w.Line($"var items = new {m.Module!.ShadowTypeName}[{local}.{count}];");
-                w.Line($"for (int i = 0; i < items.Length; i++) items[i] = {CreateModuleShadow(m.Module!, local + "[i]")};");
-                w.Line($"{m.MemberName} = new {shadowType}(items);");
+                w.Open($"if (module.{m.MemberName} is {{ }} {local})");
+                w.Line($"var __items = new {m.Module!.ShadowTypeName}[{local}.{count}];");
+                w.Line($"for (int __i = 0; __i < __items.Length; __i++) __items[__i] = {CreateModuleShadow(m.Module!, local + "[__i]")};");
+                w.Line($"{ShadowLocal(m)} = new {shadowType}(__items);");
             }
             w.Close();
-            args.Add(m.MemberName);
+            args.Add(ShadowLocal(m));
         }
         w.Line($"return new EmaShadow({string.Join(", ", args)});");
         w.Close();
     }
+
+    // Prefixed so that no field name (say, one called "module" or "builder") can collide with the method's own names.
+    private static string ShadowLocal(MemberSpec m) => "__" + m.MemberName + "Shadow";
 
     private static string CreateModuleShadow(ModuleTypeSpec module, string expression) => module.Kind == ModuleKind.Tracked
         ? $"{module.TypeName}.CreateEmaShadow({expression}, builder)"

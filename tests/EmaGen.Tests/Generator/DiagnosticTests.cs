@@ -1,0 +1,242 @@
+using System.Linq;
+using EmaGen.Tests.Support;
+using Microsoft.CodeAnalysis;
+using Xunit;
+
+namespace EmaGen.Tests.Generator;
+
+/// <summary>Every diagnostic id, with the source text and line it points at, and no code emitted for a class with errors.</summary>
+public sealed class DiagnosticTests
+{
+    private const string Usings = """
+        using EmaGen;
+        using TorchSharp;
+        using TorchSharp.Modules;
+        using TorchSharp.Utils;
+        using static TorchSharp.torch;
+        namespace Models;
+
+        """;
+
+    // Usings occupy lines 1-6; the first line of each test's own source is line 7.
+    private const int FirstLine = 7;
+
+    [Fact]
+    public void EMA001_ClassNotPartial()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public class Model : nn.Module<Tensor, Tensor>
+            {
+                public Model() : base("m") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        AssertSingle(r, "EMA001", "Model", FirstLine + 1, DiagnosticSeverity.Error);
+        Assert.Empty(r.Generated);
+    }
+
+    [Fact]
+    public void EMA002_NotAModule()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public partial class Plain
+            {
+            }
+            """);
+        AssertSingle(r, "EMA002", "Plain", FirstLine + 1, DiagnosticSeverity.Error);
+        Assert.Empty(r.Generated);
+    }
+
+    [Fact]
+    public void EMA003_ContainingTypeNotPartial()
+    {
+        var r = Run("""
+            public class Outer
+            {
+                [EmaTracked]
+                public partial class Model : nn.Module<Tensor, Tensor>
+                {
+                    public Model() : base("m") { }
+                    public override Tensor forward(Tensor x) => x;
+                }
+            }
+            """);
+        AssertSingle(r, "EMA003", "Outer", FirstLine, DiagnosticSeverity.Error);
+        Assert.Empty(r.Generated);
+    }
+
+    [Fact]
+    public void EMA004_GenericClass()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public partial class Model<T> : nn.Module<Tensor, Tensor>
+            {
+                public Model() : base("m") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        AssertSingle(r, "EMA004", "Model", FirstLine + 1, DiagnosticSeverity.Error);
+        Assert.Empty(r.Generated);
+    }
+
+    [Theory]
+    [InlineData("nn.Module<Tensor, Tensor>", "TorchSharp.torch.nn.Module<TorchSharp.torch.Tensor, TorchSharp.torch.Tensor>")]
+    [InlineData("Sequential", "Sequential")]
+    [InlineData("MultiheadAttention", "MultiheadAttention")]
+    [InlineData("Untracked", "Untracked")]
+    [InlineData("Untracked[]", "Untracked[]")]
+    public void EMA005_UnknownParameters(string declaredType, string shownType)
+    {
+        var r = Run($$"""
+            public class Untracked : nn.Module<Tensor, Tensor>
+            {
+                public Untracked() : base("u") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                private {{declaredType}} mystery = null!;
+                public Model() : base("m") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        var d = AssertSingle(r, "EMA005", "mystery", FirstLine + 9, DiagnosticSeverity.Error);
+        Assert.Contains(shownType, d.GetMessage());
+        Assert.Contains("[EmaIgnore]", d.GetMessage());
+        Assert.Empty(r.Generated);
+    }
+
+    [Fact]
+    public void EMA005_IgnoredUnknownMemberIsAccepted()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                [EmaIgnore] private Sequential mystery = nn.Sequential();
+                public Model() : base("m") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        Assert.Empty(r.GeneratorDiagnostics);
+        Assert.Single(r.Generated);
+        Assert.Empty(r.OutputErrorsAndWarnings);
+    }
+
+    [Fact]
+    public void EMA006_DuplicateName()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                private Parameter scale = null!;
+                [ComponentName(Name = "scale")] private Parameter other = null!;
+                public Model() : base("m") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        var d = AssertSingle(r, "EMA006", "other", FirstLine + 4, DiagnosticSeverity.Error);
+        Assert.Contains("'scale'", d.GetMessage());
+        Assert.Empty(r.Generated);
+    }
+
+    [Fact]
+    public void EMA007_AutoPropertyComponent()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                public Linear Head { get; } = nn.Linear(2, 2);
+                public Model() : base("m") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        var d = AssertSingle(r, "EMA007", "Head", FirstLine + 3, DiagnosticSeverity.Error);
+        Assert.Contains("<Head>k__BackingField", d.GetMessage());
+        Assert.Empty(r.Generated);
+    }
+
+    [Fact]
+    public void EMA008_RegisterComponentsOverridden()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                public Model() : base("m") { }
+                protected override void RegisterComponents() { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        AssertSingle(r, "EMA008", "RegisterComponents", FirstLine + 4, DiagnosticSeverity.Error);
+        Assert.Empty(r.Generated);
+    }
+
+    [Fact]
+    public void EMA009_BaseClassComponents()
+    {
+        var r = Run("""
+            public class Base : nn.Module<Tensor, Tensor>
+            {
+                protected Linear shared = nn.Linear(2, 2);
+                public Base() : base("b") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+
+            [EmaTracked]
+            public partial class Model : Base
+            {
+            }
+            """);
+        var d = AssertSingle(r, "EMA009", "Model", FirstLine + 8, DiagnosticSeverity.Error);
+        Assert.Contains("Models.Base", d.GetMessage());
+        Assert.Empty(r.Generated);
+    }
+
+    [Fact]
+    public void EMA010_IgnoreWithoutEffectIsAWarningAndCodeIsStillEmitted()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                [EmaIgnore] private int count;
+                private Parameter w = null!;
+                public Model() : base("m") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        AssertSingle(r, "EMA010", "count", FirstLine + 3, DiagnosticSeverity.Warning);
+        Assert.Single(r.Generated);
+    }
+
+    private string _source = "";
+
+    private GeneratorHarness.Result Run(string source)
+    {
+        _source = Usings + source;
+        return GeneratorHarness.Run(_source);
+    }
+
+    // The generator reports file path and spans (a Location holding its syntax tree would defeat caching), so the text
+    // under the span is read back from the input source.
+    private Diagnostic AssertSingle(GeneratorHarness.Result result, string id, string spanText, int line, DiagnosticSeverity severity)
+    {
+        var d = Assert.Single(result.GeneratorDiagnostics);
+        Assert.Equal(id, d.Id);
+        Assert.Equal(severity, d.Severity);
+        var lineSpan = d.Location.GetLineSpan();
+        Assert.Equal("Input0.cs", lineSpan.Path);
+        Assert.Equal(spanText, _source.Substring(d.Location.SourceSpan.Start, d.Location.SourceSpan.Length));
+        Assert.Equal(line, lineSpan.StartLinePosition.Line + 1);
+        Assert.False(string.IsNullOrWhiteSpace(d.GetMessage()));
+        return d;
+    }
+}

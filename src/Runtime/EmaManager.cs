@@ -17,6 +17,8 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     private const int NamesShownInErrors = 5;
 
     private readonly EmaParameterInfo[] _all;
+    private readonly ParameterSlot[] _slots;
+    private readonly long[] _slotNumel;
     private readonly torch.Tensor?[] _shadowBySlot;
     private readonly Dictionary<string, int> _trackedIndex;
     private readonly ShadowArena _arena;
@@ -43,6 +45,8 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
         var slots = collector.Slots;
+        _slots = slots.ToArray();
+        _slotNumel = new long[slots.Count];
 
         var all = new List<EmaParameterInfo>();
         var sources = new List<torch.Tensor?>();
@@ -51,11 +55,13 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         {
             var slot = slots[s];
             slotToParameter[s] = -1;
+            _slotNumel[s] = -1;
             if (slot.Parameter is null) continue;
             var p = slot.Parameter;
             var exclusion = slot.Ignored ? EmaExclusion.Ignored : p.requires_grad ? EmaExclusion.None : EmaExclusion.Frozen;
             slotToParameter[s] = all.Count;
             all.Add(new EmaParameterInfo(slot.FullName, p.shape, p.dtype, p.device, exclusion));
+            _slotNumel[s] = all[^1].Numel;
             sources.Add(p);
         }
         _all = all.ToArray();
@@ -134,14 +140,10 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     {
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
+        EnsureSameSlots(model);
         using var _ = torch.no_grad();
         var updater = new ShadowUpdater(_shadowBySlot, WeightFor);
         TModel.VisitParameters(model, ref updater);
-        if (updater.SlotsSeen != _shadowBySlot.Length)
-        {
-            throw new InvalidOperationException(
-                $"The model has {updater.SlotsSeen} parameter slots, but had {_shadowBySlot.Length} when the EMA manager was built.");
-        }
     }
 
     /// <summary>
@@ -152,14 +154,10 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     {
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
+        EnsureSameSlots(model);
         using var _ = torch.no_grad();
         var copier = new ShadowCopier(_shadowBySlot);
         TModel.VisitParameters(model, ref copier);
-        if (copier.SlotsSeen != _shadowBySlot.Length)
-        {
-            throw new InvalidOperationException(
-                $"The target model has {copier.SlotsSeen} parameter slots, the EMA layout {_shadowBySlot.Length}.");
-        }
     }
 
     /// <summary>Caller-owned copies of every shadow, keyed by parameter name, in <c>named_parameters()</c> order.</summary>
@@ -255,6 +253,14 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
             _weights[key] = w;
         }
         return w;
+    }
+
+    // Validating in a pass of its own means a mismatch is reported before any shadow or parameter is written.
+    private void EnsureSameSlots(TModel model)
+    {
+        var validator = new SlotValidator(_slots, _slotNumel);
+        TModel.VisitParameters(model, ref validator);
+        validator.EnsureComplete();
     }
 
     private object BuildShadow(TModel model, List<ParameterSlot> slots, int[] slotToParameter)

@@ -16,31 +16,21 @@ internal struct ShadowCopier : IEmaParameterVisitor
         _slot = 0;
     }
 
-    public readonly int SlotsSeen => _slot;
-
     public void EnterModule(string name, bool ignored) { }
 
     public void EnterIndex(int index) { }
 
     public void ExitModule() { }
 
+    // SlotValidator has already checked count, names, presence and sizes for this model.
     public void Parameter(string name, Parameter? parameter, bool ignored)
     {
-        int slot = _slot++;
-        if (slot >= _shadowBySlot.Length)
-        {
-            throw new InvalidOperationException($"The target model has more parameter slots than the EMA layout (extra slot '{name}').");
-        }
-        var shadow = _shadowBySlot[slot];
+        var shadow = _shadowBySlot[_slot++];
         if (shadow is null) return;
-        if (parameter is null)
-        {
-            throw new InvalidOperationException($"The target model holds no parameter in averaged slot {slot} ('{name}').");
-        }
-        if (!parameter.shape.AsSpan().SequenceEqual(shadow.shape))
+        if (!parameter!.shape.AsSpan().SequenceEqual(shadow.shape))
         {
             throw new InvalidOperationException(
-                $"Parameter slot {slot} ('{name}') has shape [{string.Join(", ", parameter.shape)}], the shadow [{string.Join(", ", shadow.shape)}].");
+                $"Parameter '{name}' has shape [{string.Join(", ", parameter.shape)}], its shadow [{string.Join(", ", shadow.shape)}].");
         }
         InPlace.Release(parameter.copy_(shadow), parameter);
     }

@@ -24,28 +24,17 @@ internal struct ShadowUpdater : IEmaParameterVisitor
         _slot = 0;
     }
 
-    public readonly int SlotsSeen => _slot;
-
     public void EnterModule(string name, bool ignored) { }
 
     public void EnterIndex(int index) { }
 
     public void ExitModule() { }
 
+    // SlotValidator has already checked count, names, presence and sizes for this model.
     public void Parameter(string name, Parameter? parameter, bool ignored)
     {
-        int slot = _slot++;
-        if (slot >= _shadowBySlot.Length)
-        {
-            throw new InvalidOperationException(
-                $"The model has more parameter slots than when the EMA manager was built (extra slot '{name}').");
-        }
-        var shadow = _shadowBySlot[slot];
+        var shadow = _shadowBySlot[_slot++];
         if (shadow is null) return;
-        if (parameter is null)
-        {
-            throw new InvalidOperationException($"Averaged parameter slot {slot} ('{name}') is now null in the model.");
-        }
-        InPlace.Release(shadow.lerp_(parameter, _weightFor(shadow)), shadow);
+        InPlace.Release(shadow.lerp_(parameter!, _weightFor(shadow)), shadow);
     }
 }

@@ -1,0 +1,33 @@
+using System;
+using System.IO;
+using System.Text.Json;
+using EmaGen.Samples.Denoiser;
+using Xunit;
+
+namespace EmaGen.Tests.Sample;
+
+/// <summary>The sample's main job in a short configuration: it trains, averages and reports finite quality figures.</summary>
+public sealed class DenoiserSampleTests
+{
+    [Fact]
+    public void ShortRunReportsFiniteRawAndEmaQuality()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "emagen-sample-" + Guid.NewGuid().ToString("N"));
+        var log = new StringWriter();
+        try
+        {
+            var result = Trainer.Run(new TrainOptions { Steps = 40, EvalPoints = 300, LogEvery = 20, Decay = 0.9, OutDir = dir }, log);
+            Assert.True(double.IsFinite(result.RawDistance) && result.RawDistance > 0, $"raw {result.RawDistance}");
+            Assert.True(double.IsFinite(result.EmaDistance) && result.EmaDistance > 0, $"ema {result.EmaDistance}");
+            Assert.True(double.IsFinite(result.FinalLoss));
+            Assert.Equal(40, result.Steps);
+            Assert.Contains("EMA weights", log.ToString());
+            using var summary = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")));
+            Assert.Equal(result.EmaDistance, summary.RootElement.GetProperty("EmaDistance").GetDouble());
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+    }
+}

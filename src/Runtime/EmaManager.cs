@@ -2,14 +2,16 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using TorchSharp;
+using TorchSharp.Modules;
 
 namespace EmaGen;
 
 /// <summary>
 /// Keeps an exponential moving average of a tracked model's trainable parameters:
-/// <c>ema = decay * ema + (1 - decay) * param</c> after every optimizer step. Shadows live on the parameters' device and
-/// dtype, in one contiguous buffer per (device, dtype) group. The typed shadow tree is the generated extension
-/// property <c>Shadow</c> (for example <c>ema.Shadow.fc1.weight</c>).
+/// <c>ema = decay * ema + (1 - decay) * param</c> after every optimizer step. Shadows live on the parameters' device,
+/// in one contiguous buffer per (device, shadow dtype, parameter dtype) group; bf16/fp16 parameters get fp32 shadows
+/// unless <see cref="EmaOptions.LowPrecisionShadow"/>. The typed shadow tree is the generated extension property
+/// <c>Shadow</c> (for example <c>ema.Shadow.fc1.weight</c>).
 /// </summary>
 /// <typeparam name="TModel">An <see cref="EmaTrackedAttribute"/> module class.</typeparam>
 public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Module, IEmaTracked<TModel>
@@ -19,10 +21,10 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     private readonly EmaParameterInfo[] _all;
     private readonly ParameterSlot[] _slots;
     private readonly long[] _slotNumel;
-    private readonly torch.Tensor?[] _shadowBySlot;
+    private readonly int[] _parameterOfSlot;
     private readonly Dictionary<string, int> _trackedIndex;
     private readonly ShadowArena _arena;
-    private readonly Dictionary<(DeviceType, int, torch.ScalarType), torch.Tensor> _weights = new();
+    private readonly UpdateEngine _engine;
     private readonly object _shadowRoot;
     private bool _disposed;
 
@@ -34,33 +36,33 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     }
 
     /// <summary>Binds to <paramref name="model"/>: records its parameters and copies the trainable ones into fresh shadows.</summary>
-    /// <exception cref="ArgumentOutOfRangeException">The decay is outside [0, 1].</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The decay or thread count is out of range.</exception>
     public EmaManager(TModel model, EmaOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         Decay = options.Decay;
+        Options = options;
 
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
-        var slots = collector.Slots;
-        _slots = slots.ToArray();
-        _slotNumel = new long[slots.Count];
+        _slots = collector.Slots.ToArray();
+        _slotNumel = new long[_slots.Length];
+        _parameterOfSlot = new int[_slots.Length];
 
         var all = new List<EmaParameterInfo>();
-        var sources = new List<torch.Tensor?>();
-        var slotToParameter = new int[slots.Count];
-        for (int s = 0; s < slots.Count; s++)
+        var sources = new List<Parameter>();
+        for (int s = 0; s < _slots.Length; s++)
         {
-            var slot = slots[s];
-            slotToParameter[s] = -1;
+            var slot = _slots[s];
+            _parameterOfSlot[s] = -1;
             _slotNumel[s] = -1;
-            if (slot.Parameter is null) continue;
-            var p = slot.Parameter;
+            if (slot.Parameter is not { } p) continue;
             var exclusion = slot.Ignored ? EmaExclusion.Ignored : p.requires_grad ? EmaExclusion.None : EmaExclusion.Frozen;
-            slotToParameter[s] = all.Count;
-            all.Add(new EmaParameterInfo(slot.FullName, p.shape, p.dtype, p.device, exclusion));
+            var dtype = p.dtype;
+            _parameterOfSlot[s] = all.Count;
+            all.Add(new EmaParameterInfo(slot.FullName, p.shape, dtype, KernelKinds.ShadowDTypeFor(dtype, options.LowPrecisionShadow), p.device, exclusion));
             _slotNumel[s] = all[^1].Numel;
             sources.Add(p);
         }
@@ -69,26 +71,22 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         _trackedIndex = new Dictionary<string, int>(StringComparer.Ordinal);
         for (int i = 0; i < _all.Length; i++)
         {
-            if (!_all[i].Tracked) continue;
-            if (!_trackedIndex.TryAdd(_all[i].Name, i))
+            if (_all[i].Tracked && !_trackedIndex.TryAdd(_all[i].Name, i))
             {
                 throw new InvalidOperationException($"The model registers the parameter name '{_all[i].Name}' twice.");
             }
         }
         TrackedNames = _all.Where(p => p.Tracked).Select(p => p.Name).ToArray();
 
-        _arena = new ShadowArena(_all, sources);
-        _shadowBySlot = new torch.Tensor?[slots.Count];
-        for (int s = 0; s < slots.Count; s++)
-        {
-            if (slotToParameter[s] >= 0) _shadowBySlot[s] = _arena[slotToParameter[s]];
-        }
+        _arena = new ShadowArena(_all, sources, options.PackParameters);
         try
         {
-            _shadowRoot = BuildShadow(model, slots, slotToParameter);
+            _engine = new UpdateEngine(_slots, _slotNumel, _parameterOfSlot, _all, _arena, Decay, options.EffectiveThreads);
+            _shadowRoot = BuildShadow(model);
         }
         catch
         {
+            _engine?.Dispose();
             _arena.Dispose();
             throw;
         }
@@ -96,6 +94,9 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
 
     /// <summary>The decay in <c>ema = decay * ema + (1 - decay) * param</c>.</summary>
     public double Decay { get; }
+
+    /// <summary>The options this manager was built with.</summary>
+    public EmaOptions Options { get; }
 
     /// <summary>Number of averaged parameters.</summary>
     public int Count => _trackedIndex.Count;
@@ -111,6 +112,9 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
 
     /// <summary>Bytes of shadow storage held by this manager.</summary>
     public long ShadowBytes => _arena.Bytes;
+
+    /// <summary>Threads a CPU update uses (1 for small models).</summary>
+    public int UpdateThreads => _engine.Threads;
 
     /// <summary>The shadow tensor of parameter <paramref name="name"/> (a view the manager owns).</summary>
     /// <exception cref="KeyNotFoundException">No averaged parameter has that name.</exception>
@@ -135,15 +139,17 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
             $"The shadow of {typeof(TModel).FullName} is {_shadowRoot.GetType().FullName}, not {typeof(TShadow).FullName}.");
     }
 
-    /// <summary>Applies <c>ema = decay * ema + (1 - decay) * param</c> to every averaged parameter, in place, without recording gradients.</summary>
+    /// <summary>
+    /// Applies <c>ema = decay * ema + (1 - decay) * param</c> to every averaged parameter, in place, recording no
+    /// gradients. The model is first checked against the layout seen at construction; a mismatch throws before any
+    /// shadow is written. On the CPU this allocates no managed memory and creates no tensors.
+    /// </summary>
     public void Update(TModel model)
     {
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
-        EnsureSameSlots(model);
-        using var _ = torch.no_grad();
-        var updater = new ShadowUpdater(_shadowBySlot, WeightFor);
-        TModel.VisitParameters(model, ref updater);
+        Gather(model);
+        _engine.Apply();
     }
 
     /// <summary>
@@ -154,9 +160,9 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     {
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
-        EnsureSameSlots(model);
+        Gather(model);
         using var _ = torch.no_grad();
-        var copier = new ShadowCopier(_shadowBySlot);
+        var copier = new ShadowCopier(_slots, _parameterOfSlot, _arena);
         TModel.VisitParameters(model, ref copier);
     }
 
@@ -210,9 +216,9 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
                 problems.Add($"'{name}': value is null");
                 continue;
             }
-            if (tensor.dtype != info.DType)
+            if (tensor.dtype != info.ShadowDType)
             {
-                problems.Add($"'{name}': dtype {tensor.dtype}, expected {info.DType}");
+                problems.Add($"'{name}': dtype {tensor.dtype}, expected {info.ShadowDType}");
             }
             if (!tensor.shape.AsSpan().SequenceEqual(info.Shape))
             {
@@ -233,45 +239,33 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         }
     }
 
-    /// <summary>Releases the shadow storage.</summary>
+    /// <summary>Releases the shadow storage and the update threads.</summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
+        _engine.Dispose();
         _arena.Dispose();
-        foreach (var w in _weights.Values) w.Dispose();
-        _weights.Clear();
     }
 
-    // lerp_ needs its weight as a tensor of the shadow's dtype and device; a double would build a new 0-dim tensor per call.
-    private torch.Tensor WeightFor(torch.Tensor shadow)
+    // Checks every slot of the model against the recorded layout before anything is written.
+    private void Gather(TModel model)
     {
-        var key = (shadow.device_type, shadow.device_index, shadow.dtype);
-        if (!_weights.TryGetValue(key, out var w))
-        {
-            w = torch.tensor(1.0 - Decay, shadow.dtype, shadow.device).DetachFromDisposeScope();
-            _weights[key] = w;
-        }
-        return w;
+        _engine.BeginGather();
+        var gather = new GatherVisitor(_engine);
+        TModel.VisitParameters(model, ref gather);
+        _engine.EndGather();
     }
 
-    // Validating in a pass of its own means a mismatch is reported before any shadow or parameter is written.
-    private void EnsureSameSlots(TModel model)
-    {
-        var validator = new SlotValidator(_slots, _slotNumel);
-        TModel.VisitParameters(model, ref validator);
-        validator.EnsureComplete();
-    }
-
-    private object BuildShadow(TModel model, List<ParameterSlot> slots, int[] slotToParameter)
+    private object BuildShadow(TModel model)
     {
         var entries = new List<EmaShadowEntry>();
         var localNames = new List<string>();
-        for (int s = 0; s < slots.Count; s++)
+        for (int s = 0; s < _slots.Length; s++)
         {
-            var slot = slots[s];
+            var slot = _slots[s];
             if (slot.Ignored) continue;
-            int p = slotToParameter[s];
+            int p = _parameterOfSlot[s];
             string reason = p < 0
                 ? "the model holds no such parameter (null)"
                 : _all[p].Exclusion == EmaExclusion.Frozen ? "it was frozen (requires_grad false) when the EMA manager was built" : "";

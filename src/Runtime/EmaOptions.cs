@@ -14,11 +14,37 @@ public sealed class EmaOptions
     /// </summary>
     public double Decay { get; init; } = DefaultDecay;
 
+    /// <summary>
+    /// Keep bf16/fp16 shadows for bf16/fp16 parameters. Off by default: the shadow is fp32, because a low-precision
+    /// shadow rounds small updates (1 - decay of a difference) away entirely and stops moving.
+    /// </summary>
+    public bool LowPrecisionShadow { get; init; }
+
+    /// <summary>
+    /// Re-point the model's trainable parameters into one flat buffer per (device, dtype) group, laid out like the
+    /// shadow arena, so that an update is one fused operation per group on any device. The <c>Parameter</c> objects stay
+    /// the same (TorchSharp's <c>set_</c>), so optimizers built before or after keep working. If a parameter is later
+    /// re-pointed elsewhere, updates fall back to the per-tensor path and stay correct.
+    /// </summary>
+    public bool PackParameters { get; init; }
+
+    /// <summary>
+    /// Threads the CPU update may use for large models (default: every processor). Updates below about a million
+    /// elements always run on the calling thread, where waking helpers would cost more than it saves.
+    /// </summary>
+    public int? Threads { get; init; }
+
     internal void Validate()
     {
         if (!(Decay >= 0.0 && Decay <= 1.0))
         {
             throw new ArgumentOutOfRangeException(nameof(Decay), Decay, "EMA decay must lie in [0, 1].");
         }
+        if (Threads is < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "Threads must be at least 1.");
+        }
     }
+
+    internal int EffectiveThreads => Threads ?? Environment.ProcessorCount;
 }

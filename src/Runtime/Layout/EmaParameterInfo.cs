@@ -17,10 +17,12 @@ public enum EmaExclusion
 /// <summary>One parameter of the bound model, as the manager saw it at construction.</summary>
 /// <param name="Name">Full dotted name, identical to TorchSharp's <c>named_parameters()</c>.</param>
 /// <param name="Shape">Shape at construction.</param>
-/// <param name="DType">Element type of the parameter (and, for now, of its shadow).</param>
+/// <param name="DType">Element type of the parameter.</param>
+/// <param name="ShadowDType">Element type of its shadow: fp32 for bf16/fp16 parameters unless <see cref="EmaOptions.LowPrecisionShadow"/>, else the parameter's.</param>
 /// <param name="Device">Device of the parameter (and of its shadow).</param>
 /// <param name="Exclusion">Why it is not averaged, or <see cref="EmaExclusion.None"/>.</param>
-public sealed record EmaParameterInfo(string Name, long[] Shape, torch.ScalarType DType, torch.Device Device, EmaExclusion Exclusion)
+public sealed record EmaParameterInfo(
+    string Name, long[] Shape, torch.ScalarType DType, torch.ScalarType ShadowDType, torch.Device Device, EmaExclusion Exclusion)
 {
     /// <summary>True when the parameter has a shadow.</summary>
     public bool Tracked => Exclusion == EmaExclusion.None;

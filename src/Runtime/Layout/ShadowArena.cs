@@ -1,62 +1,102 @@
 using System;
 using System.Collections.Generic;
 using TorchSharp;
+using TorchSharp.Modules;
 
 namespace EmaGen;
 
+/// <summary>One (device, shadow dtype, parameter dtype) group: a flat shadow buffer and, when packed, a flat parameter buffer with the same layout.</summary>
+internal sealed class ArenaGroup
+{
+    public required torch.Device Device { get; init; }
+    public required torch.ScalarType ShadowDType { get; init; }
+    public required torch.ScalarType ParameterDType { get; init; }
+    public required torch.Tensor Shadow { get; init; }
+    public required long Elements { get; init; }
+    public torch.Tensor? PackedParameters { get; set; }
+    public KernelKind Kernel => KernelKinds.For(ShadowDType, ParameterDType);
+}
+
 /// <summary>
-/// Owns the shadow storage: one contiguous buffer per (device, dtype) group, with every shadow a view into it at a
-/// 64-byte aligned offset. Grouping is what lets later update paths run a few large operations instead of one per tensor.
+/// Owns the shadow storage: one contiguous buffer per (device, shadow dtype, parameter dtype) group, every shadow a view
+/// into it at a 64-byte aligned offset, so an update can be a few large operations instead of one per tensor.
+/// Optionally packs the model's parameters into matching flat buffers (<see cref="EmaOptions.PackParameters"/>).
 /// </summary>
 internal sealed class ShadowArena : IDisposable
 {
     private const int AlignmentBytes = 64;
 
-    private readonly List<torch.Tensor> _buffers = new();
+    private readonly List<ArenaGroup> _groups = new();
     private readonly torch.Tensor?[] _views;
+    private readonly int[] _groupOf;
+    private readonly long[] _offsetOf;
 
     /// <summary>Allocates shadows for the tracked entries of <paramref name="parameters"/> and copies the current values in.</summary>
-    public ShadowArena(IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<torch.Tensor?> sources)
+    public ShadowArena(IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<Parameter> sources, bool packParameters)
     {
         _views = new torch.Tensor?[parameters.Count];
-        var groups = new Dictionary<(DeviceType, int, torch.ScalarType), List<int>>();
+        _groupOf = new int[parameters.Count];
+        _offsetOf = new long[parameters.Count];
+        Array.Fill(_groupOf, -1);
+
+        var members = new Dictionary<(DeviceType, int, torch.ScalarType, torch.ScalarType), List<int>>();
+        var order = new List<(DeviceType, int, torch.ScalarType, torch.ScalarType)>();
         for (int i = 0; i < parameters.Count; i++)
         {
-            if (!parameters[i].Tracked) continue;
             var p = parameters[i];
-            var key = (p.Device.type, p.Device.index, p.DType);
-            if (!groups.TryGetValue(key, out var members)) groups[key] = members = new List<int>();
-            members.Add(i);
+            if (!p.Tracked) continue;
+            var key = (p.Device.type, p.Device.index, p.ShadowDType, p.DType);
+            if (!members.TryGetValue(key, out var list))
+            {
+                members[key] = list = new List<int>();
+                order.Add(key);
+            }
+            list.Add(i);
         }
 
         using var _ = torch.no_grad();
-        foreach (var (key, members) in groups)
+        foreach (var key in order)
         {
-            var (deviceType, deviceIndex, dtype) = key;
-            long alignElements = Math.Max(1, AlignmentBytes / ElementSize(dtype));
-            var offsets = new long[members.Count];
+            var (deviceType, deviceIndex, shadowDType, parameterDType) = key;
+            var device = new torch.Device(deviceType, deviceIndex);
+            var indices = members[key];
+            long alignElements = Math.Max(1, AlignmentBytes / Math.Min(ElementSize(shadowDType), ElementSize(parameterDType)));
             long total = 0;
-            for (int k = 0; k < members.Count; k++)
+            foreach (int index in indices)
             {
-                offsets[k] = total;
-                total += RoundUp(parameters[members[k]].Numel, alignElements);
+                _offsetOf[index] = total;
+                total += RoundUp(parameters[index].Numel, alignElements);
             }
             // The manager owns its storage; a caller's dispose scope must not free it at the scope's end.
-            var buffer = torch.zeros(total, dtype, new torch.Device(deviceType, deviceIndex)).DetachFromDisposeScope();
-            _buffers.Add(buffer);
-            for (int k = 0; k < members.Count; k++)
+            var group = new ArenaGroup
             {
-                int index = members[k];
-                using var slice = buffer.narrow(0, offsets[k], parameters[index].Numel);
-                var view = slice.view(parameters[index].Shape).DetachFromDisposeScope();
-                InPlace.Release(view.copy_(sources[index]!), view);
+                Device = device,
+                ShadowDType = shadowDType,
+                ParameterDType = parameterDType,
+                Shadow = torch.zeros(total, shadowDType, device).DetachFromDisposeScope(),
+                Elements = total,
+            };
+            int groupIndex = _groups.Count;
+            _groups.Add(group);
+            foreach (int index in indices)
+            {
+                _groupOf[index] = groupIndex;
+                var view = Slice(group.Shadow, _offsetOf[index], parameters[index]);
+                InPlace.Release(view.copy_(sources[index]), view);
                 _views[index] = view;
             }
+            if (packParameters) Pack(group, indices, parameters, sources);
         }
     }
 
+    public IReadOnlyList<ArenaGroup> Groups => _groups;
+
     /// <summary>The shadow of parameter <paramref name="index"/> (indices of the manager's parameter list), or null when untracked.</summary>
     public torch.Tensor? this[int index] => _views[index];
+
+    public int GroupOf(int index) => _groupOf[index];
+
+    public long OffsetOf(int index) => _offsetOf[index];
 
     /// <summary>Total bytes of shadow storage, alignment padding included.</summary>
     public long Bytes
@@ -64,7 +104,7 @@ internal sealed class ShadowArena : IDisposable
         get
         {
             long bytes = 0;
-            foreach (var b in _buffers) bytes += b.NumberOfElements * b.ElementSize;
+            foreach (var g in _groups) bytes += g.Elements * g.Shadow.ElementSize;
             return bytes;
         }
     }
@@ -72,13 +112,38 @@ internal sealed class ShadowArena : IDisposable
     public void Dispose()
     {
         foreach (var v in _views) v?.Dispose();
-        foreach (var b in _buffers) b.Dispose();
-        _buffers.Clear();
+        foreach (var g in _groups)
+        {
+            g.Shadow.Dispose();
+            // The model's parameters keep the packed storage alive through their own references.
+            g.PackedParameters?.Dispose();
+        }
+        _groups.Clear();
+    }
+
+    // set_ makes each Parameter object alias a slice of one flat buffer: the optimizer keeps the same objects, and its
+    // writes land in the flat buffer that the fused update reads.
+    private void Pack(ArenaGroup group, List<int> indices, IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<Parameter> sources)
+    {
+        var flat = torch.zeros(group.Elements, group.ParameterDType, group.Device).DetachFromDisposeScope();
+        foreach (int index in indices)
+        {
+            using var view = Slice(flat, _offsetOf[index], parameters[index]);
+            InPlace.Release(view.copy_(sources[index]), view);
+            InPlace.Release(sources[index].set_(view), sources[index]);
+        }
+        group.PackedParameters = flat;
+    }
+
+    private static torch.Tensor Slice(torch.Tensor flat, long offset, EmaParameterInfo p)
+    {
+        using var slice = flat.narrow(0, offset, p.Numel);
+        return slice.view(p.Shape).DetachFromDisposeScope();
     }
 
     private static long RoundUp(long n, long multiple) => (n + multiple - 1) / multiple * multiple;
 
-    private static int ElementSize(torch.ScalarType dtype)
+    internal static int ElementSize(torch.ScalarType dtype)
     {
         using var probe = torch.empty(0, dtype);
         return (int)probe.ElementSize;

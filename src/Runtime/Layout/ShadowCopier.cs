@@ -4,15 +4,19 @@ using TorchSharp.Modules;
 
 namespace EmaGen;
 
-/// <summary>Writes each shadow into the matching parameter of a model (the export direction of <see cref="ShadowUpdater"/>).</summary>
+/// <summary>Writes each shadow into the matching parameter of a model (the export direction of an update).</summary>
 internal struct ShadowCopier : IEmaParameterVisitor
 {
-    private readonly torch.Tensor?[] _shadowBySlot;
+    private readonly ParameterSlot[] _slots;
+    private readonly int[] _parameterOfSlot;
+    private readonly ShadowArena _arena;
     private int _slot;
 
-    public ShadowCopier(torch.Tensor?[] shadowBySlot)
+    public ShadowCopier(ParameterSlot[] slots, int[] parameterOfSlot, ShadowArena arena)
     {
-        _shadowBySlot = shadowBySlot;
+        _slots = slots;
+        _parameterOfSlot = parameterOfSlot;
+        _arena = arena;
         _slot = 0;
     }
 
@@ -22,15 +26,17 @@ internal struct ShadowCopier : IEmaParameterVisitor
 
     public void ExitModule() { }
 
-    // SlotValidator has already checked count, names, presence and sizes for this model.
+    // The manager has already checked count, names, presence and sizes for this model.
     public void Parameter(string name, Parameter? parameter, bool ignored)
     {
-        var shadow = _shadowBySlot[_slot++];
+        int slot = _slot++;
+        int p = _parameterOfSlot[slot];
+        var shadow = p >= 0 ? _arena[p] : null;
         if (shadow is null) return;
         if (!parameter!.shape.AsSpan().SequenceEqual(shadow.shape))
         {
             throw new InvalidOperationException(
-                $"Parameter '{name}' has shape [{string.Join(", ", parameter.shape)}], its shadow [{string.Join(", ", shadow.shape)}].");
+                $"Parameter '{_slots[slot].FullName}' has shape [{string.Join(", ", parameter.shape)}], its shadow [{string.Join(", ", shadow.shape)}].");
         }
         InPlace.Release(parameter.copy_(shadow), parameter);
     }

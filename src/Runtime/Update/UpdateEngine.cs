@@ -1,0 +1,366 @@
+using System;
+using System.Collections.Generic;
+using TorchSharp;
+using TorchSharp.Modules;
+
+namespace EmaGen;
+
+/// <summary>
+/// Executes updates for one manager. A step is two phases: <see cref="Gather"/> (called by <see cref="GatherVisitor"/>
+/// for each parameter slot of the live model) checks the slot and records the parameter's data pointer; only when every
+/// slot checked out does <see cref="Apply"/> write. On the CPU the writes are SIMD kernels over raw memory, split
+/// across threads for large models: no TorchSharp calls, no managed allocations. Parameters a kernel cannot take
+/// (other devices, non-contiguous, unusual dtypes) go through TorchSharp ops instead.
+/// </summary>
+internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
+{
+    // Below this many elements an update runs on the calling thread: waking helpers costs more than it saves.
+    private const long ParallelThreshold = 1 << 20;
+    // Thread split points are rounded to this many elements, so every part starts on a cache line.
+    private const long SplitGranularity = 64;
+
+    private readonly ParameterSlot[] _slots;
+    private readonly long[] _slotNumel;
+    private readonly int[] _itemOfSlot;
+    private readonly ShadowArena _arena;
+
+    // Per averaged parameter ("item"), in visit order.
+    private readonly torch.Tensor[] _shadow;
+    private readonly IntPtr[] _shadowPointer;
+    private readonly long[] _count;
+    private readonly KernelKind[] _kernel;
+    private readonly torch.ScalarType[] _parameterDType;
+    private readonly DeviceType[] _deviceType;
+    private readonly Parameter?[] _knownParameter;
+    private readonly IntPtr[] _knownPointer;
+    private readonly bool[] _rawOk;
+    private readonly IntPtr[] _expectedPackedPointer;
+    private readonly IntPtr[] _parameterPointer;
+    private readonly Parameter?[] _current;
+
+    // Work list of the current step: either one entry per group (packed) or one per item.
+    private readonly IntPtr[] _workShadow;
+    private readonly IntPtr[] _workParameter;
+    private readonly long[] _workCount;
+    private readonly KernelKind[] _workKernel;
+    private int _workLength;
+    private long _workElements;
+
+    private readonly CpuWorkerPool? _pool;
+    private readonly Dictionary<(DeviceType, int, torch.ScalarType), torch.Tensor> _torchWeights = new();
+    private int _cursor;
+    private double _decay;
+
+    public UpdateEngine(ParameterSlot[] slots, long[] slotNumel, int[] parameterOfSlot, EmaParameterInfo[] parameters,
+        ShadowArena arena, double decay, int threads)
+    {
+        _slots = slots;
+        _slotNumel = slotNumel;
+        _arena = arena;
+        _decay = decay;
+
+        _itemOfSlot = new int[slots.Length];
+        int items = 0;
+        for (int s = 0; s < slots.Length; s++)
+        {
+            int p = parameterOfSlot[s];
+            _itemOfSlot[s] = p >= 0 && parameters[p].Tracked ? items++ : -1;
+        }
+        _shadow = new torch.Tensor[items];
+        _shadowPointer = new IntPtr[items];
+        _count = new long[items];
+        _kernel = new KernelKind[items];
+        _parameterDType = new torch.ScalarType[items];
+        _deviceType = new DeviceType[items];
+        _knownParameter = new Parameter?[items];
+        _knownPointer = new IntPtr[items];
+        _rawOk = new bool[items];
+        _expectedPackedPointer = new IntPtr[items];
+        _parameterPointer = new IntPtr[items];
+        _current = new Parameter?[items];
+        for (int s = 0; s < slots.Length; s++)
+        {
+            int item = _itemOfSlot[s];
+            if (item < 0) continue;
+            int p = parameterOfSlot[s];
+            var info = parameters[p];
+            var shadow = arena[p]!;
+            _shadow[item] = shadow;
+            _count[item] = info.Numel;
+            _kernel[item] = KernelKinds.For(info.ShadowDType, info.DType);
+            _parameterDType[item] = info.DType;
+            _deviceType[item] = info.Device.type;
+            _shadowPointer[item] = info.Device.type == DeviceType.CPU ? NativeTensor.DataPointer(shadow) : IntPtr.Zero;
+            var group = arena.Groups[arena.GroupOf(p)];
+            if (group.PackedParameters is { } packed && info.Device.type == DeviceType.CPU)
+            {
+                _expectedPackedPointer[item] = NativeTensor.DataPointer(packed)
+                    + (nint)(arena.OffsetOf(p) * KernelKinds.ParameterElementSize(group.Kernel));
+            }
+        }
+
+        int workCapacity = Math.Max(items, arena.Groups.Count);
+        _workShadow = new IntPtr[workCapacity];
+        _workParameter = new IntPtr[workCapacity];
+        _workCount = new long[workCapacity];
+        _workKernel = new KernelKind[workCapacity];
+
+        long totalElements = 0;
+        foreach (var c in _count) totalElements += c;
+        if (threads > 1 && totalElements >= ParallelThreshold) _pool = new CpuWorkerPool(threads);
+    }
+
+    public int Threads => _pool?.Parallelism ?? 1;
+
+    public double Decay
+    {
+        get => _decay;
+        set
+        {
+            _decay = value;
+            foreach (var w in _torchWeights.Values) w.Dispose();
+            _torchWeights.Clear();
+        }
+    }
+
+    public void BeginGather() => _cursor = 0;
+
+    /// <summary>Checks one visited slot against the recorded layout and remembers where its data is. Writes nothing.</summary>
+    public void Gather(string name, Parameter? parameter)
+    {
+        int slot = _cursor++;
+        if (slot >= _slots.Length)
+        {
+            throw new InvalidOperationException(
+                $"The model has more parameter slots than the {_slots.Length} recorded when the EMA manager was built (extra slot '{name}').");
+        }
+        var recorded = _slots[slot];
+        if (!string.Equals(recorded.LocalName, name, StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException(
+                $"The model's parameter slot {slot} is '{name}', but the EMA manager recorded '{recorded.FullName}' there; the module tree changed.");
+        }
+        if ((parameter is null) != (_slotNumel[slot] < 0))
+        {
+            throw new InvalidOperationException(
+                $"Parameter '{recorded.FullName}' is {(parameter is null ? "now null" : "now present")} in the model, unlike when the EMA manager was built.");
+        }
+        int item = _itemOfSlot[slot];
+        if (item < 0) return;
+
+        var pointer = NativeTensor.DataPointer(parameter!);
+        if (!ReferenceEquals(parameter, _knownParameter[item]) || pointer != _knownPointer[item])
+        {
+            Revalidate(item, slot, parameter!);
+            _knownParameter[item] = parameter;
+            _knownPointer[item] = pointer;
+        }
+        _parameterPointer[item] = pointer;
+        _current[item] = parameter;
+    }
+
+    public void EndGather()
+    {
+        if (_cursor != _slots.Length)
+        {
+            throw new InvalidOperationException(
+                $"The model has {_cursor} parameter slots, but had {_slots.Length} when the EMA manager was built.");
+        }
+    }
+
+    /// <summary>Writes the update for the slots gathered last.</summary>
+    public void Apply()
+    {
+        bool allRaw = true;
+        bool packedIntact = _arena.Groups.Count > 0;
+        for (int item = 0; item < _shadow.Length; item++)
+        {
+            allRaw &= _rawOk[item];
+            packedIntact &= _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == _parameterPointer[item];
+        }
+
+        if (allRaw && packedIntact)
+        {
+            BuildPackedWork();
+        }
+        else
+        {
+            BuildItemWork();
+        }
+        if (_workLength > 0)
+        {
+            if (_pool is not null && _workElements >= ParallelThreshold) _pool.Run(this);
+            else Execute(0, 1);
+        }
+        if (!allRaw) ApplyThroughTorch();
+        Array.Clear(_current);
+    }
+
+    /// <summary>Part <paramref name="part"/> of <paramref name="parts"/> of the work list, split by element count.</summary>
+    public void Execute(int part, int parts)
+    {
+        long lo = SplitPoint(part, parts);
+        long hi = SplitPoint(part + 1, parts);
+        long start = 0;
+        for (int i = 0; i < _workLength && start < hi; i++)
+        {
+            long count = _workCount[i];
+            long from = Math.Max(lo, start);
+            long to = Math.Min(hi, start + count);
+            if (from < to)
+            {
+                var kind = _workKernel[i];
+                long skip = from - start;
+                EmaKernels.Run(kind,
+                    (byte*)_workShadow[i] + skip * KernelKinds.ShadowElementSize(kind),
+                    (byte*)_workParameter[i] + skip * KernelKinds.ParameterElementSize(kind),
+                    to - from, _decay);
+            }
+            start += count;
+        }
+    }
+
+    private long SplitPoint(int part, int parts)
+    {
+        if (part >= parts) return _workElements;
+        long point = _workElements * part / parts;
+        return Math.Min(_workElements, point / SplitGranularity * SplitGranularity);
+    }
+
+    private void BuildPackedWork()
+    {
+        _workLength = 0;
+        _workElements = 0;
+        foreach (var group in _arena.Groups)
+        {
+            // Padding between slices is zero in both buffers and stays zero, so each group is one contiguous range.
+            _workShadow[_workLength] = NativeTensor.DataPointer(group.Shadow);
+            _workParameter[_workLength] = NativeTensor.DataPointer(group.PackedParameters!);
+            _workCount[_workLength] = group.Elements;
+            _workKernel[_workLength] = group.Kernel;
+            _workElements += group.Elements;
+            _workLength++;
+        }
+    }
+
+    private void BuildItemWork()
+    {
+        _workLength = 0;
+        _workElements = 0;
+        for (int item = 0; item < _shadow.Length; item++)
+        {
+            if (!_rawOk[item]) continue;
+            _workShadow[_workLength] = _shadowPointer[item];
+            _workParameter[_workLength] = _parameterPointer[item];
+            _workCount[_workLength] = _count[item];
+            _workKernel[_workLength] = _kernel[item];
+            _workElements += _count[item];
+            _workLength++;
+        }
+    }
+
+    // Devices other than the CPU, non-contiguous parameters and dtype pairs without a kernel. No host synchronisation:
+    // the weight is a cached 0-dim tensor on the shadow's device, never read back.
+    private void ApplyThroughTorch()
+    {
+        using var _ = torch.no_grad();
+        if (TryApplyPackedThroughTorch()) return;
+        for (int item = 0; item < _shadow.Length; item++)
+        {
+            if (_rawOk[item]) continue;
+            var shadow = _shadow[item];
+            var parameter = _current[item]!;
+            if (shadow.dtype == parameter.dtype)
+            {
+                InPlace.Release(shadow.lerp_(parameter, WeightFor(shadow)), shadow);
+            }
+            else
+            {
+                // Mixed dtypes: add_ promotes the lower-precision operand per element.
+                InPlace.Release(shadow.mul_(_decay), shadow);
+                InPlace.Release(shadow.add_(parameter, alpha: 1.0 - _decay), shadow);
+            }
+        }
+    }
+
+    private bool TryApplyPackedThroughTorch()
+    {
+        foreach (var group in _arena.Groups)
+        {
+            if (group.PackedParameters is null || group.Device.type == DeviceType.CPU) return false;
+        }
+        // Off the CPU the data pointers are not compared; a packed model keeps its layout unless the user re-points
+        // parameters, which EmaManager documents as unpacking (a new manager re-packs).
+        foreach (var group in _arena.Groups)
+        {
+            var shadow = group.Shadow;
+            var flat = group.PackedParameters!;
+            if (shadow.dtype == flat.dtype)
+            {
+                InPlace.Release(shadow.lerp_(flat, WeightFor(shadow)), shadow);
+            }
+            else
+            {
+                InPlace.Release(shadow.mul_(_decay), shadow);
+                InPlace.Release(shadow.add_(flat, alpha: 1.0 - _decay), shadow);
+            }
+        }
+        return true;
+    }
+
+    // lerp_ takes its weight as a tensor of the shadow's dtype and device; a double would build a new one per call.
+    private torch.Tensor WeightFor(torch.Tensor shadow)
+    {
+        var key = (shadow.device_type, shadow.device_index, shadow.dtype);
+        if (!_torchWeights.TryGetValue(key, out var w))
+        {
+            w = torch.tensor(1.0 - _decay, shadow.dtype, shadow.device).DetachFromDisposeScope();
+            _torchWeights[key] = w;
+        }
+        return w;
+    }
+
+    private void Revalidate(int item, int slot, Parameter parameter)
+    {
+        var name = _slots[slot].FullName;
+        long numel = parameter.numel();
+        if (numel != _count[item])
+        {
+            throw new InvalidOperationException(
+                $"Parameter '{name}' has {numel} elements, but {_count[item]} when the EMA manager was built.");
+        }
+        if (parameter.dtype != _parameterDType[item])
+        {
+            throw new InvalidOperationException(
+                $"Parameter '{name}' is {parameter.dtype}, but was {_parameterDType[item]} when the EMA manager was built; build a new manager after changing dtypes.");
+        }
+        if (parameter.device_type != _deviceType[item])
+        {
+            throw new InvalidOperationException(
+                $"Parameter '{name}' is on {parameter.device_type}, but was on {_deviceType[item]} when the EMA manager was built; build a new manager after moving the model.");
+        }
+        _rawOk[item] = _deviceType[item] == DeviceType.CPU && _kernel[item] != KernelKind.None && parameter.is_contiguous();
+    }
+
+    public void Dispose()
+    {
+        _pool?.Dispose();
+        foreach (var w in _torchWeights.Values) w.Dispose();
+    }
+}
+
+/// <summary>Hands each visited slot to <see cref="UpdateEngine.Gather"/>; names are never concatenated.</summary>
+internal readonly struct GatherVisitor : IEmaParameterVisitor
+{
+    private readonly UpdateEngine _engine;
+
+    public GatherVisitor(UpdateEngine engine) => _engine = engine;
+
+    public void EnterModule(string name, bool ignored) { }
+
+    public void EnterIndex(int index) { }
+
+    public void ExitModule() { }
+
+    public void Parameter(string name, Parameter? parameter, bool ignored) => _engine.Gather(name, parameter);
+}

@@ -17,7 +17,12 @@ internal sealed class CpuWorkerPool : IDisposable
 {
     private readonly Thread[] _threads;
     private readonly ManualResetEventSlim[] _start;
-    private readonly ManualResetEventSlim _done = new(false, spinCount: 2000);
+    // Short spins only: on SMT machines a spinning waiter steals issue slots from the sibling doing the real work,
+    // and idle helpers must not burn a core between updates. The parallel path is only taken for updates long enough
+    // (>= 1M elements) that a kernel wake-up is small beside them.
+    private const int SpinCount = 20;
+
+    private readonly ManualResetEventSlim _done = new(false, SpinCount);
     private IPartitionedWork? _work;
     private int _parts;
     private int _remaining;
@@ -31,7 +36,7 @@ internal sealed class CpuWorkerPool : IDisposable
         _start = new ManualResetEventSlim[Parallelism - 1];
         for (int i = 0; i < _threads.Length; i++)
         {
-            _start[i] = new ManualResetEventSlim(false, spinCount: 2000);
+            _start[i] = new ManualResetEventSlim(false, SpinCount);
             int part = i + 1;
             _threads[i] = new Thread(() => Loop(part)) { IsBackground = true, Name = $"EmaGen update {part}" };
             _threads[i].Start();

@@ -2,6 +2,7 @@ using System;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace EmaGen;
 
@@ -25,7 +26,7 @@ internal static unsafe class EmaKernels
             switch (kind)
             {
                 case KernelKind.Float32:
-                    TensorPrimitives.Lerp(new ReadOnlySpan<float>(ema, n), new ReadOnlySpan<float>(p, n), w, new Span<float>(ema, n));
+                    Float32((float*)ema, (float*)p, n, d, w);
                     break;
                 case KernelKind.Float64:
                     TensorPrimitives.Lerp(new ReadOnlySpan<double>(ema, n), new ReadOnlySpan<double>(p, n), 1.0 - decay, new Span<double>(ema, n));
@@ -51,21 +52,55 @@ internal static unsafe class EmaKernels
         }
     }
 
-    // bf16 is the upper half of an fp32: widening is a 16-bit shift, done on 16 values per Vector512.
+    // ema*d + p*w with one rounding (FMA). 256-bit vectors on purpose: on the project's AVX-512 machine (Zen 5) the
+    // 256-bit loop streamed 10-20% faster than the 512-bit one and than TensorPrimitives.Lerp in the same run
+    // (tests/Benchmarks, probe_fma256 vs probe_fma vs probe_tensorprimitives). Exact at d = 0 and d = 1.
+    private static void Float32(float* ema, float* p, int n, float d, float w)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var vd = Vector256.Create(d);
+            var vw = Vector256.Create(w);
+            for (; i <= n - 16; i += 16)
+            {
+                var e0 = Vector256.Load(ema + i);
+                var e1 = Vector256.Load(ema + i + 8);
+                var p0 = Vector256.Load(p + i);
+                var p1 = Vector256.Load(p + i + 8);
+                Vector256.FusedMultiplyAdd(e0, vd, p0 * vw).Store(ema + i);
+                Vector256.FusedMultiplyAdd(e1, vd, p1 * vw).Store(ema + i + 8);
+            }
+        }
+        else
+        {
+            var e = new Span<float>(ema, n);
+            TensorPrimitives.Lerp(e, new ReadOnlySpan<float>(p, n), w, e);
+            return;
+        }
+        for (; i < n; i++)
+        {
+            ema[i] = MathF.FusedMultiplyAdd(ema[i], d, p[i] * w);
+        }
+    }
+
+    // bf16 is the upper half of an fp32: widening is a 16-bit shift, done in registers. On AVX2 the zero-extending
+    // load (vpmovzxwd from memory) does half the work in the load itself.
     private static void Float32FromBFloat16(float* ema, ushort* p, int n, float d, float w)
     {
         int i = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (Avx2.IsSupported && Fma.IsSupported)
         {
-            var vd = Vector512.Create(d);
-            var vw = Vector512.Create(w);
-            for (; i <= n - 32; i += 32)
+            var vd = Vector256.Create(d);
+            var vw = Vector256.Create(w);
+            for (; i <= n - 16; i += 16)
             {
-                var (lo, hi) = Vector512.Widen(Vector512.Load(p + i));
-                var e0 = Vector512.Load(ema + i);
-                var e1 = Vector512.Load(ema + i + 16);
-                Vector512.FusedMultiplyAdd(e0, vd, Vector512.ShiftLeft(lo, 16).AsSingle() * vw).Store(ema + i);
-                Vector512.FusedMultiplyAdd(e1, vd, Vector512.ShiftLeft(hi, 16).AsSingle() * vw).Store(ema + i + 16);
+                var p0 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i), 16).AsSingle();
+                var p1 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i + 8), 16).AsSingle();
+                var e0 = Avx.LoadVector256(ema + i);
+                var e1 = Avx.LoadVector256(ema + i + 8);
+                Avx.Store(ema + i, Fma.MultiplyAdd(e0, vd, Avx.Multiply(p0, vw)));
+                Avx.Store(ema + i + 8, Fma.MultiplyAdd(e1, vd, Avx.Multiply(p1, vw)));
             }
         }
         else if (Vector256.IsHardwareAccelerated)

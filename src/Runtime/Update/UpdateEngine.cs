@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Threading;
 using TorchSharp;
 using TorchSharp.Modules;
 
@@ -16,8 +17,10 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
 {
     // Below this many elements an update runs on the calling thread: waking helpers costs more than it saves.
     private const long ParallelThreshold = 1 << 20;
-    // Thread split points are rounded to this many elements, so every part starts on a cache line.
-    private const long SplitGranularity = 64;
+    // Threads take chunks of this many elements (1 MiB of fp32 shadow) from a shared counter: cores that run slower
+    // (a busy SMT sibling, a noisy neighbour on a VM) simply take fewer chunks. A multiple of 64 keeps every chunk on
+    // a cache-line boundary.
+    private const long ChunkElements = 1 << 18;
 
     private readonly ParameterSlot[] _slots;
     private readonly long[] _slotNumel;
@@ -42,6 +45,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     private readonly IntPtr[] _workShadow;
     private readonly IntPtr[] _workParameter;
     private readonly long[] _workCount;
+    private readonly long[] _workStart;
     private readonly KernelKind[] _workKernel;
     private int _workLength;
     private long _workElements;
@@ -49,6 +53,8 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     private readonly CpuWorkerPool? _pool;
     private readonly Dictionary<(DeviceType, int, torch.ScalarType), torch.Tensor> _torchWeights = new();
     private int _cursor;
+    private int _nextChunk;
+    private int _chunkCount;
     private double _decay;
 
     public UpdateEngine(ParameterSlot[] slots, long[] slotNumel, int[] parameterOfSlot, EmaParameterInfo[] parameters,
@@ -103,6 +109,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         _workShadow = new IntPtr[workCapacity];
         _workParameter = new IntPtr[workCapacity];
         _workCount = new long[workCapacity];
+        _workStart = new long[workCapacity];
         _workKernel = new KernelKind[workCapacity];
 
         long totalElements = 0;
@@ -189,21 +196,40 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         }
         if (_workLength > 0)
         {
-            if (_pool is not null && _workElements >= ParallelThreshold) _pool.Run(this);
-            else Execute(0, 1);
+            if (_pool is not null && _workElements >= ParallelThreshold)
+            {
+                _nextChunk = 0;
+                _chunkCount = (int)((_workElements + ChunkElements - 1) / ChunkElements);
+                _pool.Run(this);
+            }
+            else
+            {
+                ExecuteRange(0, _workElements);
+            }
         }
         if (!allRaw) ApplyThroughTorch();
         Array.Clear(_current);
     }
 
-    /// <summary>Part <paramref name="part"/> of <paramref name="parts"/> of the work list, split by element count.</summary>
+    /// <summary>One thread's share of a parallel update: chunks taken from the shared counter until none are left.</summary>
     public void Execute(int part, int parts)
     {
-        long lo = SplitPoint(part, parts);
-        long hi = SplitPoint(part + 1, parts);
-        long start = 0;
-        for (int i = 0; i < _workLength && start < hi; i++)
+        int chunk;
+        while ((chunk = Interlocked.Increment(ref _nextChunk) - 1) < _chunkCount)
         {
+            long lo = chunk * ChunkElements;
+            ExecuteRange(lo, Math.Min(_workElements, lo + ChunkElements));
+        }
+    }
+
+    // Elements [lo, hi) of the work list, counted across its entries in order.
+    private void ExecuteRange(long lo, long hi)
+    {
+        int first = Array.BinarySearch(_workStart, 0, _workLength, lo);
+        if (first < 0) first = ~first - 1;
+        for (int i = Math.Max(0, first); i < _workLength && _workStart[i] < hi; i++)
+        {
+            long start = _workStart[i];
             long count = _workCount[i];
             long from = Math.Max(lo, start);
             long to = Math.Min(hi, start + count);
@@ -216,15 +242,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
                     (byte*)_workParameter[i] + skip * KernelKinds.ParameterElementSize(kind),
                     to - from, _decay);
             }
-            start += count;
         }
-    }
-
-    private long SplitPoint(int part, int parts)
-    {
-        if (part >= parts) return _workElements;
-        long point = _workElements * part / parts;
-        return Math.Min(_workElements, point / SplitGranularity * SplitGranularity);
     }
 
     private void BuildPackedWork()
@@ -237,6 +255,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
             _workShadow[_workLength] = NativeTensor.DataPointer(group.Shadow);
             _workParameter[_workLength] = NativeTensor.DataPointer(group.PackedParameters!);
             _workCount[_workLength] = group.Elements;
+            _workStart[_workLength] = _workElements;
             _workKernel[_workLength] = group.Kernel;
             _workElements += group.Elements;
             _workLength++;
@@ -253,6 +272,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
             _workShadow[_workLength] = _shadowPointer[item];
             _workParameter[_workLength] = _parameterPointer[item];
             _workCount[_workLength] = _count[item];
+            _workStart[_workLength] = _workElements;
             _workKernel[_workLength] = _kernel[item];
             _workElements += _count[item];
             _workLength++;

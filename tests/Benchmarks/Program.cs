@@ -1,0 +1,248 @@
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Globalization;
+using System.IO;
+using System.Linq;
+using System.Text.Json;
+using EmaGen;
+using EmaGen.Benchmarks;
+using TorchSharp;
+using static TorchSharp.torch;
+
+// dotnet run -c Release --project tests/Benchmarks -- update --params 50000000 --tensors 300 --dtype float32 --json
+if (args.Length == 0 || args[0] != "update")
+{
+    Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--json]");
+    return 2;
+}
+long elements = 50_000_000;
+int tensors = 300;
+int rounds = 15;
+int? threadsOption = null;
+bool json = false;
+var dtype = ScalarType.Float32;
+for (int i = 1; i < args.Length; i++)
+{
+    string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
+    switch (args[i])
+    {
+        case "--params": elements = long.Parse(Next(), CultureInfo.InvariantCulture); break;
+        case "--tensors": tensors = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+        case "--rounds": rounds = Math.Max(9, int.Parse(Next(), CultureInfo.InvariantCulture)); break;
+        case "--json": json = true; break;
+        case "--threads": threadsOption = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+        case "--dtype":
+            dtype = Next() switch
+            {
+                "float32" => ScalarType.Float32,
+                "bfloat16" => ScalarType.BFloat16,
+                var other => throw new ArgumentException($"unsupported --dtype {other}"),
+            };
+            break;
+        default: throw new ArgumentException($"unknown option {args[i]}");
+    }
+}
+
+const double Decay = 0.999;
+torch.manual_seed(0);
+var report = new UpdateBenchmark(elements, tensors, dtype, Decay, rounds, threadsOption).Run(Console.Error);
+if (json)
+{
+    Console.WriteLine(report);
+}
+return 0;
+
+internal sealed unsafe class UpdateBenchmark
+{
+    private readonly long _elements;
+    private readonly int _tensors;
+    private readonly ScalarType _dtype;
+    private readonly double _decay;
+    private readonly int _rounds;
+
+    private readonly int? _threads;
+
+    public UpdateBenchmark(long elements, int tensors, ScalarType dtype, double decay, int rounds, int? threads)
+    {
+        _threads = threads;
+        _elements = elements;
+        _tensors = tensors;
+        _dtype = dtype;
+        _decay = decay;
+        _rounds = rounds;
+    }
+
+    private int BytesPerElement => _dtype == ScalarType.BFloat16 ? 10 : 12;
+
+    public string Run(TextWriter log)
+    {
+        log.WriteLine($"building {_tensors} tensors, {_elements:N0} {_dtype} elements...");
+        using var model = new SyntheticModel(_elements, _tensors, _dtype);
+        using var packedModel = new SyntheticModel(_elements, _tensors, _dtype);
+
+        var bindClock = Stopwatch.StartNew();
+        if (_threads is { } fixedThreads) torch.set_num_threads(fixedThreads);
+        using var ema = new EmaManager<SyntheticModel>(model, new EmaOptions { Decay = _decay, Threads = _threads });
+        double bindMs = bindClock.Elapsed.TotalMilliseconds;
+        using var packed = new EmaManager<SyntheticModel>(packedModel, new EmaOptions { Decay = _decay, PackParameters = true, Threads = _threads });
+        using var single = new EmaManager<SyntheticModel>(model, new EmaOptions { Decay = _decay, Threads = 1 });
+        int threads = ema.UpdateThreads;
+
+        // Baselines over the same parameters: the seed's mul_+add_ per tensor, and lerp_ per tensor with a cached weight.
+        var weights = model.Weights.ToArray();
+        // Copies: to_type to the same dtype would return the parameter itself.
+        var seedShadows = weights.Select(p => p.detach().to_type(ScalarType.Float32, copy: true).DetachFromDisposeScope()).ToArray();
+        var lerpShadows = weights.Select(p => p.detach().to_type(ScalarType.Float32, copy: true).DetachFromDisposeScope()).ToArray();
+        using var lerpWeight = torch.tensor((float)(1 - _decay));
+
+        // The probe: two flat fp32 buffers of the same element count, updated in place by two tuned loops (a hand-written
+        // Vector512 FMA loop and TensorPrimitives.Lerp) on the same worker pool as the update; the faster one is the limit.
+        using var probeA = torch.randn(_elements);
+        using var probeB = torch.randn(_elements);
+        var pa = (float*)NativeTensor.DataPointer(probeA);
+        var pb = (float*)NativeTensor.DataPointer(probeB);
+        using var probeFma = new BandwidthProbe(pa, pb, _elements, (float)_decay, threads, BandwidthProbe.Loop.Fma);
+        using var probeFma256 = new BandwidthProbe(pa, pb, _elements, (float)_decay, threads, BandwidthProbe.Loop.Fma256);
+        using var probeLerp = new BandwidthProbe(pa, pb, _elements, (float)_decay, threads, BandwidthProbe.Loop.TensorPrimitivesLerp);
+
+        var variants = new List<(string Name, int Bytes, Action Step)>
+        {
+            ("emagen_default", BytesPerElement, () => ema.Update(model)),
+            ("emagen_packed", BytesPerElement, () => packed.Update(packedModel)),
+            ("emagen_1_thread", BytesPerElement, () => single.Update(model)),
+            ("seed_mul_add_per_tensor", BytesPerElement, () =>
+            {
+                using var _ = torch.no_grad();
+                for (int i = 0; i < weights.Length; i++) seedShadows[i].mul_(_decay).add_(weights[i], alpha: 1 - _decay);
+            }),
+            ("probe_fma", 12, () => probeFma.Run()),
+            ("probe_tensorprimitives", 12, () => probeLerp.Run()),
+            ("probe_fma256", 12, () => probeFma256.Run()),
+            // Reference only: LibTorch's own multi-threaded lerp_ over the probe's flat buffers.
+            ("libtorch_flat_lerp", 12, () =>
+            {
+                using var _ = torch.no_grad();
+                probeA.lerp_(probeB, lerpWeight);
+            }),
+        };
+        if (_dtype == ScalarType.Float32)
+        {
+            variants.Insert(4, ("lerp_per_tensor", 12, () =>
+            {
+                using var _ = torch.no_grad();
+                for (int i = 0; i < weights.Length; i++) lerpShadows[i].lerp_(weights[i], lerpWeight);
+            }));
+        }
+
+        // Warm up long enough for tiered compilation to finish (30 calls, then a background re-JIT), so that
+        // the timed rounds measure optimised code on every side.
+        log.WriteLine($"warming up ({threads} threads)...");
+        foreach (var v in variants)
+        {
+            var warm = Stopwatch.StartNew();
+            for (int w = 0; w < 40 || warm.ElapsedMilliseconds < 400; w++) v.Step();
+        }
+
+        // Round-robin, so that every variant sees the same machine conditions, and each timed step starts from the
+        // same cache state: a 64 MiB sweep evicts whatever the previous variant left in the 32 MiB L3 (and lets
+        // LibTorch's OpenMP threads stop spinning), so no variant profits from its predecessor.
+        var samples = variants.ToDictionary(v => v.Name, _ => new List<double>());
+        var sweep = new float[16 << 20];
+        for (int r = 0; r < _rounds; r++)
+        {
+            foreach (var v in variants)
+            {
+                Sweep(sweep);
+                var clock = Stopwatch.StartNew();
+                v.Step();
+                samples[v.Name].Add(clock.Elapsed.TotalMilliseconds);
+            }
+        }
+
+        long managedThread = GC.GetAllocatedBytesForCurrentThread();
+        long managedAll = GC.GetTotalAllocatedBytes(precise: true);
+        var tensorStats = DisposeScopeManager.Statistics.TensorStatistics;
+        long tensorsBefore = tensorStats.CreatedInScopeCount + tensorStats.CreatedOutsideScopeCount;
+        const int allocationSteps = 20;
+        for (int i = 0; i < allocationSteps; i++) ema.Update(model);
+        double managedPerUpdate = (double)(GC.GetAllocatedBytesForCurrentThread() - managedThread) / allocationSteps;
+        double managedAllThreads = (double)(GC.GetTotalAllocatedBytes(precise: true) - managedAll) / allocationSteps;
+        double tensorsPerUpdate = (double)(tensorStats.CreatedInScopeCount + tensorStats.CreatedOutsideScopeCount - tensorsBefore) / allocationSteps;
+
+        double bind1000Ms = MeasureBind1000();
+
+        var stream = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        {
+            writer.WriteStartObject();
+            writer.WriteNumber("numel", _elements);
+            writer.WriteNumber("tensors", weights.Length);
+            writer.WriteString("dtype", _dtype == ScalarType.BFloat16 ? "bfloat16" : "float32");
+            writer.WriteString("shadow_dtype", "float32");
+            writer.WriteNumber("threads", threads);
+            writer.WriteNumber("rounds", _rounds);
+            writer.WriteStartObject("variants");
+            double probeGBps = 0, defaultGBps = 0, packedGBps = 0, torchGBps = 0;
+            string probeLoop = "";
+            foreach (var v in variants)
+            {
+                double ms = Median(samples[v.Name]);
+                double gbps = _elements * (double)v.Bytes / (ms / 1000.0) / 1e9;
+                if (v.Name.StartsWith("probe_", StringComparison.Ordinal) && gbps > probeGBps)
+                {
+                    probeGBps = gbps;
+                    probeLoop = v.Name;
+                }
+                if (v.Name == "libtorch_flat_lerp") torchGBps = gbps;
+                if (v.Name == "emagen_default") defaultGBps = gbps;
+                if (v.Name == "emagen_packed") packedGBps = gbps;
+                writer.WriteStartObject(v.Name);
+                writer.WriteNumber("ms", Math.Round(ms, 3));
+                writer.WriteNumber("GBps", Math.Round(gbps, 1));
+                writer.WriteNumber("bytes_per_element", v.Bytes);
+                writer.WriteEndObject();
+                log.WriteLine($"{v.Name,-26} {ms,9:F3} ms  {gbps,7:F1} GB/s");
+            }
+            writer.WriteEndObject();
+            writer.WriteString("probe", probeLoop);
+            writer.WriteNumber("probe_GBps", Math.Round(probeGBps, 1));
+            writer.WriteNumber("ratio_to_probe", Math.Round(defaultGBps / probeGBps, 3));
+            writer.WriteNumber("packed_ratio_to_probe", Math.Round(packedGBps / probeGBps, 3));
+            writer.WriteNumber("ratio_to_libtorch_flat_lerp", Math.Round(defaultGBps / torchGBps, 3));
+            writer.WriteNumber("managed_bytes_per_update", managedPerUpdate);
+            writer.WriteNumber("managed_bytes_per_update_all_threads", managedAllThreads);
+            writer.WriteNumber("tensors_created_per_update", tensorsPerUpdate);
+            writer.WriteNumber("bind_ms", Math.Round(bindMs, 2));
+            writer.WriteNumber("bind_1000_params_ms", Math.Round(bind1000Ms, 2));
+            writer.WriteEndObject();
+        }
+        foreach (var t in seedShadows.Concat(lerpShadows)) t.Dispose();
+        return System.Text.Encoding.UTF8.GetString(stream.ToArray());
+    }
+
+    private static void Sweep(float[] buffer)
+    {
+        for (int i = 0; i < buffer.Length; i += 16) buffer[i] += 1;
+    }
+
+    private double MeasureBind1000()
+    {
+        using var small = new SyntheticModel(1000 * 64, 1000, _dtype);
+        var times = new List<double>();
+        for (int i = 0; i < 5; i++)
+        {
+            var clock = Stopwatch.StartNew();
+            using var ema = new EmaManager<SyntheticModel>(small, _decay);
+            times.Add(clock.Elapsed.TotalMilliseconds);
+        }
+        return Median(times);
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+}
+

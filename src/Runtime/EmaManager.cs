@@ -52,28 +52,33 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         _parameterOfSlot = new int[_slots.Length];
 
         var all = new List<EmaParameterInfo>();
-        var sources = new List<Parameter>();
+        var sources = new List<torch.Tensor>();
         for (int s = 0; s < _slots.Length; s++)
         {
             var slot = _slots[s];
             _parameterOfSlot[s] = -1;
             _slotNumel[s] = -1;
-            if (slot.Parameter is not { } p) continue;
-            var exclusion = slot.Ignored ? EmaExclusion.Ignored : p.requires_grad ? EmaExclusion.None : EmaExclusion.Frozen;
-            var dtype = p.dtype;
+            if (slot.Tensor is not { } t) continue;
+            var exclusion = slot.Ignored ? EmaExclusion.Ignored
+                : slot.IsBuffer ? (options.TrackBuffers ? EmaExclusion.None : EmaExclusion.BufferNotTracked)
+                : t.requires_grad ? EmaExclusion.None : EmaExclusion.Frozen;
+            var dtype = t.dtype;
+            var shadowDType = KernelKinds.IsFloatingPoint(dtype) ? KernelKinds.ShadowDTypeFor(dtype, options.LowPrecisionShadow) : dtype;
             _parameterOfSlot[s] = all.Count;
-            all.Add(new EmaParameterInfo(slot.FullName, p.shape, dtype, KernelKinds.ShadowDTypeFor(dtype, options.LowPrecisionShadow), p.device, exclusion));
+            all.Add(new EmaParameterInfo(slot.FullName, t.shape, dtype, shadowDType, t.device, exclusion, slot.IsBuffer));
             _slotNumel[s] = all[^1].Numel;
-            sources.Add(p);
+            sources.Add(t);
         }
         _all = all.ToArray();
+        Parameters = _all.Where(p => !p.IsBuffer).ToArray();
+        Buffers = _all.Where(p => p.IsBuffer).ToArray();
 
         _trackedIndex = new Dictionary<string, int>(StringComparer.Ordinal);
         for (int i = 0; i < _all.Length; i++)
         {
             if (_all[i].Tracked && !_trackedIndex.TryAdd(_all[i].Name, i))
             {
-                throw new InvalidOperationException($"The model registers the parameter name '{_all[i].Name}' twice.");
+                throw new InvalidOperationException($"The model registers the name '{_all[i].Name}' twice.");
             }
         }
         TrackedNames = _all.Where(p => p.Tracked).Select(p => p.Name).ToArray();
@@ -98,16 +103,19 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     /// <summary>The options this manager was built with.</summary>
     public EmaOptions Options { get; }
 
-    /// <summary>Number of averaged parameters.</summary>
+    /// <summary>Number of tensors with a shadow (parameters, and buffers when <see cref="EmaOptions.TrackBuffers"/>).</summary>
     public int Count => _trackedIndex.Count;
 
-    /// <summary>Names of the averaged parameters, in <c>named_parameters()</c> order.</summary>
+    /// <summary>Names of the tensors with a shadow, in visit order (parameters in <c>named_parameters()</c> order, buffers in <c>named_buffers()</c> order).</summary>
     public IReadOnlyList<string> TrackedNames { get; }
 
     /// <summary>Every parameter of the model (averaged or not), in <c>named_parameters()</c> order.</summary>
-    public IReadOnlyList<EmaParameterInfo> Parameters => _all;
+    public IReadOnlyList<EmaParameterInfo> Parameters { get; }
 
-    /// <summary>True when <paramref name="name"/> is an averaged parameter.</summary>
+    /// <summary>Every buffer of the model EmaGen can see (tracked or not), in <c>named_buffers()</c> order.</summary>
+    public IReadOnlyList<EmaParameterInfo> Buffers { get; }
+
+    /// <summary>True when <paramref name="name"/> has a shadow.</summary>
     public bool Contains(string name) => _trackedIndex.ContainsKey(name);
 
     /// <summary>Bytes of shadow storage held by this manager.</summary>
@@ -266,9 +274,12 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
             var slot = _slots[s];
             if (slot.Ignored) continue;
             int p = _parameterOfSlot[s];
-            string reason = p < 0
-                ? "the model holds no such parameter (null)"
-                : _all[p].Exclusion == EmaExclusion.Frozen ? "it was frozen (requires_grad false) when the EMA manager was built" : "";
+            string reason = p < 0 ? "the model holds no such tensor (null)" : _all[p].Exclusion switch
+            {
+                EmaExclusion.Frozen => "it was frozen (requires_grad false) when the EMA manager was built",
+                EmaExclusion.BufferNotTracked => "buffers are not tracked (set EmaOptions.TrackBuffers)",
+                _ => "",
+            };
             entries.Add(new EmaShadowEntry(slot.FullName, p >= 0 ? _arena[p] : null, reason));
             localNames.Add(slot.LocalName);
         }

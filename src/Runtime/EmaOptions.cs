@@ -21,6 +21,14 @@ public sealed class EmaOptions
     public bool LowPrecisionShadow { get; init; }
 
     /// <summary>
+    /// Also keep shadows of the model's buffers (BatchNorm running statistics, <c>Tensor</c> fields), named as in
+    /// <c>named_buffers()</c> and included in <c>StateDict()</c>. Floating-point buffers are averaged like parameters;
+    /// integer and bool buffers (say <c>num_batches_tracked</c>) are copied, never averaged. Off by default, as in the
+    /// seed: only trainable parameters are tracked.
+    /// </summary>
+    public bool TrackBuffers { get; init; }
+
+    /// <summary>
     /// Re-point the model's trainable parameters into one flat buffer per (device, dtype) group, laid out like the
     /// shadow arena, so that an update is one fused operation per group on any device. The <c>Parameter</c> objects stay
     /// the same (TorchSharp's <c>set_</c>), so optimizers built before or after keep working. If a parameter is later

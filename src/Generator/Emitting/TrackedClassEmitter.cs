@@ -110,6 +110,10 @@ internal static class TrackedClassEmitter
             {
                 w.Line($"visitor.Parameter({Literal(m.Name)}, module.{m.MemberName}, {Bool(m.Ignored)});");
             }
+            foreach (var m in spec.Members.Where(m => m.Kind == MemberKind.Buffer))
+            {
+                w.Line($"visitor.Buffer({Literal(m.Name)}, module.{m.MemberName}, {Bool(m.Ignored)});");
+            }
             foreach (var m in spec.Members.Where(HasVisitableModules))
             {
                 var local = "__" + m.MemberName;
@@ -146,6 +150,10 @@ internal static class TrackedClassEmitter
         {
             w.Line($"visitor.Parameter({Literal(p)}, {expression}.{p}, false);");
         }
+        foreach (var b in module.BufferNames)
+        {
+            w.Line($"visitor.Buffer({Literal(b)}, {expression}.{b}, false);");
+        }
     }
 
     private static void EmitCreateShadow(CodeWriter w, TrackedClassSpec spec)
@@ -156,7 +164,7 @@ internal static class TrackedClassEmitter
         w.Line("/// <summary>Builds the typed shadow over the manager's tensors, walking the model in <see cref=\"VisitParameters\"/> order.</summary>");
         w.Open($"public static EmaShadow CreateEmaShadow({spec.FullyQualifiedName} module, {Builder} builder)");
         var args = new System.Collections.Generic.List<string>();
-        foreach (var m in spec.Members.Where(m => m.Kind == MemberKind.Parameter && !m.Ignored))
+        foreach (var m in spec.Members.Where(m => m.Kind is MemberKind.Parameter or MemberKind.Buffer && !m.Ignored).OrderBy(m => m.Kind))
         {
             w.Line($"var {ShadowLocal(m)} = builder.Next({Literal(m.Name)});");
             args.Add(ShadowLocal(m));
@@ -196,13 +204,13 @@ internal static class TrackedClassEmitter
 
     private static string CreateModuleShadow(ModuleTypeSpec module, string expression) => module.Kind == ModuleKind.Tracked
         ? $"{module.TypeName}.CreateEmaShadow({expression}, builder)"
-        : $"new {module.ShadowTypeName}({string.Join(", ", module.ParameterNames.Select(p => $"builder.Next({Literal(p)})"))})";
+        : $"new {module.ShadowTypeName}({string.Join(", ", module.ParameterNames.Concat(module.BufferNames).Select(p => $"builder.Next({Literal(p)})"))})";
 
     private static void EmitShadowClass(CodeWriter w, TrackedClassSpec spec)
     {
         w.Line($"/// <summary>EMA shadow of <see cref=\"{spec.Name}\"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>");
         w.Open("public sealed class EmaShadow");
-        var parameters = spec.Members.Where(m => m.Kind == MemberKind.Parameter && !m.Ignored).ToList();
+        var parameters = spec.Members.Where(m => m.Kind is MemberKind.Parameter or MemberKind.Buffer && !m.Ignored).OrderBy(m => m.Kind).ToList();
         var modules = spec.Members.Where(m => HasVisitableModules(m) && !m.Ignored).ToList();
         foreach (var m in parameters) w.Line($"private readonly {Entry} __{m.MemberName};");
         if (parameters.Count > 0) w.Line();
@@ -217,7 +225,9 @@ internal static class TrackedClassEmitter
         foreach (var m in parameters)
         {
             w.Line();
-            w.Line($"/// <summary>Shadow of <c>{Xml(m.Name)}</c>.</summary>");
+            w.Line(m.Kind == MemberKind.Buffer
+                ? $"/// <summary>Shadow of buffer <c>{Xml(m.Name)}</c> (tracked with <c>EmaOptions.TrackBuffers</c>).</summary>"
+                : $"/// <summary>Shadow of <c>{Xml(m.Name)}</c>.</summary>");
             w.Line($"public {Tensor} {m.MemberName} => __{m.MemberName}.Tensor;");
         }
         foreach (var m in modules)

@@ -26,7 +26,9 @@ internal enum ModuleKind
 /// <param name="TypeName">Fully qualified type name.</param>
 /// <param name="ShadowTypeName">Fully qualified shadow type, or null for parameterless modules.</param>
 /// <param name="ParameterNames">Built-ins: local parameter names in registration order (also the property names).</param>
-internal sealed record ModuleTypeSpec(ModuleKind Kind, string TypeName, string? ShadowTypeName, EquatableArray<string> ParameterNames);
+/// <param name="BufferNames">Built-ins: local buffer names in registration order (also the property names).</param>
+internal sealed record ModuleTypeSpec(
+    ModuleKind Kind, string TypeName, string? ShadowTypeName, EquatableArray<string> ParameterNames, EquatableArray<string> BufferNames);
 
 /// <summary>One field of a tracked class that holds a parameter, buffer or submodule(s).</summary>
 /// <param name="Name">Registered name: the field name, or its [ComponentName].</param>

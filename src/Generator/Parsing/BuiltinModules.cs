@@ -11,28 +11,33 @@ namespace EmaGen.Generator.Parsing;
 internal static class BuiltinModules
 {
     private const string WeightBias = "global::EmaGen.Shadows.WeightBiasShadow";
+    private const string Norm = "global::EmaGen.Shadows.NormShadow";
     private const string Weight = "global::EmaGen.Shadows.WeightShadow";
     private const string RecurrentCell = "global::EmaGen.Shadows.RecurrentCellShadow";
 
+    private static readonly ImmutableArray<string> None = ImmutableArray<string>.Empty;
     private static readonly ImmutableArray<string> WeightAndBias = ImmutableArray.Create("weight", "bias");
     private static readonly ImmutableArray<string> WeightOnly = ImmutableArray.Create("weight");
     private static readonly ImmutableArray<string> CellWeights = ImmutableArray.Create("weight_ih", "weight_hh", "bias_ih", "bias_hh");
+    private static readonly ImmutableArray<string> RunningStats = ImmutableArray.Create("running_mean", "running_var", "num_batches_tracked");
 
-    public static readonly IReadOnlyDictionary<string, (string ShadowType, ImmutableArray<string> Parameters)> ByDeclaringType =
-        new Dictionary<string, (string, ImmutableArray<string>)>
+    /// <summary>Shadow type, parameter names and buffer names (each in registration order) of a built-in.</summary>
+    public static readonly IReadOnlyDictionary<string, (string ShadowType, ImmutableArray<string> Parameters, ImmutableArray<string> Buffers)> ByDeclaringType =
+        new Dictionary<string, (string, ImmutableArray<string>, ImmutableArray<string>)>
         {
-            ["TorchSharp.Modules.Linear"] = (WeightBias, WeightAndBias),
-            ["TorchSharp.Modules.Bilinear"] = (WeightBias, WeightAndBias),
-            ["TorchSharp.Modules.Convolution"] = (WeightBias, WeightAndBias),
-            ["TorchSharp.Modules.LayerNorm"] = (WeightBias, WeightAndBias),
-            ["TorchSharp.Modules.GroupNorm"] = (WeightBias, WeightAndBias),
-            ["TorchSharp.Modules.NormBase"] = (WeightBias, WeightAndBias),
-            ["TorchSharp.Modules.Embedding"] = (Weight, WeightOnly),
-            ["TorchSharp.Modules.EmbeddingBag"] = (Weight, WeightOnly),
-            ["TorchSharp.Modules.PReLU"] = (Weight, WeightOnly),
-            ["TorchSharp.Modules.RNNCell"] = (RecurrentCell, CellWeights),
-            ["TorchSharp.Modules.LSTMCell"] = (RecurrentCell, CellWeights),
-            ["TorchSharp.Modules.GRUCell"] = (RecurrentCell, CellWeights),
+            ["TorchSharp.Modules.Linear"] = (WeightBias, WeightAndBias, None),
+            ["TorchSharp.Modules.Bilinear"] = (WeightBias, WeightAndBias, None),
+            ["TorchSharp.Modules.Convolution"] = (WeightBias, WeightAndBias, None),
+            ["TorchSharp.Modules.LayerNorm"] = (WeightBias, WeightAndBias, None),
+            ["TorchSharp.Modules.GroupNorm"] = (WeightBias, WeightAndBias, None),
+            // BatchNorm*, InstanceNorm*: affine weight and bias, plus running statistics as buffers.
+            ["TorchSharp.Modules.NormBase"] = (Norm, WeightAndBias, RunningStats),
+            ["TorchSharp.Modules.Embedding"] = (Weight, WeightOnly, None),
+            ["TorchSharp.Modules.EmbeddingBag"] = (Weight, WeightOnly, None),
+            ["TorchSharp.Modules.PReLU"] = (Weight, WeightOnly, None),
+            ["TorchSharp.Modules.RNNCell"] = (RecurrentCell, CellWeights, None),
+            ["TorchSharp.Modules.LSTMCell"] = (RecurrentCell, CellWeights, None),
+            ["TorchSharp.Modules.GRUCell"] = (RecurrentCell, CellWeights, None),
         };
 
     /// <summary>

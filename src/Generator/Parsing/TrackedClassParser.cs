@@ -135,11 +135,7 @@ internal sealed class TrackedClassParser
             new(name, field.Name, kind, type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat), displayType, ignored, nullable, module);
 
         if (_known.IsParameter(type)) return Make(MemberKind.Parameter, null);
-        if (_known.IsTensor(type))
-        {
-            if (ignored) Report(DiagnosticDescriptors.IgnoreHasNoEffect, location, field.Name);
-            return Make(MemberKind.Buffer, null);
-        }
+        if (_known.IsTensor(type)) return Make(MemberKind.Buffer, null);
 
         MemberKind kind;
         ITypeSymbol? moduleType;
@@ -190,18 +186,18 @@ internal sealed class TrackedClassParser
         var typeName = type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat);
         if (_known.HasAttribute(type, _known.EmaTracked))
         {
-            return new ModuleTypeSpec(ModuleKind.Tracked, typeName, typeName + ".EmaShadow", EquatableArray<string>.Empty);
+            return new ModuleTypeSpec(ModuleKind.Tracked, typeName, typeName + ".EmaShadow", EquatableArray<string>.Empty, EquatableArray<string>.Empty);
         }
         for (var t = type; t is not null; t = t.BaseType)
         {
             var ns = t.ContainingNamespace?.ToDisplayString() ?? "";
             if (t.ContainingType is null && BuiltinModules.ByDeclaringType.TryGetValue(ns + "." + t.MetadataName, out var builtin))
             {
-                return new ModuleTypeSpec(ModuleKind.Builtin, typeName, builtin.ShadowType, builtin.Parameters.ToEquatableArray());
+                return new ModuleTypeSpec(ModuleKind.Builtin, typeName, builtin.ShadowType, builtin.Parameters.ToEquatableArray(), builtin.Buffers.ToEquatableArray());
             }
             if (t.ContainingType is null && BuiltinModules.IsParameterlessBase(ns, t.Name))
             {
-                return new ModuleTypeSpec(ModuleKind.Parameterless, typeName, null, EquatableArray<string>.Empty);
+                return new ModuleTypeSpec(ModuleKind.Parameterless, typeName, null, EquatableArray<string>.Empty, EquatableArray<string>.Empty);
             }
         }
         return null;

@@ -12,18 +12,25 @@ public enum EmaExclusion
     Frozen,
     /// <summary>The member is marked <see cref="EmaIgnoreAttribute"/>.</summary>
     Ignored,
+    /// <summary>A buffer, and <see cref="EmaOptions.TrackBuffers"/> is off.</summary>
+    BufferNotTracked,
 }
 
-/// <summary>One parameter of the bound model, as the manager saw it at construction.</summary>
-/// <param name="Name">Full dotted name, identical to TorchSharp's <c>named_parameters()</c>.</param>
+/// <summary>One parameter or buffer of the bound model, as the manager saw it at construction.</summary>
+/// <param name="Name">Full dotted name, identical to TorchSharp's <c>named_parameters()</c> (or <c>named_buffers()</c>).</param>
 /// <param name="Shape">Shape at construction.</param>
 /// <param name="DType">Element type of the parameter.</param>
 /// <param name="ShadowDType">Element type of its shadow: fp32 for bf16/fp16 parameters unless <see cref="EmaOptions.LowPrecisionShadow"/>, else the parameter's.</param>
 /// <param name="Device">Device of the parameter (and of its shadow).</param>
 /// <param name="Exclusion">Why it is not averaged, or <see cref="EmaExclusion.None"/>.</param>
+/// <param name="IsBuffer">True for a buffer (a registered tensor that is not a parameter).</param>
 public sealed record EmaParameterInfo(
-    string Name, long[] Shape, torch.ScalarType DType, torch.ScalarType ShadowDType, torch.Device Device, EmaExclusion Exclusion)
+    string Name, long[] Shape, torch.ScalarType DType, torch.ScalarType ShadowDType, torch.Device Device, EmaExclusion Exclusion,
+    bool IsBuffer = false)
 {
+    /// <summary>True when the shadow is a plain copy (integer and bool buffers are copied, never averaged).</summary>
+    public bool IsCopied => !KernelKinds.IsFloatingPoint(DType);
+
     /// <summary>True when the parameter has a shadow.</summary>
     public bool Tracked => Exclusion == EmaExclusion.None;
 

@@ -1,6 +1,6 @@
-using TorchSharp.Modules;
+using TorchSharp;
 
 namespace EmaGen;
 
-/// <summary>One visit of <see cref="IEmaParameterVisitor.Parameter"/>: a named parameter, or an empty slot (null parameter).</summary>
-internal readonly record struct ParameterSlot(string FullName, string LocalName, Parameter? Parameter, bool Ignored);
+/// <summary>One visit of a parameter or buffer slot: a named tensor, or an empty slot (null).</summary>
+internal readonly record struct ParameterSlot(string FullName, string LocalName, torch.Tensor? Tensor, bool Ignored, bool IsBuffer);

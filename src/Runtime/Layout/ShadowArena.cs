@@ -1,7 +1,6 @@
 using System;
 using System.Collections.Generic;
 using TorchSharp;
-using TorchSharp.Modules;
 
 namespace EmaGen;
 
@@ -32,20 +31,21 @@ internal sealed class ShadowArena : IDisposable
     private readonly long[] _offsetOf;
 
     /// <summary>Allocates shadows for the tracked entries of <paramref name="parameters"/> and copies the current values in.</summary>
-    public ShadowArena(IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<Parameter> sources, bool packParameters)
+    public ShadowArena(IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<torch.Tensor> sources, bool packParameters)
     {
         _views = new torch.Tensor?[parameters.Count];
         _groupOf = new int[parameters.Count];
         _offsetOf = new long[parameters.Count];
         Array.Fill(_groupOf, -1);
 
-        var members = new Dictionary<(DeviceType, int, torch.ScalarType, torch.ScalarType), List<int>>();
-        var order = new List<(DeviceType, int, torch.ScalarType, torch.ScalarType)>();
+        // Buffers get groups of their own: they are never packed, so a packed group holds parameters only.
+        var members = new Dictionary<(DeviceType, int, torch.ScalarType, torch.ScalarType, bool), List<int>>();
+        var order = new List<(DeviceType, int, torch.ScalarType, torch.ScalarType, bool)>();
         for (int i = 0; i < parameters.Count; i++)
         {
             var p = parameters[i];
             if (!p.Tracked) continue;
-            var key = (p.Device.type, p.Device.index, p.ShadowDType, p.DType);
+            var key = (p.Device.type, p.Device.index, p.ShadowDType, p.DType, p.IsBuffer);
             if (!members.TryGetValue(key, out var list))
             {
                 members[key] = list = new List<int>();
@@ -57,7 +57,7 @@ internal sealed class ShadowArena : IDisposable
         using var _ = torch.no_grad();
         foreach (var key in order)
         {
-            var (deviceType, deviceIndex, shadowDType, parameterDType) = key;
+            var (deviceType, deviceIndex, shadowDType, parameterDType, isBuffer) = key;
             var device = new torch.Device(deviceType, deviceIndex);
             var indices = members[key];
             long alignElements = Math.Max(1, AlignmentBytes / Math.Min(ElementSize(shadowDType), ElementSize(parameterDType)));
@@ -85,7 +85,7 @@ internal sealed class ShadowArena : IDisposable
                 InPlace.Release(view.copy_(sources[index]), view);
                 _views[index] = view;
             }
-            if (packParameters) Pack(group, indices, parameters, sources);
+            if (packParameters && !isBuffer) Pack(group, indices, parameters, sources);
         }
     }
 
@@ -123,7 +123,7 @@ internal sealed class ShadowArena : IDisposable
 
     // set_ makes each Parameter object alias a slice of one flat buffer: the optimizer keeps the same objects, and its
     // writes land in the flat buffer that the fused update reads.
-    private void Pack(ArenaGroup group, List<int> indices, IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<Parameter> sources)
+    private void Pack(ArenaGroup group, List<int> indices, IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<torch.Tensor> sources)
     {
         var flat = torch.zeros(group.Elements, group.ParameterDType, group.Device).DetachFromDisposeScope();
         foreach (int index in indices)

@@ -26,18 +26,22 @@ internal struct ShadowCopier : IEmaParameterVisitor
 
     public void ExitModule() { }
 
+    public void Parameter(string name, Parameter? parameter, bool ignored) => Copy(parameter);
+
+    public void Buffer(string name, torch.Tensor? buffer, bool ignored) => Copy(buffer);
+
     // The manager has already checked count, names, presence and sizes for this model.
-    public void Parameter(string name, Parameter? parameter, bool ignored)
+    private void Copy(torch.Tensor? target)
     {
         int slot = _slot++;
         int p = _parameterOfSlot[slot];
         var shadow = p >= 0 ? _arena[p] : null;
         if (shadow is null) return;
-        if (!parameter!.shape.AsSpan().SequenceEqual(shadow.shape))
+        if (!target!.shape.AsSpan().SequenceEqual(shadow.shape))
         {
             throw new InvalidOperationException(
-                $"Parameter '{_slots[slot].FullName}' has shape [{string.Join(", ", parameter.shape)}], its shadow [{string.Join(", ", shadow.shape)}].");
+                $"'{_slots[slot].FullName}' has shape [{string.Join(", ", target.shape)}], its shadow [{string.Join(", ", shadow.shape)}].");
         }
-        InPlace.Release(parameter.copy_(shadow), parameter);
+        InPlace.Release(target.copy_(shadow), target);
     }
 }

@@ -32,12 +32,16 @@ internal struct SlotCollector : IEmaParameterVisitor
         _ignoredStack.RemoveAt(last);
     }
 
-    public void Parameter(string name, Parameter? parameter, bool ignored)
+    public void Parameter(string name, Parameter? parameter, bool ignored) => Add(name, parameter, ignored, isBuffer: false);
+
+    public void Buffer(string name, TorchSharp.torch.Tensor? buffer, bool ignored) => Add(name, buffer, ignored, isBuffer: true);
+
+    private void Add(string name, TorchSharp.torch.Tensor? tensor, bool ignored, bool isBuffer)
     {
         var full = new StringBuilder();
         foreach (var segment in _path) full.Append(segment).Append('.');
         full.Append(name);
-        Slots.Add(new ParameterSlot(full.ToString(), name, parameter, ignored || _ignoredDepth > 0));
+        Slots.Add(new ParameterSlot(full.ToString(), name, tensor, ignored || _ignoredDepth > 0, isBuffer));
     }
 
     private void Push(string segment, bool ignored)

@@ -3,8 +3,9 @@ using TorchSharp.Modules;
 namespace EmaGen;
 
 /// <summary>
-/// Receives a tracked model's parameters from the generated <c>VisitParameters</c>, in the order of TorchSharp's
-/// <c>named_parameters()</c>: a module's own parameters first, then each submodule's, in field order. Names arrive as
+/// Receives a tracked model's parameters and buffers from the generated <c>VisitParameters</c>. Parameters arrive in the
+/// order of TorchSharp's <c>named_parameters()</c> (a module's own parameters first, then each submodule's, in field
+/// order) and buffers in the order of <c>named_buffers()</c>; the two kinds interleave per module. Names arrive as
 /// path segments so that a visitor that does not need full names (the per-step update) never builds a string.
 /// </summary>
 public interface IEmaParameterVisitor
@@ -23,4 +24,10 @@ public interface IEmaParameterVisitor
     /// bias); such a slot has no name in <c>named_parameters()</c> but is still visited so every traversal stays aligned.
     /// </summary>
     void Parameter(string name, Parameter? parameter, bool ignored);
+
+    /// <summary>
+    /// One buffer slot (a registered non-parameter tensor such as BatchNorm's <c>running_mean</c>), in
+    /// <c>named_buffers()</c> order relative to the other buffers. Null where the model holds none.
+    /// </summary>
+    void Buffer(string name, TorchSharp.torch.Tensor? buffer, bool ignored);
 }

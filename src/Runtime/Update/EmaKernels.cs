@@ -43,6 +43,13 @@ internal static unsafe class EmaKernels
                 case KernelKind.Float16:
                     Float16((Half*)ema, (Half*)p, n, w);
                     break;
+                case KernelKind.Copy1:
+                case KernelKind.Copy2:
+                case KernelKind.Copy4:
+                case KernelKind.Copy8:
+                    long bytes = (long)n * KernelKinds.ShadowElementSize(kind);
+                    Buffer.MemoryCopy(p, ema, bytes, bytes);
+                    break;
                 default:
                     throw new InvalidOperationException($"No CPU kernel for {kind}.");
             }

@@ -17,6 +17,11 @@ internal enum KernelKind : byte
     BFloat16,
     /// <summary>fp16 shadow of an fp16 parameter (<see cref="EmaOptions.LowPrecisionShadow"/>); math in fp32.</summary>
     Float16,
+    /// <summary>Integer and bool buffers: copied, never averaged (1, 2, 4 or 8 bytes per element).</summary>
+    Copy1,
+    Copy2,
+    Copy4,
+    Copy8,
 }
 
 internal static class KernelKinds
@@ -29,22 +34,35 @@ internal static class KernelKinds
         (torch.ScalarType.Float32, torch.ScalarType.Float16) => KernelKind.Float32FromFloat16,
         (torch.ScalarType.BFloat16, torch.ScalarType.BFloat16) => KernelKind.BFloat16,
         (torch.ScalarType.Float16, torch.ScalarType.Float16) => KernelKind.Float16,
+        _ when shadow == parameter => parameter switch
+        {
+            torch.ScalarType.Bool or torch.ScalarType.Byte or torch.ScalarType.Int8 => KernelKind.Copy1,
+            torch.ScalarType.Int16 => KernelKind.Copy2,
+            torch.ScalarType.Int32 => KernelKind.Copy4,
+            torch.ScalarType.Int64 => KernelKind.Copy8,
+            _ => KernelKind.None,
+        },
         _ => KernelKind.None,
     };
 
     public static int ShadowElementSize(KernelKind kind) => kind switch
     {
-        KernelKind.Float64 => 8,
-        KernelKind.BFloat16 or KernelKind.Float16 => 2,
+        KernelKind.Float64 or KernelKind.Copy8 => 8,
+        KernelKind.BFloat16 or KernelKind.Float16 or KernelKind.Copy2 => 2,
+        KernelKind.Copy1 => 1,
         _ => 4,
     };
 
     public static int ParameterElementSize(KernelKind kind) => kind switch
     {
-        KernelKind.Float32 => 4,
-        KernelKind.Float64 => 8,
+        KernelKind.Float32 or KernelKind.Copy4 => 4,
+        KernelKind.Float64 or KernelKind.Copy8 => 8,
+        KernelKind.Copy1 => 1,
         _ => 2,
     };
+
+    public static bool IsFloatingPoint(torch.ScalarType dtype) => dtype is torch.ScalarType.Float16 or torch.ScalarType.BFloat16
+        or torch.ScalarType.Float32 or torch.ScalarType.Float64;
 
     /// <summary>The default shadow dtype for a parameter dtype: fp32 for bf16/fp16 unless low precision is asked for.</summary>
     public static torch.ScalarType ShadowDTypeFor(torch.ScalarType parameter, bool lowPrecision) =>

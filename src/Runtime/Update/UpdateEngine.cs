@@ -34,12 +34,14 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     private readonly KernelKind[] _kernel;
     private readonly torch.ScalarType[] _parameterDType;
     private readonly DeviceType[] _deviceType;
-    private readonly Parameter?[] _knownParameter;
+    private readonly torch.Tensor?[] _knownTensor;
     private readonly IntPtr[] _knownPointer;
     private readonly bool[] _rawOk;
     private readonly IntPtr[] _expectedPackedPointer;
+    private readonly int[] _groupOfItem;
+    private readonly bool[] _groupIntact;
     private readonly IntPtr[] _parameterPointer;
-    private readonly Parameter?[] _current;
+    private readonly torch.Tensor?[] _current;
 
     // Work list of the current step: either one entry per group (packed) or one per item.
     private readonly IntPtr[] _workShadow;
@@ -78,12 +80,14 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         _kernel = new KernelKind[items];
         _parameterDType = new torch.ScalarType[items];
         _deviceType = new DeviceType[items];
-        _knownParameter = new Parameter?[items];
+        _knownTensor = new torch.Tensor?[items];
         _knownPointer = new IntPtr[items];
         _rawOk = new bool[items];
         _expectedPackedPointer = new IntPtr[items];
+        _groupOfItem = new int[items];
+        _groupIntact = new bool[arena.Groups.Count];
         _parameterPointer = new IntPtr[items];
-        _current = new Parameter?[items];
+        _current = new torch.Tensor?[items];
         for (int s = 0; s < slots.Length; s++)
         {
             int item = _itemOfSlot[s];
@@ -97,7 +101,8 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
             _parameterDType[item] = info.DType;
             _deviceType[item] = info.Device.type;
             _shadowPointer[item] = info.Device.type == DeviceType.CPU ? NativeTensor.DataPointer(shadow) : IntPtr.Zero;
-            var group = arena.Groups[arena.GroupOf(p)];
+            _groupOfItem[item] = arena.GroupOf(p);
+            var group = arena.Groups[_groupOfItem[item]];
             if (group.PackedParameters is { } packed && info.Device.type == DeviceType.CPU)
             {
                 _expectedPackedPointer[item] = NativeTensor.DataPointer(packed)
@@ -133,7 +138,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     public void BeginGather() => _cursor = 0;
 
     /// <summary>Checks one visited slot against the recorded layout and remembers where its data is. Writes nothing.</summary>
-    public void Gather(string name, Parameter? parameter)
+    public void Gather(string name, torch.Tensor? parameter)
     {
         int slot = _cursor++;
         if (slot >= _slots.Length)
@@ -156,10 +161,10 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         if (item < 0) return;
 
         var pointer = NativeTensor.DataPointer(parameter!);
-        if (!ReferenceEquals(parameter, _knownParameter[item]) || pointer != _knownPointer[item])
+        if (!ReferenceEquals(parameter, _knownTensor[item]) || pointer != _knownPointer[item])
         {
             Revalidate(item, slot, parameter!);
-            _knownParameter[item] = parameter;
+            _knownTensor[item] = parameter;
             _knownPointer[item] = pointer;
         }
         _parameterPointer[item] = pointer;
@@ -179,21 +184,14 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     public void Apply()
     {
         bool allRaw = true;
-        bool packedIntact = _arena.Groups.Count > 0;
+        Array.Fill(_groupIntact, true);
         for (int item = 0; item < _shadow.Length; item++)
         {
             allRaw &= _rawOk[item];
-            packedIntact &= _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == _parameterPointer[item];
+            int group = _groupOfItem[item];
+            _groupIntact[group] &= _rawOk[item] && _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == _parameterPointer[item];
         }
-
-        if (allRaw && packedIntact)
-        {
-            BuildPackedWork();
-        }
-        else
-        {
-            BuildItemWork();
-        }
+        BuildWork();
         if (_workLength > 0)
         {
             if (_pool is not null && _workElements >= ParallelThreshold)
@@ -245,38 +243,35 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         }
     }
 
-    private void BuildPackedWork()
+    // One entry per packed group whose parameters all still alias its flat buffer (padding between slices is zero in
+    // both buffers and stays zero, so the group is one contiguous range), and one entry per remaining item.
+    private void BuildWork()
     {
         _workLength = 0;
         _workElements = 0;
-        foreach (var group in _arena.Groups)
+        var groups = _arena.Groups;
+        for (int g = 0; g < groups.Count; g++)
         {
-            // Padding between slices is zero in both buffers and stays zero, so each group is one contiguous range.
-            _workShadow[_workLength] = NativeTensor.DataPointer(group.Shadow);
-            _workParameter[_workLength] = NativeTensor.DataPointer(group.PackedParameters!);
-            _workCount[_workLength] = group.Elements;
-            _workStart[_workLength] = _workElements;
-            _workKernel[_workLength] = group.Kernel;
-            _workElements += group.Elements;
-            _workLength++;
+            if (!_groupIntact[g]) continue;
+            var group = groups[g];
+            Add(NativeTensor.DataPointer(group.Shadow), NativeTensor.DataPointer(group.PackedParameters!), group.Elements, group.Kernel);
+        }
+        for (int item = 0; item < _shadow.Length; item++)
+        {
+            if (!_rawOk[item] || _groupIntact[_groupOfItem[item]]) continue;
+            Add(_shadowPointer[item], _parameterPointer[item], _count[item], _kernel[item]);
         }
     }
 
-    private void BuildItemWork()
+    private void Add(IntPtr shadow, IntPtr parameter, long count, KernelKind kind)
     {
-        _workLength = 0;
-        _workElements = 0;
-        for (int item = 0; item < _shadow.Length; item++)
-        {
-            if (!_rawOk[item]) continue;
-            _workShadow[_workLength] = _shadowPointer[item];
-            _workParameter[_workLength] = _parameterPointer[item];
-            _workCount[_workLength] = _count[item];
-            _workStart[_workLength] = _workElements;
-            _workKernel[_workLength] = _kernel[item];
-            _workElements += _count[item];
-            _workLength++;
-        }
+        _workShadow[_workLength] = shadow;
+        _workParameter[_workLength] = parameter;
+        _workCount[_workLength] = count;
+        _workStart[_workLength] = _workElements;
+        _workKernel[_workLength] = kind;
+        _workElements += count;
+        _workLength++;
     }
 
     // Devices other than the CPU, non-contiguous parameters and dtype pairs without a kernel. No host synchronisation:
@@ -290,7 +285,11 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
             if (_rawOk[item]) continue;
             var shadow = _shadow[item];
             var parameter = _current[item]!;
-            if (shadow.dtype == parameter.dtype)
+            if (!KernelKinds.IsFloatingPoint(shadow.dtype))
+            {
+                InPlace.Release(shadow.copy_(parameter), shadow);
+            }
+            else if (shadow.dtype == parameter.dtype)
             {
                 InPlace.Release(shadow.lerp_(parameter, WeightFor(shadow)), shadow);
             }
@@ -340,7 +339,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         return w;
     }
 
-    private void Revalidate(int item, int slot, Parameter parameter)
+    private void Revalidate(int item, int slot, torch.Tensor parameter)
     {
         var name = _slots[slot].FullName;
         long numel = parameter.numel();
@@ -383,4 +382,6 @@ internal readonly struct GatherVisitor : IEmaParameterVisitor
     public void ExitModule() { }
 
     public void Parameter(string name, Parameter? parameter, bool ignored) => _engine.Gather(name, parameter);
+
+    public void Buffer(string name, torch.Tensor? buffer, bool ignored) => _engine.Gather(name, buffer);
 }

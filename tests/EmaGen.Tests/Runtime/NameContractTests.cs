@@ -64,6 +64,19 @@ public sealed class NameContractTests
         "head.weight", "head.bias");
 
     [Fact]
+    public void BuffersFollowNamedBuffers()
+    {
+        using var model = new BuiltinsModel(reflection: false);
+        using var ema = new EmaManager<BuiltinsModel>(model);
+        Assert.Equal(new[] { "batchNorm.running_mean", "batchNorm.running_var", "batchNorm.num_batches_tracked" }, ema.Buffers.Select(b => b.Name));
+        Assert.All(ema.Buffers, b => Assert.Equal(EmaExclusion.BufferNotTracked, b.Exclusion));
+
+        using var nested = new NestedModel(reflection: false);
+        using var ema2 = new EmaManager<NestedModel>(nested);
+        Assert.Equal(new[] { "counter" }, ema2.Buffers.Select(b => b.Name));
+    }
+
+    [Fact]
     public void GeneratedRegistrationIsIdempotent()
     {
         using var model = new NestedModel(reflection: false);
@@ -96,6 +109,7 @@ public sealed class NameContractTests
 
         using var ema = new EmaManager<TModel>(generated);
         Assert.Equal(truth, ema.Parameters.Select(p => p.Name));
+        Assert.Equal(generated.named_buffers().Select(b => b.name), ema.Buffers.Select(b => b.Name));
         var shapes = generated.named_parameters().ToDictionary(p => p.name, p => p.parameter.shape);
         Assert.All(ema.Parameters, p => Assert.Equal(shapes[p.Name], p.Shape));
     }

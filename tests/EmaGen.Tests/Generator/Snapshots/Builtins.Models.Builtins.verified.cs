@@ -69,6 +69,9 @@ namespace Models
                 visitor.EnterModule("bn", false);
                 visitor.Parameter("weight", __bn.weight, false);
                 visitor.Parameter("bias", __bn.bias, false);
+                visitor.Buffer("running_mean", __bn.running_mean, false);
+                visitor.Buffer("running_var", __bn.running_var, false);
+                visitor.Buffer("num_batches_tracked", __bn.num_batches_tracked, false);
                 visitor.ExitModule();
             }
             if (module.gn is { } __gn)
@@ -118,10 +121,10 @@ namespace Models
             {
                 __deconvShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
             }
-            global::EmaGen.Shadows.WeightBiasShadow? __bnShadow = null;
+            global::EmaGen.Shadows.NormShadow? __bnShadow = null;
             if (module.bn is not null)
             {
-                __bnShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __bnShadow = new global::EmaGen.Shadows.NormShadow(builder.Next("weight"), builder.Next("bias"), builder.Next("running_mean"), builder.Next("running_var"), builder.Next("num_batches_tracked"));
             }
             global::EmaGen.Shadows.WeightBiasShadow? __gnShadow = null;
             if (module.gn is not null)
@@ -149,7 +152,7 @@ namespace Models
         /// <summary>EMA shadow of <see cref="Builtins"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>
         public sealed class EmaShadow
         {
-            internal EmaShadow(global::EmaGen.Shadows.WeightBiasShadow? conv, global::EmaGen.Shadows.WeightBiasShadow? deconv, global::EmaGen.Shadows.WeightBiasShadow? bn, global::EmaGen.Shadows.WeightBiasShadow? gn, global::EmaGen.Shadows.WeightBiasShadow? bil, global::EmaGen.Shadows.WeightShadow? prelu, global::EmaGen.Shadows.RecurrentCellShadow? cell)
+            internal EmaShadow(global::EmaGen.Shadows.WeightBiasShadow? conv, global::EmaGen.Shadows.WeightBiasShadow? deconv, global::EmaGen.Shadows.NormShadow? bn, global::EmaGen.Shadows.WeightBiasShadow? gn, global::EmaGen.Shadows.WeightBiasShadow? bil, global::EmaGen.Shadows.WeightShadow? prelu, global::EmaGen.Shadows.RecurrentCellShadow? cell)
             {
                 this.conv = conv!;
                 this.deconv = deconv!;
@@ -167,7 +170,7 @@ namespace Models
             public global::EmaGen.Shadows.WeightBiasShadow deconv { get; }
 
             /// <summary>Shadow of submodule <c>bn</c>.</summary>
-            public global::EmaGen.Shadows.WeightBiasShadow bn { get; }
+            public global::EmaGen.Shadows.NormShadow bn { get; }
 
             /// <summary>Shadow of submodule <c>gn</c>.</summary>
             public global::EmaGen.Shadows.WeightBiasShadow gn { get; }

@@ -48,6 +48,7 @@ namespace Models
         {
             visitor.Parameter("probe", module.probe, true);
             visitor.Parameter("temperature", module.temp, false);
+            visitor.Buffer("runningMean", module.runningMean, false);
             if (module.blocks is { } __blocks)
             {
                 visitor.EnterModule("blocks", false);
@@ -86,6 +87,7 @@ namespace Models
         public static EmaShadow CreateEmaShadow(global::Models.Stack module, global::EmaGen.EmaShadowBuilder builder)
         {
             var __tempShadow = builder.Next("temperature");
+            var __runningMeanShadow = builder.Next("runningMean");
             global::EmaGen.EmaShadowList<global::Models.Block.EmaShadow>? __blocksShadow = null;
             if (module.blocks is { } __blocks)
             {
@@ -105,17 +107,19 @@ namespace Models
             {
                 __extraShadow = global::Models.Block.CreateEmaShadow(__extra, builder);
             }
-            return new EmaShadow(__tempShadow, __blocksShadow, __headsShadow, __extraShadow);
+            return new EmaShadow(__tempShadow, __runningMeanShadow, __blocksShadow, __headsShadow, __extraShadow);
         }
 
         /// <summary>EMA shadow of <see cref="Stack"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>
         public sealed class EmaShadow
         {
             private readonly global::EmaGen.EmaShadowEntry __temp;
+            private readonly global::EmaGen.EmaShadowEntry __runningMean;
 
-            internal EmaShadow(global::EmaGen.EmaShadowEntry temp, global::EmaGen.EmaShadowList<global::Models.Block.EmaShadow>? blocks, global::EmaGen.EmaShadowList<global::EmaGen.Shadows.WeightBiasShadow>? heads, global::Models.Block.EmaShadow? extra)
+            internal EmaShadow(global::EmaGen.EmaShadowEntry temp, global::EmaGen.EmaShadowEntry runningMean, global::EmaGen.EmaShadowList<global::Models.Block.EmaShadow>? blocks, global::EmaGen.EmaShadowList<global::EmaGen.Shadows.WeightBiasShadow>? heads, global::Models.Block.EmaShadow? extra)
             {
                 this.__temp = temp;
+                this.__runningMean = runningMean;
                 this.blocks = blocks!;
                 this.heads = heads!;
                 this.extra = extra;
@@ -123,6 +127,9 @@ namespace Models
 
             /// <summary>Shadow of <c>temperature</c>.</summary>
             public global::TorchSharp.torch.Tensor temp => __temp.Tensor;
+
+            /// <summary>Shadow of buffer <c>runningMean</c> (tracked with <c>EmaOptions.TrackBuffers</c>).</summary>
+            public global::TorchSharp.torch.Tensor runningMean => __runningMean.Tensor;
 
             /// <summary>Shadow of submodule <c>blocks</c>.</summary>
             public global::EmaGen.EmaShadowList<global::Models.Block.EmaShadow> blocks { get; }

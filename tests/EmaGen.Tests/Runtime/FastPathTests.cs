@@ -1,0 +1,288 @@
+using System;
+using System.Linq;
+using EmaGen.Tests.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace EmaGen.Tests.Runtime;
+
+/// <summary>
+/// Every fast path against a straightforward reference: bitwise where the operation order is the same
+/// (<c>fma(ema, d, p*w)</c> per element), otherwise within a few ulps of the torch per-tensor update.
+/// </summary>
+public sealed class FastPathTests
+{
+    private static readonly long[] OddSizes = { 1, 3, 63, 65, 1000, 4097 };
+
+    [Theory]
+    [InlineData(0.9)]
+    [InlineData(0.999)]
+    public void Float32MatchesTheScalarFormulaBitwiseAndTorchWithinUlps(double decay)
+    {
+        torch.manual_seed(1);
+        using var model = new SizedModel(ScalarType.Float32, OddSizes);
+        using var ema = new EmaManager<SizedModel>(model, decay);
+        var before = Values(ema);
+        UpdateNumericsTests.RandomizeParameters(model);
+        ema.Update(model);
+
+        float d = (float)decay, w = (float)(1 - decay);
+        for (int i = 0; i < model.Count; i++)
+        {
+            var e0 = before[i];
+            var p = model[i].data<float>().ToArray();
+            var actual = ema[Name(i)].data<float>().ToArray();
+            var expected = e0.Select((e, k) => MathF.FusedMultiplyAdd(e, d, p[k] * w)).ToArray();
+            Assert.Equal(expected, actual);
+
+            using var reference = torch.tensor(e0).mul_(decay).add_(model[i].detach(), alpha: 1 - decay);
+            AssertClose(reference.data<float>().ToArray(), actual, e0, p, d, w, Name(i));
+        }
+    }
+
+    [Fact]
+    public void BFloat16ParametersGetFloat32ShadowsWidenedInRegisters()
+    {
+        torch.manual_seed(2);
+        using var model = new SizedModel(ScalarType.BFloat16, OddSizes);
+        using var ema = new EmaManager<SizedModel>(model, 0.99);
+        Assert.All(ema.Parameters, p => Assert.Equal(ScalarType.Float32, p.ShadowDType));
+        var before = Values(ema);
+        UpdateNumericsTests.RandomizeParameters(model);
+        ema.Update(model);
+
+        for (int i = 0; i < model.Count; i++)
+        {
+            using var wide = model[i].detach().to_type(ScalarType.Float32);
+            var p = wide.data<float>().ToArray();
+            var actual = ema[Name(i)].data<float>().ToArray();
+            var expected = before[i].Select((e, k) => MathF.FusedMultiplyAdd(e, 0.99f, p[k] * (float)(1 - 0.99))).ToArray();
+            Assert.Equal(expected, actual);
+
+            using var reference = torch.tensor(before[i]).mul_(0.99).add_(model[i].detach(), alpha: 1 - 0.99);
+            AssertClose(reference.data<float>().ToArray(), actual, before[i], p, 0.99f, 0.01f, Name(i));
+        }
+        Assert.All(ema.StateDict().Values, t => Assert.Equal(ScalarType.Float32, t.dtype));
+    }
+
+    [Fact]
+    public void Float16ParametersGetFloat32Shadows()
+    {
+        torch.manual_seed(3);
+        using var model = new SizedModel(ScalarType.Float16, OddSizes);
+        using var ema = new EmaManager<SizedModel>(model, 0.9);
+        var before = Values(ema);
+        UpdateNumericsTests.RandomizeParameters(model);
+        ema.Update(model);
+        for (int i = 0; i < model.Count; i++)
+        {
+            using var wide = model[i].detach().to_type(ScalarType.Float32);
+            using var reference = torch.tensor(before[i]).mul_(0.9).add_(model[i].detach(), alpha: 1 - 0.9);
+            AssertClose(reference.data<float>().ToArray(), ema[Name(i)].data<float>().ToArray(), before[i], wide.data<float>().ToArray(), 0.9f, 0.1f, Name(i));
+        }
+    }
+
+    [Fact]
+    public void LowPrecisionShadowRoundsToNearestEven()
+    {
+        torch.manual_seed(4);
+        using var model = new SizedModel(ScalarType.BFloat16, OddSizes);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.75, LowPrecisionShadow = true });
+        Assert.All(ema.Parameters, p => Assert.Equal(ScalarType.BFloat16, p.ShadowDType));
+        var before = ema.TrackedNames.Select(n => ema[n].to_type(ScalarType.Float32).data<float>().ToArray()).ToArray();
+        UpdateNumericsTests.RandomizeParameters(model);
+        ema.Update(model);
+        for (int i = 0; i < model.Count; i++)
+        {
+            using var wide = model[i].detach().to_type(ScalarType.Float32);
+            var p = wide.data<float>().ToArray();
+            var exact = before[i].Select((e, k) => MathF.FusedMultiplyAdd(e, 0.75f, p[k] * 0.25f)).ToArray();
+            // LibTorch's own fp32 -> bf16 conversion is the reference for the rounding.
+            using var rounded = torch.tensor(exact).to_type(ScalarType.BFloat16).to_type(ScalarType.Float32);
+            using var actual = ema[Name(i)].to_type(ScalarType.Float32);
+            Assert.Equal(rounded.data<float>().ToArray(), actual.data<float>().ToArray());
+        }
+    }
+
+    [Fact]
+    public void PackingKeepsParameterObjectsAndMatchesUnpackedBitwise()
+    {
+        torch.manual_seed(5);
+        using var plain = new SizedModel(ScalarType.Float32, OddSizes);
+        using var packedModel = new SizedModel(ScalarType.Float32, OddSizes);
+        CopyParameters(plain, packedModel);
+        var objects = Enumerable.Range(0, packedModel.Count).Select(i => packedModel[i]).ToArray();
+        var values = objects.Select(p => p.data<float>().ToArray()).ToArray();
+        using var optimizer = torch.optim.SGD(packedModel.parameters(), 0.5);
+
+        using var ema = new EmaManager<SizedModel>(plain, 0.8);
+        using var packed = new EmaManager<SizedModel>(packedModel, new EmaOptions { Decay = 0.8, PackParameters = true });
+        for (int i = 0; i < packedModel.Count; i++)
+        {
+            Assert.Same(objects[i], packedModel[i]);
+            Assert.Equal(values[i], packedModel[i].data<float>().ToArray());
+        }
+        Assert.Equal(packedModel.named_parameters().Select(p => p.name), plain.named_parameters().Select(p => p.name));
+
+        // An optimizer built before packing still writes the parameters the packed update reads.
+        for (int step = 0; step < 3; step++)
+        {
+            foreach (var p in packedModel.parameters()) p.grad = torch.randn_like(p);
+            optimizer.step();
+            CopyParameters(packedModel, plain);
+            ema.Update(plain);
+            packed.Update(packedModel);
+        }
+        Assert.NotEqual(values[5], packedModel[5].data<float>().ToArray());
+        foreach (var name in ema.TrackedNames)
+        {
+            Assert.Equal(ema[name].data<float>().ToArray(), packed[name].data<float>().ToArray());
+        }
+    }
+
+    [Fact]
+    public void RepointedPackedParameterFallsBackAndStaysCorrect()
+    {
+        torch.manual_seed(6);
+        using var model = new SizedModel(ScalarType.Float32, OddSizes);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, PackParameters = true });
+        var before = Values(ema);
+        using (torch.no_grad())
+        {
+            model[2].set_(torch.full(63, 3f));
+        }
+        ema.Update(model);
+        Assert.Equal(before[2].Select(e => MathF.FusedMultiplyAdd(e, 0.5f, 3f * 0.5f)).ToArray(), ema[Name(2)].data<float>().ToArray());
+        var p0 = model[0].data<float>().ToArray();
+        Assert.Equal(before[0].Select((e, k) => MathF.FusedMultiplyAdd(e, 0.5f, p0[k] * 0.5f)).ToArray(), ema[Name(0)].data<float>().ToArray());
+    }
+
+    [Fact]
+    public void MultiThreadedUpdateMatchesSingleThreadedBitwise()
+    {
+        torch.manual_seed(7);
+        long[] sizes = { 700_001, 3, 400_003, 65, 262_145 };
+        using var a = new SizedModel(ScalarType.Float32, sizes);
+        using var b = new SizedModel(ScalarType.Float32, sizes);
+        CopyParameters(a, b);
+        using var threaded = new EmaManager<SizedModel>(a, new EmaOptions { Decay = 0.9, Threads = 2 });
+        using var single = new EmaManager<SizedModel>(b, new EmaOptions { Decay = 0.9, Threads = 1 });
+        Assert.Equal(2, threaded.UpdateThreads);
+        Assert.Equal(1, single.UpdateThreads);
+        for (int step = 0; step < 3; step++)
+        {
+            UpdateNumericsTests.RandomizeParameters(a);
+            CopyParameters(a, b);
+            threaded.Update(a);
+            single.Update(b);
+        }
+        foreach (var name in threaded.TrackedNames)
+        {
+            Assert.Equal(single[name].data<float>().ToArray(), threaded[name].data<float>().ToArray());
+        }
+    }
+
+    [Fact]
+    public void NonContiguousParameterTakesTheTorchPath()
+    {
+        torch.manual_seed(8);
+        using var model = new SizedModel(ScalarType.Float32, 12);
+        using var ema = new EmaManager<SizedModel>(model, 0.6);
+        var before = Values(ema);
+        using var backing = torch.randn(24);
+        using (torch.no_grad())
+        {
+            // Same shape, but every other element of other storage: a non-contiguous parameter.
+            using var strided = backing.as_strided(new long[] { 12 }, new long[] { 2 });
+            model[0].set_(strided);
+        }
+        Assert.False(model[0].is_contiguous());
+        ema.Update(model);
+        var p = model[0].data<float>().ToArray();
+        var expected = before[0].Select((e, k) => 0.6f * e + 0.4f * p[k]).ToArray();
+        AssertClose(expected, ema[Name(0)].data<float>().ToArray(), before[0], p, 0.6f, 0.4f, Name(0));
+
+        using var target = new SizedModel(ScalarType.Float32, 12);
+        ema.CopyTo(target);
+        Assert.Equal(ema[Name(0)].data<float>().ToArray(), target[0].data<float>().ToArray());
+    }
+
+    [Fact]
+    public void SteadyStateUpdateAllocatesNoManagedMemory()
+    {
+        using var small = new SizedModel(ScalarType.Float32, OddSizes);
+        using var large = new SizedModel(ScalarType.BFloat16, 1_500_001, 17);
+        using var packedModel = new SizedModel(ScalarType.Float32, OddSizes);
+        using var a = new EmaManager<SizedModel>(small, 0.9);
+        using var b = new EmaManager<SizedModel>(large, new EmaOptions { Decay = 0.9, Threads = 2 });
+        using var c = new EmaManager<SizedModel>(packedModel, new EmaOptions { Decay = 0.9, PackParameters = true });
+        for (int i = 0; i < 3; i++)
+        {
+            a.Update(small);
+            b.Update(large);
+            c.Update(packedModel);
+        }
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++)
+        {
+            a.Update(small);
+            b.Update(large);
+            c.Update(packedModel);
+        }
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
+    [Fact]
+    public void TrackedBuffersAreAveragedOrCopied()
+    {
+        torch.manual_seed(9);
+        using var model = new NormModel();
+        using var ema = new EmaManager<NormModel>(model, new EmaOptions { Decay = 0.5, TrackBuffers = true });
+        Assert.Equal(new[] { "fc.weight", "fc.bias", "bn.weight", "bn.bias", "scale", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked" }
+            .Order(), ema.TrackedNames.Order());
+        var mean0 = ema["bn.running_mean"].data<float>().ToArray();
+        model.train();
+        using (torch.no_grad())
+        {
+            for (int i = 0; i < 3; i++) model.call(torch.randn(16, 4)).Dispose();
+        }
+        ema.Update(model);
+        var buffers = model.named_buffers().ToDictionary(b => b.name, b => b.buffer);
+        Assert.Equal(3L, buffers["bn.num_batches_tracked"].item<long>());
+        Assert.Equal(3L, ema["bn.num_batches_tracked"].item<long>());
+        var mean = buffers["bn.running_mean"].data<float>().ToArray();
+        Assert.Equal(mean0.Select((e, k) => MathF.FusedMultiplyAdd(e, 0.5f, mean[k] * 0.5f)).ToArray(), ema["bn.running_mean"].data<float>().ToArray());
+        Assert.Same(ema["bn.running_var"], ema.Shadow.bn.running_var);
+        Assert.Contains("bn.num_batches_tracked", ema.StateDict().Keys);
+
+        using var untracked = new EmaManager<NormModel>(model);
+        var e = Assert.Throws<InvalidOperationException>(() => untracked.Shadow.bn.running_mean);
+        Assert.Contains("TrackBuffers", e.Message);
+    }
+
+    private static string Name(int i) => $"leaves.{i}.w";
+
+    private static float[][] Values(EmaManager<SizedModel> ema) =>
+        ema.TrackedNames.Select(n => ema[n].data<float>().ToArray()).ToArray();
+
+    private static void CopyParameters(SizedModel from, SizedModel to)
+    {
+        using var _ = torch.no_grad();
+        for (int i = 0; i < from.Count; i++) to[i].copy_(from[i]);
+    }
+
+    // Two float evaluations of e*d + p*w (fused or not, in either order) differ by at most a couple of ulps of the
+    // larger term, not of the result: when the terms nearly cancel, the result is small but the rounding is not.
+    private static void AssertClose(float[] expected, float[] actual, float[] e0, float[] p, float d, float w, string name)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int k = 0; k < expected.Length; k++)
+        {
+            float scale = Math.Max(Math.Max(Math.Abs(e0[k] * d), Math.Abs(p[k] * w)), Math.Abs(expected[k]));
+            float tolerance = 2 * (MathF.BitIncrement(scale) - scale);
+            Assert.True(Math.Abs(expected[k] - actual[k]) <= tolerance, $"{name}[{k}]: {actual[k]} vs {expected[k]}");
+        }
+    }
+}

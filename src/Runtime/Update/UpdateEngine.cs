@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Runtime.Intrinsics.X86;
 using System.Threading;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -21,6 +22,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     // (a busy SMT sibling, a noisy neighbour on a VM) simply take fewer chunks. A multiple of 64 keeps every chunk on
     // a cache-line boundary.
     private const long ChunkElements = 1 << 18;
+    private const long PrefetchLimitBytes = 16 << 10;
 
     private readonly ParameterSlot[] _slots;
     private readonly long[] _slotNumel;
@@ -227,6 +229,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         if (first < 0) first = ~first - 1;
         for (int i = Math.Max(0, first); i < _workLength && _workStart[i] < hi; i++)
         {
+            if (i + 1 < _workLength) PrefetchSmall(i + 1);
             long start = _workStart[i];
             long count = _workCount[i];
             long from = Math.Max(lo, start);
@@ -241,6 +244,19 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
                     to - from, _decay);
             }
         }
+    }
+
+    // Small tensors live far apart in memory, and each is too short for the hardware prefetcher to get going; asking
+    // for the next small one while this one is processed overlaps its cache misses with useful work.
+    private void PrefetchSmall(int i)
+    {
+        long bytes = _workCount[i] * KernelKinds.ParameterElementSize(_workKernel[i]);
+        if (bytes > PrefetchLimitBytes || !Sse.IsSupported) return;
+        byte* p = (byte*)_workParameter[i];
+        byte* s = (byte*)_workShadow[i];
+        long shadowBytes = _workCount[i] * KernelKinds.ShadowElementSize(_workKernel[i]);
+        for (long offset = 0; offset < bytes; offset += 64) Sse.Prefetch0(p + offset);
+        for (long offset = 0; offset < shadowBytes; offset += 64) Sse.Prefetch0(s + offset);
     }
 
     // One entry per packed group whose parameters all still alias its flat buffer (padding between slices is zero in

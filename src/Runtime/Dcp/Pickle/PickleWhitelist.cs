@@ -1,0 +1,85 @@
+using System.Collections.Generic;
+
+namespace EmaGen.Dcp.Pickle;
+
+/// <summary>
+/// The only globals the reader accepts (dcp-format.md, table 2.2 in both module families, plus what torch.save tensor
+/// records use). Everything else is rejected by name; nothing is ever imported, instantiated or called.
+/// </summary>
+internal static class PickleWhitelist
+{
+    private const string Dcp2 = "torch.distributed.checkpoint.metadata";
+    private const string Dcp113 = "torch.distributed._shard.checkpoint.metadata";
+    private const string Sharded = "torch.distributed._shard.sharded_tensor.metadata";
+
+    /// <summary>torch dtype constant names, and the element size TorchSharp needs for each (0 where TorchSharp lacks the dtype).</summary>
+    public static readonly IReadOnlyDictionary<string, int> DTypes = new Dictionary<string, int>
+    {
+        ["float32"] = 4, ["float64"] = 8, ["float16"] = 2, ["bfloat16"] = 2,
+        ["int64"] = 8, ["int32"] = 4, ["int16"] = 2, ["int8"] = 1, ["uint8"] = 1, ["bool"] = 1,
+        ["complex64"] = 8, ["complex128"] = 16,
+        ["float8_e5m2"] = 1, ["float8_e4m3fn"] = 1, ["float8_e5m2fnuz"] = 1, ["float8_e4m3fnuz"] = 1, ["float8_e8m0fnu"] = 1,
+        ["uint16"] = 2, ["uint32"] = 4, ["uint64"] = 8, ["complex32"] = 4,
+    };
+
+    /// <summary>Legacy typed storage classes (module torch) and the dtype each holds.</summary>
+    public static readonly IReadOnlyDictionary<string, string> StorageDTypes = new Dictionary<string, string>
+    {
+        ["FloatStorage"] = "float32", ["DoubleStorage"] = "float64", ["HalfStorage"] = "float16", ["BFloat16Storage"] = "bfloat16",
+        ["LongStorage"] = "int64", ["IntStorage"] = "int32", ["ShortStorage"] = "int16", ["CharStorage"] = "int8",
+        ["ByteStorage"] = "uint8", ["BoolStorage"] = "bool", ["ComplexFloatStorage"] = "complex64", ["ComplexDoubleStorage"] = "complex128",
+    };
+
+    private static readonly Dictionary<(string, string), GlobalKind> Entries = Build();
+
+    public static bool TryGet(string module, string name, out PickleGlobal global)
+    {
+        if (Entries.TryGetValue((module, name), out var kind))
+        {
+            global = new PickleGlobal(module, name, kind);
+            return true;
+        }
+        global = null!;
+        return false;
+    }
+
+    private static Dictionary<(string, string), GlobalKind> Build()
+    {
+        var e = new Dictionary<(string, string), GlobalKind>();
+        foreach (var module in new[] { Dcp2, Dcp113 })
+        {
+            foreach (var cls in new[] { "Metadata", "TensorStorageMetadata", "ChunkStorageMetadata", "BytesStorageMetadata", "MetadataIndex" })
+            {
+                e[(module, cls)] = GlobalKind.DataClass;
+            }
+        }
+        e[(Dcp2, "TensorProperties")] = GlobalKind.DataClass;
+        e[(Dcp2, "StorageMeta")] = GlobalKind.DataClass;
+        e[(Sharded, "TensorProperties")] = GlobalKind.DataClass;
+        e[("torch.distributed.checkpoint.filesystem", "_StorageInfo")] = GlobalKind.DataClass;
+        e[("torch.distributed._shard.checkpoint.filesystem", "_StorageInfo")] = GlobalKind.DataClass;
+        e[(Dcp2, "_MEM_FORMAT_ENCODING")] = GlobalKind.EnumClass;
+        e[(Sharded, "MEM_FORMAT_ENCODING")] = GlobalKind.EnumClass;
+
+        foreach (var dtype in DTypes.Keys) e[("torch", dtype)] = GlobalKind.Constant;
+        e[("torch", "strided")] = GlobalKind.Constant;
+        foreach (var storage in StorageDTypes.Keys) e[("torch", storage)] = GlobalKind.Storage;
+        e[("torch.storage", "UntypedStorage")] = GlobalKind.Storage;
+
+        e[("torch", "Size")] = GlobalKind.Function;
+        e[("torch.serialization", "_get_layout")] = GlobalKind.Function;
+        e[("torch._utils", "_rebuild_tensor_v2")] = GlobalKind.Function;
+        e[("torch._utils", "_rebuild_tensor_v3")] = GlobalKind.Function;
+        e[("torch._utils", "_rebuild_parameter")] = GlobalKind.Function;
+        e[("collections", "OrderedDict")] = GlobalKind.Function;
+        e[("builtins", "getattr")] = GlobalKind.Function;
+        foreach (var module in new[] { "pathlib", "pathlib._local" })
+        {
+            foreach (var cls in new[] { "PosixPath", "WindowsPath", "Path", "PurePosixPath", "PureWindowsPath" })
+            {
+                e[(module, cls)] = GlobalKind.Function;
+            }
+        }
+        return e;
+    }
+}

@@ -1,0 +1,203 @@
+using System;
+using System.Collections;
+using System.Collections.Generic;
+using System.IO;
+using EmaGen.Dcp.Pickle;
+using EmaGen.Dcp.Zip;
+using TorchSharp;
+
+namespace EmaGen.Dcp;
+
+/// <summary>A BYTE_IO value EmaGen could not decode safely: the raw pickle, never executed.</summary>
+public sealed record RawPickleValue(byte[] Pickle);
+
+/// <summary>
+/// Encodes and decodes the items of a DCP data file: one torch.save archive per tensor chunk or non-tensor value
+/// (dcp-format.md §3.2-3.4). Tensor data is written from and read into the tensor's own memory.
+/// </summary>
+public static class TorchSaveCodec
+{
+    /// <summary>Writes a CPU tensor as a torch.save archive: contiguous, storage offset 0, C-order strides, storage key "0".</summary>
+    public static unsafe void WriteTensor(Stream output, torch.Tensor tensor, bool forceZip64 = false)
+    {
+        using var cpu = tensor.device_type == DeviceType.CPU ? tensor.alias() : tensor.cpu();
+        using var contiguous = cpu.is_contiguous() ? cpu.alias() : cpu.contiguous();
+        var shape = contiguous.shape;
+        var strides = ContiguousStrides(shape);
+        long numel = contiguous.numel();
+        long bytes = numel * contiguous.ElementSize;
+
+        var pickle = new PickleWriter();
+        pickle.Global("torch._utils", "_rebuild_tensor_v2").Mark();
+        pickle.Mark().String("storage").Global("torch", TorchDTypes.StorageClassOf(contiguous.dtype)).String("0").String("cpu").Int(numel).Tuple().BinPersId();
+        pickle.Int(0).IntTuple(shape).IntTuple(strides).Bool(false);
+        pickle.Global("collections", "OrderedDict").EmptyTuple().Reduce();
+        pickle.Tuple().Reduce();
+
+        var archive = new TorchArchiveWriter(output, forceZip64: forceZip64);
+        WriteHeaderRecords(archive, pickle.Finish());
+        byte* data = (byte*)NativeTensor.DataPointer(contiguous);
+        archive.AddRecord("data/0", bytes, write =>
+        {
+            for (long done = 0; done < bytes;)
+            {
+                int piece = (int)Math.Min(bytes - done, 1 << 30);
+                write(new ReadOnlySpan<byte>(data + done, piece));
+                done += piece;
+            }
+        });
+        archive.AddText("version", "3\n");
+        archive.Finish();
+    }
+
+    /// <summary>Writes a plain value (null, bool, integer, double, string, list, tuple, string-keyed dict) as a BYTE_IO item.</summary>
+    public static void WriteValue(Stream output, object? value)
+    {
+        var pickle = new PickleWriter();
+        WritePlain(pickle, value, 0);
+        var archive = new TorchArchiveWriter(output);
+        WriteHeaderRecords(archive, pickle.Finish());
+        archive.AddText("version", "3\n");
+        archive.Finish();
+    }
+
+    /// <summary>Decodes one item: a tensor (caller-owned) or a plain value (<see cref="RawPickleValue"/> when not decodable).</summary>
+    public static object? ReadItem(TorchArchiveReader archive, string source, bool expectTensor)
+    {
+        var pkl = archive.ReadAll(archive.Get("data.pkl"));
+        object? value;
+        try
+        {
+            value = SafePickleReader.Read(pkl, source + " data.pkl");
+        }
+        catch (CheckpointFormatException) when (!expectTensor)
+        {
+            // Arbitrary Python objects (argparse namespaces, numpy state...) are kept as bytes, never executed.
+            return new RawPickleValue(pkl);
+        }
+        if (value is TensorReference reference) return ReadTensor(archive, reference, source);
+        if (expectTensor) throw new CheckpointFormatException($"{source}: expected a tensor record, found {SafePickleReader.Describe(value)}.");
+        return value;
+    }
+
+    private static unsafe torch.Tensor ReadTensor(TorchArchiveReader archive, TensorReference t, string source)
+    {
+        if (!TorchDTypes.TryGet(t.DType, out var dtype, out int elementSize))
+        {
+            throw new CheckpointFormatException($"{source}: dtype {t.DType} is not supported by TorchSharp.");
+        }
+        bool untyped = t.Storage.StorageType.Name == "UntypedStorage";
+        long storageBytes = untyped ? t.Storage.Numel : checked(t.Storage.Numel * elementSize);
+        long storageElements = storageBytes / elementSize;
+        if (storageElements * elementSize != storageBytes) throw new CheckpointFormatException($"{source}: storage of {storageBytes} bytes is not whole {t.DType} elements.");
+
+        // Every element the view reaches must lie inside the storage.
+        long last = t.StorageOffset;
+        bool empty = false;
+        for (int i = 0; i < t.Size.Length; i++)
+        {
+            if (t.Size[i] == 0) empty = true;
+            else last = checked(last + (t.Size[i] - 1) * t.Stride[i]);
+        }
+        if (!empty && last >= storageElements)
+        {
+            throw new CheckpointFormatException($"{source}: tensor view reaches element {last} of a {storageElements}-element storage.");
+        }
+
+        var record = archive.Get("data/" + t.Storage.Key);
+        if (record.Size != storageBytes)
+        {
+            throw new CheckpointFormatException($"{source}: record data/{t.Storage.Key} has {record.Size} bytes, its storage needs {storageBytes}.");
+        }
+        bool bigEndian = archive.TryGet("byteorder", out var order) && System.Text.Encoding.ASCII.GetString(archive.ReadAll(order)).Trim() == "big";
+
+        var storage = torch.empty(storageElements, dtype);
+        try
+        {
+            if (storageBytes > 0) archive.ReadInto(record, (byte*)NativeTensor.DataPointer(storage), storageBytes);
+            if (bigEndian && elementSize > 1) SwapBytes((byte*)NativeTensor.DataPointer(storage), storageElements, elementSize);
+            if (empty) return torch.empty(t.Size, dtype);
+            using var view = storage.as_strided(t.Size, t.Stride, t.StorageOffset);
+            return view.contiguous();
+        }
+        finally
+        {
+            storage.Dispose();
+        }
+    }
+
+    private static unsafe void SwapBytes(byte* data, long count, int size)
+    {
+        for (long i = 0; i < count; i++)
+        {
+            var element = new Span<byte>(data + i * size, size);
+            element.Reverse();
+        }
+    }
+
+    private static void WriteHeaderRecords(TorchArchiveWriter archive, byte[] pickle)
+    {
+        archive.AddRecord("data.pkl", pickle);
+        archive.AddText(".format_version", "1");
+        archive.AddText(".storage_alignment", "64");
+        archive.AddText("byteorder", "little");
+    }
+
+    private const int MaxValueDepth = 64;
+
+    private static void WritePlain(PickleWriter p, object? value, int depth)
+    {
+        if (depth > MaxValueDepth) throw new ArgumentException($"value nests deeper than {MaxValueDepth}");
+        switch (value)
+        {
+            case null: p.None(); break;
+            case bool b: p.Bool(b); break;
+            case int i: p.Int(i); break;
+            case long l: p.Int(l); break;
+            case double d: p.Float(d); break;
+            case float f: p.Float(f); break;
+            case string s: p.String(s); break;
+            case PickleTuple t:
+                p.Mark();
+                foreach (var item in t.Items) WritePlain(p, item, depth + 1);
+                p.Tuple();
+                break;
+            case IDictionary<string, object?> dict:
+                p.EmptyDict();
+                if (dict.Count > 0)
+                {
+                    p.Mark();
+                    foreach (var (k, v) in dict)
+                    {
+                        p.String(k);
+                        WritePlain(p, v, depth + 1);
+                    }
+                    p.SetItems();
+                }
+                break;
+            case IList list:
+                p.EmptyList();
+                if (list.Count > 0)
+                {
+                    p.Mark();
+                    foreach (var item in list) WritePlain(p, item, depth + 1);
+                    p.Appends();
+                }
+                break;
+            default:
+                throw new ArgumentException($"a value of type {value.GetType().Name} cannot be stored as a checkpoint value");
+        }
+    }
+
+    internal static long[] ContiguousStrides(long[] shape)
+    {
+        var strides = new long[shape.Length];
+        long stride = 1;
+        for (int i = shape.Length - 1; i >= 0; i--)
+        {
+            strides[i] = stride;
+            stride *= Math.Max(1, shape[i]);
+        }
+        return strides;
+    }
+}

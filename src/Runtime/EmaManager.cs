@@ -2,7 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using TorchSharp;
-using TorchSharp.Modules;
+using EmaGen.Dcp;
 
 namespace EmaGen;
 
@@ -158,6 +158,54 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         ThrowIfDisposed();
         Gather(model);
         _engine.Apply();
+        Step++;
+    }
+
+    /// <summary>Number of updates applied (restored by <see cref="Load"/>).</summary>
+    public long Step { get; private set; }
+
+    /// <summary>
+    /// Writes the shadows as a PyTorch Distributed Checkpoint folder: each shadow under <c>{prefix}{name}</c> (one full
+    /// chunk), plus the manager's own state as values under <c>{prefix}_emagen.step</c>, <c>.decay</c> and
+    /// <c>.format</c>. The folder replaces a previous checkpoint at <paramref name="directory"/> only once complete.
+    /// </summary>
+    /// <param name="directory">The checkpoint folder (created or replaced).</param>
+    /// <param name="prefix">Key prefix, so the EMA can share a key space with model and optimizer state (PyTorch style: <c>"ema."</c>).</param>
+    /// <param name="options">Writer options (naming for older PyTorch, files per rank).</param>
+    public void Save(string directory, string prefix = EmaCheckpoint.DefaultPrefix, DcpWriteOptions? options = null)
+    {
+        ThrowIfDisposed();
+        DcpWriter.Save(directory, EmaCheckpoint.StateToSave(prefix, TrackedNames, this, Step, Decay), options);
+    }
+
+    /// <summary>
+    /// Loads shadows and step written by <see cref="Save"/> (or any DCP folder with the same keys). Everything is read and
+    /// checked first, with <see cref="LoadStateDict"/>'s rules; a failed load changes nothing.
+    /// </summary>
+    /// <param name="directory">The checkpoint folder.</param>
+    /// <param name="strict">When true, the checkpoint must hold exactly the averaged names under <paramref name="prefix"/>.</param>
+    /// <param name="prefix">Key prefix used when saving.</param>
+    /// <param name="allowDecayMismatch">Load even when the checkpoint was written with another decay.</param>
+    /// <exception cref="CheckpointFormatException">The folder is not a readable checkpoint.</exception>
+    /// <exception cref="ArgumentException">Names, shapes or dtypes do not fit, or the decay differs.</exception>
+    public void Load(string directory, bool strict = true, string prefix = EmaCheckpoint.DefaultPrefix, bool allowDecayMismatch = false)
+    {
+        ThrowIfDisposed();
+        var loaded = EmaCheckpoint.Read(directory, prefix, strict ? null : _trackedIndex.Keys);
+        try
+        {
+            if (loaded.Decay is { } decay && decay != Decay && !allowDecayMismatch)
+            {
+                throw new ArgumentException(
+                    $"{directory}: the checkpoint was written with decay {decay}, this manager uses {Decay} (pass allowDecayMismatch to load anyway).");
+            }
+            LoadStateDict(loaded.Tensors, strict);
+            Step = loaded.Step ?? Step;
+        }
+        finally
+        {
+            foreach (var t in loaded.Tensors.Values) t.Dispose();
+        }
     }
 
     /// <summary>

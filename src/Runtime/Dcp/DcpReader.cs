@@ -87,6 +87,19 @@ public sealed class DcpReader
                 throw new ArgumentException($"the requested box of '{entry.Key}' lies outside its shape ({string.Join(", ", entry.Size)}).");
             }
         }
+        // Never allocate more than the overlapping items could hold: a hostile shape must not cost memory.
+        long wantedElements = 1;
+        foreach (var s in sizes) wantedElements = checked(wantedElements * s);
+        long available = 0;
+        foreach (var chunk in entry.Chunks)
+        {
+            if (Overlaps(chunk, offsets, sizes)) available += Metadata.LocationOf(entry.Key, chunk).Length;
+        }
+        TorchDTypes.TryGet(entry.DType, out _, out int elementSize);
+        if (wantedElements > 0 && wantedElements * elementSize > available)
+        {
+            throw new CheckpointFormatException($"{Directory}: the chunks of '{entry.Key}' hold {available} bytes, too few for {wantedElements} {entry.DType} elements.");
+        }
         var result = torch.zeros(sizes, dtype);
         try
         {
@@ -147,6 +160,15 @@ public sealed class DcpReader
         }
     }
 
+    private static bool Overlaps(DcpChunk chunk, long[] offsets, long[] sizes)
+    {
+        for (int d = 0; d < sizes.Length; d++)
+        {
+            if (Math.Max(offsets[d], chunk.Offsets[d]) >= Math.Min(offsets[d] + sizes[d], chunk.Offsets[d] + chunk.Sizes[d])) return false;
+        }
+        return true;
+    }
+
     private T WithItem<T>(string key, DcpStorageLocation location, Func<TorchArchiveReader, string, T> read)
     {
         if (location.Transforms.Count > 0)
@@ -173,6 +195,11 @@ public sealed class DcpReader
         catch (EndOfStreamException e)
         {
             throw new CheckpointFormatException($"{source}: the file ends early.", e);
+        }
+        catch (Exception e) when (e is OverflowException or ArgumentException or InvalidCastException
+                                   or System.Runtime.InteropServices.ExternalException)
+        {
+            throw new CheckpointFormatException($"{source}: {e.Message}", e);
         }
     }
 }

@@ -1,0 +1,115 @@
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Linq;
+using EmaGen.Dcp;
+using EmaGen.Tests.Models;
+using EmaGen.Tests.Runtime;
+using EmaGen.Tests.Support;
+using TorchSharp;
+using Xunit;
+
+namespace EmaGen.Tests.Dcp;
+
+/// <summary>EmaManager.Save/Load: exact round trip with the step, strict names, and loads that fail without changing anything.</summary>
+public sealed class EmaCheckpointTests
+{
+    [Fact]
+    public void SaveThenLoadIntoAFreshManagerIsBitExact()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new NestedModel(reflection: false);
+        using var ema = new EmaManager<NestedModel>(model, 0.9);
+        for (int i = 0; i < 3; i++)
+        {
+            UpdateNumericsTests.RandomizeParameters(model);
+            ema.Update(model);
+        }
+        ema.Save(folder["ckpt"]);
+
+        using var other = new NestedModel(reflection: false);
+        using var restored = new EmaManager<NestedModel>(other, 0.9);
+        restored.Load(folder["ckpt"]);
+        Assert.Equal(3, restored.Step);
+        foreach (var name in ema.TrackedNames) Assert.Equal(ema[name].data<float>().ToArray(), restored[name].data<float>().ToArray());
+
+        var reader = DcpReader.Open(folder["ckpt"]);
+        Assert.Contains(reader.Entries, e => e.Key == "ema.middle.weight");
+        Assert.Equal(EmaCheckpoint.Format, reader.ReadValue("ema._emagen.format"));
+        Assert.Equal(3L, reader.ReadValue("ema._emagen.step"));
+    }
+
+    [Fact]
+    public void PrefixSeparatesKeySpaces()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new BareParameters(reflection: false);
+        using var ema = new EmaManager<BareParameters>(model);
+        ema.Save(folder["ckpt"], prefix: "model_ema.");
+        Assert.All(DcpReader.Open(folder["ckpt"]).Entries, e => Assert.StartsWith("model_ema.", e.Key));
+        ema.Load(folder["ckpt"], prefix: "model_ema.");
+        var e = Assert.Throws<ArgumentException>(() => ema.Load(folder["ckpt"]));
+        Assert.Contains("3 missing (alpha, beta, gamma)", e.Message);
+    }
+
+    [Fact]
+    public void FailedLoadsChangeNothing()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var small = new SizedModel(TorchSharp.torch.ScalarType.Float32, 3, 5);
+        using var smallEma = new EmaManager<SizedModel>(small, 0.5);
+        smallEma.Save(folder["small"]);
+        using var big = new SizedModel(TorchSharp.torch.ScalarType.Float32, 3, 6);
+        using var bigEma = new EmaManager<SizedModel>(big, 0.5);
+        var before = bigEma.TrackedNames.ToDictionary(n => n, n => bigEma[n].data<float>().ToArray());
+
+        var shape = Assert.Throws<ArgumentException>(() => bigEma.Load(folder["small"]));
+        Assert.Contains("'leaves.1.w': shape [5], expected [6]", shape.Message);
+
+        using var decayed = new EmaManager<SizedModel>(small, 0.7);
+        var decay = Assert.Throws<ArgumentException>(() => decayed.Load(folder["small"]));
+        Assert.Contains("decay 0.5", decay.Message);
+        decayed.Load(folder["small"], allowDecayMismatch: true);
+
+        // Damage the data file: the reader reports it, and nothing was written.
+        var data = Path.Combine(folder["small"], "__0_0.distcp");
+        var bytes = File.ReadAllBytes(data);
+        bytes[bytes.Length / 2] ^= 0xFF;
+        File.WriteAllBytes(data, bytes);
+        using var again = new SizedModel(TorchSharp.torch.ScalarType.Float32, 3, 5);
+        using var againEma = new EmaManager<SizedModel>(again, 0.5);
+        var kept = againEma.TrackedNames.ToDictionary(n => n, n => againEma[n].data<float>().ToArray());
+        Assert.Throws<CheckpointFormatException>(() => againEma.Load(folder["small"]));
+        foreach (var (name, values) in kept) Assert.Equal(values, againEma[name].data<float>().ToArray());
+        foreach (var (name, values) in before) Assert.Equal(values, bigEma[name].data<float>().ToArray());
+        Assert.Throws<DirectoryNotFoundException>(() => againEma.Load(folder["missing"]));
+    }
+
+    [Fact]
+    public void RealPyTorchLoadsAnEmaCheckpoint()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new NestedModel(reflection: false);
+        using var ema = new EmaManager<NestedModel>(model, 0.9);
+        UpdateNumericsTests.RandomizeParameters(model);
+        ema.Update(model);
+        ema.Save(folder["ckpt"]);
+        var expected = new System.Text.Json.Nodes.JsonObject();
+        foreach (var name in ema.TrackedNames)
+        {
+            var t = ema[name];
+            expected["ema." + name] = new System.Text.Json.Nodes.JsonObject
+            {
+                ["dtype"] = "float32",
+                ["shape"] = new System.Text.Json.Nodes.JsonArray(t.shape.Select(d => (System.Text.Json.Nodes.JsonNode)d).ToArray()),
+                ["values"] = new System.Text.Json.Nodes.JsonArray(t.data<float>().ToArray().Select(v => (System.Text.Json.Nodes.JsonNode)(double)v).ToArray()),
+            };
+        }
+        expected["ema._emagen.step"] = new System.Text.Json.Nodes.JsonObject { ["value"] = 1 };
+        expected["ema._emagen.decay"] = new System.Text.Json.Nodes.JsonObject { ["value"] = 0.9 };
+        expected["ema._emagen.format"] = new System.Text.Json.Nodes.JsonObject { ["value"] = EmaCheckpoint.Format };
+        File.WriteAllText(folder["expected.json"], expected.ToJsonString());
+        var output = PythonTorch.Run("load_with_torch.py", folder["ckpt"], folder["expected.json"]);
+        Assert.Contains($"OK {ema.Count} tensor records", output);
+    }
+}

@@ -1,0 +1,54 @@
+using System;
+using System.CommandLine;
+using System.IO;
+using EmaGen.Dcp;
+
+namespace EmaGen.Cli;
+
+/// <summary>
+/// <c>emagen inspect | convert | verify</c>. Exit codes: 0 success, 1 the input is bad (missing, corrupt, unsound
+/// checkpoint; one-line error on stderr), 2 usage error.
+/// </summary>
+public static class CliApp
+{
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var folder = new Argument<string>("dir") { Description = "A DCP checkpoint folder." };
+        var json = new Option<bool>("--json") { Description = "Print JSON instead of text." };
+        var inspect = new Command("inspect", "List every key: dtype, global shape, chunks (offsets, sizes, file, byte range), values, totals.") { folder, json };
+        inspect.SetAction(r => Guard(stderr, () => InspectCommand.Run(r.GetValue(folder)!, r.GetValue(json), stdout)));
+
+        var source = new Argument<string>("src") { Description = "A DCP folder, or a .safetensors file." };
+        var destination = new Argument<string>("dst") { Description = "The .safetensors file, or the DCP folder, to write." };
+        var convert = new Command("convert", "DCP folder -> .safetensors file (full tensors), or .safetensors file -> DCP folder.") { source, destination };
+        convert.SetAction(r => Guard(stderr, () => ConvertCommand.Run(r.GetValue(source)!, r.GetValue(destination)!, stdout)));
+
+        var verifyFolder = new Argument<string>("dir") { Description = "A DCP checkpoint folder." };
+        var verify = new Command("verify", "Read every record, check CRCs, sizes and chunk tiling; exit 0 only when sound.") { verifyFolder };
+        verify.SetAction(r => Guard(stderr, () => VerifyCommand.Run(r.GetValue(verifyFolder)!, stdout)));
+
+        var root = new RootCommand("EmaGen checkpoint tool: inspect, convert and verify PyTorch Distributed Checkpoint folders.") { inspect, convert, verify };
+        var parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            foreach (var error in parsed.Errors) stderr.WriteLine("emagen: " + error.Message);
+            stderr.WriteLine("usage: emagen inspect DIR [--json] | emagen convert SRC DST | emagen verify DIR");
+            return 2;
+        }
+        return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });
+    }
+
+    // Expected failures become one line on stderr and exit code 1; anything else is a bug and propagates.
+    private static int Guard(TextWriter stderr, Func<int> action)
+    {
+        try
+        {
+            return action();
+        }
+        catch (Exception e) when (e is CheckpointFormatException or IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            stderr.WriteLine("emagen: " + e.Message.ReplaceLineEndings(" "));
+            return 1;
+        }
+    }
+}

@@ -1,0 +1,165 @@
+using System;
+using System.Buffers.Binary;
+using System.Collections.Generic;
+using System.IO;
+using System.Text.Json;
+using TorchSharp;
+
+namespace EmaGen.Dcp;
+
+/// <summary>
+/// The safetensors format: an 8-byte little-endian header length, a JSON header (<c>{"name": {"dtype": "F32",
+/// "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {str: str}}</c>) padded to 8 bytes, then the raw
+/// little-endian tensor bytes. Reading checks every offset, size and dtype against the file.
+/// </summary>
+public static class SafetensorsFile
+{
+    private const long MaxHeaderBytes = 100 << 20;
+
+    private static readonly Dictionary<torch.ScalarType, string> Codes = new()
+    {
+        [torch.ScalarType.Float64] = "F64", [torch.ScalarType.Float32] = "F32", [torch.ScalarType.Float16] = "F16",
+        [torch.ScalarType.BFloat16] = "BF16", [torch.ScalarType.Int64] = "I64", [torch.ScalarType.Int32] = "I32",
+        [torch.ScalarType.Int16] = "I16", [torch.ScalarType.Int8] = "I8", [torch.ScalarType.Byte] = "U8",
+        [torch.ScalarType.Bool] = "BOOL",
+    };
+
+    /// <summary>A tensor of a safetensors file: where its bytes are.</summary>
+    public sealed record Entry(string Name, torch.ScalarType DType, long[] Shape, long Begin, long End);
+
+    /// <summary>Writes tensors (CPU, any layout) and string metadata; returns the file length.</summary>
+    public static unsafe long Write(string path, IReadOnlyList<KeyValuePair<string, torch.Tensor>> tensors, IReadOnlyDictionary<string, string> metadata)
+    {
+        var header = new MemoryStream();
+        long offset = 0;
+        using (var json = new Utf8JsonWriter(header))
+        {
+            json.WriteStartObject();
+            json.WriteStartObject("__metadata__");
+            foreach (var (k, v) in metadata) json.WriteString(k, v);
+            json.WriteEndObject();
+            foreach (var (name, t) in tensors)
+            {
+                if (!Codes.TryGetValue(t.dtype, out var code)) throw new ArgumentException($"'{name}': safetensors has no dtype for {t.dtype}");
+                long bytes = t.numel() * t.ElementSize;
+                json.WriteStartObject(name);
+                json.WriteString("dtype", code);
+                json.WriteStartArray("shape");
+                foreach (var d in t.shape) json.WriteNumberValue(d);
+                json.WriteEndArray();
+                json.WriteStartArray("data_offsets");
+                json.WriteNumberValue(offset);
+                json.WriteNumberValue(offset + bytes);
+                json.WriteEndArray();
+                json.WriteEndObject();
+                offset += bytes;
+            }
+            json.WriteEndObject();
+        }
+        while (header.Length % 8 != 0) header.WriteByte((byte)' ');
+
+        using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        Span<byte> length = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
+        file.Write(length);
+        header.Position = 0;
+        header.CopyTo(file);
+        foreach (var (_, t) in tensors)
+        {
+            using var cpu = t.device_type == DeviceType.CPU ? t.alias() : t.cpu();
+            using var contiguous = cpu.contiguous();
+            long bytes = contiguous.numel() * contiguous.ElementSize;
+            byte* data = (byte*)NativeTensor.DataPointer(contiguous);
+            for (long done = 0; done < bytes;)
+            {
+                int piece = (int)Math.Min(bytes - done, 1 << 30);
+                file.Write(new ReadOnlySpan<byte>(data + done, piece));
+                done += piece;
+            }
+        }
+        file.Flush(flushToDisk: true);
+        return file.Length;
+    }
+
+    /// <summary>Reads the header of a safetensors file: its tensors and its string metadata.</summary>
+    public static (List<Entry> Tensors, Dictionary<string, string> Metadata, long DataStart) ReadHeader(string path)
+    {
+        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        Span<byte> lengthBytes = stackalloc byte[8];
+        if (file.Length < 8) throw new CheckpointFormatException($"{path}: too short for a safetensors file.");
+        file.ReadExactly(lengthBytes);
+        ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(lengthBytes);
+        if (headerLength > (ulong)Math.Min(MaxHeaderBytes, file.Length - 8))
+        {
+            throw new CheckpointFormatException($"{path}: header of {headerLength} bytes does not fit the {file.Length}-byte file.");
+        }
+        var header = new byte[headerLength];
+        file.ReadExactly(header);
+        long dataStart = 8 + (long)headerLength;
+        long dataLength = file.Length - dataStart;
+        var tensors = new List<Entry>();
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+        try
+        {
+            using var doc = JsonDocument.Parse(header, new JsonDocumentOptions { MaxDepth = 8 });
+            foreach (var property in doc.RootElement.EnumerateObject())
+            {
+                if (property.Name == "__metadata__")
+                {
+                    foreach (var m in property.Value.EnumerateObject()) metadata[m.Name] = m.Value.GetString() ?? "";
+                    continue;
+                }
+                var v = property.Value;
+                string code = v.GetProperty("dtype").GetString() ?? "";
+                torch.ScalarType? dtype = null;
+                foreach (var (type, c) in Codes) if (c == code) dtype = type;
+                if (dtype is null) throw new CheckpointFormatException($"{path}: tensor '{property.Name}' has dtype '{code}', which TorchSharp does not support.");
+                var shape = new List<long>();
+                foreach (var d in v.GetProperty("shape").EnumerateArray()) shape.Add(d.GetInt64());
+                var offsets = v.GetProperty("data_offsets");
+                long begin = offsets[0].GetInt64(), end = offsets[1].GetInt64();
+                long numel = 1;
+                foreach (var d in shape) numel = d < 0 ? -1 : checked(numel * d);
+                using var probe = torch.empty(0, dtype.Value);
+                if (numel < 0 || begin < 0 || end < begin || end > dataLength || (end - begin) != checked(numel * probe.ElementSize))
+                {
+                    throw new CheckpointFormatException($"{path}: tensor '{property.Name}' has bytes [{begin}, {end}) that do not fit its shape or the file.");
+                }
+                tensors.Add(new Entry(property.Name, dtype.Value, shape.ToArray(), begin, end));
+            }
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or KeyNotFoundException or FormatException or OverflowException or IndexOutOfRangeException)
+        {
+            throw new CheckpointFormatException($"{path}: malformed safetensors header: {e.Message}", e);
+        }
+        return (tensors, metadata, dataStart);
+    }
+
+    /// <summary>Reads one tensor of a safetensors file (caller-owned).</summary>
+    public static unsafe torch.Tensor ReadTensor(string path, Entry entry, long dataStart)
+    {
+        var tensor = torch.empty(entry.Shape, entry.DType);
+        try
+        {
+            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+            file.Position = dataStart + entry.Begin;
+            long bytes = entry.End - entry.Begin;
+            byte* data = (byte*)NativeTensor.DataPointer(tensor);
+            for (long done = 0; done < bytes;)
+            {
+                int piece = (int)Math.Min(bytes - done, 1 << 30);
+                file.ReadExactly(new Span<byte>(data + done, piece));
+                done += piece;
+            }
+            return tensor;
+        }
+        catch
+        {
+            tensor.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>True when the file starts like a safetensors file (used to pick the conversion direction).</summary>
+    public static bool Looks(string path) => File.Exists(path) && path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase);
+}

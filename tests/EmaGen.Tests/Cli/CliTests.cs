@@ -1,0 +1,152 @@
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Linq;
+using System.Text.Json;
+using EmaGen.Cli;
+using EmaGen.Dcp;
+using EmaGen.Tests.Support;
+using TorchSharp;
+using Xunit;
+
+namespace EmaGen.Tests.Cli;
+
+/// <summary>The emagen verbs on good and bad input, with their exit codes.</summary>
+public sealed class CliTests
+{
+    [Fact]
+    public void InspectListsKeysChunksValuesAndTotals()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        WriteSample(folder["ckpt"]);
+        var (code, stdout, _) = Run("inspect", folder["ckpt"]);
+        Assert.Equal(0, code);
+        Assert.Contains("w  float32 (2, 3)  1 chunk(s)", stdout);
+        Assert.Contains("offsets (0, 0) sizes (2, 3)  __0_0.distcp bytes", stdout);
+        Assert.Contains("step  = 5", stdout);
+        Assert.Contains("PyTorch 2.3+", stdout);
+        Assert.Contains("totals: 3 keys (2 tensors, 1 values), 10 elements", stdout);
+
+        (code, stdout, _) = Run("inspect", folder["ckpt"], "--json");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(stdout);
+        var keys = doc.RootElement.GetProperty("keys").EnumerateArray().ToList();
+        Assert.Equal(new[] { "step", "w", "b" }, keys.Select(k => k.GetProperty("key").GetString()));
+        Assert.Equal(5, keys[0].GetProperty("value").GetInt64());
+        Assert.Equal("bfloat16", keys[2].GetProperty("dtype").GetString());
+        Assert.Equal(10, doc.RootElement.GetProperty("totals").GetProperty("elements").GetInt64());
+    }
+
+    [Fact]
+    public void ConvertRoundTripsThroughSafetensors()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        WriteSample(folder["ckpt"]);
+        var (code, stdout, stderr) = Run("convert", folder["ckpt"], folder["model.safetensors"]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("2 tensors, 1 values in __metadata__", stdout);
+        var (entries, metadata, _) = SafetensorsFile.ReadHeader(folder["model.safetensors"]);
+        Assert.Equal("pt", metadata["format"]);
+        Assert.Equal("5", metadata["step"]);
+        Assert.Equal(new[] { "F32", "BF16" }, entries.Select(e => e.DType == torch.ScalarType.Float32 ? "F32" : "BF16"));
+
+        (code, _, stderr) = Run("convert", folder["model.safetensors"], folder["back"]);
+        Assert.True(code == 0, stderr);
+        var reader = DcpReader.Open(folder["back"]);
+        Assert.Equal(new float[] { 0, 1, 2, 3, 4, 5 }, reader.ReadTensor("w").data<float>().ToArray());
+        Assert.Equal(5L, reader.ReadValue("step"));
+    }
+
+    [Fact]
+    public void ConvertReportsValuesItCannotRepresent()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        // PyTorch 1.13 wrote "meta" = {"name": "adam", "betas": (0.9, 0.999)}: a tuple has no exact JSON form.
+        var (code, stdout, stderr) = Run("convert", TestPaths.Fixture("dcp-torch113/single_file"), folder["f.safetensors"]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("skipped 'meta': its value cannot be represented as JSON", stdout);
+        var (entries, metadata, _) = SafetensorsFile.ReadHeader(folder["f.safetensors"]);
+        Assert.Equal("42", metadata["step"]);
+        Assert.Equal("0.001", metadata["lr"]);
+        Assert.Contains(entries, e => e.Name == "transposed" && e.Shape.SequenceEqual(new long[] { 3, 2 }));
+    }
+
+    [Fact]
+    public void VerifyPassesSoundFoldersAndFailsDamagedOnes()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        WriteSample(folder["ckpt"]);
+        var (code, stdout, _) = Run("verify", folder["ckpt"]);
+        Assert.Equal(0, code);
+        Assert.StartsWith("OK:", stdout);
+
+        Assert.Equal(0, Run("verify", TestPaths.Fixture("dcp-torch113/sharded_2rank")).Code);
+
+        var data = Path.Combine(folder["ckpt"], "__0_0.distcp");
+        var bytes = File.ReadAllBytes(data);
+        bytes[^200] ^= 0x55;
+        File.WriteAllBytes(data, bytes);
+        (code, stdout, _) = Run("verify", folder["ckpt"]);
+        Assert.Equal(1, code);
+        Assert.Contains("FAILED", stdout);
+    }
+
+    [Fact]
+    public void VerifyFindsChunksThatDoNotTile()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        WriteSample(folder["ckpt"]);
+        var metadata = DcpReader.Open(folder["ckpt"]).Metadata;
+        var w = (DcpTensorEntry)metadata.Find("w")!;
+        metadata.Entries[metadata.Entries.IndexOf(w)] = w with { Size = new long[] { 3, 3 } };
+        File.WriteAllBytes(Path.Combine(folder["ckpt"], ".metadata"), DcpMetadataWriterProxy.Write(metadata));
+        var (code, stdout, _) = Run("verify", folder["ckpt"]);
+        Assert.Equal(1, code);
+        Assert.Contains("'w': chunks hold 6 elements, the tensor 9", stdout);
+    }
+
+    [Fact]
+    public void BadInputAndUsageHaveDistinctExitCodes()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        var (code, _, stderr) = Run("inspect", folder["nothing"]);
+        Assert.Equal(1, code);
+        Assert.Contains("does not exist", stderr);
+        Assert.Single(stderr.Trim().Split('\n'));
+
+        Directory.CreateDirectory(folder["empty"]);
+        (code, _, stderr) = Run("verify", folder["empty"]);
+        Assert.Equal(1, code);
+        Assert.Contains("no .metadata", stderr);
+
+        WriteSample(folder["ckpt"]);
+        File.WriteAllBytes(Path.Combine(folder["ckpt"], ".metadata"), File.ReadAllBytes(Path.Combine(folder["ckpt"], ".metadata"))[..40]);
+        (code, _, stderr) = Run("inspect", folder["ckpt"]);
+        Assert.Equal(1, code);
+        Assert.Contains(".metadata", stderr);
+
+        Assert.Equal(2, Run("frobnicate").Code);
+        Assert.Equal(2, Run("inspect").Code);
+        Assert.Equal(1, Run("convert", folder["nothing"], folder["x"]).Code);
+    }
+
+    private static void WriteSample(string path) => DcpWriter.Save(path, new List<KeyValuePair<string, object?>>
+    {
+        new("w", torch.arange(6, dtype: torch.ScalarType.Float32).reshape(2, 3)),
+        new("b", torch.ones(4, dtype: torch.ScalarType.BFloat16)),
+        new("step", 5L),
+    });
+
+    private static (int Code, string Stdout, string Stderr) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = CliApp.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+}
+
+internal static class DcpMetadataWriterProxy
+{
+    public static byte[] Write(DcpMetadata metadata) => DcpMetadataWriter.Write(metadata);
+}

@@ -31,12 +31,16 @@ internal sealed class CpuWorkerPool : IDisposable
 
     public CpuWorkerPool(int threads)
     {
+        // ManualResetEventSlim creates its kernel event lazily, on the first wait that has to block; create it now, so
+        // that no update ever allocates it.
+        _ = _done.WaitHandle;
         Parallelism = Math.Max(1, threads);
         _threads = new Thread[Parallelism - 1];
         _start = new ManualResetEventSlim[Parallelism - 1];
         for (int i = 0; i < _threads.Length; i++)
         {
             _start[i] = new ManualResetEventSlim(false, SpinCount);
+            _ = _start[i].WaitHandle;
             int part = i + 1;
             _threads[i] = new Thread(() => Loop(part)) { IsBackground = true, Name = $"EmaGen update {part}" };
             _threads[i].Start();

@@ -218,7 +218,7 @@ public sealed class FastPathTests
         using var a = new EmaManager<SizedModel>(small, 0.9);
         using var b = new EmaManager<SizedModel>(large, new EmaOptions { Decay = 0.9, Threads = 2 });
         using var c = new EmaManager<SizedModel>(packedModel, new EmaOptions { Decay = 0.9, PackParameters = true });
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 50; i++)
         {
             a.Update(small);
             b.Update(large);

@@ -11,9 +11,14 @@ using TorchSharp;
 using static TorchSharp.torch;
 
 // dotnet run -c Release --project tests/Benchmarks -- update --params 50000000 --tensors 300 --dtype float32 --json
+if (args.Length > 0 && args[0] == "checkpoint")
+{
+    return CheckpointBenchmark.Run(args[1..]);
+}
 if (args.Length == 0 || args[0] != "update")
 {
     Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--json]");
+    Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint [--bytes N] [--dir PATH]");
     return 2;
 }
 long elements = 50_000_000;

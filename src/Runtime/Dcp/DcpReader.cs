@@ -87,6 +87,22 @@ public sealed class DcpReader
                 throw new ArgumentException($"the requested box of '{entry.Key}' lies outside its shape ({string.Join(", ", entry.Size)}).");
             }
         }
+        // One saved chunk that is exactly the requested box (how EmaGen and most single-process writers save): return it.
+        foreach (var chunk in entry.Chunks)
+        {
+            if (chunk.Offsets.AsSpan().SequenceEqual(offsets) && chunk.Sizes.AsSpan().SequenceEqual(sizes) && (sizes.Length == 0 || chunk.Numel > 0))
+            {
+                var location = Metadata.LocationOf(entry.Key, chunk);
+                var whole = WithItem(entry.Key, location, (archive, source) => (torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expectTensor: true)!);
+                if (!whole.shape.AsSpan().SequenceEqual(sizes) || whole.dtype != dtype)
+                {
+                    whole.Dispose();
+                    throw new CheckpointFormatException($"{Path.Combine(Directory, location.RelativePath)}: chunk of '{entry.Key}' is {whole.dtype} ({string.Join(", ", whole.shape)}), metadata says {entry.DType} ({string.Join(", ", sizes)}).");
+                }
+                return whole;
+            }
+        }
+
         // Never allocate more than the overlapping items could hold: a hostile shape must not cost memory.
         long wantedElements = 1;
         foreach (var s in sizes) wantedElements = checked(wantedElements * s);

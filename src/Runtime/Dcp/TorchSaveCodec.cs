@@ -36,16 +36,7 @@ public static class TorchSaveCodec
 
         var archive = new TorchArchiveWriter(output, forceZip64: forceZip64);
         WriteHeaderRecords(archive, pickle.Finish());
-        byte* data = (byte*)NativeTensor.DataPointer(contiguous);
-        archive.AddRecord("data/0", bytes, write =>
-        {
-            for (long done = 0; done < bytes;)
-            {
-                int piece = (int)Math.Min(bytes - done, 1 << 30);
-                write(new ReadOnlySpan<byte>(data + done, piece));
-                done += piece;
-            }
-        });
+        archive.AddRecord("data/0", (byte*)NativeTensor.DataPointer(contiguous), bytes);
         archive.AddText("version", "3\n");
         archive.Finish();
     }
@@ -117,6 +108,13 @@ public static class TorchSaveCodec
             if (storageBytes > 0) archive.ReadInto(record, (byte*)NativeTensor.DataPointer(storage), storageBytes);
             if (bigEndian && elementSize > 1) SwapBytes((byte*)NativeTensor.DataPointer(storage), storageElements, elementSize);
             if (empty) return torch.empty(t.Size, dtype);
+            long numel = 1;
+            foreach (var d in t.Size) numel *= d;
+            // The common case (what DCP writes): the storage is exactly the tensor in C order; a view needs no copy.
+            if (t.StorageOffset == 0 && numel == storageElements && t.Stride.AsSpan().SequenceEqual(ContiguousStrides(t.Size)))
+            {
+                return storage.view(t.Size);
+            }
             using var view = storage.as_strided(t.Size, t.Stride, t.StorageOffset);
             return view.contiguous();
         }

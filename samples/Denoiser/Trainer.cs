@@ -96,10 +96,30 @@ public static class Trainer
         {
             Directory.CreateDirectory(dir);
             File.WriteAllText(Path.Combine(dir, "summary.json"), JsonSerializer.Serialize(result, SummaryJson.Default.TrainResult));
-            emaModel.save(Path.Combine(dir, "ema-weights.dat"));
-            log.WriteLine($"wrote {Path.Combine(dir, "summary.json")} and ema-weights.dat (TorchSharp format; DCP checkpoints arrive with the checkpoint layer)");
+            var checkpoint = Path.Combine(dir, "ema");
+            ema.Save(checkpoint);
+            log.WriteLine($"wrote {checkpoint} (PyTorch DCP folder, keys ema.*) and summary.json");
+            log.WriteLine($"reloaded the checkpoint: {VerifyReload(checkpoint, ema, options.Decay)} shadows match bit for bit");
         }
         return result;
+    }
+
+    // Loads the checkpoint into a fresh manager and compares every shadow with the live one.
+    private static int VerifyReload(string checkpoint, EmaManager<DenoiserModel> ema, double decay)
+    {
+        using var model = new DenoiserModel();
+        using var reloaded = new EmaManager<DenoiserModel>(model, decay);
+        reloaded.Load(checkpoint);
+        foreach (var name in ema.TrackedNames)
+        {
+            using var same = reloaded[name].eq(ema[name]).all();
+            if (!same.item<bool>())
+            {
+                throw new InvalidDataException($"{checkpoint}: shadow '{name}' differs after reload");
+            }
+        }
+        if (reloaded.Step != ema.Step) throw new InvalidDataException($"{checkpoint}: step {reloaded.Step} after reload, {ema.Step} before");
+        return ema.Count;
     }
 
     private static double Score(Tensor generated, float[] truth, int seed)

@@ -22,6 +22,9 @@ public sealed class DenoiserSampleTests
             Assert.True(double.IsFinite(result.FinalLoss));
             Assert.Equal(40, result.Steps);
             Assert.Contains("EMA weights", log.ToString());
+            Assert.Contains("shadows match bit for bit", log.ToString());
+            var reader = EmaGen.Dcp.DcpReader.Open(Path.Combine(dir, "ema"));
+            Assert.Equal(40L, reader.ReadValue("ema._emagen.step"));
             using var summary = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")));
             Assert.Equal(result.EmaDistance, summary.RootElement.GetProperty("EmaDistance").GetDouble());
         }

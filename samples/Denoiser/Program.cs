@@ -16,6 +16,7 @@ try
             "--seed" => options with { Seed = int.Parse(Value(), CultureInfo.InvariantCulture) },
             "--out" => options with { OutDir = Value() },
             "--batch" => options with { BatchSize = int.Parse(Value(), CultureInfo.InvariantCulture) },
+            "--list-parameters" => options with { ListParameters = true },
             "--help" or "-h" => throw new OperationCanceledException(),
             _ => throw new ArgumentException($"unknown option '{args[i]}'"),
         };
@@ -26,7 +27,7 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
 {
     if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR]");
+    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR] [--list-parameters]");
     return e is OperationCanceledException ? 0 : 2;
 }
 

@@ -1,6 +1,7 @@
 using System;
 using System.Diagnostics;
 using System.IO;
+using System.Linq;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using TorchSharp;
@@ -19,6 +20,7 @@ public sealed record TrainOptions
     public double LearningRate { get; init; } = 2e-3;
     public int EvalPoints { get; init; } = 2000;
     public int LogEvery { get; init; } = 500;
+    public bool ListParameters { get; init; }
 }
 
 /// <summary>What a run measured. Distances are sliced Wasserstein-1 between generated and fresh true points (lower is better).</summary>
@@ -30,7 +32,9 @@ public sealed record TrainResult(
     double RawDistance,
     double EmaDistance,
     double NoiseFloorDistance,
-    int TrackedParameters);
+    int TrackedParameters,
+    int ChangedParameters,
+    double FirstUpdateMs);
 
 /// <summary>Trains the DDPM noise predictor on two moons with AdamW, keeping an EMA of the weights with <see cref="EmaManager{TModel}"/>.</summary>
 public static class Trainer
@@ -46,6 +50,13 @@ public static class Trainer
         using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 1e-4);
         using var ema = new EmaManager<DenoiserModel>(model, options.Decay);
         log.WriteLine($"model: {ema.Count} averaged tensors, {ema.ShadowBytes / 1024.0:F1} KiB of shadow; decay {ema.Decay}; {options.Steps} steps of batch {options.BatchSize}");
+        if (options.ListParameters)
+        {
+            foreach (var (name, p) in model.named_parameters()) log.WriteLine($"parameter {name} [{string.Join(", ", p.shape)}]");
+        }
+        // Kept to prove the optimizer moved the weights (under NativeAOT a module whose parameters were not registered trains nothing).
+        var initial = model.named_parameters().Select(p => (p.name, p.parameter.detach().clone())).ToList();
+        double firstUpdateMs = double.NaN;
 
         var clock = Stopwatch.StartNew();
         var window = Stopwatch.StartNew();
@@ -63,6 +74,11 @@ public static class Trainer
                 l.backward();
                 optimizer.step();
                 ema.Update(model);
+                if (step == 1)
+                {
+                    firstUpdateMs = (DateTime.Now - Process.GetCurrentProcess().StartTime).TotalMilliseconds;
+                    log.WriteLine($"first EMA update {firstUpdateMs:F0} ms after process start");
+                }
                 if (step % options.LogEvery == 0 || step == options.Steps)
                 {
                     loss = l.item<float>();
@@ -85,7 +101,16 @@ public static class Trainer
         double averaged = Score(diffusion.Sample(emaModel, noise), truth, options.Seed);
         double floor = SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed);
 
-        var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count);
+        int changed = 0;
+        var final = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, before) in initial)
+        {
+            using var same = before.eq(final[name]).all();
+            if (!same.item<bool>()) changed++;
+            before.Dispose();
+        }
+        log.WriteLine($"optimizer changed {changed} of {initial.Count} parameter tensors");
+        var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count, changed, firstUpdateMs);
         log.WriteLine($"trained {options.Steps} steps in {seconds:F1} s ({result.StepsPerSecond:F0} steps/s)");
         log.WriteLine($"sample quality, sliced Wasserstein-1 to the true distribution ({options.EvalPoints} points, {SlicedDirections} directions; lower is better):");
         log.WriteLine($"  raw weights  {raw:F4}");

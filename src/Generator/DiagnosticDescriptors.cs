@@ -49,6 +49,11 @@ internal static class DiagnosticDescriptors
         "[EmaIgnore] on '{0}' has no effect: the member holds no parameters",
         Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema010");
 
+    public static readonly DiagnosticDescriptor ReflectionRegistration = new(
+        "EMA011", "base.RegisterComponents() registers by reflection",
+        "'{0}' calls base.RegisterComponents(), TorchSharp's reflection-based registration, which registers nothing in a NativeAOT binary; call RegisterComponents() (the generated override) instead",
+        Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema011");
+
     private static DiagnosticDescriptor Error(string id, string title, string message) =>
         new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true, helpLinkUri: HelpBase + id.ToLowerInvariant());
 }

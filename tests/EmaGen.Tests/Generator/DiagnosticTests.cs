@@ -1,6 +1,7 @@
 using System.Linq;
 using EmaGen.Tests.Support;
 using Microsoft.CodeAnalysis;
+using Microsoft.CodeAnalysis.Diagnostics;
 using Xunit;
 
 namespace EmaGen.Tests.Generator;
@@ -215,6 +216,35 @@ public sealed class DiagnosticTests
             """);
         AssertSingle(r, "EMA010", "count", FirstLine + 3, DiagnosticSeverity.Warning);
         Assert.Single(r.Generated);
+    }
+
+    [Fact]
+    public async System.Threading.Tasks.Task EMA011_BaseRegisterComponentsInATrackedClass()
+    {
+        _source = Usings + """
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                private Parameter w = new Parameter(torch.ones(1));
+                public Model() : base("m") { base.RegisterComponents(); }
+                public override Tensor forward(Tensor x) => x;
+            }
+
+            public class Untracked : nn.Module<Tensor, Tensor>
+            {
+                public Untracked() : base("u") { base.RegisterComponents(); }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """;
+        var compilation = GeneratorHarness.Compile(_source);
+        var analyzers = System.Collections.Immutable.ImmutableArray.Create<Microsoft.CodeAnalysis.Diagnostics.DiagnosticAnalyzer>(
+            new EmaGen.Generator.Analyzers.ReflectionRegistrationAnalyzer());
+        var diagnostics = await compilation.WithAnalyzers(analyzers).GetAnalyzerDiagnosticsAsync();
+        var d = Assert.Single(diagnostics);
+        Assert.Equal("EMA011", d.Id);
+        Assert.Equal(DiagnosticSeverity.Warning, d.Severity);
+        Assert.Equal("base.RegisterComponents()", _source.Substring(d.Location.SourceSpan.Start, d.Location.SourceSpan.Length));
+        Assert.Equal(FirstLine + 4, d.Location.GetLineSpan().StartLinePosition.Line + 1);
     }
 
     private string _source = "";

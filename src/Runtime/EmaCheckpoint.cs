@@ -16,15 +16,16 @@ public static class EmaCheckpoint
 
     internal const string StateSegment = "_emagen.";
 
-    internal sealed record Loaded(Dictionary<string, torch.Tensor> Tensors, long? Step, double? Decay);
+    internal sealed record Loaded(Dictionary<string, torch.Tensor> Tensors, long? Step, double? Decay, string? Schedule);
 
     internal static IEnumerable<KeyValuePair<string, object?>> StateToSave<TModel>(
-        string prefix, IReadOnlyList<string> names, EmaManager<TModel> manager, long step, double decay)
+        string prefix, IReadOnlyList<string> names, EmaManager<TModel> manager, long step, double decay, string schedule)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
         foreach (var name in names) yield return new(prefix + name, manager[name]);
         yield return new(prefix + StateSegment + "step", step);
         yield return new(prefix + StateSegment + "decay", decay);
+        yield return new(prefix + StateSegment + "schedule", schedule);
         yield return new(prefix + StateSegment + "format", Format);
     }
 
@@ -36,6 +37,7 @@ public static class EmaCheckpoint
         var tensors = new Dictionary<string, torch.Tensor>(StringComparer.Ordinal);
         long? step = null;
         double? decay = null;
+        string? schedule = null;
         try
         {
             foreach (var entry in reader.Entries)
@@ -50,13 +52,14 @@ public static class EmaCheckpoint
                     {
                         case "step": step = value as long? ?? throw new CheckpointFormatException($"{directory}: '{entry.Key}' is not an integer."); break;
                         case "decay": decay = value as double? ?? throw new CheckpointFormatException($"{directory}: '{entry.Key}' is not a number."); break;
+                        case "schedule": schedule = value as string ?? throw new CheckpointFormatException($"{directory}: '{entry.Key}' is not a string."); break;
                     }
                     continue;
                 }
                 if (entry is not DcpTensorEntry || (wanted is not null && !wanted.Contains(name))) continue;
                 tensors[name] = reader.ReadTensor(entry.Key);
             }
-            return new Loaded(tensors, step, decay);
+            return new Loaded(tensors, step, decay, schedule);
         }
         catch
         {

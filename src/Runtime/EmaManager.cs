@@ -26,6 +26,7 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     private readonly ShadowArena _arena;
     private readonly UpdateEngine _engine;
     private readonly object _shadowRoot;
+    private EmaWeightSwap? _activeSwap;
     private bool _disposed;
 
     /// <summary>Binds to <paramref name="model"/> with a constant <paramref name="decay"/>.</summary>
@@ -44,6 +45,7 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         options.Validate();
         Decay = options.Decay;
         Options = options;
+        Schedule = options.EffectiveSchedule;
 
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
@@ -97,8 +99,14 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         }
     }
 
-    /// <summary>The decay in <c>ema = decay * ema + (1 - decay) * param</c>.</summary>
+    /// <summary>The configured constant decay (<see cref="EmaOptions.Decay"/>); with a schedule, see <see cref="CurrentDecay"/>.</summary>
     public double Decay { get; }
+
+    /// <summary>The decay schedule (a constant one when <see cref="EmaOptions.Schedule"/> is not set).</summary>
+    public EmaSchedule Schedule { get; }
+
+    /// <summary>The decay the last update applied (NaN before the first), kept apart from any configured maximum.</summary>
+    public double CurrentDecay { get; private set; } = double.NaN;
 
     /// <summary>The options this manager was built with.</summary>
     public EmaOptions Options { get; }
@@ -156,9 +164,19 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     {
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
+        ThrowIfSwapped();
+        long step = Step + 1;
+        if (!Schedule.UpdatesAt(step))
+        {
+            Step = step;
+            return;
+        }
+        double decay = Schedule.DecayAt(step);
         Gather(model);
+        _engine.Decay = decay;
         _engine.Apply();
-        Step++;
+        CurrentDecay = decay;
+        Step = step;
     }
 
     /// <summary>Number of updates applied (restored by <see cref="Load"/>).</summary>
@@ -175,7 +193,8 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     public void Save(string directory, string prefix = EmaCheckpoint.DefaultPrefix, DcpWriteOptions? options = null)
     {
         ThrowIfDisposed();
-        DcpWriter.Save(directory, EmaCheckpoint.StateToSave(prefix, TrackedNames, this, Step, Decay), options);
+        ThrowIfSwapped();
+        DcpWriter.Save(directory, EmaCheckpoint.StateToSave(prefix, TrackedNames, this, Step, Decay, Schedule.Describe()), options);
     }
 
     /// <summary>
@@ -185,19 +204,19 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     /// <param name="directory">The checkpoint folder.</param>
     /// <param name="strict">When true, the checkpoint must hold exactly the averaged names under <paramref name="prefix"/>.</param>
     /// <param name="prefix">Key prefix used when saving.</param>
-    /// <param name="allowDecayMismatch">Load even when the checkpoint was written with another decay.</param>
+    /// <param name="allowScheduleMismatch">Load even when the checkpoint was written with another decay schedule.</param>
     /// <exception cref="CheckpointFormatException">The folder is not a readable checkpoint.</exception>
     /// <exception cref="ArgumentException">Names, shapes or dtypes do not fit, or the decay differs.</exception>
-    public void Load(string directory, bool strict = true, string prefix = EmaCheckpoint.DefaultPrefix, bool allowDecayMismatch = false)
+    public void Load(string directory, bool strict = true, string prefix = EmaCheckpoint.DefaultPrefix, bool allowScheduleMismatch = false)
     {
         ThrowIfDisposed();
         var loaded = EmaCheckpoint.Read(directory, prefix, strict ? null : _trackedIndex.Keys);
         try
         {
-            if (loaded.Decay is { } decay && decay != Decay && !allowDecayMismatch)
+            if (loaded.Schedule is { } schedule && schedule != Schedule.Describe() && !allowScheduleMismatch)
             {
                 throw new ArgumentException(
-                    $"{directory}: the checkpoint was written with decay {decay}, this manager uses {Decay} (pass allowDecayMismatch to load anyway).");
+                    $"{directory}: the checkpoint was written with schedule {schedule}, this manager uses {Schedule.Describe()} (pass allowScheduleMismatch to load anyway).");
             }
             LoadStateDict(loaded.Tensors, strict);
             Step = loaded.Step ?? Step;
@@ -216,16 +235,35 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     {
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
+        ThrowIfSwapped();
         Gather(model);
         using var _ = torch.no_grad();
         var copier = new ShadowCopier(_slots, _parameterOfSlot, _arena);
         TModel.VisitParameters(model, ref copier);
     }
 
+    /// <summary>
+    /// Puts the EMA weights into <paramref name="model"/> until the returned object is disposed, then restores the
+    /// model's weights bit for bit (also on exceptions): <c>using (ema.SwapInto(model)) { Evaluate(model); }</c>.
+    /// While a swap is active, <see cref="Update"/>, saving and loading throw.
+    /// </summary>
+    public EmaWeightSwap SwapInto(TModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ThrowIfDisposed();
+        ThrowIfSwapped();
+        Gather(model);
+        var collector = new SwapCollector(_parameterOfSlot, _arena);
+        TModel.VisitParameters(model, ref collector);
+        _activeSwap = new EmaWeightSwap(collector.Pairs, () => _activeSwap = null);
+        return _activeSwap;
+    }
+
     /// <summary>Caller-owned copies of every shadow, keyed by parameter name, in <c>named_parameters()</c> order.</summary>
     public Dictionary<string, torch.Tensor> StateDict()
     {
         ThrowIfDisposed();
+        ThrowIfSwapped();
         using var _ = torch.no_grad();
         var state = new Dictionary<string, torch.Tensor>(_trackedIndex.Count, StringComparer.Ordinal);
         foreach (var name in TrackedNames)
@@ -246,6 +284,7 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     {
         ArgumentNullException.ThrowIfNull(state);
         ThrowIfDisposed();
+        ThrowIfSwapped();
 
         if (strict)
         {
@@ -344,4 +383,13 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    // While swapped, the shadow storage holds the model's own weights.
+    private void ThrowIfSwapped()
+    {
+        if (_activeSwap is not null)
+        {
+            throw new InvalidOperationException("The EMA weights are swapped into a model; dispose the swap before updating, saving or loading.");
+        }
+    }
 }

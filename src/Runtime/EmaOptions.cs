@@ -15,6 +15,14 @@ public sealed class EmaOptions
     public double Decay { get; init; } = DefaultDecay;
 
     /// <summary>
+    /// How the decay changes with the step (warmup, half-life, power function, start-after, update-every). When null,
+    /// <see cref="Decay"/> is used at every step.
+    /// </summary>
+    public EmaSchedule? Schedule { get; init; }
+
+    internal EmaSchedule EffectiveSchedule => Schedule ?? new ConstantSchedule(Decay);
+
+    /// <summary>
     /// Keep bf16/fp16 shadows for bf16/fp16 parameters. Off by default: the shadow is fp32, because a low-precision
     /// shadow rounds small updates (1 - decay of a difference) away entirely and stops moving.
     /// </summary>

@@ -11,18 +11,16 @@ internal interface IPartitionedWork
 
 /// <summary>
 /// A few dedicated helper threads for the CPU update. Unlike <c>Parallel.For</c> it allocates nothing per run
-/// (pre-made events, one shared work reference), which keeps the steady-state update free of managed allocations.
+/// (pre-made signals, one shared work reference), which keeps the steady-state update free of managed allocations.
 /// </summary>
 internal sealed class CpuWorkerPool : IDisposable
 {
     private readonly Thread[] _threads;
-    private readonly ManualResetEventSlim[] _start;
-    // Short spins only: on SMT machines a spinning waiter steals issue slots from the sibling doing the real work,
-    // and idle helpers must not burn a core between updates. The parallel path is only taken for updates long enough
-    // (>= 1M elements) that a kernel wake-up is small beside them.
-    private const int SpinCount = 20;
-
-    private readonly ManualResetEventSlim _done = new(false, SpinCount);
+    // Short spins only (WorkerSignal): on SMT machines a spinning waiter steals issue slots from the sibling doing the
+    // real work, and idle helpers must not burn a core between updates. The parallel path is only taken for updates
+    // long enough (>= 1M elements) that a wake-up is small beside them.
+    private readonly WorkerSignal[] _start;
+    private readonly WorkerSignal _done = new();
     private IPartitionedWork? _work;
     private int _parts;
     private int _remaining;
@@ -31,16 +29,12 @@ internal sealed class CpuWorkerPool : IDisposable
 
     public CpuWorkerPool(int threads)
     {
-        // ManualResetEventSlim creates its kernel event lazily, on the first wait that has to block; create it now, so
-        // that no update ever allocates it.
-        _ = _done.WaitHandle;
         Parallelism = Math.Max(1, threads);
         _threads = new Thread[Parallelism - 1];
-        _start = new ManualResetEventSlim[Parallelism - 1];
+        _start = new WorkerSignal[Parallelism - 1];
         for (int i = 0; i < _threads.Length; i++)
         {
-            _start[i] = new ManualResetEventSlim(false, SpinCount);
-            _ = _start[i].WaitHandle;
+            _start[i] = new WorkerSignal();
             int part = i + 1;
             _threads[i] = new Thread(() => Loop(part)) { IsBackground = true, Name = $"EmaGen update {part}" };
             _threads[i].Start();
@@ -101,7 +95,5 @@ internal sealed class CpuWorkerPool : IDisposable
         _stopping = true;
         foreach (var start in _start) start.Set();
         foreach (var thread in _threads) thread.Join();
-        foreach (var start in _start) start.Dispose();
-        _done.Dispose();
     }
 }

@@ -55,7 +55,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     private long _workElements;
 
     private readonly CpuWorkerPool? _pool;
-    private readonly Dictionary<(DeviceType, int, torch.ScalarType), torch.Tensor> _torchWeights = new();
+    private readonly Dictionary<(DeviceType, int, torch.ScalarType), (torch.Tensor Weight, double Decay)> _torchWeights = new();
     private int _cursor;
     private int _nextChunk;
     private int _chunkCount;
@@ -126,15 +126,11 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
 
     public int Threads => _pool?.Parallelism ?? 1;
 
+    /// <summary>The decay the next <see cref="Apply"/> uses (schedules change it per step).</summary>
     public double Decay
     {
         get => _decay;
-        set
-        {
-            _decay = value;
-            foreach (var w in _torchWeights.Values) w.Dispose();
-            _torchWeights.Clear();
-        }
+        set => _decay = value;
     }
 
     public void BeginGather() => _cursor = 0;
@@ -344,15 +340,22 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     }
 
     // lerp_ takes its weight as a tensor of the shadow's dtype and device; a double would build a new one per call.
+    // When a schedule changes the decay the cached tensor is refilled on its device: no new tensor, no host sync.
     private torch.Tensor WeightFor(torch.Tensor shadow)
     {
         var key = (shadow.device_type, shadow.device_index, shadow.dtype);
-        if (!_torchWeights.TryGetValue(key, out var w))
+        if (!_torchWeights.TryGetValue(key, out var cached))
         {
-            w = torch.tensor(1.0 - _decay, shadow.dtype, shadow.device).DetachFromDisposeScope();
-            _torchWeights[key] = w;
+            var created = torch.tensor(1.0 - _decay, shadow.dtype, shadow.device).DetachFromDisposeScope();
+            _torchWeights[key] = (created, _decay);
+            return created;
         }
-        return w;
+        if (cached.Decay != _decay)
+        {
+            InPlace.Release(cached.Weight.fill_(1.0 - _decay), cached.Weight);
+            _torchWeights[key] = (cached.Weight, _decay);
+        }
+        return cached.Weight;
     }
 
     private void Revalidate(int item, int slot, torch.Tensor parameter)
@@ -380,7 +383,7 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     public void Dispose()
     {
         _pool?.Dispose();
-        foreach (var w in _torchWeights.Values) w.Dispose();
+        foreach (var (w, _) in _torchWeights.Values) w.Dispose();
     }
 }
 

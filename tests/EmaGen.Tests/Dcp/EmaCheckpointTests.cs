@@ -68,13 +68,13 @@ public sealed class EmaCheckpointTests
 
         using var decayed = new EmaManager<SizedModel>(small, 0.7);
         var decay = Assert.Throws<ArgumentException>(() => decayed.Load(folder["small"]));
-        Assert.Contains("decay 0.5", decay.Message);
-        decayed.Load(folder["small"], allowDecayMismatch: true);
+        Assert.Contains("schedule Constant(decay=0.5)", decay.Message);
+        decayed.Load(folder["small"], allowScheduleMismatch: true);
 
         // Damage the data file: the reader reports it, and nothing was written.
         var data = Path.Combine(folder["small"], "__0_0.distcp");
         var bytes = File.ReadAllBytes(data);
-        bytes[bytes.Length / 2] ^= 0xFF;
+        for (int i = bytes.Length / 2; i < bytes.Length / 2 + 64; i++) bytes[i] ^= 0xFF;
         File.WriteAllBytes(data, bytes);
         using var again = new SizedModel(TorchSharp.torch.ScalarType.Float32, 3, 5);
         using var againEma = new EmaManager<SizedModel>(again, 0.5);
@@ -108,6 +108,7 @@ public sealed class EmaCheckpointTests
         expected["ema._emagen.step"] = new System.Text.Json.Nodes.JsonObject { ["value"] = 1 };
         expected["ema._emagen.decay"] = new System.Text.Json.Nodes.JsonObject { ["value"] = 0.9 };
         expected["ema._emagen.format"] = new System.Text.Json.Nodes.JsonObject { ["value"] = EmaCheckpoint.Format };
+        expected["ema._emagen.schedule"] = new System.Text.Json.Nodes.JsonObject { ["value"] = "Constant(decay=0.9)" };
         File.WriteAllText(folder["expected.json"], expected.ToJsonString());
         var output = PythonTorch.Run("load_with_torch.py", folder["ckpt"], folder["expected.json"]);
         Assert.Contains($"OK {ema.Count} tensor records", output);

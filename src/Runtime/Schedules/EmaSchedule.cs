@@ -1,0 +1,213 @@
+using System;
+using System.Globalization;
+
+namespace EmaGen;
+
+/// <summary>
+/// A decay schedule: a pure function of the update step (1 for the first update after the manager was built or
+/// loaded from step 0). Implementations are small immutable records; <see cref="Describe"/> is their canonical text,
+/// stored in checkpoints so that resuming with a different schedule is caught.
+/// </summary>
+public abstract record EmaSchedule
+{
+    /// <summary>The decay for update number <paramref name="step"/> (≥ 1): weight of the old average, in [0, 1].</summary>
+    public abstract double DecayAt(long step);
+
+    /// <summary>Whether the update at <paramref name="step"/> runs at all (only <see cref="UpdateEverySchedule"/> skips steps).</summary>
+    public virtual bool UpdatesAt(long step) => true;
+
+    /// <summary>Canonical description, e.g. <c>Constant(decay=0.9999)</c>.</summary>
+    public abstract string Describe();
+
+    public sealed override string ToString() => Describe();
+
+    /// <summary>A constant decay.</summary>
+    public static EmaSchedule Constant(double decay) => new ConstantSchedule(decay);
+
+    /// <summary>diffusers/timm warmup: <c>1 − (1 + s/invGamma)^−power</c>, copying while s ≤ 0, clamped to [minDecay, maxDecay].</summary>
+    public static EmaSchedule Warmup(double invGamma = 1.0, double power = 2.0 / 3.0, double minDecay = 0.0, double maxDecay = 0.9999, long updateAfterStep = 0) =>
+        new WarmupSchedule(invGamma, power, minDecay, maxDecay, updateAfterStep);
+
+    /// <summary>A half-life in update steps, optionally with EDM's ramp-up (half-life ≤ ratio × step).</summary>
+    public static EmaSchedule HalfLife(double steps, double? rampUpRatio = null) => new HalfLifeSchedule(steps, rampUpRatio);
+
+    /// <summary>EDM2's power-function EMA <c>β = (1 − 1/t)^(γ+1)</c> for relative standard deviation σ_rel.</summary>
+    public static EmaSchedule PowerFunction(double sigmaRel) => new PowerFunctionSchedule(PowerFunctionSchedule.GammaFromSigmaRel(sigmaRel));
+
+    internal static string Number(double value) => value.ToString("R", CultureInfo.InvariantCulture);
+
+    internal static void CheckDecay(double decay, string name)
+    {
+        if (!(decay >= 0 && decay <= 1)) throw new ArgumentOutOfRangeException(name, decay, "A decay must lie in [0, 1].");
+    }
+}
+
+/// <summary><c>decay</c> at every step.</summary>
+public sealed record ConstantSchedule : EmaSchedule
+{
+    public ConstantSchedule(double decay)
+    {
+        CheckDecay(decay, nameof(decay));
+        Decay = decay;
+    }
+
+    public double Decay { get; }
+
+    public override double DecayAt(long step) => Decay;
+
+    public override string Describe() => $"Constant(decay={Number(Decay)})";
+}
+
+/// <summary>
+/// diffusers' <c>EMAModel.get_decay</c> (and timm's warmup): with <c>s = max(0, step − updateAfterStep − 1)</c>, the
+/// decay is 0 (a copy) while s ≤ 0, else <c>1 − (1 + s/invGamma)^−power</c> clamped to [minDecay, maxDecay].
+/// <see cref="MaxDecay"/> is the configured ceiling; the decay actually applied is <c>EmaManager.CurrentDecay</c>.
+/// </summary>
+public sealed record WarmupSchedule : EmaSchedule
+{
+    public WarmupSchedule(double invGamma, double power, double minDecay, double maxDecay, long updateAfterStep)
+    {
+        if (!(invGamma > 0)) throw new ArgumentOutOfRangeException(nameof(invGamma), invGamma, "invGamma must be positive.");
+        if (!(power > 0)) throw new ArgumentOutOfRangeException(nameof(power), power, "power must be positive.");
+        CheckDecay(minDecay, nameof(minDecay));
+        CheckDecay(maxDecay, nameof(maxDecay));
+        if (minDecay > maxDecay) throw new ArgumentOutOfRangeException(nameof(minDecay), minDecay, "minDecay must not exceed maxDecay.");
+        if (updateAfterStep < 0) throw new ArgumentOutOfRangeException(nameof(updateAfterStep), updateAfterStep, "updateAfterStep must not be negative.");
+        (InvGamma, Power, MinDecay, MaxDecay, UpdateAfterStep) = (invGamma, power, minDecay, maxDecay, updateAfterStep);
+    }
+
+    public double InvGamma { get; }
+    public double Power { get; }
+    public double MinDecay { get; }
+    public double MaxDecay { get; }
+    public long UpdateAfterStep { get; }
+
+    public override double DecayAt(long step)
+    {
+        long s = Math.Max(0, step - UpdateAfterStep - 1);
+        if (s <= 0) return 0.0;
+        double value = 1 - Math.Pow(1 + s / InvGamma, -Power);
+        return Math.Max(MinDecay, Math.Min(value, MaxDecay));
+    }
+
+    public override string Describe() =>
+        $"Warmup(invGamma={Number(InvGamma)}, power={Number(Power)}, minDecay={Number(MinDecay)}, maxDecay={Number(MaxDecay)}, updateAfterStep={UpdateAfterStep})";
+}
+
+/// <summary>
+/// Half-life in update steps: <c>0.5^(1/h)</c>. With EDM's ramp-up (Karras et al. 2022) the half-life grows with
+/// training, <c>h = min(halfLife, rampUpRatio × step)</c>, so early weights are forgotten quickly.
+/// </summary>
+public sealed record HalfLifeSchedule : EmaSchedule
+{
+    public HalfLifeSchedule(double steps, double? rampUpRatio)
+    {
+        if (!(steps > 0)) throw new ArgumentOutOfRangeException(nameof(steps), steps, "The half-life must be positive.");
+        if (rampUpRatio is { } r && !(r > 0)) throw new ArgumentOutOfRangeException(nameof(rampUpRatio), r, "The ramp-up ratio must be positive.");
+        (Steps, RampUpRatio) = (steps, rampUpRatio);
+    }
+
+    public double Steps { get; }
+    public double? RampUpRatio { get; }
+
+    public override double DecayAt(long step)
+    {
+        double h = RampUpRatio is { } r ? Math.Min(Steps, r * step) : Steps;
+        return Math.Pow(0.5, 1.0 / Math.Max(h, 1e-8));
+    }
+
+    public override string Describe() => $"HalfLife(steps={Number(Steps)}, rampUpRatio={(RampUpRatio is { } r ? Number(r) : "none")})";
+}
+
+/// <summary>
+/// EDM2's power-function EMA (Karras et al. 2024): <c>β_t = (1 − Δt/t)^(γ+1)</c> with t the update step and Δt = 1
+/// per update, so the average weighs iterate τ in proportion to τ^γ. σ_rel and γ are two names for the same width.
+/// </summary>
+public sealed record PowerFunctionSchedule : EmaSchedule
+{
+    public PowerFunctionSchedule(double gamma)
+    {
+        if (!(gamma > -1) || double.IsInfinity(gamma)) throw new ArgumentOutOfRangeException(nameof(gamma), gamma, "γ must be a finite number above -1.");
+        Gamma = gamma;
+    }
+
+    public double Gamma { get; }
+
+    /// <summary>The relative standard deviation of the averaging profile, <c>sqrt((γ+1) / ((γ+2)² (γ+3)))</c>.</summary>
+    public double SigmaRel => SigmaRelFromGamma(Gamma);
+
+    public override double DecayAt(long step) => step <= 0 ? 0 : Math.Pow(1 - 1.0 / step, Gamma + 1);
+
+    public override string Describe() => $"PowerFunction(gamma={Number(Gamma)})";
+
+    public static double SigmaRelFromGamma(double gamma) => Math.Sqrt((gamma + 1) / ((gamma + 2) * (gamma + 2) * (gamma + 3)));
+
+    /// <summary>γ for σ_rel: the largest real root of <c>γ³ + 7γ² + (16 − σ_rel⁻²)γ + (12 − σ_rel⁻²) = 0</c> (EDM2's sigma_rel_to_gamma).</summary>
+    public static double GammaFromSigmaRel(double sigmaRel)
+    {
+        // For σ_rel below sqrt(1/12) ≈ 0.2887 (γ > 0) the largest root is positive; EDM2 uses 0.05 to 0.2.
+        if (!(sigmaRel > 0 && sigmaRel < 0.28)) throw new ArgumentOutOfRangeException(nameof(sigmaRel), sigmaRel, "σ_rel must lie in (0, 0.28).");
+        double t = 1.0 / (sigmaRel * sigmaRel);
+        double F(double g) => ((g + 7) * g + (16 - t)) * g + (12 - t);
+        // f(0) = 12 − t < 0 for σ_rel < 0.2887; f grows without bound, so the largest root is in (0, hi).
+        double lo = 0, hi = 1;
+        while (F(hi) < 0) hi *= 2;
+        for (int i = 0; i < 200 && hi - lo > 1e-13 * Math.Max(1, hi); i++)
+        {
+            double mid = 0.5 * (lo + hi);
+            if (F(mid) < 0) lo = mid; else hi = mid;
+        }
+        return 0.5 * (lo + hi);
+    }
+}
+
+/// <summary>Copies the parameters (decay 0) until step <see cref="Steps"/>, then runs <see cref="Inner"/> counting from there.</summary>
+public sealed record StartAfterSchedule : EmaSchedule
+{
+    public StartAfterSchedule(EmaSchedule inner, long steps)
+    {
+        if (steps < 0) throw new ArgumentOutOfRangeException(nameof(steps), steps, "steps must not be negative.");
+        (Inner, Steps) = (inner ?? throw new ArgumentNullException(nameof(inner)), steps);
+    }
+
+    public EmaSchedule Inner { get; }
+    public long Steps { get; }
+
+    public override double DecayAt(long step) => step <= Steps ? 0.0 : Inner.DecayAt(step - Steps);
+
+    public override bool UpdatesAt(long step) => step <= Steps || Inner.UpdatesAt(step - Steps);
+
+    public override string Describe() => $"StartAfter({Steps}, {Inner.Describe()})";
+}
+
+/// <summary>
+/// Updates only every <see cref="Interval"/> steps. The decay applied then is the product of the inner schedule's
+/// per-step decays over the skipped steps, which keeps the averaging horizon of the per-step schedule: <c>d^k</c> for
+/// a constant or half-life, and exactly EDM2's Δt = k form <c>(1 − k/t)^(γ+1)</c> for the power function (the product
+/// telescopes). <see cref="PerCall"/> instead applies the inner decay of the current step unchanged, as ema-pytorch
+/// does, for users reproducing old runs (it shortens the horizon k-fold).
+/// </summary>
+public sealed record UpdateEverySchedule : EmaSchedule
+{
+    public UpdateEverySchedule(EmaSchedule inner, int interval, bool perCall = false)
+    {
+        if (interval < 1) throw new ArgumentOutOfRangeException(nameof(interval), interval, "The interval must be at least 1.");
+        (Inner, Interval, PerCall) = (inner ?? throw new ArgumentNullException(nameof(inner)), interval, perCall);
+    }
+
+    public EmaSchedule Inner { get; }
+    public int Interval { get; }
+    public bool PerCall { get; }
+
+    public override bool UpdatesAt(long step) => step % Interval == 0;
+
+    public override double DecayAt(long step)
+    {
+        if (PerCall) return Inner.DecayAt(step);
+        double product = 1.0;
+        for (long s = Math.Max(1, step - Interval + 1); s <= step; s++) product *= Inner.DecayAt(s);
+        return product;
+    }
+
+    public override string Describe() => $"UpdateEvery({Interval}, {(PerCall ? "perCall" : "rescaled")}, {Inner.Describe()})";
+}

@@ -96,9 +96,11 @@ public static class Trainer
         var reference = Points(TwoMoons.Sample(options.EvalPoints, random));
         double raw = Score(diffusion.Sample(model, noise), truth, options.Seed);
 
-        using var emaModel = new DenoiserModel();
-        ema.CopyTo(emaModel);
-        double averaged = Score(diffusion.Sample(emaModel, noise), truth, options.Seed);
+        double averaged;
+        using (ema.SwapInto(model))
+        {
+            averaged = Score(diffusion.Sample(model, noise), truth, options.Seed);
+        }
         double floor = SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed);
 
         int changed = 0;

@@ -236,10 +236,11 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
         ThrowIfSwapped();
-        Gather(model);
         using var _ = torch.no_grad();
-        var copier = new ShadowCopier(_slots, _parameterOfSlot, _arena);
-        TModel.VisitParameters(model, ref copier);
+        foreach (var (target, shadow) in ShadowPairs(model))
+        {
+            InPlace.Release(target.copy_(shadow), target);
+        }
     }
 
     /// <summary>
@@ -252,10 +253,7 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
         ThrowIfSwapped();
-        Gather(model);
-        var collector = new SwapCollector(_parameterOfSlot, _arena);
-        TModel.VisitParameters(model, ref collector);
-        _activeSwap = new EmaWeightSwap(collector.Pairs, () => _activeSwap = null);
+        _activeSwap = new EmaWeightSwap(ShadowPairs(model), () => _activeSwap = null);
         return _activeSwap;
     }
 
@@ -341,6 +339,15 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
         _disposed = true;
         _engine.Dispose();
         _arena.Dispose();
+    }
+
+    // Each averaged tensor of the model with its shadow, after the model's slots passed the layout check.
+    private List<(torch.Tensor Target, torch.Tensor Shadow)> ShadowPairs(TModel model)
+    {
+        Gather(model);
+        var collector = new ShadowPairCollector(_parameterOfSlot, _arena);
+        TModel.VisitParameters(model, ref collector);
+        return collector.Pairs;
     }
 
     // Checks every slot of the model against the recorded layout before anything is written.

@@ -1,5 +1,4 @@
 using System;
-using System.Diagnostics;
 using System.IO;
 using System.Linq;
 using System.Text.RegularExpressions;
@@ -44,24 +43,6 @@ public sealed class NativeAotTests
         Assert.Equal(expected.Count, reader.Entries.Count(e => e is DcpTensorEntry));
     }
 
-    private static (int ExitCode, string Output) Run(string file, string directory, params string[] arguments)
-    {
-        var start = new ProcessStartInfo(file)
-        {
-            WorkingDirectory = directory,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in arguments) start.ArgumentList.Add(a);
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(600_000))
-        {
-            process.Kill(entireProcessTree: true);
-            Assert.Fail($"{file} did not finish in 10 minutes");
-        }
-        return (process.ExitCode, stdout.Result + stderr.Result);
-    }
+    private static (int ExitCode, string Output) Run(string file, string directory, params string[] arguments) =>
+        ProcessRunner.Run(file, directory, 600_000, arguments);
 }

@@ -1,5 +1,4 @@
 using System;
-using System.Diagnostics;
 using System.IO;
 using Xunit;
 
@@ -19,28 +18,15 @@ internal static class PythonTorch
         {
             Assert.Fail($"{Python} is missing: install Debian's PyTorch with 'apt-get update && apt-get install -y python3-torch' (.ci/run does this).");
         }
-        var start = new ProcessStartInfo(Python)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        start.ArgumentList.Add(TestPaths.InteropScript(script));
-        foreach (var a in arguments) start.ArgumentList.Add(a);
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(120_000))
-        {
-            process.Kill(entireProcessTree: true);
-            Assert.Fail($"{script} did not finish in 2 minutes.");
-        }
-        var output = stdout.Result + stderr.Result;
+        var arguments1 = new string[arguments.Length + 1];
+        arguments1[0] = TestPaths.InteropScript(script);
+        arguments.CopyTo(arguments1, 1);
+        var (exitCode, output) = ProcessRunner.Run(Python, null, 120_000, arguments1);
         if (output.Contains("No module named 'torch'", StringComparison.Ordinal))
         {
             Assert.Fail($"{Python} has no torch module: install it with 'apt-get update && apt-get install -y python3-torch' (.ci/run does this).");
         }
-        Assert.True(process.ExitCode == 0, $"{script} failed (exit {process.ExitCode}):\n{output}");
+        Assert.True(exitCode == 0, $"{script} failed (exit {exitCode}):\n{output}");
         return output;
     }
 }

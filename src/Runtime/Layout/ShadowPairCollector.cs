@@ -1,17 +1,22 @@
+using System;
 using System.Collections.Generic;
 using TorchSharp;
 using TorchSharp.Modules;
 
 namespace EmaGen;
 
-/// <summary>Pairs each averaged tensor of a model with its shadow, in visit order (the manager has validated the slots).</summary>
-internal struct SwapCollector : IEmaParameterVisitor
+/// <summary>
+/// Pairs each averaged tensor of a model with its shadow, in visit order (the manager has validated the slots): what
+/// <c>CopyTo</c> copies and <c>SwapInto</c> exchanges. Shapes match because the slots' element counts were checked and
+/// the shadows were made from the same parameters.
+/// </summary>
+internal struct ShadowPairCollector : IEmaParameterVisitor
 {
     private readonly int[] _parameterOfSlot;
     private readonly ShadowArena _arena;
     private int _slot;
 
-    public SwapCollector(int[] parameterOfSlot, ShadowArena arena)
+    public ShadowPairCollector(int[] parameterOfSlot, ShadowArena arena)
     {
         _parameterOfSlot = parameterOfSlot;
         _arena = arena;
@@ -34,6 +39,12 @@ internal struct SwapCollector : IEmaParameterVisitor
     private void Add(torch.Tensor? target)
     {
         int p = _parameterOfSlot[_slot++];
-        if (p >= 0 && _arena[p] is { } shadow && target is not null) Pairs.Add((target, shadow));
+        if (p < 0 || _arena[p] is not { } shadow || target is null) return;
+        if (!target.shape.AsSpan().SequenceEqual(shadow.shape))
+        {
+            throw new InvalidOperationException(
+                $"Slot {_slot - 1} has shape [{string.Join(", ", target.shape)}], its shadow [{string.Join(", ", shadow.shape)}].");
+        }
+        Pairs.Add((target, shadow));
     }
 }

@@ -18,10 +18,10 @@ internal static class PythonTorch
         {
             Assert.Fail($"{Python} is missing: install Debian's PyTorch with 'apt-get update && apt-get install -y python3-torch' (.ci/run does this).");
         }
-        var arguments1 = new string[arguments.Length + 1];
-        arguments1[0] = TestPaths.InteropScript(script);
-        arguments.CopyTo(arguments1, 1);
-        var (exitCode, output) = ProcessRunner.Run(Python, null, 120_000, arguments1);
+        var scriptAndArguments = new string[arguments.Length + 1];
+        scriptAndArguments[0] = TestPaths.InteropScript(script);
+        arguments.CopyTo(scriptAndArguments, 1);
+        var (exitCode, output) = ProcessRunner.Run(Python, null, 120_000, scriptAndArguments);
         if (output.Contains("No module named 'torch'", StringComparison.Ordinal))
         {
             Assert.Fail($"{Python} has no torch module: install it with 'apt-get update && apt-get install -y python3-torch' (.ci/run does this).");

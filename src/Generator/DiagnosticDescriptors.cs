@@ -54,6 +54,10 @@ internal static class DiagnosticDescriptors
         "'{0}' calls base.RegisterComponents(), TorchSharp's reflection-based registration, which registers nothing in a NativeAOT binary; call RegisterComponents() (the generated override) instead",
         Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema011");
 
+    public static readonly DiagnosticDescriptor NegativeShardDim = Error(
+        "EMA012", "Shard dimension must not be negative",
+        "[EmaShard({1})] on '{0}': the shard dimension must be 0 or more (use [EmaReplicate] for a tensor every rank keeps whole)");
+
     private static DiagnosticDescriptor Error(string id, string title, string message) =>
         new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true, helpLinkUri: HelpBase + id.ToLowerInvariant());
 }

@@ -67,7 +67,7 @@ public sealed class EmaManager<TModel> : IDisposable where TModel : torch.nn.Mod
             var dtype = t.dtype;
             var shadowDType = KernelKinds.IsFloatingPoint(dtype) ? KernelKinds.ShadowDTypeFor(dtype, options.LowPrecisionShadow) : dtype;
             _parameterOfSlot[s] = all.Count;
-            all.Add(new EmaParameterInfo(slot.FullName, t.shape, dtype, shadowDType, t.device, exclusion, slot.IsBuffer));
+            all.Add(new EmaParameterInfo(slot.FullName, t.shape, dtype, shadowDType, t.device, exclusion, slot.IsBuffer, slot.ShardDim));
             _slotNumel[s] = all[^1].Numel;
             sources.Add(t);
         }

@@ -95,7 +95,7 @@ internal static class TrackedClassEmitter
             var names = m.Module is { Kind: ModuleKind.Builtin } b
                 ? "new[] { " + string.Join(", ", b.ParameterNames.Select(Literal)) + " }"
                 : "global::System.Array.Empty<string>()";
-            w.Line($"        new({Literal(m.Name)}, {Literal(m.MemberName)}, global::EmaGen.EmaMemberKind.{DescriptionKind(m)}, {Literal(m.DisplayTypeName)}, {Bool(m.Ignored)}, {names}),");
+            w.Line($"        new({Literal(m.Name)}, {Literal(m.MemberName)}, global::EmaGen.EmaMemberKind.{DescriptionKind(m)}, {Literal(m.DisplayTypeName)}, {Bool(m.Ignored)}, {names}, {m.ShardDim}),");
         }
         w.Line("    });");
     }
@@ -108,7 +108,7 @@ internal static class TrackedClassEmitter
         {
             foreach (var m in spec.Members.Where(m => m.Kind == MemberKind.Parameter))
             {
-                w.Line($"visitor.Parameter({Literal(m.Name)}, module.{m.MemberName}, {Bool(m.Ignored)});");
+                w.Line($"visitor.Parameter({Literal(m.Name)}, module.{m.MemberName}, {Bool(m.Ignored)}, {m.ShardDim});");
             }
             foreach (var m in spec.Members.Where(m => m.Kind == MemberKind.Buffer))
             {
@@ -121,14 +121,14 @@ internal static class TrackedClassEmitter
                 w.Line($"visitor.EnterModule({Literal(m.Name)}, {Bool(m.Ignored)});");
                 if (m.Kind == MemberKind.Module)
                 {
-                    EmitVisitModule(w, m.Module!, local);
+                    EmitVisitModule(w, m.Module!, local, m.ShardDim);
                 }
                 else
                 {
                     var count = m.Kind == MemberKind.ModuleArray ? "Length" : "Count";
                     w.Open($"for (int __i = 0; __i < {local}.{count}; __i++)");
                     w.Line("visitor.EnterIndex(__i);");
-                    EmitVisitModule(w, m.Module!, $"{local}[__i]");
+                    EmitVisitModule(w, m.Module!, $"{local}[__i]", m.ShardDim);
                     w.Line("visitor.ExitModule();");
                     w.Close();
                 }
@@ -139,7 +139,8 @@ internal static class TrackedClassEmitter
         w.Close();
     }
 
-    private static void EmitVisitModule(CodeWriter w, ModuleTypeSpec module, string expression)
+    // A built-in's parameters follow the shard map entry of the member holding it; a tracked class has its own map.
+    private static void EmitVisitModule(CodeWriter w, ModuleTypeSpec module, string expression, int shardDim)
     {
         if (module.Kind == ModuleKind.Tracked)
         {
@@ -148,7 +149,7 @@ internal static class TrackedClassEmitter
         }
         foreach (var p in module.ParameterNames)
         {
-            w.Line($"visitor.Parameter({Literal(p)}, {expression}.{p}, false);");
+            w.Line($"visitor.Parameter({Literal(p)}, {expression}.{p}, false, {shardDim});");
         }
         foreach (var b in module.BufferNames)
         {

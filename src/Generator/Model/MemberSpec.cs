@@ -39,6 +39,7 @@ internal sealed record ModuleTypeSpec(
 /// <param name="Ignored">Marked [EmaIgnore].</param>
 /// <param name="IsNullable">Declared with a nullable annotation.</param>
 /// <param name="Module">For module members, lists and arrays: the (element) module type.</param>
+/// <param name="ShardDim">Shard map entry for the member's parameters: a dimension, or -1 for replicated.</param>
 internal sealed record MemberSpec(
     string Name,
     string MemberName,
@@ -47,4 +48,5 @@ internal sealed record MemberSpec(
     string DisplayTypeName,
     bool Ignored,
     bool IsNullable,
-    ModuleTypeSpec? Module);
+    ModuleTypeSpec? Module,
+    int ShardDim);

@@ -14,6 +14,8 @@ internal sealed class KnownTypes
         ComponentName = compilation.GetTypeByMetadataName("TorchSharp.Utils.ComponentNameAttribute");
         EmaTracked = compilation.GetTypeByMetadataName("EmaGen.EmaTrackedAttribute");
         EmaIgnore = compilation.GetTypeByMetadataName("EmaGen.EmaIgnoreAttribute");
+        EmaShard = compilation.GetTypeByMetadataName("EmaGen.EmaShardAttribute");
+        EmaReplicate = compilation.GetTypeByMetadataName("EmaGen.EmaReplicateAttribute");
     }
 
     public INamedTypeSymbol? Module { get; }
@@ -23,6 +25,8 @@ internal sealed class KnownTypes
     public INamedTypeSymbol? ComponentName { get; }
     public INamedTypeSymbol? EmaTracked { get; }
     public INamedTypeSymbol? EmaIgnore { get; }
+    public INamedTypeSymbol? EmaShard { get; }
+    public INamedTypeSymbol? EmaReplicate { get; }
 
     public static KnownTypes From(Compilation compilation) => new(compilation);
 

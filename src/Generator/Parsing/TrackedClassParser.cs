@@ -18,8 +18,11 @@ internal sealed class TrackedClassParser
         .WithGlobalNamespaceStyle(SymbolDisplayGlobalNamespaceStyle.Omitted)
         .WithMiscellaneousOptions(SymbolDisplayMiscellaneousOptions.UseSpecialTypes);
 
+    private const int Replicated = -1;
+
     private readonly KnownTypes _known;
     private readonly List<DiagnosticInfo> _diagnostics = new();
+    private int _classShardDim;
 
     private TrackedClassParser(KnownTypes known) => _known = known;
 
@@ -67,6 +70,7 @@ internal sealed class TrackedClassParser
         }
 
         ok &= CheckBaseClasses(type, location, display);
+        _classShardDim = ShardDim(type, 0, ref ok);
         ok &= CheckNoRegisterComponentsOverride(type, display);
 
         var members = ParseMembers(type, display, cancellationToken);
@@ -108,7 +112,7 @@ internal sealed class TrackedClassParser
             }
             if (symbol is not IFieldSymbol field || field.IsConst || field.IsImplicitlyDeclared) continue;
 
-            var member = ClassifyField(field, ignored, ref ok);
+            var member = ClassifyField(field, ignored, ShardDim(field, _classShardDim, ref ok), ref ok);
             if (member is null) continue;
             if (byName.TryGetValue(member.Name, out var first))
             {
@@ -122,7 +126,7 @@ internal sealed class TrackedClassParser
         return ok ? members : null;
     }
 
-    private MemberSpec? ClassifyField(IFieldSymbol field, bool ignored, ref bool ok)
+    private MemberSpec? ClassifyField(IFieldSymbol field, bool ignored, int shardDim, ref bool ok)
     {
         var type = field.Type;
         var location = field.Locations.FirstOrDefault();
@@ -131,11 +135,12 @@ internal sealed class TrackedClassParser
         string typeName = type.ToDisplayString(QualifiedFormat);
         string displayType = type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(DisplayFormat);
 
-        MemberSpec Make(MemberKind kind, ModuleTypeSpec? module) =>
-            new(name, field.Name, kind, type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat), displayType, ignored, nullable, module);
+        MemberSpec Make(MemberKind kind, ModuleTypeSpec? module, int dim) =>
+            new(name, field.Name, kind, type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat), displayType, ignored, nullable, module, dim);
 
-        if (_known.IsParameter(type)) return Make(MemberKind.Parameter, null);
-        if (_known.IsTensor(type)) return Make(MemberKind.Buffer, null);
+        if (_known.IsParameter(type)) return Make(MemberKind.Parameter, null, shardDim);
+        // Buffers are replicated unless their own field says otherwise (FSDP2 does not shard buffers).
+        if (_known.IsTensor(type)) return Make(MemberKind.Buffer, null, HasShardAttribute(field) ? shardDim : Replicated);
 
         MemberKind kind;
         ITypeSymbol? moduleType;
@@ -164,13 +169,35 @@ internal sealed class TrackedClassParser
         if (module is null)
         {
             // An ignored member is still registered; it just has no known parameters to walk.
-            if (ignored) return Make(kind, null);
+            if (ignored) return Make(kind, null, shardDim);
             Report(DiagnosticDescriptors.UnknownParameters, location, field.Name, displayType);
             ok = false;
             return null;
         }
-        return Make(kind, module);
+        return Make(kind, module, shardDim);
     }
+
+    // [EmaShard(dim)] or [EmaReplicate] on the symbol, else the inherited default.
+    private int ShardDim(ISymbol symbol, int inherited, ref bool ok)
+    {
+        foreach (var attribute in symbol.GetAttributes())
+        {
+            if (SymbolEqualityComparer.Default.Equals(attribute.AttributeClass, _known.EmaReplicate)) return Replicated;
+            if (!SymbolEqualityComparer.Default.Equals(attribute.AttributeClass, _known.EmaShard)) continue;
+            int dim = attribute.ConstructorArguments.Length > 0 && attribute.ConstructorArguments[0].Value is int d ? d : 0;
+            if (dim < 0)
+            {
+                Report(DiagnosticDescriptors.NegativeShardDim, attribute.ApplicationSyntaxReference?.GetSyntax().GetLocation() ?? symbol.Locations.FirstOrDefault(), symbol.Name, dim.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                ok = false;
+                return 0;
+            }
+            return dim;
+        }
+        return inherited;
+    }
+
+    private bool HasShardAttribute(ISymbol symbol) =>
+        _known.HasAttribute(symbol, _known.EmaShard) || _known.HasAttribute(symbol, _known.EmaReplicate);
 
     private ITypeSymbol? ModuleListElement(INamedTypeSymbol type)
     {

@@ -24,9 +24,10 @@ public enum EmaExclusion
 /// <param name="Device">Device of the parameter (and of its shadow).</param>
 /// <param name="Exclusion">Why it is not averaged, or <see cref="EmaExclusion.None"/>.</param>
 /// <param name="IsBuffer">True for a buffer (a registered tensor that is not a parameter).</param>
+/// <param name="ShardDim">From the generated shard map: the dimension a sharded EMA splits across ranks, or <see cref="ShardLayout.Replicated"/>.</param>
 public sealed record EmaParameterInfo(
     string Name, long[] Shape, torch.ScalarType DType, torch.ScalarType ShadowDType, torch.Device Device, EmaExclusion Exclusion,
-    bool IsBuffer = false)
+    bool IsBuffer = false, int ShardDim = 0)
 {
     /// <summary>True when the shadow is a plain copy (integer and bool buffers are copied, never averaged).</summary>
     public bool IsCopied => !KernelKinds.IsFloatingPoint(DType);

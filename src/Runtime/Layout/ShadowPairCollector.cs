@@ -32,7 +32,7 @@ internal struct ShadowPairCollector : IEmaParameterVisitor
 
     public void ExitModule() { }
 
-    public void Parameter(string name, Parameter? parameter, bool ignored) => Add(parameter);
+    public void Parameter(string name, Parameter? parameter, bool ignored, int shardDim) => Add(parameter);
 
     public void Buffer(string name, torch.Tensor? buffer, bool ignored) => Add(buffer);
 

@@ -32,16 +32,18 @@ internal struct SlotCollector : IEmaParameterVisitor
         _ignoredStack.RemoveAt(last);
     }
 
-    public void Parameter(string name, Parameter? parameter, bool ignored) => Add(name, parameter, ignored, isBuffer: false);
+    public void Parameter(string name, Parameter? parameter, bool ignored, int shardDim) =>
+        Add(name, parameter, ignored, isBuffer: false, shardDim);
 
-    public void Buffer(string name, TorchSharp.torch.Tensor? buffer, bool ignored) => Add(name, buffer, ignored, isBuffer: true);
+    public void Buffer(string name, TorchSharp.torch.Tensor? buffer, bool ignored) =>
+        Add(name, buffer, ignored, isBuffer: true, ShardLayout.Replicated);
 
-    private void Add(string name, TorchSharp.torch.Tensor? tensor, bool ignored, bool isBuffer)
+    private void Add(string name, TorchSharp.torch.Tensor? tensor, bool ignored, bool isBuffer, int shardDim)
     {
         var full = new StringBuilder();
         foreach (var segment in _path) full.Append(segment).Append('.');
         full.Append(name);
-        Slots.Add(new ParameterSlot(full.ToString(), name, tensor, ignored || _ignoredDepth > 0, isBuffer));
+        Slots.Add(new ParameterSlot(full.ToString(), name, tensor, ignored || _ignoredDepth > 0, isBuffer, shardDim));
     }
 
     private void Push(string segment, bool ignored)

@@ -30,8 +30,10 @@ public enum EmaMemberKind
 /// <param name="TypeName">The member's declared type, fully qualified.</param>
 /// <param name="Ignored">True when marked <see cref="EmaIgnoreAttribute"/>.</param>
 /// <param name="ParameterNames">For built-in modules, the local parameter names in registration order; otherwise empty.</param>
+/// <param name="ShardDim">The shard map: the dimension a sharded EMA splits this member's parameters along, or
+/// <see cref="ShardLayout.Replicated"/> (from <see cref="EmaShardAttribute"/>/<see cref="EmaReplicateAttribute"/>; default 0, buffers replicated).</param>
 public sealed record EmaMemberDescription(
-    string Name, string MemberName, EmaMemberKind Kind, string TypeName, bool Ignored, IReadOnlyList<string> ParameterNames);
+    string Name, string MemberName, EmaMemberKind Kind, string TypeName, bool Ignored, IReadOnlyList<string> ParameterNames, int ShardDim);
 
 /// <summary>The generator's compile-time description of a tracked class.</summary>
 /// <param name="TypeName">Fully qualified class name.</param>

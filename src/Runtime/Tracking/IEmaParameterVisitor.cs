@@ -22,8 +22,10 @@ public interface IEmaParameterVisitor
     /// <summary>
     /// One parameter slot. <paramref name="parameter"/> is null where the model holds none (a <c>Linear</c> without
     /// bias); such a slot has no name in <c>named_parameters()</c> but is still visited so every traversal stays aligned.
+    /// <paramref name="shardDim"/> is the generated shard map's entry: the dimension split across ranks, or
+    /// <see cref="ShardLayout.Replicated"/>.
     /// </summary>
-    void Parameter(string name, Parameter? parameter, bool ignored);
+    void Parameter(string name, Parameter? parameter, bool ignored, int shardDim);
 
     /// <summary>
     /// One buffer slot (a registered non-parameter tensor such as BatchNorm's <c>running_mean</c>), in

@@ -400,7 +400,7 @@ internal readonly struct GatherVisitor : IEmaParameterVisitor
 
     public void ExitModule() { }
 
-    public void Parameter(string name, Parameter? parameter, bool ignored) => _engine.Gather(name, parameter);
+    public void Parameter(string name, Parameter? parameter, bool ignored, int shardDim) => _engine.Gather(name, parameter);
 
     public void Buffer(string name, torch.Tensor? buffer, bool ignored) => _engine.Gather(name, buffer);
 }

@@ -202,6 +202,23 @@ public sealed class DiagnosticTests
     }
 
     [Fact]
+    public void EMA012_NegativeShardDimension()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                [EmaShard(-2)] private Parameter w = null!;
+                public Model() : base("m") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        var d = AssertSingle(r, "EMA012", "EmaShard(-2)", FirstLine + 3, DiagnosticSeverity.Error);
+        Assert.Contains("[EmaReplicate]", d.GetMessage());
+        Assert.Empty(r.Generated);
+    }
+
+    [Fact]
     public void EMA010_IgnoreWithoutEffectIsAWarningAndCodeIsStillEmitted()
     {
         var r = Run("""

@@ -53,3 +53,31 @@ public sealed partial class NormModel : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x) => bn.call(fc.call(x)) * scale;
 }
+
+/// <summary>The shard map: member and class attributes, built-ins inheriting their member's entry, replicated buffers.</summary>
+[EmaTracked]
+public sealed partial class ShardMapModel : nn.Module<Tensor, Tensor>
+{
+    private readonly Linear byRows = nn.Linear(4, 6);
+    [EmaShard(1)] private readonly Linear byColumns = nn.Linear(4, 6);
+    [EmaReplicate] private readonly Parameter scale = new(torch.ones(3));
+    private readonly Parameter vector = new(torch.ones(5));
+    private readonly Tensor counter = torch.zeros(2);
+
+    public ShardMapModel() : base(nameof(ShardMapModel)) => RegisterComponents();
+
+    public override Tensor forward(Tensor x) => x;
+}
+
+/// <summary>A class-level default: everything replicated except what says otherwise.</summary>
+[EmaTracked]
+[EmaReplicate]
+public sealed partial class ReplicatedByDefault : nn.Module<Tensor, Tensor>
+{
+    private readonly Parameter whole = new(torch.ones(4));
+    [EmaShard] private readonly Parameter split = new(torch.ones(4));
+
+    public ReplicatedByDefault() : base(nameof(ReplicatedByDefault)) => RegisterComponents();
+
+    public override Tensor forward(Tensor x) => x;
+}

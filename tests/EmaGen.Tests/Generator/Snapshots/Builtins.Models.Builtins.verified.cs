@@ -35,15 +35,15 @@ namespace Models
             "Models.Builtins",
             new global::EmaGen.EmaMemberDescription[]
             {
-                new("conv", "conv", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Conv2d", false, new[] { "weight", "bias" }),
-                new("deconv", "deconv", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.ConvTranspose1d", false, new[] { "weight", "bias" }),
-                new("bn", "bn", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.BatchNorm1d", false, new[] { "weight", "bias" }),
-                new("gn", "gn", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.GroupNorm", false, new[] { "weight", "bias" }),
-                new("bil", "bil", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Bilinear", false, new[] { "weight", "bias" }),
-                new("prelu", "prelu", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.PReLU", false, new[] { "weight" }),
-                new("cell", "cell", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.LSTMCell", false, new[] { "weight_ih", "weight_hh", "bias_ih", "bias_hh" }),
-                new("drop", "drop", global::EmaGen.EmaMemberKind.ParameterlessModule, "TorchSharp.Modules.Dropout", false, global::System.Array.Empty<string>()),
-                new("loss", "loss", global::EmaGen.EmaMemberKind.ParameterlessModule, "TorchSharp.Modules.MSELoss", false, global::System.Array.Empty<string>()),
+                new("conv", "conv", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Conv2d", false, new[] { "weight", "bias" }, 0),
+                new("deconv", "deconv", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.ConvTranspose1d", false, new[] { "weight", "bias" }, 0),
+                new("bn", "bn", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.BatchNorm1d", false, new[] { "weight", "bias" }, 0),
+                new("gn", "gn", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.GroupNorm", false, new[] { "weight", "bias" }, 0),
+                new("bil", "bil", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Bilinear", false, new[] { "weight", "bias" }, 0),
+                new("prelu", "prelu", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.PReLU", false, new[] { "weight" }, 0),
+                new("cell", "cell", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.LSTMCell", false, new[] { "weight_ih", "weight_hh", "bias_ih", "bias_hh" }, 0),
+                new("drop", "drop", global::EmaGen.EmaMemberKind.ParameterlessModule, "TorchSharp.Modules.Dropout", false, global::System.Array.Empty<string>(), 0),
+                new("loss", "loss", global::EmaGen.EmaMemberKind.ParameterlessModule, "TorchSharp.Modules.MSELoss", false, global::System.Array.Empty<string>(), 0),
             });
 
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
@@ -53,22 +53,22 @@ namespace Models
             if (module.conv is { } __conv)
             {
                 visitor.EnterModule("conv", false);
-                visitor.Parameter("weight", __conv.weight, false);
-                visitor.Parameter("bias", __conv.bias, false);
+                visitor.Parameter("weight", __conv.weight, false, 0);
+                visitor.Parameter("bias", __conv.bias, false, 0);
                 visitor.ExitModule();
             }
             if (module.deconv is { } __deconv)
             {
                 visitor.EnterModule("deconv", false);
-                visitor.Parameter("weight", __deconv.weight, false);
-                visitor.Parameter("bias", __deconv.bias, false);
+                visitor.Parameter("weight", __deconv.weight, false, 0);
+                visitor.Parameter("bias", __deconv.bias, false, 0);
                 visitor.ExitModule();
             }
             if (module.bn is { } __bn)
             {
                 visitor.EnterModule("bn", false);
-                visitor.Parameter("weight", __bn.weight, false);
-                visitor.Parameter("bias", __bn.bias, false);
+                visitor.Parameter("weight", __bn.weight, false, 0);
+                visitor.Parameter("bias", __bn.bias, false, 0);
                 visitor.Buffer("running_mean", __bn.running_mean, false);
                 visitor.Buffer("running_var", __bn.running_var, false);
                 visitor.Buffer("num_batches_tracked", __bn.num_batches_tracked, false);
@@ -77,30 +77,30 @@ namespace Models
             if (module.gn is { } __gn)
             {
                 visitor.EnterModule("gn", false);
-                visitor.Parameter("weight", __gn.weight, false);
-                visitor.Parameter("bias", __gn.bias, false);
+                visitor.Parameter("weight", __gn.weight, false, 0);
+                visitor.Parameter("bias", __gn.bias, false, 0);
                 visitor.ExitModule();
             }
             if (module.bil is { } __bil)
             {
                 visitor.EnterModule("bil", false);
-                visitor.Parameter("weight", __bil.weight, false);
-                visitor.Parameter("bias", __bil.bias, false);
+                visitor.Parameter("weight", __bil.weight, false, 0);
+                visitor.Parameter("bias", __bil.bias, false, 0);
                 visitor.ExitModule();
             }
             if (module.prelu is { } __prelu)
             {
                 visitor.EnterModule("prelu", false);
-                visitor.Parameter("weight", __prelu.weight, false);
+                visitor.Parameter("weight", __prelu.weight, false, 0);
                 visitor.ExitModule();
             }
             if (module.cell is { } __cell)
             {
                 visitor.EnterModule("cell", false);
-                visitor.Parameter("weight_ih", __cell.weight_ih, false);
-                visitor.Parameter("weight_hh", __cell.weight_hh, false);
-                visitor.Parameter("bias_ih", __cell.bias_ih, false);
-                visitor.Parameter("bias_hh", __cell.bias_hh, false);
+                visitor.Parameter("weight_ih", __cell.weight_ih, false, 0);
+                visitor.Parameter("weight_hh", __cell.weight_hh, false, 0);
+                visitor.Parameter("bias_ih", __cell.bias_ih, false, 0);
+                visitor.Parameter("bias_hh", __cell.bias_hh, false, 0);
                 visitor.ExitModule();
             }
         }

@@ -29,22 +29,22 @@ namespace Models
             "Models.Flat",
             new global::EmaGen.EmaMemberDescription[]
             {
-                new("fc", "fc", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Linear", false, new[] { "weight", "bias" }),
-                new("scale", "scale", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>()),
-                new("offset", "offset", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>()),
+                new("fc", "fc", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Linear", false, new[] { "weight", "bias" }, 0),
+                new("scale", "scale", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>(), 0),
+                new("offset", "offset", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>(), 0),
             });
 
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
         public static void VisitParameters<TVisitor>(global::Models.Flat module, ref TVisitor visitor)
             where TVisitor : struct, global::EmaGen.IEmaParameterVisitor
         {
-            visitor.Parameter("scale", module.scale, false);
-            visitor.Parameter("offset", module.offset, false);
+            visitor.Parameter("scale", module.scale, false, 0);
+            visitor.Parameter("offset", module.offset, false, 0);
             if (module.fc is { } __fc)
             {
                 visitor.EnterModule("fc", false);
-                visitor.Parameter("weight", __fc.weight, false);
-                visitor.Parameter("bias", __fc.bias, false);
+                visitor.Parameter("weight", __fc.weight, false, 0);
+                visitor.Parameter("bias", __fc.bias, false, 0);
                 visitor.ExitModule();
             }
         }

@@ -27,7 +27,7 @@ partial class Outer
             "Outer.Inner",
             new global::EmaGen.EmaMemberDescription[]
             {
-                new("embed", "embed", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Embedding", false, new[] { "weight" }),
+                new("embed", "embed", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Embedding", false, new[] { "weight" }, 0),
             });
 
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
@@ -37,7 +37,7 @@ partial class Outer
             if (module.embed is { } __embed)
             {
                 visitor.EnterModule("embed", false);
-                visitor.Parameter("weight", __embed.weight, false);
+                visitor.Parameter("weight", __embed.weight, false, 0);
                 visitor.ExitModule();
             }
         }

@@ -28,8 +28,8 @@ namespace Models
             "Models.Block",
             new global::EmaGen.EmaMemberDescription[]
             {
-                new("norm", "norm", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.LayerNorm", false, new[] { "weight", "bias" }),
-                new("proj", "proj", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Linear", false, new[] { "weight", "bias" }),
+                new("norm", "norm", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.LayerNorm", false, new[] { "weight", "bias" }, 0),
+                new("proj", "proj", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Linear", false, new[] { "weight", "bias" }, 0),
             });
 
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
@@ -39,15 +39,15 @@ namespace Models
             if (module.norm is { } __norm)
             {
                 visitor.EnterModule("norm", false);
-                visitor.Parameter("weight", __norm.weight, false);
-                visitor.Parameter("bias", __norm.bias, false);
+                visitor.Parameter("weight", __norm.weight, false, 0);
+                visitor.Parameter("bias", __norm.bias, false, 0);
                 visitor.ExitModule();
             }
             if (module.proj is { } __proj)
             {
                 visitor.EnterModule("proj", false);
-                visitor.Parameter("weight", __proj.weight, false);
-                visitor.Parameter("bias", __proj.bias, false);
+                visitor.Parameter("weight", __proj.weight, false, 0);
+                visitor.Parameter("bias", __proj.bias, false, 0);
                 visitor.ExitModule();
             }
         }

@@ -33,21 +33,21 @@ namespace Models
             "Models.Stack",
             new global::EmaGen.EmaMemberDescription[]
             {
-                new("blocks", "blocks", global::EmaGen.EmaMemberKind.ModuleArray, "Models.Block[]", false, global::System.Array.Empty<string>()),
-                new("heads", "heads", global::EmaGen.EmaMemberKind.ModuleList, "TorchSharp.Modules.ModuleList<TorchSharp.Modules.Linear>", false, new[] { "weight", "bias" }),
-                new("extra", "extra", global::EmaGen.EmaMemberKind.TrackedModule, "Models.Block", false, global::System.Array.Empty<string>()),
-                new("probe", "probe", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", true, global::System.Array.Empty<string>()),
-                new("temperature", "temp", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>()),
-                new("runningMean", "runningMean", global::EmaGen.EmaMemberKind.Buffer, "TorchSharp.torch.Tensor", false, global::System.Array.Empty<string>()),
-                new("act", "act", global::EmaGen.EmaMemberKind.ParameterlessModule, "TorchSharp.Modules.GELU", false, global::System.Array.Empty<string>()),
+                new("blocks", "blocks", global::EmaGen.EmaMemberKind.ModuleArray, "Models.Block[]", false, global::System.Array.Empty<string>(), 0),
+                new("heads", "heads", global::EmaGen.EmaMemberKind.ModuleList, "TorchSharp.Modules.ModuleList<TorchSharp.Modules.Linear>", false, new[] { "weight", "bias" }, 0),
+                new("extra", "extra", global::EmaGen.EmaMemberKind.TrackedModule, "Models.Block", false, global::System.Array.Empty<string>(), 0),
+                new("probe", "probe", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", true, global::System.Array.Empty<string>(), 0),
+                new("temperature", "temp", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>(), 0),
+                new("runningMean", "runningMean", global::EmaGen.EmaMemberKind.Buffer, "TorchSharp.torch.Tensor", false, global::System.Array.Empty<string>(), -1),
+                new("act", "act", global::EmaGen.EmaMemberKind.ParameterlessModule, "TorchSharp.Modules.GELU", false, global::System.Array.Empty<string>(), 0),
             });
 
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
         public static void VisitParameters<TVisitor>(global::Models.Stack module, ref TVisitor visitor)
             where TVisitor : struct, global::EmaGen.IEmaParameterVisitor
         {
-            visitor.Parameter("probe", module.probe, true);
-            visitor.Parameter("temperature", module.temp, false);
+            visitor.Parameter("probe", module.probe, true, 0);
+            visitor.Parameter("temperature", module.temp, false, 0);
             visitor.Buffer("runningMean", module.runningMean, false);
             if (module.blocks is { } __blocks)
             {
@@ -66,8 +66,8 @@ namespace Models
                 for (int __i = 0; __i < __heads.Count; __i++)
                 {
                     visitor.EnterIndex(__i);
-                    visitor.Parameter("weight", __heads[__i].weight, false);
-                    visitor.Parameter("bias", __heads[__i].bias, false);
+                    visitor.Parameter("weight", __heads[__i].weight, false, 0);
+                    visitor.Parameter("bias", __heads[__i].bias, false, 0);
                     visitor.ExitModule();
                 }
                 visitor.ExitModule();

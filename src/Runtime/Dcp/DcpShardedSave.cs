@@ -123,6 +123,9 @@ public static class DcpShardedSave
                 }
                 if (metadata.Storage.ContainsKey((e.Key, chunk.OffsetsKey)))
                 {
+                    // Ranks past the end of a short dimension all hold an empty chunk at offset D: the same chunk, kept once
+                    // (PyTorch's planner deduplicates equal (fqn, offsets) the same way).
+                    if (chunk.Numel == 0 && existing.Chunks.Any(c => c.OffsetsKey == chunk.OffsetsKey && c.Numel == 0)) continue;
                     throw new CheckpointFormatException($"{directory}: two ranks save the chunk of '{e.Key}' at ({chunk.OffsetsKey}).");
                 }
                 existing.Chunks.Add(chunk);

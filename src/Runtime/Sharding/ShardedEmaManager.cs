@@ -1,0 +1,244 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using EmaGen.Dcp;
+using TorchSharp;
+
+namespace EmaGen;
+
+/// <summary>
+/// An EMA of which this rank keeps only its shard: for each averaged parameter the box the generated shard map gives
+/// it (<see cref="ShardLayout.Box"/>: dimension 0 by default, <see cref="EmaShardAttribute"/>/<see cref="EmaReplicateAttribute"/>
+/// to change it), so the EMA costs about 1/N of a dense one per rank. The train model holds full tensors (a DDP-style
+/// trainer that wants a ZeRO-style EMA): each rank updates its slice in place from a view of the parameter, no copy.
+/// All ranks write one DCP checkpoint together (<see cref="Save"/>); <see cref="Load"/> reads any saved chunking.
+/// </summary>
+public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch.nn.Module, IEmaTracked<TModel>
+{
+    private readonly ParameterSlot[] _slots;
+    private readonly long[] _slotNumel;
+    private readonly Entry?[] _entryOfSlot;
+    private readonly List<Entry> _entries = new();
+    private readonly Dictionary<string, Entry> _byName = new(StringComparer.Ordinal);
+    private bool _disposed;
+
+    private sealed class Entry
+    {
+        public required EmaParameterInfo Info { get; init; }
+        public required long[] Offsets { get; init; }
+        public required long[] Sizes { get; init; }
+        public required torch.Tensor Shadow { get; init; }
+        public required KernelKind Kernel { get; init; }
+        public required long StartElement { get; init; } // where the box starts in the flattened parameter (dim-0 boxes)
+        public bool Contiguous => Info.ShardDim <= 0 || Info.Shape.Length == 0;
+    }
+
+    /// <summary>Binds this rank's shard of <paramref name="model"/>'s EMA.</summary>
+    /// <param name="model">The train model, with full parameters.</param>
+    /// <param name="rank">This process's rank, or null for RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS.</param>
+    /// <param name="worldSize">The number of ranks, or null as for <paramref name="rank"/>.</param>
+    /// <param name="options">Decay or schedule; <see cref="EmaOptions.PackParameters"/> and <see cref="EmaOptions.TrackBuffers"/> are not supported here.</param>
+    public ShardedEmaManager(TModel model, int? rank = null, int? worldSize = null, EmaOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        options ??= new EmaOptions();
+        options.Validate();
+        if (options.PackParameters || options.TrackBuffers) throw new NotSupportedException("A sharded EMA supports neither PackParameters nor TrackBuffers yet.");
+        var me = RankInfo.Resolve(rank, worldSize);
+        Rank = me.Rank;
+        WorldSize = me.WorldSize;
+        Schedule = options.EffectiveSchedule;
+
+        var collector = new SlotCollector();
+        TModel.VisitParameters(model, ref collector);
+        _slots = collector.Slots.ToArray();
+        _slotNumel = new long[_slots.Length];
+        _entryOfSlot = new Entry?[_slots.Length];
+        using var _ = torch.no_grad();
+        try
+        {
+            for (int s = 0; s < _slots.Length; s++)
+            {
+                var slot = _slots[s];
+                _slotNumel[s] = slot.Tensor?.numel() ?? -1;
+                if (slot.Tensor is not { } p || slot.IsBuffer || slot.Ignored || !p.requires_grad) continue;
+                var shadowDType = KernelKinds.ShadowDTypeFor(p.dtype, options.LowPrecisionShadow);
+                var info = new EmaParameterInfo(slot.FullName, p.shape, p.dtype, shadowDType, p.device, EmaExclusion.None, false, slot.ShardDim);
+                (long[] offsets, long[] sizes) box;
+                try
+                {
+                    box = ShardLayout.Box(info.Shape, slot.ShardDim, WorldSize, Rank);
+                }
+                catch (ArgumentOutOfRangeException e)
+                {
+                    throw new InvalidOperationException($"Parameter '{slot.FullName}': {e.Message.Split('\n')[0]}", e);
+                }
+                using var view = Narrow(p, info.ShardDim, box.offsets, box.sizes);
+                var shadow = torch.empty(box.sizes, shadowDType, p.device).DetachFromDisposeScope();
+                InPlace.Release(shadow.copy_(view), shadow);
+                long rowElements = 1;
+                for (int d = 1; d < info.Shape.Length; d++) rowElements *= info.Shape[d];
+                var entry = new Entry
+                {
+                    Info = info,
+                    Offsets = box.offsets,
+                    Sizes = box.sizes,
+                    Shadow = shadow,
+                    Kernel = KernelKinds.For(shadowDType, p.dtype),
+                    StartElement = info.ShardDim == 0 && info.Shape.Length > 0 ? box.offsets[0] * rowElements : 0,
+                };
+                _entries.Add(entry);
+                _byName[slot.FullName] = entry;
+                _entryOfSlot[s] = entry;
+            }
+        }
+        catch
+        {
+            foreach (var e in _entries) e.Shadow.Dispose();
+            throw;
+        }
+    }
+
+    public int Rank { get; }
+
+    public int WorldSize { get; }
+
+    public EmaSchedule Schedule { get; }
+
+    public long Step { get; private set; }
+
+    /// <summary>Number of averaged parameters (each with a local shard, possibly empty).</summary>
+    public int Count => _entries.Count;
+
+    public bool Contains(string name) => _byName.ContainsKey(name);
+
+    /// <summary>Bytes of this rank's shadow storage.</summary>
+    public long ShadowBytes => _entries.Sum(e => e.Shadow.numel() * e.Shadow.ElementSize);
+
+    /// <summary>This rank's shard of <paramref name="name"/> (a tensor the manager owns).</summary>
+    public torch.Tensor this[string name] => _byName.TryGetValue(name, out var e) ? e.Shadow : throw new KeyNotFoundException($"'{name}' is not an averaged parameter.");
+
+    /// <summary>Moves this rank's shards toward the model's parameters (same rules as <see cref="EmaManager{TModel}.Update"/>).</summary>
+    public unsafe void Update(TModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        long step = Step + 1;
+        if (!Schedule.UpdatesAt(step))
+        {
+            Step = step;
+            return;
+        }
+        double decay = Schedule.DecayAt(step);
+        var collector = new SlotCollector();
+        TModel.VisitParameters(model, ref collector);
+        var live = collector.Slots;
+        if (live.Count != _slots.Length) throw new InvalidOperationException($"The model has {live.Count} parameter slots, but had {_slots.Length} when the EMA manager was built.");
+        for (int s = 0; s < live.Count; s++)
+        {
+            if (live[s].FullName != _slots[s].FullName || (live[s].Tensor?.numel() ?? -1) != _slotNumel[s])
+            {
+                throw new InvalidOperationException($"The model's parameter slot {s} ('{live[s].FullName}') no longer matches '{_slots[s].FullName}'; the module tree changed.");
+            }
+        }
+        using var _ = torch.no_grad();
+        for (int s = 0; s < live.Count; s++)
+        {
+            if (_entryOfSlot[s] is not { } e || e.Shadow.numel() == 0) continue;
+            var p = live[s].Tensor!;
+            if (e.Contiguous && e.Kernel != KernelKind.None && p.device_type == DeviceType.CPU && p.is_contiguous())
+            {
+                byte* source = (byte*)NativeTensor.DataPointer(p) + e.StartElement * KernelKinds.ParameterElementSize(e.Kernel);
+                EmaKernels.Run(e.Kernel, (void*)NativeTensor.DataPointer(e.Shadow), source, e.Shadow.numel(), decay);
+            }
+            else
+            {
+                using var view = Narrow(p, e.Info.ShardDim, e.Offsets, e.Sizes);
+                InPlace.Release(e.Shadow.mul_(decay), e.Shadow);
+                InPlace.Release(e.Shadow.add_(view, alpha: 1 - decay), e.Shadow);
+            }
+        }
+        Step = step;
+    }
+
+    /// <summary>Caller-owned copies of this rank's shards, with where each sits in the global tensor.</summary>
+    public Dictionary<string, DcpShard> StateDict()
+    {
+        using var _ = torch.no_grad();
+        return _entries.ToDictionary(e => e.Info.Name,
+            e => new DcpShard(e.Info.Name, e.Shadow.clone(), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
+    }
+
+    /// <summary>
+    /// This rank's part of one DCP checkpoint written by all ranks: writes its data file and manifest; rank 0 then
+    /// merges every rank's manifest (waiting up to <paramref name="timeout"/>) and commits, the other ranks wait for the
+    /// commit. Every rank must call it with the same <paramref name="saveId"/>.
+    /// </summary>
+    public void Save(string directory, string saveId, TimeSpan timeout, string prefix = EmaCheckpoint.DefaultPrefix)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var shards = _entries.Select(e => new DcpShard(prefix + e.Info.Name, e.Shadow, e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated)).ToList();
+        var values = new Dictionary<string, object?>
+        {
+            [prefix + EmaCheckpoint.StateSegment + "step"] = Step,
+            [prefix + EmaCheckpoint.StateSegment + "schedule"] = Schedule.Describe(),
+            [prefix + EmaCheckpoint.StateSegment + "format"] = EmaCheckpoint.Format,
+        };
+        var me = new RankInfo(Rank, WorldSize);
+        DcpShardedSave.WriteRank(directory, saveId, me, shards, values);
+        if (Rank == 0) DcpShardedSave.Commit(directory, saveId, WorldSize, timeout);
+        else DcpShardedSave.WaitForCommit(directory, saveId, timeout);
+    }
+
+    /// <summary>
+    /// Reads this rank's box of every averaged parameter from any DCP folder with these keys (any saved chunking: dense,
+    /// another world size, PyTorch's), reading only the chunks that overlap it. All is read and checked first; a
+    /// failed load changes nothing.
+    /// </summary>
+    public void Load(string directory, string prefix = EmaCheckpoint.DefaultPrefix, bool allowScheduleMismatch = false)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var reader = DcpReader.Open(directory);
+        var staged = new List<(Entry Entry, torch.Tensor Data)>();
+        try
+        {
+            foreach (var e in _entries)
+            {
+                var key = prefix + e.Info.Name;
+                var saved = reader.TensorEntry(key);
+                if (!saved.Size.AsSpan().SequenceEqual(e.Info.Shape))
+                {
+                    throw new ArgumentException($"{directory}: '{key}' has shape [{string.Join(", ", saved.Size)}], expected [{string.Join(", ", e.Info.Shape)}].");
+                }
+                var data = reader.ReadSlice(key, e.Offsets, e.Sizes);
+                staged.Add((e, data));
+                if (data.dtype != e.Shadow.dtype) throw new ArgumentException($"{directory}: '{key}' is {data.dtype}, expected {e.Shadow.dtype}.");
+            }
+            string? schedule = reader.Metadata.Find(prefix + EmaCheckpoint.StateSegment + "schedule") is DcpBytesEntry
+                ? reader.ReadValue(prefix + EmaCheckpoint.StateSegment + "schedule") as string : null;
+            if (schedule is not null && schedule != Schedule.Describe() && !allowScheduleMismatch)
+            {
+                throw new ArgumentException($"{directory}: the checkpoint was written with schedule {schedule}, this manager uses {Schedule.Describe()}.");
+            }
+            long? step = reader.Metadata.Find(prefix + EmaCheckpoint.StateSegment + "step") is DcpBytesEntry
+                ? reader.ReadValue(prefix + EmaCheckpoint.StateSegment + "step") as long? : null;
+            using var _ = torch.no_grad();
+            foreach (var (e, data) in staged) InPlace.Release(e.Shadow.copy_(data), e.Shadow);
+            Step = step ?? Step;
+        }
+        finally
+        {
+            foreach (var (_, data) in staged) data.Dispose();
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var e in _entries) e.Shadow.Dispose();
+    }
+
+    private static torch.Tensor Narrow(torch.Tensor p, int dim, long[] offsets, long[] sizes) =>
+        dim == ShardLayout.Replicated || p.shape.Length == 0 ? p.alias() : p.narrow(dim, offsets[dim], sizes[dim]);
+}

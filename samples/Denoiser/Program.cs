@@ -1,8 +1,10 @@
 using System;
 using System.Globalization;
+using System.IO;
+using EmaGen;
 using EmaGen.Samples.Denoiser;
 
-// Usage: Denoiser [--steps N] [--decay D] [--seed S] [--out DIR]
+// Usage: Denoiser [--steps N] [--decay D] [--seed S] [--out DIR] [--world-size N]
 var options = new TrainOptions();
 try
 {
@@ -17,18 +19,35 @@ try
             "--out" => options with { OutDir = Value() },
             "--batch" => options with { BatchSize = int.Parse(Value(), CultureInfo.InvariantCulture) },
             "--list-parameters" => options with { ListParameters = true },
+            "--world-size" => options with { WorldSize = int.Parse(Value(), CultureInfo.InvariantCulture) },
+            "--threads" => options with { Threads = int.Parse(Value(), CultureInfo.InvariantCulture) },
             "--help" or "-h" => throw new OperationCanceledException(),
             _ => throw new ArgumentException($"unknown option '{args[i]}'"),
         };
     }
     if (options.Steps < 1) throw new ArgumentException("--steps must be at least 1");
+    if (options.WorldSize < 1) throw new ArgumentException("--world-size must be at least 1");
     options = options with { LogEvery = Math.Max(1, Math.Min(options.LogEvery, options.Steps / 5)) };
 }
 catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
 {
     if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR] [--list-parameters]");
+    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR] [--list-parameters] [--world-size N] [--threads T]");
+    Console.Error.WriteLine("  --world-size N  run N local rank processes with a sharded EMA (each keeps 1/N of it; they write one checkpoint).");
+    Console.Error.WriteLine("                  Every rank trains the same seeded model, the weights a data-parallel job with synchronised");
+    Console.Error.WriteLine("                  gradients would hold: gradient synchronisation is the trainer's business, not EmaGen's.");
+    Console.Error.WriteLine("  --threads T     LibTorch threads (default: LibTorch's, or cores / N per rank); equal T gives bit-equal runs.");
     return e is OperationCanceledException ? 0 : 2;
+}
+
+if (options.WorldSize > 1)
+{
+    options = options with { OutDir = options.OutDir ?? Path.Combine("runs", $"w{options.WorldSize}") };
+    if (Environment.GetEnvironmentVariable("RANK") is null) return Launcher.Run(args, options.WorldSize);
+    var rank = RankInfo.Resolve();
+    if (rank.WorldSize != options.WorldSize) throw new InvalidOperationException($"WORLD_SIZE={rank.WorldSize} but --world-size {options.WorldSize}");
+    Trainer.RunSharded(options, rank, rank.Rank == 0 ? Console.Out : TextWriter.Null);
+    return 0;
 }
 
 Trainer.Run(options, Console.Out);

@@ -1,5 +1,6 @@
 using System;
 using System.Diagnostics;
+using System.Collections.Generic;
 using System.IO;
 using System.Linq;
 using System.Text.Json;
@@ -21,6 +22,12 @@ public sealed record TrainOptions
     public int EvalPoints { get; init; } = 2000;
     public int LogEvery { get; init; } = 500;
     public bool ListParameters { get; init; }
+
+    /// <summary>Ranks of a sharded EMA (1: the dense EmaManager). With more, this process is one rank (RANK/WORLD_SIZE).</summary>
+    public int WorldSize { get; init; } = 1;
+
+    /// <summary>LibTorch intra-op threads (null: LibTorch's default, or cores / world size for a rank). Float sums depend on it.</summary>
+    public int? Threads { get; init; }
 }
 
 /// <summary>What a run measured. Distances are sliced Wasserstein-1 between generated and fresh true points (lower is better).</summary>
@@ -43,6 +50,7 @@ public static class Trainer
 
     public static TrainResult Run(TrainOptions options, TextWriter log)
     {
+        if (options.Threads is { } threads) torch.set_num_threads(threads);
         torch.manual_seed(options.Seed);
         var random = new Random(options.Seed);
         using var diffusion = new Diffusion();
@@ -50,45 +58,8 @@ public static class Trainer
         using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 1e-4);
         using var ema = new EmaManager<DenoiserModel>(model, options.Decay);
         log.WriteLine($"model: {ema.Count} averaged tensors, {ema.ShadowBytes / 1024.0:F1} KiB of shadow; decay {ema.Decay}; {options.Steps} steps of batch {options.BatchSize}");
-        if (options.ListParameters)
-        {
-            foreach (var (name, p) in model.named_parameters()) log.WriteLine($"parameter {name} [{string.Join(", ", p.shape)}]");
-        }
-        // Kept to prove the optimizer moved the weights (under NativeAOT a module whose parameters were not registered trains nothing).
-        var initial = model.named_parameters().Select(p => (p.name, p.parameter.detach().clone())).ToList();
-        double firstUpdateMs = double.NaN;
-
-        var clock = Stopwatch.StartNew();
-        var window = Stopwatch.StartNew();
-        double loss = double.NaN;
-        for (int step = 1; step <= options.Steps; step++)
-        {
-            using (var scope = torch.NewDisposeScope())
-            {
-                var x0 = TwoMoons.Sample(options.BatchSize, random);
-                var t = torch.randint(0, diffusion.Steps, new long[] { options.BatchSize }, dtype: ScalarType.Int64);
-                var eps = torch.randn(options.BatchSize, 2);
-                var predicted = model.call(diffusion.Noise(x0, t, eps), t);
-                var l = nn.functional.mse_loss(predicted, eps);
-                optimizer.zero_grad();
-                l.backward();
-                optimizer.step();
-                ema.Update(model);
-                if (step == 1)
-                {
-                    firstUpdateMs = (DateTime.Now - Process.GetCurrentProcess().StartTime).TotalMilliseconds;
-                    log.WriteLine($"first EMA update {firstUpdateMs:F0} ms after process start");
-                }
-                if (step % options.LogEvery == 0 || step == options.Steps)
-                {
-                    loss = l.item<float>();
-                    double rate = (step % options.LogEvery == 0 ? options.LogEvery : step % options.LogEvery) / window.Elapsed.TotalSeconds;
-                    log.WriteLine($"step {step,6}  loss {loss:F4}  {rate,7:F0} steps/s");
-                    window.Restart();
-                }
-            }
-        }
-        double seconds = clock.Elapsed.TotalSeconds;
+        var initial = Snapshot(model, options, log);
+        var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, () => ema.Update(model));
 
         // Same initial and per-step noise for both weight sets, so the difference is the weights alone.
         using var noise = torch.randn(diffusion.Steps + 1, options.EvalPoints, 2);
@@ -103,15 +74,7 @@ public static class Trainer
         }
         double floor = SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed);
 
-        int changed = 0;
-        var final = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        foreach (var (name, before) in initial)
-        {
-            using var same = before.eq(final[name]).all();
-            if (!same.item<bool>()) changed++;
-            before.Dispose();
-        }
-        log.WriteLine($"optimizer changed {changed} of {initial.Count} parameter tensors");
+        int changed = CountChanged(initial, model, log);
         var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count, changed, firstUpdateMs);
         log.WriteLine($"trained {options.Steps} steps in {seconds:F1} s ({result.StepsPerSecond:F0} steps/s)");
         log.WriteLine($"sample quality, sliced Wasserstein-1 to the true distribution ({options.EvalPoints} points, {SlicedDirections} directions; lower is better):");
@@ -129,6 +92,115 @@ public static class Trainer
             log.WriteLine($"reloaded the checkpoint: {VerifyReload(checkpoint, ema, options.Decay)} shadows match bit for bit");
         }
         return result;
+    }
+
+    /// <summary>
+    /// One rank of a sharded-EMA run. Every rank trains the same seeded model (the weights a data-parallel job with
+    /// synchronised gradients would hold; gradient synchronisation is the trainer's business, not EmaGen's) and keeps only
+    /// its shard of the EMA; all ranks write one checkpoint together. Rank 0 then reads the N shards back into one dense
+    /// manager (resharding N to 1) to report the EMA's quality. Returns null on ranks other than 0.
+    /// </summary>
+    public static TrainResult? RunSharded(TrainOptions options, RankInfo rank, TextWriter log)
+    {
+        var dir = options.OutDir ?? throw new ArgumentException("a sharded run needs --out");
+        // N ranks share this machine's cores; more LibTorch threads than cores would only make them wait for each other.
+        torch.set_num_threads(options.Threads ?? Math.Max(1, Environment.ProcessorCount / rank.WorldSize));
+        torch.manual_seed(options.Seed);
+        var random = new Random(options.Seed);
+        using var diffusion = new Diffusion();
+        using var model = new DenoiserModel();
+        using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 1e-4);
+        using var ema = new ShardedEmaManager<DenoiserModel>(model, rank.Rank, rank.WorldSize, new EmaOptions { Decay = options.Decay });
+        long denseBytes = model.parameters().Sum(p => p.numel() * 4);
+        log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB); decay {options.Decay}; {options.Steps} steps of batch {options.BatchSize}");
+        var initial = Snapshot(model, options, log);
+        var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, () => ema.Update(model));
+        int changed = CountChanged(initial, model, log);
+
+        var checkpoint = Path.Combine(dir, "ema");
+        ema.Save(checkpoint, $"step{options.Steps}", TimeSpan.FromMinutes(5));
+        if (rank.Rank != 0) return null;
+        log.WriteLine($"wrote {checkpoint}: one PyTorch DCP checkpoint from {rank.WorldSize} ranks");
+
+        using var noise = torch.randn(diffusion.Steps + 1, options.EvalPoints, 2);
+        var truth = Points(TwoMoons.Sample(options.EvalPoints, random));
+        var reference = Points(TwoMoons.Sample(options.EvalPoints, random));
+        double raw = Score(diffusion.Sample(model, noise), truth, options.Seed);
+        using var consolidated = new EmaManager<DenoiserModel>(model, options.Decay);
+        consolidated.Load(checkpoint);
+        double averaged;
+        using (consolidated.SwapInto(model))
+        {
+            averaged = Score(diffusion.Sample(model, noise), truth, options.Seed);
+        }
+        double floor = SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed);
+        var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count, changed, firstUpdateMs);
+        log.WriteLine($"trained {options.Steps} steps in {seconds:F1} s ({result.StepsPerSecond:F0} steps/s)");
+        log.WriteLine($"sample quality, sliced Wasserstein-1 to the true distribution ({options.EvalPoints} points, {SlicedDirections} directions; lower is better):");
+        log.WriteLine($"  raw weights  {raw:F4}");
+        log.WriteLine($"  EMA weights  {averaged:F4}  (read back from {rank.WorldSize} shards)");
+        log.WriteLine($"  noise floor  {floor:F4}  (two independent true samples)");
+        return result;
+    }
+
+    // The training loop shared by the dense and the sharded run; afterUpdate runs after every optimizer step.
+    private static (double Loss, double Seconds, double FirstUpdateMs) Train(
+        TrainOptions options, DenoiserModel model, torch.optim.Optimizer optimizer, Diffusion diffusion, Random random, TextWriter log, Action afterUpdate)
+    {
+        var clock = Stopwatch.StartNew();
+        var window = Stopwatch.StartNew();
+        double loss = double.NaN;
+        double firstUpdateMs = double.NaN;
+        for (int step = 1; step <= options.Steps; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x0 = TwoMoons.Sample(options.BatchSize, random);
+            var t = torch.randint(0, diffusion.Steps, new long[] { options.BatchSize }, dtype: ScalarType.Int64);
+            var eps = torch.randn(options.BatchSize, 2);
+            var predicted = model.call(diffusion.Noise(x0, t, eps), t);
+            var l = nn.functional.mse_loss(predicted, eps);
+            optimizer.zero_grad();
+            l.backward();
+            optimizer.step();
+            afterUpdate();
+            if (step == 1)
+            {
+                firstUpdateMs = (DateTime.Now - Process.GetCurrentProcess().StartTime).TotalMilliseconds;
+                log.WriteLine($"first EMA update {firstUpdateMs:F0} ms after process start");
+            }
+            if (step % options.LogEvery == 0 || step == options.Steps)
+            {
+                loss = l.item<float>();
+                double rate = (step % options.LogEvery == 0 ? options.LogEvery : step % options.LogEvery) / window.Elapsed.TotalSeconds;
+                log.WriteLine($"step {step,6}  loss {loss:F4}  {rate,7:F0} steps/s");
+                window.Restart();
+            }
+        }
+        return (loss, clock.Elapsed.TotalSeconds, firstUpdateMs);
+    }
+
+    // Kept to prove the optimizer moved the weights (under NativeAOT a module whose parameters were not registered trains nothing).
+    private static List<(string Name, Tensor Value)> Snapshot(DenoiserModel model, TrainOptions options, TextWriter log)
+    {
+        if (options.ListParameters)
+        {
+            foreach (var (name, p) in model.named_parameters()) log.WriteLine($"parameter {name} [{string.Join(", ", p.shape)}]");
+        }
+        return model.named_parameters().Select(p => (p.name, p.parameter.detach().clone())).ToList();
+    }
+
+    private static int CountChanged(List<(string Name, Tensor Value)> initial, DenoiserModel model, TextWriter log)
+    {
+        int changed = 0;
+        var final = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, before) in initial)
+        {
+            using var same = before.eq(final[name]).all();
+            if (!same.item<bool>()) changed++;
+            before.Dispose();
+        }
+        log.WriteLine($"optimizer changed {changed} of {initial.Count} parameter tensors");
+        return changed;
     }
 
     // Loads the checkpoint into a fresh manager and compares every shadow with the live one.

@@ -48,6 +48,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         Rank = me.Rank;
         WorldSize = me.WorldSize;
         Schedule = options.EffectiveSchedule;
+        Decay = options.Decay;
 
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
@@ -104,6 +105,9 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     public int WorldSize { get; }
 
     public EmaSchedule Schedule { get; }
+
+    /// <summary>The configured constant decay (<see cref="EmaOptions.Decay"/>), saved as in a dense checkpoint.</summary>
+    public double Decay { get; }
 
     public long Step { get; private set; }
 
@@ -181,6 +185,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         var values = new Dictionary<string, object?>
         {
             [prefix + EmaCheckpoint.StateSegment + "step"] = Step,
+            [prefix + EmaCheckpoint.StateSegment + "decay"] = Decay,
             [prefix + EmaCheckpoint.StateSegment + "schedule"] = Schedule.Describe(),
             [prefix + EmaCheckpoint.StateSegment + "format"] = EmaCheckpoint.Format,
         };

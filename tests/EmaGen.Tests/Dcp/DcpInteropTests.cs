@@ -89,6 +89,17 @@ public sealed class DcpInteropTests
         using var slice = reader.ReadSlice("sharded.weight", new long[] { 2, 0 }, new long[] { 2, 3 });
         Assert.Equal(new float[] { 6, 7, 8, 9, 10, 11 }, slice.data<float>().ToArray());
         Assert.Equal(new float[] { 10, 20, 30 }, reader.ReadTensor("replicated.bias").data<float>().ToArray());
+        // Resharded into 1 and 3 ranks (torch.chunk boxes along dimension 0).
+        foreach (int ranks in new[] { 1, 3 })
+        {
+            for (int rank = 0; rank < ranks; rank++)
+            {
+                var (offsets, sizes) = ShardLayout.Box(new long[] { 5, 3 }, 0, ranks, rank);
+                using var part = reader.ReadSlice("sharded.weight", offsets, sizes);
+                var expected = Enumerable.Range((int)(offsets[0] * 3), (int)(sizes[0] * 3)).Select(i => (float)i);
+                Assert.Equal(expected, part.numel() == 0 ? Array.Empty<float>() : part.data<float>().ToArray());
+            }
+        }
         Assert.Equal(7L, reader.ReadValue("step"));
     }
 

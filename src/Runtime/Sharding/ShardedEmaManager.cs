@@ -9,8 +9,9 @@ namespace EmaGen;
 /// <summary>
 /// An EMA of which this rank keeps only its shard: for each averaged parameter the box the generated shard map gives
 /// it (<see cref="ShardLayout.Box"/>: dimension 0 by default, <see cref="EmaShardAttribute"/>/<see cref="EmaReplicateAttribute"/>
-/// to change it), so the EMA costs about 1/N of a dense one per rank. The train model holds full tensors (a DDP-style
-/// trainer that wants a ZeRO-style EMA): each rank updates its slice in place from a view of the parameter, no copy.
+/// to change it), so the EMA costs about 1/N of a dense one per rank. The train model holds either full tensors (a
+/// DDP-style trainer that wants a ZeRO-style EMA: each rank updates its slice in place from a view of the parameter, no
+/// copy) or only the local shard of each parameter (an FSDP-style trainer; pass the global shapes).
 /// All ranks write one DCP checkpoint together (<see cref="Save"/>); <see cref="Load"/> reads any saved chunking.
 /// </summary>
 public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch.nn.Module, IEmaTracked<TModel>
@@ -30,7 +31,8 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         public required torch.Tensor Shadow { get; init; }
         public required KernelKind Kernel { get; init; }
         public required long StartElement { get; init; } // where the box starts in the flattened parameter (dim-0 boxes)
-        public bool Contiguous => Info.ShardDim <= 0 || Info.Shape.Length == 0;
+        public required bool LocalParameter { get; init; } // the parameter already is the box
+        public bool Contiguous => LocalParameter || Info.ShardDim <= 0 || Info.Shape.Length == 0;
     }
 
     /// <summary>Binds this rank's shard of <paramref name="model"/>'s EMA.</summary>
@@ -38,7 +40,12 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     /// <param name="rank">This process's rank, or null for RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS.</param>
     /// <param name="worldSize">The number of ranks, or null as for <paramref name="rank"/>.</param>
     /// <param name="options">Decay or schedule; <see cref="EmaOptions.PackParameters"/> and <see cref="EmaOptions.TrackBuffers"/> are not supported here.</param>
-    public ShardedEmaManager(TModel model, int? rank = null, int? worldSize = null, EmaOptions? options = null)
+    /// <param name="globalShapes">
+    /// Null when the model's parameters are whole. For an FSDP-style model whose parameters hold only this rank's shard,
+    /// the global shape of every averaged parameter by name; each local parameter must then have exactly its box's shape.
+    /// </param>
+    public ShardedEmaManager(TModel model, int? rank = null, int? worldSize = null, EmaOptions? options = null,
+        IReadOnlyDictionary<string, long[]>? globalShapes = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         options ??= new EmaOptions();
@@ -64,7 +71,12 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
                 _slotNumel[s] = slot.Tensor?.numel() ?? -1;
                 if (slot.Tensor is not { } p || slot.IsBuffer || slot.Ignored || !p.requires_grad) continue;
                 var shadowDType = KernelKinds.ShadowDTypeFor(p.dtype, options.LowPrecisionShadow);
-                var info = new EmaParameterInfo(slot.FullName, p.shape, p.dtype, shadowDType, p.device, EmaExclusion.None, false, slot.ShardDim);
+                long[] globalShape = p.shape;
+                if (globalShapes is not null && !globalShapes.TryGetValue(slot.FullName, out globalShape!))
+                {
+                    throw new ArgumentException($"globalShapes has no entry for parameter '{slot.FullName}'.", nameof(globalShapes));
+                }
+                var info = new EmaParameterInfo(slot.FullName, globalShape, p.dtype, shadowDType, p.device, EmaExclusion.None, false, slot.ShardDim);
                 (long[] offsets, long[] sizes) box;
                 try
                 {
@@ -74,7 +86,14 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
                 {
                     throw new InvalidOperationException($"Parameter '{slot.FullName}': {e.Message.Split('\n')[0]}", e);
                 }
-                using var view = Narrow(p, info.ShardDim, box.offsets, box.sizes);
+                bool local = globalShapes is not null;
+                if (local && !p.shape.AsSpan().SequenceEqual(box.sizes))
+                {
+                    throw new ArgumentException(
+                        $"Parameter '{slot.FullName}' holds [{string.Join(", ", p.shape)}], but rank {Rank} of {WorldSize} owns [{string.Join(", ", box.sizes)}] of [{string.Join(", ", globalShape)}].",
+                        nameof(globalShapes));
+                }
+                using var view = local ? p.alias() : Narrow(p, info.ShardDim, box.offsets, box.sizes);
                 var shadow = torch.empty(box.sizes, shadowDType, p.device).DetachFromDisposeScope();
                 InPlace.Release(shadow.copy_(view), shadow);
                 long rowElements = 1;
@@ -86,7 +105,8 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
                     Sizes = box.sizes,
                     Shadow = shadow,
                     Kernel = KernelKinds.For(shadowDType, p.dtype),
-                    StartElement = info.ShardDim == 0 && info.Shape.Length > 0 ? box.offsets[0] * rowElements : 0,
+                    StartElement = !local && info.ShardDim == 0 && info.Shape.Length > 0 ? box.offsets[0] * rowElements : 0,
+                    LocalParameter = local,
                 };
                 _entries.Add(entry);
                 _byName[slot.FullName] = entry;
@@ -157,7 +177,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
             }
             else
             {
-                using var view = Narrow(p, e.Info.ShardDim, e.Offsets, e.Sizes);
+                using var view = e.LocalParameter ? p.alias() : Narrow(p, e.Info.ShardDim, e.Offsets, e.Sizes);
                 InPlace.Release(e.Shadow.mul_(decay), e.Shadow);
                 InPlace.Release(e.Shadow.add_(view, alpha: 1 - decay), e.Shadow);
             }
@@ -171,6 +191,34 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         using var _ = torch.no_grad();
         return _entries.ToDictionary(e => e.Info.Name,
             e => new DcpShard(e.Info.Name, e.Shadow.clone(), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
+    }
+
+    /// <summary>
+    /// Copies this rank's shards back from <paramref name="state"/> (as <see cref="StateDict"/> returns them): every
+    /// averaged name must be present (strict), with the same global shape, box and dtype; all is checked before anything
+    /// is written.
+    /// </summary>
+    public void LoadStateDict(IReadOnlyDictionary<string, DcpShard> state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var missing = _byName.Keys.Where(n => !state.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
+        var unexpected = state.Keys.Where(n => !_byName.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
+        if (missing.Count > 0 || unexpected.Count > 0)
+        {
+            throw new ArgumentException($"Sharded EMA state does not match: {missing.Count} missing ({string.Join(", ", missing.Take(5))}), {unexpected.Count} unexpected ({string.Join(", ", unexpected.Take(5))}).", nameof(state));
+        }
+        foreach (var (name, shard) in state)
+        {
+            var e = _byName[name];
+            if (!shard.GlobalSize.AsSpan().SequenceEqual(e.Info.Shape) || !shard.Offsets.AsSpan().SequenceEqual(e.Offsets)
+                || !shard.Local.shape.AsSpan().SequenceEqual(e.Sizes) || shard.Local.dtype != e.Shadow.dtype)
+            {
+                throw new ArgumentException($"'{name}': shard {shard.Local.dtype} [{string.Join(", ", shard.Local.shape)}] at ({string.Join(", ", shard.Offsets)}) of [{string.Join(", ", shard.GlobalSize)}] does not fit rank {Rank}'s {e.Shadow.dtype} [{string.Join(", ", e.Sizes)}] at ({string.Join(", ", e.Offsets)}).", nameof(state));
+            }
+        }
+        using var _ = torch.no_grad();
+        foreach (var (name, shard) in state) InPlace.Release(_byName[name].Shadow.copy_(shard.Local), _byName[name].Shadow);
     }
 
     /// <summary>

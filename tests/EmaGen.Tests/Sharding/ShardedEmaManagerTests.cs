@@ -64,6 +64,68 @@ public sealed class ShardedEmaManagerTests
     }
 
     [Fact]
+    public void FsdpStyleModelsHoldingOnlyTheirShardGiveTheSameEma()
+    {
+        const int world = 3;
+        torch.manual_seed(41);
+        using var full = new SizedModel(torch.ScalarType.Float32, Sizes);
+        using var dense = new EmaManager<SizedModel>(full, 0.8);
+        var globalShapes = Enumerable.Range(0, Sizes.Length).ToDictionary(i => $"leaves.{i}.w", i => new[] { Sizes[i] });
+        var locals = new List<SizedModel>();
+        var ranks = new List<ShardedEmaManager<SizedModel>>();
+        try
+        {
+            for (int r = 0; r < world; r++)
+            {
+                var boxes = Sizes.Select(d => ShardLayout.Chunk(d, world, r)).ToList();
+                var local = new SizedModel(torch.ScalarType.Float32, boxes.Select(b => b.Size).ToArray());
+                CopyShards(full, local, boxes);
+                locals.Add(local);
+                ranks.Add(new ShardedEmaManager<SizedModel>(local, r, world, new EmaOptions { Decay = 0.8 }, globalShapes));
+            }
+            for (int step = 0; step < 4; step++)
+            {
+                UpdateNumericsTests.RandomizeParameters(full);
+                dense.Update(full);
+                for (int r = 0; r < world; r++)
+                {
+                    CopyShards(full, locals[r], Sizes.Select(d => ShardLayout.Chunk(d, world, r)).ToList());
+                    ranks[r].Update(locals[r]);
+                }
+            }
+            foreach (var rank in ranks) AssertMatchesDense(rank, dense);
+
+            // StateDict round trip, and a state for another rank is refused by name.
+            var state = ranks[1].StateDict();
+            UpdateNumericsTests.RandomizeParameters(locals[1]);
+            ranks[1].Update(locals[1]);
+            ranks[1].LoadStateDict(state);
+            AssertMatchesDense(ranks[1], dense);
+            var e = Assert.Throws<ArgumentException>(() => ranks[0].LoadStateDict(state));
+            Assert.Contains("does not fit rank 0", e.Message);
+
+            using var wrong = new SizedModel(torch.ScalarType.Float32, Sizes);
+            var shape = Assert.Throws<ArgumentException>(() => new ShardedEmaManager<SizedModel>(wrong, 0, world, null, globalShapes));
+            Assert.Contains("owns", shape.Message);
+        }
+        finally
+        {
+            foreach (var r in ranks) r.Dispose();
+            foreach (var m in locals) m.Dispose();
+        }
+    }
+
+    private static void CopyShards(SizedModel full, SizedModel local, List<(long Offset, long Size)> boxes)
+    {
+        using var _ = torch.no_grad();
+        for (int i = 0; i < boxes.Count; i++)
+        {
+            using var slice = full[i].narrow(0, boxes[i].Offset, boxes[i].Size);
+            local[i].copy_(slice);
+        }
+    }
+
+    [Fact]
     public void EachOfFourRanksHoldsAQuarterOfTheDenseEma()
     {
         using var model = new SizedModel(torch.ScalarType.Float32, 4096, 1000, 17, 3);

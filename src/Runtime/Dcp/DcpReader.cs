@@ -25,6 +25,9 @@ public sealed class DcpReader
 
     public IReadOnlyList<DcpEntry> Entries => Metadata.Entries;
 
+    /// <summary>Tensor data bytes read so far (a slice of a saved chunk reads only its rows' bytes).</summary>
+    public long BytesRead { get; private set; }
+
     /// <summary>Reads the <c>.metadata</c> of <paramref name="directory"/>.</summary>
     public static DcpReader Open(string directory)
     {
@@ -94,6 +97,7 @@ public sealed class DcpReader
             {
                 var location = Metadata.LocationOf(entry.Key, chunk);
                 var whole = WithItem(entry.Key, location, (archive, source) => (torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expectTensor: true)!);
+                BytesRead += location.Length;
                 if (!whole.shape.AsSpan().SequenceEqual(sizes) || whole.dtype != dtype)
                 {
                     whole.Dispose();
@@ -133,8 +137,18 @@ public sealed class DcpReader
                 }
                 if (!overlaps && sizes.Length > 0) continue;
                 var location = Metadata.LocationOf(entry.Key, chunk);
-                using var data = WithItem(entry.Key, location, (archive, source) => (torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expectTensor: true)!);
-                if (!data.shape.AsSpan().SequenceEqual(chunk.Sizes))
+                // Only the rows of this chunk that the box needs are read: in C order they are one byte range, whatever the
+                // box does in the other dimensions (those are cut from the rows in memory).
+                long rowStart = sizes.Length > 0 ? lo[0] - chunk.Offsets[0] : 0;
+                long rowCount = sizes.Length > 0 ? hi[0] - lo[0] : 0;
+                var (data, bytesRead) = WithItem(entry.Key, location, (archive, source) => sizes.Length == 0
+                    ? ((torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expectTensor: true)!, location.Length)
+                    : TorchSaveCodec.ReadTensorRows(archive, source, rowStart, rowCount));
+                using var _data = data;
+                BytesRead += bytesRead;
+                var expectedShape = (long[])chunk.Sizes.Clone();
+                if (sizes.Length > 0) expectedShape[0] = rowCount;
+                if (!data.shape.AsSpan().SequenceEqual(expectedShape))
                 {
                     throw new CheckpointFormatException($"{Path.Combine(Directory, location.RelativePath)}: chunk of '{entry.Key}' has shape ({string.Join(", ", data.shape)}), metadata says ({string.Join(", ", chunk.Sizes)}).");
                 }
@@ -146,7 +160,8 @@ public sealed class DcpReader
                 {
                     for (int d = 0; d < sizes.Length; d++)
                     {
-                        source = source.narrow(d, lo[d] - chunk.Offsets[d], hi[d] - lo[d]);
+                        long sourceStart = lo[d] - chunk.Offsets[d] - (d == 0 ? rowStart : 0);
+                        source = source.narrow(d, sourceStart, hi[d] - lo[d]);
                         target = target.narrow(d, lo[d] - offsets[d], hi[d] - lo[d]);
                         owned.Add(source);
                         owned.Add(target);

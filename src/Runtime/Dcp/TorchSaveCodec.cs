@@ -71,6 +71,62 @@ public static class TorchSaveCodec
         return value;
     }
 
+    /// <summary>
+    /// Rows <c>[rowStart, rowStart + rowCount)</c> (along dimension 0) of a tensor item, reading only their bytes when the
+    /// stored tensor is C-contiguous, little-endian and uncompressed (what PyTorch and EmaGen write); otherwise the whole
+    /// item is read and narrowed. Returns the rows and the number of data bytes read.
+    /// </summary>
+    public static unsafe (torch.Tensor Rows, long BytesRead) ReadTensorRows(TorchArchiveReader archive, string source, long rowStart, long rowCount)
+    {
+        var pkl = archive.ReadAll(archive.Get("data.pkl"));
+        if (SafePickleReader.Read(pkl, source + " data.pkl") is not TensorReference t)
+        {
+            throw new CheckpointFormatException($"{source}: expected a tensor record.");
+        }
+        if (!TorchDTypes.TryGet(t.DType, out var dtype, out int elementSize))
+        {
+            throw new CheckpointFormatException($"{source}: dtype {t.DType} is not supported by TorchSharp.");
+        }
+        var record = archive.Get("data/" + t.Storage.Key);
+        bool littleEndian = !archive.TryGet("byteorder", out var order) || System.Text.Encoding.ASCII.GetString(archive.ReadAll(order)).Trim() != "big";
+        bool plain = t.Size.Length > 0 && t.StorageOffset == 0 && littleEndian && record.Method == 0
+            && t.Stride.AsSpan().SequenceEqual(ContiguousStrides(t.Size)) && t.Storage.StorageType.Name != "UntypedStorage";
+        if (rowStart < 0 || rowCount < 0 || (t.Size.Length > 0 && rowStart + rowCount > t.Size[0]))
+        {
+            throw new CheckpointFormatException($"{source}: rows [{rowStart}, {rowStart + rowCount}) lie outside the stored tensor.");
+        }
+        if (!plain)
+        {
+            using var whole = ReadTensor(archive, t, source);
+            using var rows = t.Size.Length == 0 ? whole.alias() : whole.narrow(0, rowStart, rowCount);
+            return (rows.contiguous(), record.Size);
+        }
+        long rowElements = 1;
+        for (int d = 1; d < t.Size.Length; d++) rowElements = checked(rowElements * t.Size[d]);
+        long rowBytes = checked(rowElements * elementSize);
+        // The storage may be larger than the view (a saved slice); with offset 0 and C-order strides the rows come first.
+        if (checked(t.Size[0] * rowBytes) > record.Size || record.Size != checked(t.Storage.Numel * elementSize))
+        {
+            throw new CheckpointFormatException($"{source}: record data/{t.Storage.Key} has {record.Size} bytes, the tensor needs {t.Size[0] * rowBytes}.");
+        }
+        var shape = (long[])t.Size.Clone();
+        shape[0] = rowCount;
+        var result = torch.empty(shape, dtype);
+        try
+        {
+            if (rowCount > 0 && rowBytes > 0)
+            {
+                archive.ReadRange(record, rowStart * rowBytes, (byte*)NativeTensor.DataPointer(result), rowCount * rowBytes);
+            }
+            return (result, rowCount * rowBytes);
+        }
+        catch
+        {
+            result.Dispose();
+            throw;
+        }
+    }
+
     private static unsafe torch.Tensor ReadTensor(TorchArchiveReader archive, TensorReference t, string source)
     {
         if (!TorchDTypes.TryGet(t.DType, out var dtype, out int elementSize))

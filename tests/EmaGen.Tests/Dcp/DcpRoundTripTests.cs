@@ -125,6 +125,25 @@ public sealed class DcpRoundTripTests
         Assert.Throws<ArgumentException>(() => reader.ReadSlice("w", new long[] { 4, 0 }, new long[] { 2, 4 }));
     }
 
+    [Fact]
+    public void ARankReadsOnlyTheBytesOfItsRows()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var big = torch.arange(1000 * 100, dtype: ScalarType.Float32).reshape(1000, 100);
+        DcpWriter.Save(folder["ckpt"], new[] { new KeyValuePair<string, object?>("w", big) });
+        var reader = DcpReader.Open(folder["ckpt"]);
+        var (offsets, sizes) = ShardLayout.Box(big.shape, 0, 8, 5);             // rows 625..749 of one saved chunk
+        using var part = reader.ReadSlice("w", offsets, sizes);
+        using var expected = big.narrow(0, offsets[0], sizes[0]);
+        Assert.Equal(expected.contiguous().data<float>().ToArray(), part.data<float>().ToArray());
+        Assert.Equal(sizes[0] * 100 * 4, reader.BytesRead);                    // 50,000 bytes of a 400,000-byte chunk
+
+        // A box that also cuts columns reads its rows whole (one byte range) and cuts the columns in memory.
+        using var corner = reader.ReadSlice("w", new long[] { 10, 5 }, new long[] { 2, 3 });
+        Assert.Equal(new float[] { 1005, 1006, 1007, 1105, 1106, 1107 }, corner.data<float>().ToArray());
+        Assert.Equal(sizes[0] * 100 * 4 + 2 * 100 * 4, reader.BytesRead);
+    }
+
     internal static Tensor Random(ScalarType dtype, params long[] shape) => dtype switch
     {
         ScalarType.Bool => torch.randint(0, 2, shape).to_type(ScalarType.Bool),

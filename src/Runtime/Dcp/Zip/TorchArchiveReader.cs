@@ -102,6 +102,23 @@ public sealed class TorchArchiveReader
         }
     }
 
+    /// <summary>
+    /// Bytes <c>[offset, offset + count)</c> of a stored record, into native memory: how a rank reads only its rows of a
+    /// saved chunk. A partial read cannot check the record's CRC-32 (it covers the whole record); <c>emagen verify</c> does.
+    /// </summary>
+    public unsafe void ReadRange(ArchiveRecord record, long offset, byte* destination, long count)
+    {
+        if (record.Method != 0) throw Error($"record '{record.Name}' is compressed; a byte range cannot be read from it");
+        if (offset < 0 || count < 0 || offset + count > record.Size) throw Error($"bytes [{offset}, {offset + count}) lie outside record '{record.Name}' of {record.Size} bytes");
+        _stream.Position = _base + record.DataOffset + offset;
+        for (long done = 0; done < count;)
+        {
+            int piece = (int)Math.Min(count - done, 1 << 30);
+            _stream.ReadExactly(new Span<byte>(destination + done, piece));
+            done += piece;
+        }
+    }
+
     /// <summary>Reads a large record into native memory in pieces (no managed buffer in between).</summary>
     public unsafe void ReadInto(ArchiveRecord record, byte* destination, long count)
     {

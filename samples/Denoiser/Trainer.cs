@@ -61,26 +61,10 @@ public static class Trainer
         var initial = Snapshot(model, options, log);
         var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, () => ema.Update(model));
 
-        // Same initial and per-step noise for both weight sets, so the difference is the weights alone.
-        using var noise = torch.randn(diffusion.Steps + 1, options.EvalPoints, 2);
-        var truth = Points(TwoMoons.Sample(options.EvalPoints, random));
-        var reference = Points(TwoMoons.Sample(options.EvalPoints, random));
-        double raw = Score(diffusion.Sample(model, noise), truth, options.Seed);
-
-        double averaged;
-        using (ema.SwapInto(model))
-        {
-            averaged = Score(diffusion.Sample(model, noise), truth, options.Seed);
-        }
-        double floor = SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed);
-
+        var (raw, averaged, floor) = Evaluate(options, model, diffusion, random, () => ema.SwapInto(model));
         int changed = CountChanged(initial, model, log);
         var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count, changed, firstUpdateMs);
-        log.WriteLine($"trained {options.Steps} steps in {seconds:F1} s ({result.StepsPerSecond:F0} steps/s)");
-        log.WriteLine($"sample quality, sliced Wasserstein-1 to the true distribution ({options.EvalPoints} points, {SlicedDirections} directions; lower is better):");
-        log.WriteLine($"  raw weights  {raw:F4}");
-        log.WriteLine($"  EMA weights  {averaged:F4}");
-        log.WriteLine($"  noise floor  {floor:F4}  (two independent true samples)");
+        Report(log, options, result, "");
 
         if (options.OutDir is { } dir)
         {
@@ -122,25 +106,38 @@ public static class Trainer
         if (rank.Rank != 0) return null;
         log.WriteLine($"wrote {checkpoint}: one PyTorch DCP checkpoint from {rank.WorldSize} ranks");
 
+        using var consolidated = new EmaManager<DenoiserModel>(model, options.Decay);
+        consolidated.Load(checkpoint);
+        var (raw, averaged, floor) = Evaluate(options, model, diffusion, random, () => consolidated.SwapInto(model));
+        var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count, changed, firstUpdateMs);
+        Report(log, options, result, $"  (read back from {rank.WorldSize} shards)");
+        return result;
+    }
+
+    // Samples from the raw weights and, swapped in, the EMA weights with the same initial and per-step noise, so the
+    // difference is the weights alone; the noise floor is the distance between two independent true samples.
+    private static (double Raw, double Averaged, double Floor) Evaluate(
+        TrainOptions options, DenoiserModel model, Diffusion diffusion, Random random, Func<EmaWeightSwap> swapInEma)
+    {
         using var noise = torch.randn(diffusion.Steps + 1, options.EvalPoints, 2);
         var truth = Points(TwoMoons.Sample(options.EvalPoints, random));
         var reference = Points(TwoMoons.Sample(options.EvalPoints, random));
         double raw = Score(diffusion.Sample(model, noise), truth, options.Seed);
-        using var consolidated = new EmaManager<DenoiserModel>(model, options.Decay);
-        consolidated.Load(checkpoint);
         double averaged;
-        using (consolidated.SwapInto(model))
+        using (swapInEma())
         {
             averaged = Score(diffusion.Sample(model, noise), truth, options.Seed);
         }
-        double floor = SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed);
-        var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count, changed, firstUpdateMs);
-        log.WriteLine($"trained {options.Steps} steps in {seconds:F1} s ({result.StepsPerSecond:F0} steps/s)");
+        return (raw, averaged, SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed));
+    }
+
+    private static void Report(TextWriter log, TrainOptions options, TrainResult result, string emaNote)
+    {
+        log.WriteLine($"trained {options.Steps} steps in {result.Seconds:F1} s ({result.StepsPerSecond:F0} steps/s)");
         log.WriteLine($"sample quality, sliced Wasserstein-1 to the true distribution ({options.EvalPoints} points, {SlicedDirections} directions; lower is better):");
-        log.WriteLine($"  raw weights  {raw:F4}");
-        log.WriteLine($"  EMA weights  {averaged:F4}  (read back from {rank.WorldSize} shards)");
-        log.WriteLine($"  noise floor  {floor:F4}  (two independent true samples)");
-        return result;
+        log.WriteLine($"  raw weights  {result.RawDistance:F4}");
+        log.WriteLine($"  EMA weights  {result.EmaDistance:F4}{emaNote}");
+        log.WriteLine($"  noise floor  {result.NoiseFloorDistance:F4}  (two independent true samples)");
     }
 
     // The training loop shared by the dense and the sharded run; afterUpdate runs after every optimizer step.

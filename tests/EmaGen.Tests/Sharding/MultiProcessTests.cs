@@ -41,7 +41,32 @@ public sealed class MultiProcessTests
                 Assert.True(a.contiguous().bytes.SequenceEqual(b.contiguous().bytes), $"{entry.Key} differs with {world} ranks");
             }
             Assert.Equal(25L, sharded.ReadValue("ema._emagen.step"));
-            if (world == 4) AssertPyTorchLoads(folder, Path.Combine(folder["w4"], "ema"), expected);
+            if (world == 4)
+            {
+                AssertPyTorchLoads(folder, Path.Combine(folder["w4"], "ema"), expected);
+                AssertReshardedLoadsMatch(Path.Combine(folder["w4"], "ema"), expected);
+            }
+        }
+    }
+
+    // The folder 4 processes wrote, loaded by 1, 2 and 3 ranks: each rank's shards equal the dense EMA's boxes.
+    private static void AssertReshardedLoadsMatch(string checkpoint, DcpReader dense)
+    {
+        foreach (int ranks in new[] { 1, 2, 3 })
+        {
+            for (int rank = 0; rank < ranks; rank++)
+            {
+                using var model = new EmaGen.Samples.Denoiser.DenoiserModel();
+                using var ema = new ShardedEmaManager<EmaGen.Samples.Denoiser.DenoiserModel>(model, rank, ranks, new EmaOptions { Decay = 0.995 });
+                ema.Load(checkpoint);
+                foreach (var t in dense.Entries.OfType<DcpTensorEntry>())
+                {
+                    var (offsets, sizes) = ShardLayout.Box(t.Size, 0, ranks, rank);
+                    using var box = dense.ReadSlice(t.Key, offsets, sizes);
+                    var local = ema[t.Key["ema.".Length..]];
+                    Assert.True(box.bytes.SequenceEqual(local.contiguous().bytes), $"{t.Key}: rank {rank} of {ranks} differs");
+                }
+            }
         }
     }
 

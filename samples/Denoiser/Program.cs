@@ -21,21 +21,24 @@ try
             "--list-parameters" => options with { ListParameters = true },
             "--world-size" => options with { WorldSize = int.Parse(Value(), CultureInfo.InvariantCulture) },
             "--threads" => options with { Threads = int.Parse(Value(), CultureInfo.InvariantCulture) },
+            "--schedule" => options with { Schedule = Value() },
             "--help" or "-h" => throw new OperationCanceledException(),
             _ => throw new ArgumentException($"unknown option '{args[i]}'"),
         };
     }
     if (options.Steps < 1) throw new ArgumentException("--steps must be at least 1");
     if (options.WorldSize < 1) throw new ArgumentException("--world-size must be at least 1");
+    _ = options.EmaOptions; // a bad --schedule fails here, with the accepted forms in the message
     options = options with { LogEvery = Math.Max(1, Math.Min(options.LogEvery, options.Steps / 5)) };
 }
 catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
 {
     if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR] [--list-parameters] [--world-size N] [--threads T]");
+    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR] [--list-parameters] [--world-size N] [--threads T] [--schedule SPEC]");
     Console.Error.WriteLine("  --world-size N  run N local rank processes with a sharded EMA (each keeps 1/N of it; they write one checkpoint).");
     Console.Error.WriteLine("                  Every rank trains the same seeded model, the weights a data-parallel job with synchronised");
     Console.Error.WriteLine("                  gradients would hold: gradient synchronisation is the trainer's business, not EmaGen's.");
+    Console.Error.WriteLine("  --schedule S    decay schedule instead of --decay: constant:D, warmup[:...], halflife:H, power:SIGMA_REL, every:K:S, startafter:N:S");
     Console.Error.WriteLine("  --threads T     LibTorch threads (default: LibTorch's, or cores / N per rank); equal T gives bit-equal runs.");
     return e is OperationCanceledException ? 0 : 2;
 }

@@ -28,6 +28,11 @@ public sealed record TrainOptions
 
     /// <summary>LibTorch intra-op threads (null: LibTorch's default, or cores / world size for a rank). Float sums depend on it.</summary>
     public int? Threads { get; init; }
+
+    /// <summary>A decay schedule (EmaScheduleParser syntax, e.g. "power:0.10"); null: constant <see cref="Decay"/>.</summary>
+    public string? Schedule { get; init; }
+
+    internal EmaOptions EmaOptions => new() { Decay = Decay, Schedule = Schedule is null ? null : EmaScheduleParser.Parse(Schedule) };
 }
 
 /// <summary>What a run measured. Distances are sliced Wasserstein-1 between generated and fresh true points (lower is better).</summary>
@@ -56,8 +61,8 @@ public static class Trainer
         using var diffusion = new Diffusion();
         using var model = new DenoiserModel();
         using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 1e-4);
-        using var ema = new EmaManager<DenoiserModel>(model, options.Decay);
-        log.WriteLine($"model: {ema.Count} averaged tensors, {ema.ShadowBytes / 1024.0:F1} KiB of shadow; decay {ema.Decay}; {options.Steps} steps of batch {options.BatchSize}");
+        using var ema = new EmaManager<DenoiserModel>(model, options.EmaOptions);
+        log.WriteLine($"model: {ema.Count} averaged tensors, {ema.ShadowBytes / 1024.0:F1} KiB of shadow; {ema.Schedule}; {options.Steps} steps of batch {options.BatchSize}");
         var initial = Snapshot(model, options, log);
         var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, () => ema.Update(model));
 
@@ -73,7 +78,7 @@ public static class Trainer
             var checkpoint = Path.Combine(dir, "ema");
             ema.Save(checkpoint);
             log.WriteLine($"wrote {checkpoint} (PyTorch DCP folder, keys ema.*) and summary.json");
-            log.WriteLine($"reloaded the checkpoint: {VerifyReload(checkpoint, ema, options.Decay)} shadows match bit for bit");
+            log.WriteLine($"reloaded the checkpoint: {VerifyReload(checkpoint, ema, options)} shadows match bit for bit");
         }
         return result;
     }
@@ -94,9 +99,9 @@ public static class Trainer
         using var diffusion = new Diffusion();
         using var model = new DenoiserModel();
         using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 1e-4);
-        using var ema = new ShardedEmaManager<DenoiserModel>(model, rank.Rank, rank.WorldSize, new EmaOptions { Decay = options.Decay });
+        using var ema = new ShardedEmaManager<DenoiserModel>(model, rank.Rank, rank.WorldSize, options.EmaOptions);
         long denseBytes = model.parameters().Sum(p => p.numel() * 4);
-        log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB); decay {options.Decay}; {options.Steps} steps of batch {options.BatchSize}");
+        log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB); {ema.Schedule}; {options.Steps} steps of batch {options.BatchSize}");
         var initial = Snapshot(model, options, log);
         var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, () => ema.Update(model));
         int changed = CountChanged(initial, model, log);
@@ -106,7 +111,7 @@ public static class Trainer
         if (rank.Rank != 0) return null;
         log.WriteLine($"wrote {checkpoint}: one PyTorch DCP checkpoint from {rank.WorldSize} ranks");
 
-        using var consolidated = new EmaManager<DenoiserModel>(model, options.Decay);
+        using var consolidated = new EmaManager<DenoiserModel>(model, options.EmaOptions);
         consolidated.Load(checkpoint);
         var (raw, averaged, floor) = Evaluate(options, model, diffusion, random, () => consolidated.SwapInto(model));
         var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count, changed, firstUpdateMs);
@@ -201,10 +206,10 @@ public static class Trainer
     }
 
     // Loads the checkpoint into a fresh manager and compares every shadow with the live one.
-    private static int VerifyReload(string checkpoint, EmaManager<DenoiserModel> ema, double decay)
+    private static int VerifyReload(string checkpoint, EmaManager<DenoiserModel> ema, TrainOptions options)
     {
         using var model = new DenoiserModel();
-        using var reloaded = new EmaManager<DenoiserModel>(model, decay);
+        using var reloaded = new EmaManager<DenoiserModel>(model, options.EmaOptions);
         reloaded.Load(checkpoint);
         foreach (var name in ema.TrackedNames)
         {

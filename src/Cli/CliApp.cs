@@ -6,7 +6,7 @@ using EmaGen.Dcp;
 namespace EmaGen.Cli;
 
 /// <summary>
-/// <c>emagen inspect | convert | verify</c>. Exit codes: 0 success, 1 the input is bad (missing, corrupt, unsound
+/// <c>emagen inspect | convert | verify | schedule</c>. Exit codes: 0 success, 1 the input is bad (missing, corrupt, unsound
 /// checkpoint; one-line error on stderr), 2 usage error.
 /// </summary>
 public static class CliApp
@@ -27,12 +27,17 @@ public static class CliApp
         var verify = new Command("verify", "Read every record, check CRCs, sizes and chunk tiling; exit 0 only when sound.") { verifyFolder };
         verify.SetAction(r => Guard(stderr, () => VerifyCommand.Run(r.GetValue(verifyFolder)!, stdout)));
 
-        var root = new RootCommand("EmaGen checkpoint tool: inspect, convert and verify PyTorch Distributed Checkpoint folders.") { inspect, convert, verify };
+        var spec = new Argument<string>("schedule") { Description = "constant:D | warmup[:invGamma=..,power=..,min=..,max=..,after=..] | halflife:H[,ramp=R] | power:SIGMA_REL | power:gamma=G | startafter:N:S | every:K[:percall]:S" };
+        var steps = new Option<string?>("--steps") { Description = "Comma-separated steps to show (default 1,2,10,100,1000,10000,100000)." };
+        var schedule = new Command("schedule", "Print the decay a schedule applies at chosen steps.") { spec, steps };
+        schedule.SetAction(r => Guard(stderr, () => ScheduleCommand.Run(r.GetValue(spec)!, r.GetValue(steps), stdout)));
+
+        var root = new RootCommand("EmaGen tool: inspect, convert and verify PyTorch Distributed Checkpoint folders; print decay schedules.") { inspect, convert, verify, schedule };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
             foreach (var error in parsed.Errors) stderr.WriteLine("emagen: " + error.Message);
-            stderr.WriteLine("usage: emagen inspect DIR [--json] | emagen convert SRC DST | emagen verify DIR");
+            stderr.WriteLine("usage: emagen inspect DIR [--json] | emagen convert SRC DST | emagen verify DIR | emagen schedule SPEC [--steps S,...]");
             return 2;
         }
         return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });

@@ -106,6 +106,18 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void SchedulePrintsDecaysAtTheRequestedSteps()
+    {
+        var (code, stdout, _) = Run("schedule", "power:0.10", "--steps", "1,1000");
+        Assert.Equal(0, code);
+        Assert.Contains("sigma_rel 0.1000", stdout);
+        Assert.Contains(Math.Pow(1 - 1.0 / 1000, PowerFunctionSchedule.GammaFromSigmaRel(0.10) + 1).ToString("R", System.Globalization.CultureInfo.InvariantCulture), stdout);
+        var (bad, _, stderr) = Run("schedule", "nope");
+        Assert.Equal(1, bad);
+        Assert.Contains("Expected constant:D", stderr);
+    }
+
+    [Fact]
     public void BadInputAndUsageHaveDistinctExitCodes()
     {
         using var folder = TestPaths.NewTempFolder();

@@ -109,6 +109,31 @@ public sealed class ScheduleTests
         Assert.Equal(2, ema.Step);
     }
 
+    [Theory]
+    [InlineData("constant:0.999", "Constant(decay=0.999)")]
+    [InlineData("warmup:power=0.75,max=0.99,after=10", "Warmup(invGamma=1, power=0.75, minDecay=0, maxDecay=0.99, updateAfterStep=10)")]
+    [InlineData("halflife:500,ramp=0.05", "HalfLife(steps=500, rampUpRatio=0.05)")]
+    [InlineData("power:gamma=6.94", "PowerFunction(gamma=6.94)")]
+    [InlineData("startafter:100:constant:0.9", "StartAfter(100, Constant(decay=0.9))")]
+    [InlineData("every:10:percall:constant:0.9", "UpdateEvery(10, perCall, Constant(decay=0.9))")]
+    [InlineData("every:4:halflife:20", "UpdateEvery(4, rescaled, HalfLife(steps=20, rampUpRatio=none))")]
+    public void SpecificationsParse(string text, string description) => Assert.Equal(description, EmaScheduleParser.Parse(text).Describe());
+
+    [Theory]
+    [InlineData("nope")]
+    [InlineData("constant:x")]
+    [InlineData("constant:1.5")]
+    [InlineData("every:3")]
+    public void BadSpecificationsSayWhatIsAccepted(string text)
+    {
+        var e = Assert.ThrowsAny<ArgumentException>(() => EmaScheduleParser.Parse(text));
+        Assert.False(string.IsNullOrWhiteSpace(e.Message));
+    }
+
+    [Fact]
+    public void PowerSpecificationUsesSigmaRel() =>
+        Assert.Equal(PowerFunctionSchedule.GammaFromSigmaRel(0.05), ((PowerFunctionSchedule)EmaScheduleParser.Parse("power:0.05")).Gamma);
+
     private static double Average(EmaSchedule schedule, int steps)
     {
         double ema = 0;

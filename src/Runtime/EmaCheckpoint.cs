@@ -18,21 +18,44 @@ public static class EmaCheckpoint
 
     internal sealed record Loaded(Dictionary<string, torch.Tensor> Tensors, long? Step, double? Decay, string? Schedule);
 
-    internal static IEnumerable<KeyValuePair<string, object?>> StateToSave<TModel>(
-        string prefix, IReadOnlyList<string> names, EmaManager<TModel> manager, long step, double decay, string schedule)
-        where TModel : torch.nn.Module, IEmaTracked<TModel>
+    /// <summary>One profile's keys: its shadows under <paramref name="prefix"/> plus its step, decay, schedule and format values.</summary>
+    internal static IEnumerable<KeyValuePair<string, object?>> ProfileState(
+        string prefix, IReadOnlyList<string> names, Func<string, torch.Tensor> shadow, long step, double decay, string schedule)
     {
-        foreach (var name in names) yield return new(prefix + name, manager[name]);
+        foreach (var name in names) yield return new(prefix + name, shadow(name));
         yield return new(prefix + StateSegment + "step", step);
         yield return new(prefix + StateSegment + "decay", decay);
         yield return new(prefix + StateSegment + "schedule", schedule);
         yield return new(prefix + StateSegment + "format", Format);
     }
 
-    /// <summary>Reads every tensor under <paramref name="prefix"/> (only <paramref name="onlyNames"/> when given) and the manager state.</summary>
-    internal static Loaded Read(string directory, string prefix, IEnumerable<string>? onlyNames)
+    /// <summary>The top-level keys of a multi-profile checkpoint: the profile list (comma-separated names), step and format.</summary>
+    internal static IEnumerable<KeyValuePair<string, object?>> ManagerState(string prefix, long step, IEnumerable<string> profiles)
     {
-        var reader = DcpReader.Open(directory);
+        yield return new(prefix + StateSegment + "profiles", string.Join(",", profiles));
+        yield return new(prefix + StateSegment + "step", step);
+        yield return new(prefix + StateSegment + "format", Format);
+    }
+
+    /// <summary>The profile names stored under <paramref name="prefix"/>, or null for a single-profile checkpoint.</summary>
+    internal static IReadOnlyList<string>? ReadProfileNames(DcpReader reader, string directory, string prefix)
+    {
+        var key = prefix + StateSegment + "profiles";
+        foreach (var entry in reader.Entries)
+        {
+            if (entry.Key != key) continue;
+            if (entry is not DcpBytesEntry || reader.ReadValue(key) is not string text || text.Length == 0)
+            {
+                throw new CheckpointFormatException($"{directory}: '{key}' is not a comma-separated list of profile names.");
+            }
+            return text.Split(',');
+        }
+        return null;
+    }
+
+    /// <summary>Reads every tensor under <paramref name="prefix"/> (only <paramref name="onlyNames"/> when given) and the manager state.</summary>
+    internal static Loaded Read(DcpReader reader, string directory, string prefix, IEnumerable<string>? onlyNames)
+    {
         var wanted = onlyNames is null ? null : new HashSet<string>(onlyNames, StringComparer.Ordinal);
         var tensors = new Dictionary<string, torch.Tensor>(StringComparer.Ordinal);
         long? step = null;

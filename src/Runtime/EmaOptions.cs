@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 
 namespace EmaGen;
 
@@ -21,6 +22,14 @@ public sealed class EmaOptions
     public EmaSchedule? Schedule { get; init; }
 
     internal EmaSchedule EffectiveSchedule => Schedule ?? new ConstantSchedule(Decay);
+
+    /// <summary>
+    /// Several EMA profiles at once (say σ_rel 0.05 and 0.10, or decays 0.999 and 0.9999), each with its own shadows and
+    /// schedule, all written in one pass that reads every parameter once. When set, <see cref="Decay"/> and
+    /// <see cref="Schedule"/> are not used (setting <see cref="Schedule"/> too is an error), the manager's own members
+    /// act on the first profile, and checkpoints keep each profile under <c>{prefix}{name}.</c>.
+    /// </summary>
+    public IReadOnlyList<EmaProfileOptions>? Profiles { get; init; }
 
     /// <summary>
     /// Keep bf16/fp16 shadows for bf16/fp16 parameters. Off by default: the shadow is fp32, because a low-precision
@@ -55,6 +64,18 @@ public sealed class EmaOptions
         if (!(Decay >= 0.0 && Decay <= 1.0))
         {
             throw new ArgumentOutOfRangeException(nameof(Decay), Decay, "EMA decay must lie in [0, 1].");
+        }
+        if (Profiles is not null)
+        {
+            if (Profiles.Count == 0) throw new ArgumentException("Profiles, when set, must name at least one profile.", nameof(Profiles));
+            if (Schedule is not null) throw new ArgumentException("Set either Schedule or Profiles, not both.", nameof(Profiles));
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var profile in Profiles)
+            {
+                ArgumentNullException.ThrowIfNull(profile, nameof(Profiles));
+                profile.Validate();
+                if (!names.Add(profile.Name)) throw new ArgumentException($"Two EMA profiles are named '{profile.Name}'.", nameof(Profiles));
+            }
         }
         if (Threads is < 1)
         {

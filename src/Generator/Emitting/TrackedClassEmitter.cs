@@ -250,6 +250,11 @@ internal static class TrackedClassEmitter
         w.Line("/// <summary>The shadow tree, with the same member names as the model (views the manager owns).</summary>");
         w.Line($"public {shadow} Shadow => manager.GetShadow<{shadow}>();");
         w.Close();
+        w.Line();
+        w.Open($"extension(global::EmaGen.EmaProfile<{spec.FullyQualifiedName}> profile)");
+        w.Line("/// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>");
+        w.Line($"public {shadow} Shadow => profile.GetShadow<{shadow}>();");
+        w.Close();
         w.Close();
     }
 

@@ -13,6 +13,9 @@ namespace EmaGen;
 /// slot checked out does <see cref="Apply"/> write. On the CPU the writes are SIMD kernels over raw memory, split
 /// across threads for large models: no TorchSharp calls, no managed allocations. Parameters a kernel cannot take
 /// (other devices, non-contiguous, unusual dtypes) go through TorchSharp ops instead.
+/// With several profiles (one arena each, all laid out alike) every active profile is written in the same pass: the
+/// work is cut into blocks small enough that a block of parameters read for the first profile is still in L1 for the
+/// others, so parameters cross the memory bus once per step whatever the number of profiles.
 /// </summary>
 internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
 {
@@ -23,15 +26,24 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     // a cache-line boundary.
     private const long ChunkElements = 1 << 18;
     private const long PrefetchLimitBytes = 16 << 10;
+    // Elements per block when several profiles share a pass: 8 KiB of fp32 parameters, re-read from L1 per profile.
+    private const long FuseBlockElements = 2048;
 
     private readonly ParameterSlot[] _slots;
     private readonly long[] _slotNumel;
     private readonly int[] _itemOfSlot;
-    private readonly ShadowArena _arena;
+    private readonly ShadowArena[] _arenas;
+    private readonly int _items;
+
+    // Per profile, then per averaged parameter ("item") in visit order.
+    private readonly torch.Tensor[][] _shadow;
+    private readonly IntPtr[][] _shadowPointer;
+    private readonly double[] _decays;
+    private readonly bool[] _active;
+    private readonly int[] _activeProfiles;
+    private int _activeCount;
 
     // Per averaged parameter ("item"), in visit order.
-    private readonly torch.Tensor[] _shadow;
-    private readonly IntPtr[] _shadowPointer;
     private readonly long[] _count;
     private readonly KernelKind[] _kernel;
     private readonly torch.ScalarType[] _parameterDType;
@@ -45,8 +57,8 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     private readonly IntPtr[] _parameterPointer;
     private readonly torch.Tensor?[] _current;
 
-    // Work list of the current step: either one entry per group (packed) or one per item.
-    private readonly IntPtr[] _workShadow;
+    // Work list of the current step: either one entry per group (packed) or one per item; shadows per profile.
+    private readonly IntPtr[][] _workShadow;
     private readonly IntPtr[] _workParameter;
     private readonly long[] _workCount;
     private readonly long[] _workStart;
@@ -55,19 +67,23 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     private long _workElements;
 
     private readonly CpuWorkerPool? _pool;
-    private readonly Dictionary<(DeviceType, int, torch.ScalarType), (torch.Tensor Weight, double Decay)> _torchWeights = new();
+    private readonly Dictionary<(int, DeviceType, int, torch.ScalarType), (torch.Tensor Weight, double Decay)> _torchWeights = new();
     private int _cursor;
     private int _nextChunk;
     private int _chunkCount;
-    private double _decay;
 
+    // arenas: one per profile, built from the same parameters; only the first may pack them.
     public UpdateEngine(ParameterSlot[] slots, long[] slotNumel, int[] parameterOfSlot, EmaParameterInfo[] parameters,
-        ShadowArena arena, double decay, int threads)
+        ShadowArena[] arenas, int threads)
     {
         _slots = slots;
         _slotNumel = slotNumel;
-        _arena = arena;
-        _decay = decay;
+        _arenas = arenas;
+        var arena = arenas[0];
+        int profiles = arenas.Length;
+        _decays = new double[profiles];
+        _active = new bool[profiles];
+        _activeProfiles = new int[profiles];
 
         _itemOfSlot = new int[slots.Length];
         int items = 0;
@@ -76,8 +92,14 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
             int p = parameterOfSlot[s];
             _itemOfSlot[s] = p >= 0 && parameters[p].Tracked ? items++ : -1;
         }
-        _shadow = new torch.Tensor[items];
-        _shadowPointer = new IntPtr[items];
+        _items = items;
+        _shadow = new torch.Tensor[profiles][];
+        _shadowPointer = new IntPtr[profiles][];
+        for (int k = 0; k < profiles; k++)
+        {
+            _shadow[k] = new torch.Tensor[items];
+            _shadowPointer[k] = new IntPtr[items];
+        }
         _count = new long[items];
         _kernel = new KernelKind[items];
         _parameterDType = new torch.ScalarType[items];
@@ -96,13 +118,16 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
             if (item < 0) continue;
             int p = parameterOfSlot[s];
             var info = parameters[p];
-            var shadow = arena[p]!;
-            _shadow[item] = shadow;
+            for (int k = 0; k < profiles; k++)
+            {
+                var shadow = arenas[k][p]!;
+                _shadow[k][item] = shadow;
+                _shadowPointer[k][item] = info.Device.type == DeviceType.CPU ? NativeTensor.DataPointer(shadow) : IntPtr.Zero;
+            }
             _count[item] = info.Numel;
             _kernel[item] = KernelKinds.For(info.ShadowDType, info.DType);
             _parameterDType[item] = info.DType;
             _deviceType[item] = info.Device.type;
-            _shadowPointer[item] = info.Device.type == DeviceType.CPU ? NativeTensor.DataPointer(shadow) : IntPtr.Zero;
             _groupOfItem[item] = arena.GroupOf(p);
             var group = arena.Groups[_groupOfItem[item]];
             if (group.PackedParameters is { } packed && info.Device.type == DeviceType.CPU)
@@ -113,7 +138,8 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         }
 
         int workCapacity = Math.Max(items, arena.Groups.Count);
-        _workShadow = new IntPtr[workCapacity];
+        _workShadow = new IntPtr[profiles][];
+        for (int k = 0; k < profiles; k++) _workShadow[k] = new IntPtr[workCapacity];
         _workParameter = new IntPtr[workCapacity];
         _workCount = new long[workCapacity];
         _workStart = new long[workCapacity];
@@ -126,11 +152,11 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
 
     public int Threads => _pool?.Parallelism ?? 1;
 
-    /// <summary>The decay the next <see cref="Apply"/> uses (schedules change it per step).</summary>
-    public double Decay
+    /// <summary>Whether the next <see cref="Apply"/> writes profile <paramref name="profile"/>, and with which decay (schedules change it per step).</summary>
+    public void SetProfile(int profile, bool active, double decay)
     {
-        get => _decay;
-        set => _decay = value;
+        _active[profile] = active;
+        _decays[profile] = decay;
     }
 
     public void BeginGather() => _cursor = 0;
@@ -181,9 +207,19 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     /// <summary>Writes the update for the slots gathered last.</summary>
     public void Apply()
     {
+        _activeCount = 0;
+        for (int k = 0; k < _active.Length; k++)
+        {
+            if (_active[k]) _activeProfiles[_activeCount++] = k;
+        }
+        if (_activeCount == 0)
+        {
+            Array.Clear(_current);
+            return;
+        }
         bool allRaw = true;
         Array.Fill(_groupIntact, true);
-        for (int item = 0; item < _shadow.Length; item++)
+        for (int item = 0; item < _items; item++)
         {
             allRaw &= _rawOk[item];
             int group = _groupOfItem[item];
@@ -227,17 +263,28 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         {
             if (i + 1 < _workLength) PrefetchSmall(i + 1);
             long start = _workStart[i];
-            long count = _workCount[i];
             long from = Math.Max(lo, start);
-            long to = Math.Min(hi, start + count);
-            if (from < to)
+            long to = Math.Min(hi, start + _workCount[i]);
+            if (from >= to) continue;
+            var kind = _workKernel[i];
+            int shadowSize = KernelKinds.ShadowElementSize(kind);
+            int parameterSize = KernelKinds.ParameterElementSize(kind);
+            byte* parameter = (byte*)_workParameter[i];
+            if (_activeCount == 1)
             {
-                var kind = _workKernel[i];
-                long skip = from - start;
-                EmaKernels.Run(kind,
-                    (byte*)_workShadow[i] + skip * KernelKinds.ShadowElementSize(kind),
-                    (byte*)_workParameter[i] + skip * KernelKinds.ParameterElementSize(kind),
-                    to - from, _decay);
+                int k = _activeProfiles[0];
+                EmaKernels.Run(kind, (byte*)_workShadow[k][i] + (from - start) * shadowSize, parameter + (from - start) * parameterSize, to - from, _decays[k]);
+                continue;
+            }
+            for (long block = from; block < to; block += FuseBlockElements)
+            {
+                long n = Math.Min(FuseBlockElements, to - block);
+                long skip = block - start;
+                for (int a = 0; a < _activeCount; a++)
+                {
+                    int k = _activeProfiles[a];
+                    EmaKernels.Run(kind, (byte*)_workShadow[k][i] + skip * shadowSize, parameter + skip * parameterSize, n, _decays[k]);
+                }
             }
         }
     }
@@ -249,10 +296,13 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
         long bytes = _workCount[i] * KernelKinds.ParameterElementSize(_workKernel[i]);
         if (bytes > PrefetchLimitBytes || !Sse.IsSupported) return;
         byte* p = (byte*)_workParameter[i];
-        byte* s = (byte*)_workShadow[i];
         long shadowBytes = _workCount[i] * KernelKinds.ShadowElementSize(_workKernel[i]);
         for (long offset = 0; offset < bytes; offset += 64) Sse.Prefetch0(p + offset);
-        for (long offset = 0; offset < shadowBytes; offset += 64) Sse.Prefetch0(s + offset);
+        for (int a = 0; a < _activeCount; a++)
+        {
+            byte* s = (byte*)_workShadow[_activeProfiles[a]][i];
+            for (long offset = 0; offset < shadowBytes; offset += 64) Sse.Prefetch0(s + offset);
+        }
     }
 
     // One entry per packed group whose parameters all still alias its flat buffer (padding between slices is zero in
@@ -261,23 +311,32 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     {
         _workLength = 0;
         _workElements = 0;
-        var groups = _arena.Groups;
+        var groups = _arenas[0].Groups;
         for (int g = 0; g < groups.Count; g++)
         {
             if (!_groupIntact[g]) continue;
             var group = groups[g];
-            Add(NativeTensor.DataPointer(group.Shadow), NativeTensor.DataPointer(group.PackedParameters!), group.Elements, group.Kernel);
+            for (int a = 0; a < _activeCount; a++)
+            {
+                int k = _activeProfiles[a];
+                _workShadow[k][_workLength] = NativeTensor.DataPointer(_arenas[k].Groups[g].Shadow);
+            }
+            Add(NativeTensor.DataPointer(group.PackedParameters!), group.Elements, group.Kernel);
         }
-        for (int item = 0; item < _shadow.Length; item++)
+        for (int item = 0; item < _items; item++)
         {
             if (!_rawOk[item] || _groupIntact[_groupOfItem[item]]) continue;
-            Add(_shadowPointer[item], _parameterPointer[item], _count[item], _kernel[item]);
+            for (int a = 0; a < _activeCount; a++)
+            {
+                int k = _activeProfiles[a];
+                _workShadow[k][_workLength] = _shadowPointer[k][item];
+            }
+            Add(_parameterPointer[item], _count[item], _kernel[item]);
         }
     }
 
-    private void Add(IntPtr shadow, IntPtr parameter, long count, KernelKind kind)
+    private void Add(IntPtr parameter, long count, KernelKind kind)
     {
-        _workShadow[_workLength] = shadow;
         _workParameter[_workLength] = parameter;
         _workCount[_workLength] = count;
         _workStart[_workLength] = _workElements;
@@ -291,49 +350,56 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
     private void ApplyThroughTorch()
     {
         using var _ = torch.no_grad();
-        if (TryApplyPackedThroughTorch()) return;
-        for (int item = 0; item < _shadow.Length; item++)
+        for (int a = 0; a < _activeCount; a++)
         {
-            if (_rawOk[item]) continue;
-            var shadow = _shadow[item];
-            var parameter = _current[item]!;
-            if (!KernelKinds.IsFloatingPoint(shadow.dtype))
+            int k = _activeProfiles[a];
+            if (TryApplyPackedThroughTorch(k)) continue;
+            double decay = _decays[k];
+            for (int item = 0; item < _items; item++)
             {
-                InPlace.Release(shadow.copy_(parameter), shadow);
-            }
-            else if (shadow.dtype == parameter.dtype)
-            {
-                InPlace.Release(shadow.lerp_(parameter, WeightFor(shadow)), shadow);
-            }
-            else
-            {
-                // Mixed dtypes: add_ promotes the lower-precision operand per element.
-                InPlace.Release(shadow.mul_(_decay), shadow);
-                InPlace.Release(shadow.add_(parameter, alpha: 1.0 - _decay), shadow);
+                if (_rawOk[item]) continue;
+                var shadow = _shadow[k][item];
+                var parameter = _current[item]!;
+                if (!KernelKinds.IsFloatingPoint(shadow.dtype))
+                {
+                    InPlace.Release(shadow.copy_(parameter), shadow);
+                }
+                else if (shadow.dtype == parameter.dtype)
+                {
+                    InPlace.Release(shadow.lerp_(parameter, WeightFor(k, shadow)), shadow);
+                }
+                else
+                {
+                    // Mixed dtypes: add_ promotes the lower-precision operand per element.
+                    InPlace.Release(shadow.mul_(decay), shadow);
+                    InPlace.Release(shadow.add_(parameter, alpha: 1.0 - decay), shadow);
+                }
             }
         }
     }
 
-    private bool TryApplyPackedThroughTorch()
+    private bool TryApplyPackedThroughTorch(int profile)
     {
-        foreach (var group in _arena.Groups)
+        var packedGroups = _arenas[0].Groups;
+        foreach (var group in packedGroups)
         {
             if (group.PackedParameters is null || group.Device.type == DeviceType.CPU) return false;
         }
         // Off the CPU the data pointers are not compared; a packed model keeps its layout unless the user re-points
         // parameters, which EmaManager documents as unpacking (a new manager re-packs).
-        foreach (var group in _arena.Groups)
+        double decay = _decays[profile];
+        for (int g = 0; g < packedGroups.Count; g++)
         {
-            var shadow = group.Shadow;
-            var flat = group.PackedParameters!;
+            var shadow = _arenas[profile].Groups[g].Shadow;
+            var flat = packedGroups[g].PackedParameters!;
             if (shadow.dtype == flat.dtype)
             {
-                InPlace.Release(shadow.lerp_(flat, WeightFor(shadow)), shadow);
+                InPlace.Release(shadow.lerp_(flat, WeightFor(profile, shadow)), shadow);
             }
             else
             {
-                InPlace.Release(shadow.mul_(_decay), shadow);
-                InPlace.Release(shadow.add_(flat, alpha: 1.0 - _decay), shadow);
+                InPlace.Release(shadow.mul_(decay), shadow);
+                InPlace.Release(shadow.add_(flat, alpha: 1.0 - decay), shadow);
             }
         }
         return true;
@@ -341,19 +407,20 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
 
     // lerp_ takes its weight as a tensor of the shadow's dtype and device; a double would build a new one per call.
     // When a schedule changes the decay the cached tensor is refilled on its device: no new tensor, no host sync.
-    private torch.Tensor WeightFor(torch.Tensor shadow)
+    private torch.Tensor WeightFor(int profile, torch.Tensor shadow)
     {
-        var key = (shadow.device_type, shadow.device_index, shadow.dtype);
+        double decay = _decays[profile];
+        var key = (profile, shadow.device_type, shadow.device_index, shadow.dtype);
         if (!_torchWeights.TryGetValue(key, out var cached))
         {
-            var created = torch.tensor(1.0 - _decay, shadow.dtype, shadow.device).DetachFromDisposeScope();
-            _torchWeights[key] = (created, _decay);
+            var created = torch.tensor(1.0 - decay, shadow.dtype, shadow.device).DetachFromDisposeScope();
+            _torchWeights[key] = (created, decay);
             return created;
         }
-        if (cached.Decay != _decay)
+        if (cached.Decay != decay)
         {
-            InPlace.Release(cached.Weight.fill_(1.0 - _decay), cached.Weight);
-            _torchWeights[key] = (cached.Weight, _decay);
+            InPlace.Release(cached.Weight.fill_(1.0 - decay), cached.Weight);
+            _torchWeights[key] = (cached.Weight, decay);
         }
         return cached.Weight;
     }

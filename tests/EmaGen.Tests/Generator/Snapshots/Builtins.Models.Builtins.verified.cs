@@ -194,5 +194,11 @@ namespace Models
             /// <summary>The shadow tree, with the same member names as the model (views the manager owns).</summary>
             public global::Models.Builtins.EmaShadow Shadow => manager.GetShadow<global::Models.Builtins.EmaShadow>();
         }
+
+        extension(global::EmaGen.EmaProfile<global::Models.Builtins> profile)
+        {
+            /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
+            public global::Models.Builtins.EmaShadow Shadow => profile.GetShadow<global::Models.Builtins.EmaShadow>();
+        }
     }
 }

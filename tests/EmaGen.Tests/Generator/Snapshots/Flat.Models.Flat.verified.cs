@@ -97,5 +97,11 @@ namespace Models
             /// <summary>The shadow tree, with the same member names as the model (views the manager owns).</summary>
             public global::Models.Flat.EmaShadow Shadow => manager.GetShadow<global::Models.Flat.EmaShadow>();
         }
+
+        extension(global::EmaGen.EmaProfile<global::Models.Flat> profile)
+        {
+            /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
+            public global::Models.Flat.EmaShadow Shadow => profile.GetShadow<global::Models.Flat.EmaShadow>();
+        }
     }
 }

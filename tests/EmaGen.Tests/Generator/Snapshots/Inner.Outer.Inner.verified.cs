@@ -78,4 +78,10 @@ internal static class Outer_InnerEmaExtensions
         /// <summary>The shadow tree, with the same member names as the model (views the manager owns).</summary>
         public global::Outer.Inner.EmaShadow Shadow => manager.GetShadow<global::Outer.Inner.EmaShadow>();
     }
+
+    extension(global::EmaGen.EmaProfile<global::Outer.Inner> profile)
+    {
+        /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
+        public global::Outer.Inner.EmaShadow Shadow => profile.GetShadow<global::Outer.Inner.EmaShadow>();
+    }
 }

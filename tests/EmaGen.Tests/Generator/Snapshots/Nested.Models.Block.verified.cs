@@ -96,5 +96,11 @@ namespace Models
             /// <summary>The shadow tree, with the same member names as the model (views the manager owns).</summary>
             public global::Models.Block.EmaShadow Shadow => manager.GetShadow<global::Models.Block.EmaShadow>();
         }
+
+        extension(global::EmaGen.EmaProfile<global::Models.Block> profile)
+        {
+            /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
+            public global::Models.Block.EmaShadow Shadow => profile.GetShadow<global::Models.Block.EmaShadow>();
+        }
     }
 }

@@ -150,5 +150,11 @@ namespace Models
             /// <summary>The shadow tree, with the same member names as the model (views the manager owns).</summary>
             public global::Models.Stack.EmaShadow Shadow => manager.GetShadow<global::Models.Stack.EmaShadow>();
         }
+
+        extension(global::EmaGen.EmaProfile<global::Models.Stack> profile)
+        {
+            /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
+            public global::Models.Stack.EmaShadow Shadow => profile.GetShadow<global::Models.Stack.EmaShadow>();
+        }
     }
 }

@@ -17,7 +17,7 @@ if (args.Length > 0 && args[0] == "checkpoint")
 }
 if (args.Length == 0 || args[0] != "update")
 {
-    Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--json]");
+    Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--profiles K] [--json]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint [--bytes N] [--dir PATH]");
     return 2;
 }
@@ -25,6 +25,7 @@ long elements = 50_000_000;
 int tensors = 300;
 int rounds = 21;
 int? threadsOption = null;
+int profiles = 1;
 bool json = false;
 var dtype = ScalarType.Float32;
 for (int i = 1; i < args.Length; i++)
@@ -37,6 +38,7 @@ for (int i = 1; i < args.Length; i++)
         case "--rounds": rounds = Math.Max(9, int.Parse(Next(), CultureInfo.InvariantCulture)); break;
         case "--json": json = true; break;
         case "--threads": threadsOption = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+        case "--profiles": profiles = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--dtype":
             dtype = Next() switch
             {
@@ -51,7 +53,9 @@ for (int i = 1; i < args.Length; i++)
 
 const double Decay = 0.999;
 torch.manual_seed(0);
-var report = new UpdateBenchmark(elements, tensors, dtype, Decay, rounds, threadsOption).Run(Console.Error);
+var report = profiles > 1
+    ? new ProfilesBenchmark(elements, tensors, dtype, profiles, rounds, threadsOption).Run(Console.Error)
+    : new UpdateBenchmark(elements, tensors, dtype, Decay, rounds, threadsOption).Run(Console.Error);
 if (json)
 {
     Console.WriteLine(report);
@@ -230,7 +234,7 @@ internal sealed unsafe class UpdateBenchmark
         return System.Text.Encoding.UTF8.GetString(stream.ToArray());
     }
 
-    private static void Sweep(float[] buffer)
+    internal static void Sweep(float[] buffer)
     {
         for (int i = 0; i < buffer.Length; i += 16) buffer[i] += 1;
     }
@@ -252,7 +256,7 @@ internal sealed unsafe class UpdateBenchmark
     private static double PairedRatio(List<double> variantMs, List<double> probeMs, int variantBytes) =>
         Median(variantMs.Zip(probeMs, (v, p) => (variantBytes / v) / (12.0 / p)).ToList());
 
-    private static double Median(List<double> values)
+    internal static double Median(List<double> values)
     {
         var sorted = values.Order().ToArray();
         return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;

@@ -13,9 +13,10 @@ namespace EmaGen;
 /// slot checked out does <see cref="Apply"/> write. On the CPU the writes are SIMD kernels over raw memory, split
 /// across threads for large models: no TorchSharp calls, no managed allocations. Parameters a kernel cannot take
 /// (other devices, non-contiguous, unusual dtypes) go through TorchSharp ops instead.
-/// With several profiles (one arena each, all laid out alike) every active profile is written in the same pass: the
-/// work is cut into blocks small enough that a block of parameters read for the first profile is still in L1 for the
-/// others, so parameters cross the memory bus once per step whatever the number of profiles.
+/// With several profiles (one arena each, all laid out alike) every active profile is written in the same pass: fp32 and
+/// bf16 parameters feed two shadows per load (a pair kernel); beyond that, or for other dtypes, the work is cut into
+/// blocks small enough that parameters read for the first profiles are still in L1 for the others. Either way the
+/// parameters cross the memory bus once per step whatever the number of profiles.
 /// </summary>
 internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
 {
@@ -276,14 +277,25 @@ internal sealed unsafe class UpdateEngine : IPartitionedWork, IDisposable
                 EmaKernels.Run(kind, (byte*)_workShadow[k][i] + (from - start) * shadowSize, parameter + (from - start) * parameterSize, to - from, _decays[k]);
                 continue;
             }
-            for (long block = from; block < to; block += FuseBlockElements)
+            bool pairs = EmaKernels.HasPairKernel(kind);
+            // Two profiles with a pair kernel: one pass, every stream sequential. Otherwise blocks, so the parameters
+            // read for the first profile (or pair) are still in L1 for the rest.
+            long blockElements = pairs && _activeCount == 2 ? to - from : FuseBlockElements;
+            for (long block = from; block < to; block += blockElements)
             {
-                long n = Math.Min(FuseBlockElements, to - block);
+                long n = Math.Min(blockElements, to - block);
                 long skip = block - start;
-                for (int a = 0; a < _activeCount; a++)
+                byte* p = parameter + skip * parameterSize;
+                int a = 0;
+                for (; pairs && a + 1 < _activeCount; a += 2)
+                {
+                    int k0 = _activeProfiles[a], k1 = _activeProfiles[a + 1];
+                    EmaKernels.RunPair(kind, (byte*)_workShadow[k0][i] + skip * shadowSize, (byte*)_workShadow[k1][i] + skip * shadowSize, p, n, _decays[k0], _decays[k1]);
+                }
+                for (; a < _activeCount; a++)
                 {
                     int k = _activeProfiles[a];
-                    EmaKernels.Run(kind, (byte*)_workShadow[k][i] + skip * shadowSize, parameter + skip * parameterSize, n, _decays[k]);
+                    EmaKernels.Run(kind, (byte*)_workShadow[k][i] + skip * shadowSize, p, n, _decays[k]);
                 }
             }
         }

@@ -13,8 +13,9 @@ namespace EmaGen.Dcp;
 public static class DcpWriter
 {
     /// <summary>
-    /// Saves <paramref name="state"/> (flattened keys → <see cref="torch.Tensor"/> or plain values: null, bool, integers,
-    /// doubles, strings, lists, string-keyed dicts) to <paramref name="directory"/>, each tensor as one full chunk.
+    /// Saves <paramref name="state"/> (flattened keys → <see cref="torch.Tensor"/>, <see cref="DeferredTensor"/> or plain
+    /// values: null, bool, integers, doubles, strings, lists, string-keyed dicts) to <paramref name="directory"/>, each
+    /// tensor as one full chunk.
     /// </summary>
     public static DcpMetadata Save(string directory, IEnumerable<KeyValuePair<string, object?>> state, DcpWriteOptions? options = null)
     {
@@ -51,12 +52,12 @@ public static class DcpWriter
             PlannerData = new Dictionary<string, object?[]>(),
         };
         var values = new List<KeyValuePair<string, object?>>();
-        var tensors = new List<KeyValuePair<string, torch.Tensor>>();
+        var tensors = new List<KeyValuePair<string, object>>();
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (key, value) in state)
         {
             if (!seen.Add(key)) throw new ArgumentException($"key '{key}' appears twice", nameof(state));
-            if (value is torch.Tensor t) tensors.Add(new(key, t));
+            if (value is torch.Tensor or DeferredTensor) tensors.Add(new(key, value));
             else values.Add(new(key, value));
         }
 
@@ -79,14 +80,23 @@ public static class DcpWriter
                 metadata.Storage[(key, null)] = new DcpStorageLocation(name, start, stream.Position - start, Array.Empty<string>());
                 metadata.PlannerData[key] = new object?[] { key };
             }
-            foreach (var (key, tensor) in tensors)
+            foreach (var (key, value) in tensors)
             {
                 var (name, stream) = files[next++ % files.Count];
                 long start = stream.Position;
-                TorchSaveCodec.WriteTensor(stream, tensor, options.ForceZip64);
+                var tensor = value as torch.Tensor ?? ((DeferredTensor)value).Make();
                 var shape = tensor.shape;
+                var dtype = tensor.dtype;
+                try
+                {
+                    TorchSaveCodec.WriteTensor(stream, tensor, options.ForceZip64);
+                }
+                finally
+                {
+                    if (value is DeferredTensor) tensor.Dispose();
+                }
                 var chunk = new DcpChunk(new long[shape.Length], shape);
-                metadata.Entries.Add(new DcpTensorEntry(key, TorchDTypes.NameOf(tensor.dtype), shape, new[] { chunk }));
+                metadata.Entries.Add(new DcpTensorEntry(key, TorchDTypes.NameOf(dtype), shape, new[] { chunk }));
                 metadata.Storage[(key, chunk.OffsetsKey)] = new DcpStorageLocation(name, start, stream.Position - start, Array.Empty<string>());
                 metadata.PlannerData[key] = new object?[] { key };
             }

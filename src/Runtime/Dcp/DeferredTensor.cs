@@ -1,0 +1,11 @@
+using System;
+using TorchSharp;
+
+namespace EmaGen.Dcp;
+
+/// <summary>
+/// A tensor made only when <see cref="DcpWriter"/> writes it and disposed right after, so a state with converted
+/// copies (say fp16 snapshots of fp32 shadows) costs one converted tensor of memory at a time, not all of them.
+/// </summary>
+/// <param name="Make">Creates the tensor; the writer owns and disposes what it returns.</param>
+public sealed record DeferredTensor(Func<torch.Tensor> Make);

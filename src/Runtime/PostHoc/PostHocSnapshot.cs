@@ -1,0 +1,58 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.IO;
+using System.Linq;
+using EmaGen.Dcp;
+
+namespace EmaGen;
+
+/// <summary>One profile stored in a post-hoc snapshot folder: a basis profile (step, γ) of the reconstruction.</summary>
+/// <param name="Folder">The snapshot folder.</param>
+/// <param name="Profile">The profile's key segment inside the folder (the profile name, or <c>ema</c> for an unnamed one).</param>
+/// <param name="Step">The update step the snapshot was taken at (t_i).</param>
+/// <param name="Gamma">The profile's power-function exponent γ_i.</param>
+public sealed record PostHocSnapshot(string Folder, string Profile, long Step, double Gamma)
+{
+    internal const string FolderPrefix = "step-";
+    internal const string Format = "emagen.posthoc/1";
+    internal const string UnnamedProfile = "ema";
+
+    /// <summary>The profile's relative standard deviation σ_rel.</summary>
+    public double SigmaRel => PowerFunctionSchedule.SigmaRelFromGamma(Gamma);
+
+    internal static string FolderName(long step) => FolderPrefix + step.ToString("D10", CultureInfo.InvariantCulture);
+
+    /// <summary>Every snapshot profile in <paramref name="snapshotsDir"/>, ordered by step then profile.</summary>
+    /// <exception cref="CheckpointFormatException">A <c>step-*</c> folder is not a readable post-hoc snapshot.</exception>
+    /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
+    public static IReadOnlyList<PostHocSnapshot> List(string snapshotsDir)
+    {
+        if (!Directory.Exists(snapshotsDir)) throw new DirectoryNotFoundException($"{snapshotsDir}: no such snapshot folder.");
+        var result = new List<PostHocSnapshot>();
+        // DcpWriter's staging folders start with '.', so a snapshot being written is never read half-done.
+        foreach (var folder in Directory.GetDirectories(snapshotsDir, FolderPrefix + "*").Order(StringComparer.Ordinal))
+        {
+            result.AddRange(Read(DcpReader.Open(folder), folder));
+        }
+        return result.OrderBy(s => s.Step).ThenBy(s => s.Profile, StringComparer.Ordinal).ToList();
+    }
+
+    internal static IEnumerable<PostHocSnapshot> Read(DcpReader reader, string folder)
+    {
+        string Text(string key) => reader.ReadValue(key) as string ?? throw new CheckpointFormatException($"{folder}: '{key}' is not a string.");
+        if (!reader.Entries.Any(e => e.Key == "_emagen.format") || Text("_emagen.format") != Format)
+        {
+            throw new CheckpointFormatException($"{folder}: not a post-hoc EMA snapshot (expected '_emagen.format' = '{Format}').");
+        }
+        var step = reader.ReadValue("_emagen.step") as long? ?? throw new CheckpointFormatException($"{folder}: '_emagen.step' is not an integer.");
+        if (step <= 0) throw new CheckpointFormatException($"{folder}: '_emagen.step' is {step}, expected a positive step.");
+        foreach (var profile in Text("_emagen.profiles").Split(','))
+        {
+            var key = profile + "._emagen.gamma";
+            var gamma = reader.ReadValue(key) as double? ?? throw new CheckpointFormatException($"{folder}: '{key}' is not a number.");
+            if (!(gamma > -1) || double.IsInfinity(gamma)) throw new CheckpointFormatException($"{folder}: '{key}' is {gamma}, expected a finite γ above -1.");
+            yield return new PostHocSnapshot(folder, profile, step, gamma);
+        }
+    }
+}

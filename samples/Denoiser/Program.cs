@@ -4,7 +4,7 @@ using System.IO;
 using EmaGen;
 using EmaGen.Samples.Denoiser;
 
-// Usage: Denoiser [--steps N] [--decay D] [--seed S] [--out DIR] [--world-size N]
+// Usage: Denoiser --help
 var options = new TrainOptions();
 try
 {
@@ -22,23 +22,31 @@ try
             "--world-size" => options with { WorldSize = int.Parse(Value(), CultureInfo.InvariantCulture) },
             "--threads" => options with { Threads = int.Parse(Value(), CultureInfo.InvariantCulture) },
             "--schedule" => options with { Schedule = Value() },
+            "--profile" => options with { Profiles = [.. options.Profiles, Value()] },
+            "--posthoc-every" => options with { PostHocEvery = int.Parse(Value(), CultureInfo.InvariantCulture) },
+            "--posthoc-sigma" => options with { PostHocSigmaRel = double.Parse(Value(), CultureInfo.InvariantCulture) },
             "--help" or "-h" => throw new OperationCanceledException(),
             _ => throw new ArgumentException($"unknown option '{args[i]}'"),
         };
     }
     if (options.Steps < 1) throw new ArgumentException("--steps must be at least 1");
     if (options.WorldSize < 1) throw new ArgumentException("--world-size must be at least 1");
-    _ = options.EmaOptions; // a bad --schedule fails here, with the accepted forms in the message
+    _ = options.EmaOptions; // a bad --schedule or --profile fails here, with the accepted forms in the message
+    if (options.WorldSize > 1 && (options.Profiles.Count > 0 || options.PostHocEvery > 0)) throw new ArgumentException("--profile and --posthoc-every are for the dense run (--world-size 1)");
+    if (options.PostHocEvery > 0 && options.OutDir is null) throw new ArgumentException("--posthoc-every needs --out (the snapshots go to OUT/posthoc)");
     options = options with { LogEvery = Math.Max(1, Math.Min(options.LogEvery, options.Steps / 5)) };
 }
 catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
 {
     if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR] [--list-parameters] [--world-size N] [--threads T] [--schedule SPEC]");
+    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR] [--list-parameters] [--world-size N] [--threads T] [--schedule SPEC] [--profile NAME=SPEC]... [--posthoc-every N [--posthoc-sigma S]]");
     Console.Error.WriteLine("  --world-size N  run N local rank processes with a sharded EMA (each keeps 1/N of it; they write one checkpoint).");
     Console.Error.WriteLine("                  Every rank trains the same seeded model, the weights a data-parallel job with synchronised");
     Console.Error.WriteLine("                  gradients would hold: gradient synchronisation is the trainer's business, not EmaGen's.");
     Console.Error.WriteLine("  --schedule S    decay schedule instead of --decay: constant:D, warmup[:...], halflife:H, power:SIGMA_REL, every:K:S, startafter:N:S");
+    Console.Error.WriteLine("  --profile N=S   one more EMA profile (repeatable), all updated in one pass; e.g. --profile sigma050=power:0.05 --profile sigma100=power:0.10");
+    Console.Error.WriteLine("  --posthoc-every N  fp16 snapshots of the power-function profiles every N steps into OUT/posthoc, then the post-hoc");
+    Console.Error.WriteLine("                  EMA of --posthoc-sigma (default 0.075) at the last step is synthesised and evaluated too");
     Console.Error.WriteLine("  --threads T     LibTorch threads (default: LibTorch's, or cores / N per rank); equal T gives bit-equal runs.");
     return e is OperationCanceledException ? 0 : 2;
 }

@@ -32,8 +32,32 @@ public sealed record TrainOptions
     /// <summary>A decay schedule (EmaScheduleParser syntax, e.g. "power:0.10"); null: constant <see cref="Decay"/>.</summary>
     public string? Schedule { get; init; }
 
-    internal EmaOptions EmaOptions => new() { Decay = Decay, Schedule = Schedule is null ? null : EmaScheduleParser.Parse(Schedule) };
+    /// <summary>
+    /// Several EMA profiles updated in one pass, as <c>NAME=SPEC</c> (e.g. <c>sigma050=power:0.05</c>); empty: one
+    /// profile from <see cref="Schedule"/> or <see cref="Decay"/>.
+    /// </summary>
+    public IReadOnlyList<string> Profiles { get; init; } = [];
+
+    /// <summary>Post-hoc EMA snapshots of the power-function profiles every this many steps (0: none); needs <see cref="OutDir"/>.</summary>
+    public int PostHocEvery { get; init; }
+
+    /// <summary>The σ_rel the post-hoc EMA is synthesised for at the last step, from the snapshots.</summary>
+    public double PostHocSigmaRel { get; init; } = 0.075;
+
+    internal EmaOptions EmaOptions => Profiles.Count == 0
+        ? new() { Decay = Decay, Schedule = Schedule is null ? null : EmaScheduleParser.Parse(Schedule) }
+        : new() { Profiles = Profiles.Select(ParseProfile).ToArray() };
+
+    private static EmaProfileOptions ParseProfile(string text)
+    {
+        var equals = text.IndexOf('=');
+        if (equals <= 0) throw new ArgumentException($"--profile '{text}': expected NAME=SPEC, e.g. sigma050=power:0.05");
+        return new EmaProfileOptions(text[..equals], EmaScheduleParser.Parse(text[(equals + 1)..]));
+    }
 }
+
+/// <summary>The quality of one set of EMA weights: a profile, or the post-hoc reconstruction.</summary>
+public sealed record ProfileDistance(string Name, string Schedule, double Distance);
 
 /// <summary>What a run measured. Distances are sliced Wasserstein-1 between generated and fresh true points (lower is better).</summary>
 public sealed record TrainResult(
@@ -46,7 +70,11 @@ public sealed record TrainResult(
     double NoiseFloorDistance,
     int TrackedParameters,
     int ChangedParameters,
-    double FirstUpdateMs);
+    double FirstUpdateMs)
+{
+    /// <summary>Every profile's distance (the first is <see cref="EmaDistance"/>), then the post-hoc EMA's when one was made.</summary>
+    public IReadOnlyList<ProfileDistance> Profiles { get; init; } = [];
+}
 
 /// <summary>Trains the DDPM noise predictor on two moons with AdamW, keeping an EMA of the weights with <see cref="EmaManager{TModel}"/>.</summary>
 public static class Trainer
@@ -62,13 +90,30 @@ public static class Trainer
         using var model = new DenoiserModel();
         using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 1e-4);
         using var ema = new EmaManager<DenoiserModel>(model, options.EmaOptions);
-        log.WriteLine($"model: {ema.Count} averaged tensors, {ema.ShadowBytes / 1024.0:F1} KiB of shadow; {ema.Schedule}; {options.Steps} steps of batch {options.BatchSize}");
+        log.WriteLine($"model: {ema.Count} averaged tensors, {ema.ShadowBytes / 1024.0:F1} KiB of shadow; {string.Join("; ", ema.Profiles)}; {options.Steps} steps of batch {options.BatchSize}");
+        var postHocDir = options.PostHocEvery > 0
+            ? Path.Combine(options.OutDir ?? throw new ArgumentException("post-hoc snapshots need --out"), "posthoc")
+            : null;
+        if (postHocDir is not null && Directory.Exists(postHocDir)) Directory.Delete(postHocDir, recursive: true);
         var initial = Snapshot(model, options, log);
-        var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, () => ema.Update(model));
+        var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, step =>
+        {
+            ema.Update(model);
+            if (postHocDir is not null && (step % options.PostHocEvery == 0 || step == options.Steps)) PostHocEma.SaveSnapshot(ema, postHocDir);
+        });
 
-        var (raw, averaged, floor) = Evaluate(options, model, diffusion, random, () => ema.SwapInto(model));
+        var candidates = ema.Profiles.Select(p => (p.Name.Length == 0 ? "EMA" : p.Name, p.Schedule.Describe(), (Func<EmaWeightSwap>)(() => p.SwapInto(model)))).ToList();
+        using var postHoc = postHocDir is null ? null : SynthesizePostHoc(options, postHocDir, log);
+        if (postHoc is not null)
+        {
+            candidates.Add(($"post-hoc {options.PostHocSigmaRel}", postHoc.Schedule.Describe(), () => postHoc.SwapInto(model)));
+        }
+        var (raw, profiles, floor) = Evaluate(options, model, diffusion, random, candidates);
         int changed = CountChanged(initial, model, log);
-        var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count, changed, firstUpdateMs);
+        var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, profiles[0].Distance, floor, ema.Count, changed, firstUpdateMs)
+        {
+            Profiles = profiles,
+        };
         Report(log, options, result, "");
 
         if (options.OutDir is { } dir)
@@ -103,7 +148,7 @@ public static class Trainer
         long denseBytes = model.parameters().Sum(p => p.numel() * 4);
         log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB); {ema.Schedule}; {options.Steps} steps of batch {options.BatchSize}");
         var initial = Snapshot(model, options, log);
-        var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, () => ema.Update(model));
+        var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, _ => ema.Update(model));
         int changed = CountChanged(initial, model, log);
 
         var checkpoint = Path.Combine(dir, "ema");
@@ -113,27 +158,45 @@ public static class Trainer
 
         using var consolidated = new EmaManager<DenoiserModel>(model, options.EmaOptions);
         consolidated.Load(checkpoint);
-        var (raw, averaged, floor) = Evaluate(options, model, diffusion, random, () => consolidated.SwapInto(model));
-        var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, averaged, floor, ema.Count, changed, firstUpdateMs);
+        var (raw, profiles, floor) = Evaluate(options, model, diffusion, random, [("EMA", consolidated.Schedule.Describe(), () => consolidated.SwapInto(model))]);
+        var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, profiles[0].Distance, floor, ema.Count, changed, firstUpdateMs)
+        {
+            Profiles = profiles,
+        };
         Report(log, options, result, $"  (read back from {rank.WorldSize} shards)");
         return result;
     }
 
-    // Samples from the raw weights and, swapped in, the EMA weights with the same initial and per-step noise, so the
-    // difference is the weights alone; the noise floor is the distance between two independent true samples.
-    private static (double Raw, double Averaged, double Floor) Evaluate(
-        TrainOptions options, DenoiserModel model, Diffusion diffusion, Random random, Func<EmaWeightSwap> swapInEma)
+    // Samples from the raw weights and, swapped in, each set of EMA weights with the same initial and per-step noise, so
+    // the differences are the weights alone; the noise floor is the distance between two independent true samples.
+    private static (double Raw, List<ProfileDistance> Profiles, double Floor) Evaluate(TrainOptions options, DenoiserModel model,
+        Diffusion diffusion, Random random, IReadOnlyList<(string Name, string Schedule, Func<EmaWeightSwap> SwapIn)> candidates)
     {
         using var noise = torch.randn(diffusion.Steps + 1, options.EvalPoints, 2);
         var truth = Points(TwoMoons.Sample(options.EvalPoints, random));
         var reference = Points(TwoMoons.Sample(options.EvalPoints, random));
         double raw = Score(diffusion.Sample(model, noise), truth, options.Seed);
-        double averaged;
-        using (swapInEma())
+        var distances = new List<ProfileDistance>();
+        foreach (var (name, schedule, swapIn) in candidates)
         {
-            averaged = Score(diffusion.Sample(model, noise), truth, options.Seed);
+            using (swapIn())
+            {
+                distances.Add(new ProfileDistance(name, schedule, Score(diffusion.Sample(model, noise), truth, options.Seed)));
+            }
         }
-        return (raw, averaged, SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed));
+        return (raw, distances, SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed));
+    }
+
+    // The EMA of width PostHocSigmaRel at the last step, rebuilt from the snapshots and loaded into a manager of its own.
+    private static EmaManager<DenoiserModel> SynthesizePostHoc(TrainOptions options, string snapshots, TextWriter log)
+    {
+        var output = Path.Combine(options.OutDir!, $"posthoc-ema-{options.PostHocSigmaRel.ToString(System.Globalization.CultureInfo.InvariantCulture)}");
+        var result = PostHocEma.Synthesize(snapshots, options.PostHocSigmaRel, options.Steps, output);
+        log.WriteLine($"post-hoc EMA: {result}; wrote {output}");
+        using var scratch = new DenoiserModel();
+        var manager = new EmaManager<DenoiserModel>(scratch, new EmaOptions { Schedule = EmaSchedule.PowerFunction(options.PostHocSigmaRel) });
+        manager.Load(output);
+        return manager;
     }
 
     private static void Report(TextWriter log, TrainOptions options, TrainResult result, string emaNote)
@@ -141,13 +204,20 @@ public static class Trainer
         log.WriteLine($"trained {options.Steps} steps in {result.Seconds:F1} s ({result.StepsPerSecond:F0} steps/s)");
         log.WriteLine($"sample quality, sliced Wasserstein-1 to the true distribution ({options.EvalPoints} points, {SlicedDirections} directions; lower is better):");
         log.WriteLine($"  raw weights  {result.RawDistance:F4}");
-        log.WriteLine($"  EMA weights  {result.EmaDistance:F4}{emaNote}");
+        if (result.Profiles.Count <= 1)
+        {
+            log.WriteLine($"  EMA weights  {result.EmaDistance:F4}{emaNote}");
+        }
+        else
+        {
+            foreach (var p in result.Profiles) log.WriteLine($"  EMA {p.Name,-22} {p.Distance:F4}  ({p.Schedule})");
+        }
         log.WriteLine($"  noise floor  {result.NoiseFloorDistance:F4}  (two independent true samples)");
     }
 
     // The training loop shared by the dense and the sharded run; afterUpdate runs after every optimizer step.
     private static (double Loss, double Seconds, double FirstUpdateMs) Train(
-        TrainOptions options, DenoiserModel model, torch.optim.Optimizer optimizer, Diffusion diffusion, Random random, TextWriter log, Action afterUpdate)
+        TrainOptions options, DenoiserModel model, torch.optim.Optimizer optimizer, Diffusion diffusion, Random random, TextWriter log, Action<int> afterUpdate)
     {
         var clock = Stopwatch.StartNew();
         var window = Stopwatch.StartNew();
@@ -164,7 +234,7 @@ public static class Trainer
             optimizer.zero_grad();
             l.backward();
             optimizer.step();
-            afterUpdate();
+            afterUpdate(step);
             if (step == 1)
             {
                 firstUpdateMs = (DateTime.Now - Process.GetCurrentProcess().StartTime).TotalMilliseconds;
@@ -211,16 +281,19 @@ public static class Trainer
         using var model = new DenoiserModel();
         using var reloaded = new EmaManager<DenoiserModel>(model, options.EmaOptions);
         reloaded.Load(checkpoint);
-        foreach (var name in ema.TrackedNames)
+        foreach (var profile in ema.Profiles)
         {
-            using var same = reloaded[name].eq(ema[name]).all();
-            if (!same.item<bool>())
+            foreach (var name in ema.TrackedNames)
             {
-                throw new InvalidDataException($"{checkpoint}: shadow '{name}' differs after reload");
+                using var same = reloaded.Profiles[profile.Index][name].eq(profile[name]).all();
+                if (!same.item<bool>())
+                {
+                    throw new InvalidDataException($"{checkpoint}: shadow '{name}' of profile '{profile.Name}' differs after reload");
+                }
             }
         }
         if (reloaded.Step != ema.Step) throw new InvalidDataException($"{checkpoint}: step {reloaded.Step} after reload, {ema.Step} before");
-        return ema.Count;
+        return ema.Count * ema.Profiles.Count;
     }
 
     private static double Score(Tensor generated, float[] truth, int seed)

@@ -50,7 +50,10 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         ArgumentNullException.ThrowIfNull(model);
         options ??= new EmaOptions();
         options.Validate();
-        if (options.PackParameters || options.TrackBuffers) throw new NotSupportedException("A sharded EMA supports neither PackParameters nor TrackBuffers yet.");
+        if (options.PackParameters || options.TrackBuffers || options.Profiles is not null)
+        {
+            throw new NotSupportedException("A sharded EMA supports neither PackParameters, TrackBuffers nor several Profiles yet.");
+        }
         var me = RankInfo.Resolve(rank, worldSize);
         Rank = me.Rank;
         WorldSize = me.WorldSize;

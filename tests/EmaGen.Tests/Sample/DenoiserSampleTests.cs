@@ -1,5 +1,6 @@
 using System;
 using System.IO;
+using System.Linq;
 using System.Text.Json;
 using EmaGen.Samples.Denoiser;
 using Xunit;
@@ -27,6 +28,33 @@ public sealed class DenoiserSampleTests
             Assert.Equal(40L, reader.ReadValue("ema._emagen.step"));
             using var summary = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")));
             Assert.Equal(result.EmaDistance, summary.RootElement.GetProperty("EmaDistance").GetDouble());
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void TwoPowerFunctionProfilesAndThePostHocEmaAreEachReported()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "emagen-sample-" + Guid.NewGuid().ToString("N"));
+        var log = new StringWriter();
+        try
+        {
+            var result = Trainer.Run(new TrainOptions
+            {
+                Steps = 60, EvalPoints = 300, LogEvery = 30, OutDir = dir,
+                Profiles = ["sigma050=power:0.05", "sigma100=power:0.10"], PostHocEvery = 20, PostHocSigmaRel = 0.075,
+            }, log);
+            Assert.Equal(["sigma050", "sigma100", "post-hoc 0.075"], result.Profiles.Select(p => p.Name));
+            Assert.All(result.Profiles, p => Assert.True(double.IsFinite(p.Distance) && p.Distance > 0, $"{p.Name}: {p.Distance}"));
+            Assert.Equal(result.Profiles[0].Distance, result.EmaDistance);
+            Assert.Contains("EMA sigma100", log.ToString());
+            Assert.Contains("6 snapshot profiles", log.ToString());
+            Assert.Equal(3, Directory.GetDirectories(Path.Combine(dir, "posthoc")).Length);
+            var reader = EmaGen.Dcp.DcpReader.Open(Path.Combine(dir, "ema"));
+            Assert.Equal("sigma050,sigma100", reader.ReadValue("ema._emagen.profiles"));
         }
         finally
         {

@@ -27,17 +27,43 @@ public static class CliApp
         var verify = new Command("verify", "Read every record, check CRCs, sizes and chunk tiling; exit 0 only when sound.") { verifyFolder };
         verify.SetAction(r => Guard(stderr, () => VerifyCommand.Run(r.GetValue(verifyFolder)!, stdout)));
 
-        var spec = new Argument<string>("schedule") { Description = "constant:D | warmup[:invGamma=..,power=..,min=..,max=..,after=..] | halflife:H[,ramp=R] | power:SIGMA_REL | power:gamma=G | startafter:N:S | every:K[:percall]:S" };
+        var spec = new Argument<string?>("schedule")
+        {
+            Description = "constant:D | warmup[:invGamma=..,power=..,min=..,max=..,after=..] | halflife:H[,ramp=R] | power:SIGMA_REL | power:gamma=G | startafter:N:S | every:K[:percall]:S (or use --kind)",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
         var steps = new Option<string?>("--steps") { Description = "Comma-separated steps to show (default 1,2,10,100,1000,10000,100000)." };
-        var schedule = new Command("schedule", "Print the decay a schedule applies at chosen steps.") { spec, steps };
-        schedule.SetAction(r => Guard(stderr, () => ScheduleCommand.Run(r.GetValue(spec)!, r.GetValue(steps), stdout)));
+        var kind = new Option<string?>("--kind") { Description = "constant | warmup | halflife | power (instead of SPEC)." };
+        var decay = new Option<double?>("--decay") { Description = "constant: the decay." };
+        var sigmaRel = new Option<double?>("--sigma-rel") { Description = "power: relative width σ_rel (EDM2 uses 0.05-0.10)." };
+        var gamma = new Option<double?>("--gamma") { Description = "power: exponent γ instead of --sigma-rel." };
+        var invGamma = new Option<double?>("--inv-gamma") { Description = "warmup: inv_gamma (default 1)." };
+        var power = new Option<double?>("--power") { Description = "warmup: power (default 2/3)." };
+        var min = new Option<double?>("--min") { Description = "warmup: minimum decay (default 0)." };
+        var max = new Option<double?>("--max") { Description = "warmup: maximum decay (default 0.9999)." };
+        var updateAfter = new Option<long?>("--update-after") { Description = "warmup: update_after_step (default 0)." };
+        var halfLife = new Option<double?>("--half-life") { Description = "halflife: half-life in steps." };
+        var rampUp = new Option<double?>("--ramp-up") { Description = "halflife: EDM ramp-up ratio (half-life ≤ ratio × step)." };
+        var every = new Option<int?>("--every") { Description = "Update every K steps, the decay rescaled to keep the horizon." };
+        var perCall = new Option<bool>("--per-call") { Description = "With --every: apply the per-step decay unchanged (ema-pytorch's behaviour)." };
+        var startAfter = new Option<long?>("--start-after") { Description = "Copy the weights until step N, then start the schedule." };
+        var scheduleJson = new Option<bool>("--json") { Description = "Print JSON instead of text." };
+        var schedule = new Command("schedule", "Print the decay a schedule applies at chosen steps and the averaging half-life there.")
+        {
+            spec, steps, kind, decay, sigmaRel, gamma, invGamma, power, min, max, updateAfter, halfLife, rampUp, every, perCall, startAfter, scheduleJson,
+        };
+        schedule.SetAction(r => Guard(stderr, () => ScheduleCommand.Run(
+            r.GetValue(spec),
+            new ScheduleKindOptions(r.GetValue(kind), r.GetValue(decay), r.GetValue(sigmaRel), r.GetValue(gamma), r.GetValue(invGamma),
+                r.GetValue(power), r.GetValue(min), r.GetValue(max), r.GetValue(updateAfter), r.GetValue(halfLife), r.GetValue(rampUp)),
+            r.GetValue(every), r.GetValue(perCall), r.GetValue(startAfter), r.GetValue(steps), r.GetValue(scheduleJson), stdout)));
 
         var root = new RootCommand("EmaGen tool: inspect, convert and verify PyTorch Distributed Checkpoint folders; print decay schedules.") { inspect, convert, verify, schedule };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
             foreach (var error in parsed.Errors) stderr.WriteLine("emagen: " + error.Message);
-            stderr.WriteLine("usage: emagen inspect DIR [--json] | emagen convert SRC DST | emagen verify DIR | emagen schedule SPEC [--steps S,...]");
+            stderr.WriteLine("usage: emagen inspect DIR [--json] | emagen convert SRC DST | emagen verify DIR | emagen schedule SPEC|--kind K ... [--steps S,...] [--every K] [--json]");
             return 2;
         }
         return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });

@@ -16,6 +16,21 @@ public abstract record EmaSchedule
     /// <summary>Whether the update at <paramref name="step"/> runs at all (only <see cref="UpdateEverySchedule"/> skips steps).</summary>
     public virtual bool UpdatesAt(long step) => true;
 
+    /// <summary>How many steps the update at <paramref name="step"/> stands for (the interval of <see cref="UpdateEverySchedule"/>, else 1).</summary>
+    public virtual int StepsPerUpdate(long step) => 1;
+
+    /// <summary>
+    /// The averaging horizon at <paramref name="step"/>: the number of steps over which the weight of an iterate halves
+    /// at the decay applied there (per step: <c>decay^(1/StepsPerUpdate)</c>). 0 for a copy, infinity for decay 1.
+    /// </summary>
+    public double HalfLifeAt(long step)
+    {
+        double decay = DecayAt(step);
+        if (decay <= 0) return 0;
+        if (decay >= 1) return double.PositiveInfinity;
+        return StepsPerUpdate(step) * Math.Log(0.5) / Math.Log(decay);
+    }
+
     /// <summary>Canonical description, e.g. <c>Constant(decay=0.9999)</c>.</summary>
     public abstract string Describe();
 
@@ -177,6 +192,8 @@ public sealed record StartAfterSchedule : EmaSchedule
 
     public override bool UpdatesAt(long step) => step <= Steps || Inner.UpdatesAt(step - Steps);
 
+    public override int StepsPerUpdate(long step) => step <= Steps ? 1 : Inner.StepsPerUpdate(step - Steps);
+
     public override string Describe() => $"StartAfter({Steps}, {Inner.Describe()})";
 }
 
@@ -185,7 +202,7 @@ public sealed record StartAfterSchedule : EmaSchedule
 /// per-step decays over the skipped steps, which keeps the averaging horizon of the per-step schedule: <c>d^k</c> for
 /// a constant or half-life, and exactly EDM2's Δt = k form <c>(1 − k/t)^(γ+1)</c> for the power function (the product
 /// telescopes). <see cref="PerCall"/> instead applies the inner decay of the current step unchanged, as ema-pytorch
-/// does, for users reproducing old runs (it shortens the horizon k-fold).
+/// does, for users reproducing old runs (each update then forgets only what one step should, so the horizon in steps grows k-fold).
 /// </summary>
 public sealed record UpdateEverySchedule : EmaSchedule
 {
@@ -200,6 +217,8 @@ public sealed record UpdateEverySchedule : EmaSchedule
     public bool PerCall { get; }
 
     public override bool UpdatesAt(long step) => step % Interval == 0;
+
+    public override int StepsPerUpdate(long step) => Interval;
 
     public override double DecayAt(long step)
     {

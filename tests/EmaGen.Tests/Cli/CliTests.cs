@@ -118,6 +118,40 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void ScheduleKindOptionsMatchTheSpecificationAndJsonCarriesTheHalfLife()
+    {
+        var (_, fromSpec, _) = Run("schedule", "power:0.10", "--steps", "1,10,100,1000");
+        var (code, fromKind, _) = Run("schedule", "--kind", "power", "--sigma-rel", "0.1", "--steps", "1,10,100,1000");
+        Assert.Equal(0, code);
+        Assert.Equal(fromSpec, fromKind);
+        Assert.Contains("half-life", fromKind);
+
+        var (jsonCode, json, _) = Run("schedule", "--kind", "constant", "--decay", "0.999", "--every", "10", "--steps", "10,20", "--json");
+        Assert.Equal(0, jsonCode);
+        using var doc = System.Text.Json.JsonDocument.Parse(json);
+        Assert.Equal("UpdateEvery(10, rescaled, Constant(decay=0.999))", doc.RootElement.GetProperty("schedule").GetString());
+        var row = doc.RootElement.GetProperty("steps")[1];
+        Assert.Equal(20, row.GetProperty("step").GetInt64());
+        Assert.Equal(Math.Pow(0.999, 10), row.GetProperty("decay").GetDouble(), 12);
+        // Rescaling keeps the per-step horizon: ln 0.5 / ln 0.999 steps, as without --every.
+        Assert.Equal(Math.Log(0.5) / Math.Log(0.999), row.GetProperty("half_life_steps").GetDouble(), 6);
+
+        var (warm, warmup, _) = Run("schedule", "--kind", "warmup", "--power", "0.75", "--max", "0.999", "--steps", "1,100000");
+        Assert.Equal(0, warm);
+        Assert.Contains("Warmup(invGamma=1, power=0.75, minDecay=0, maxDecay=0.999, updateAfterStep=0)", warmup);
+        Assert.Contains("0.999 ", warmup);
+
+        Assert.Equal(1, Run("schedule", "--kind", "power").Code);
+        Assert.Equal(1, Run("schedule", "power:0.1", "--kind", "power", "--sigma-rel", "0.1").Code);
+        var (none, _, noneError) = Run("schedule");
+        Assert.Equal(1, none);
+        Assert.Contains("--kind", noneError);
+        var (halfLifeMissing, _, halfLifeError) = Run("schedule", "--kind", "halflife");
+        Assert.Equal(1, halfLifeMissing);
+        Assert.Contains("--half-life", halfLifeError);
+    }
+
+    [Fact]
     public void BadInputAndUsageHaveDistinctExitCodes()
     {
         using var folder = TestPaths.NewTempFolder();

@@ -93,6 +93,20 @@ public sealed class ScheduleTests
     }
 
     [Fact]
+    public void HalfLifeIsThePerStepHorizonOfTheDecayApplied()
+    {
+        Assert.Equal(500, EmaSchedule.HalfLife(500).HalfLifeAt(7), 9);
+        Assert.Equal(Math.Log(0.5) / Math.Log(0.99), EmaSchedule.Constant(0.99).HalfLifeAt(1), 9);
+        Assert.Equal(Math.Log(0.5) / Math.Log(0.99), new UpdateEverySchedule(EmaSchedule.Constant(0.99), 25).HalfLifeAt(50), 6);
+        // Per-call semantics stretch the horizon k-fold: the unscaled decay now covers k steps.
+        Assert.Equal(25 * Math.Log(0.5) / Math.Log(0.99), new UpdateEverySchedule(EmaSchedule.Constant(0.99), 25, perCall: true).HalfLifeAt(50), 6);
+        Assert.Equal(0, EmaSchedule.PowerFunction(0.1).HalfLifeAt(1));
+        Assert.Equal(double.PositiveInfinity, EmaSchedule.Constant(1).HalfLifeAt(3));
+        Assert.Equal(1, new StartAfterSchedule(new UpdateEverySchedule(EmaSchedule.Constant(0.9), 4), 10).StepsPerUpdate(5));
+        Assert.Equal(4, new StartAfterSchedule(new UpdateEverySchedule(EmaSchedule.Constant(0.9), 4), 10).StepsPerUpdate(14));
+    }
+
+    [Fact]
     public void ManagerAppliesTheScheduleAndKeepsMaximumAndCurrentApart()
     {
         using var model = new BareParameters(reflection: false);

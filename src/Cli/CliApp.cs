@@ -6,7 +6,7 @@ using EmaGen.Dcp;
 namespace EmaGen.Cli;
 
 /// <summary>
-/// <c>emagen inspect | convert | verify | schedule</c>. Exit codes: 0 success, 1 the input is bad (missing, corrupt, unsound
+/// <c>emagen inspect | convert | verify | schedule | posthoc</c>. Exit codes: 0 success, 1 the input is bad (missing, corrupt, unsound
 /// checkpoint; one-line error on stderr), 2 usage error.
 /// </summary>
 public static class CliApp
@@ -58,12 +58,25 @@ public static class CliApp
                 r.GetValue(power), r.GetValue(min), r.GetValue(max), r.GetValue(updateAfter), r.GetValue(halfLife), r.GetValue(rampUp)),
             r.GetValue(every), r.GetValue(perCall), r.GetValue(startAfter), r.GetValue(steps), r.GetValue(scheduleJson), stdout)));
 
-        var root = new RootCommand("EmaGen tool: inspect, convert and verify PyTorch Distributed Checkpoint folders; print decay schedules.") { inspect, convert, verify, schedule };
+        var snapshotsDir = new Argument<string>("snapshots") { Description = "A folder of post-hoc snapshots (step-NNNNNNNNNN)." };
+        var postHocSigma = new Option<double?>("--sigma-rel") { Description = "Width of the EMA to synthesise." };
+        var postHocStep = new Option<long?>("--step") { Description = "Step to synthesise it at (best a snapshot step); later snapshots are ignored." };
+        var postHocOut = new Option<string?>("--out") { Description = "The checkpoint folder to write." };
+        var postHocDType = new Option<string>("--dtype") { Description = "float32 (default), bfloat16 or float16.", DefaultValueFactory = _ => "float32" };
+        var postHocPrefix = new Option<string>("--prefix") { Description = "Key prefix of the output (default 'ema.').", DefaultValueFactory = _ => EmaCheckpoint.DefaultPrefix };
+        var postHoc = new Command("posthoc", "List post-hoc EMA snapshots, or synthesise the EMA of any width from them (EDM2).")
+        {
+            snapshotsDir, postHocSigma, postHocStep, postHocOut, postHocDType, postHocPrefix,
+        };
+        postHoc.SetAction(r => Guard(stderr, () => PostHocCommand.Run(r.GetValue(snapshotsDir)!, r.GetValue(postHocSigma), r.GetValue(postHocStep),
+            r.GetValue(postHocOut), r.GetValue(postHocDType)!, r.GetValue(postHocPrefix)!, stdout)));
+
+        var root = new RootCommand("EmaGen tool: inspect, convert and verify PyTorch Distributed Checkpoint folders; print decay schedules; post-hoc EMA.") { inspect, convert, verify, schedule, postHoc };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
             foreach (var error in parsed.Errors) stderr.WriteLine("emagen: " + error.Message);
-            stderr.WriteLine("usage: emagen inspect DIR [--json] | emagen convert SRC DST | emagen verify DIR | emagen schedule SPEC|--kind K ... [--steps S,...] [--every K] [--json]");
+            stderr.WriteLine("usage: emagen inspect DIR [--json] | emagen convert SRC DST | emagen verify DIR | emagen schedule SPEC|--kind K ... [--steps S,...] [--every K] [--json] | emagen posthoc SNAPSHOTS [--sigma-rel S --step T --out DIR]");
             return 2;
         }
         return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });

@@ -152,6 +152,39 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void PostHocListsSnapshotsAndSynthesisesACheckpoint()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new EmaGen.Tests.Models.BareParameters(reflection: false);
+        using var ema = new EmaManager<EmaGen.Tests.Models.BareParameters>(model, new EmaOptions
+        {
+            Profiles = [new("narrow", EmaSchedule.PowerFunction(0.05)), new("wide", EmaSchedule.PowerFunction(0.10))],
+        });
+        for (int step = 1; step <= 300; step++)
+        {
+            EmaGen.Tests.Runtime.UpdateNumericsTests.RandomizeParameters(model);
+            ema.Update(model);
+            if (step % 100 == 0) PostHocEma.SaveSnapshot(ema, folder["snapshots"]);
+        }
+
+        var (code, list, _) = Run("posthoc", folder["snapshots"]);
+        Assert.Equal(0, code);
+        Assert.Contains("6 snapshot profile(s)", list);
+        Assert.Contains("narrow", list);
+
+        var (made, synthesis, _) = Run("posthoc", folder["snapshots"], "--sigma-rel", "0.07", "--step", "200", "--out", folder["out"], "--dtype", "bfloat16");
+        Assert.Equal(0, made);
+        Assert.Contains("4 snapshot profiles, 2 later ones ignored", synthesis);
+        var reader = DcpReader.Open(folder["out"]);
+        Assert.Equal(200L, reader.ReadValue("ema._emagen.step"));
+        Assert.Equal(torch.ScalarType.BFloat16, reader.ReadTensor("ema.alpha").dtype);
+
+        var (partial, _, partialError) = Run("posthoc", folder["snapshots"], "--sigma-rel", "0.07");
+        Assert.Equal(1, partial);
+        Assert.Contains("--step", partialError);
+    }
+
+    [Fact]
     public void BadInputAndUsageHaveDistinctExitCodes()
     {
         using var folder = TestPaths.NewTempFolder();

@@ -1,0 +1,47 @@
+using System;
+using System.Globalization;
+using System.IO;
+using System.Linq;
+using TorchSharp;
+
+namespace EmaGen.Cli;
+
+/// <summary>
+/// <c>emagen posthoc SNAPSHOTS</c> lists the post-hoc snapshots (step, profile, γ, σ_rel); with <c>--sigma-rel S --step T
+/// --out DIR</c> it synthesises the EMA of width S at step T from them (EDM2's post-hoc EMA) and writes it as an EMA
+/// checkpoint, printing each snapshot's coefficient.
+/// </summary>
+internal static class PostHocCommand
+{
+    public static int Run(string snapshots, double? sigmaRel, long? step, string? output, string dtype, string prefix, TextWriter stdout)
+    {
+        if (sigmaRel is null && step is null && output is null)
+        {
+            var list = PostHocSnapshot.List(snapshots);
+            stdout.WriteLine($"{snapshots}: {list.Count} snapshot profile(s)");
+            stdout.WriteLine("        step  profile               gamma     sigma_rel");
+            foreach (var s in list) stdout.WriteLine($"  {s.Step,10}  {s.Profile,-20}  {s.Gamma,8:F4}  {s.SigmaRel:F4}");
+            return 0;
+        }
+        if (sigmaRel is null || step is null || output is null)
+        {
+            throw new ArgumentException("Synthesis needs all of --sigma-rel, --step and --out (without them, the snapshots are listed).");
+        }
+        var outputDType = dtype.ToLowerInvariant() switch
+        {
+            "float32" => torch.ScalarType.Float32,
+            "bfloat16" => torch.ScalarType.BFloat16,
+            "float16" => torch.ScalarType.Float16,
+            _ => throw new ArgumentException($"--dtype '{dtype}' is not one of float32, bfloat16, float16."),
+        };
+        var result = PostHocEma.Synthesize(snapshots, sigmaRel.Value, step.Value, output, prefix, outputDType);
+        stdout.WriteLine(result.ToString());
+        stdout.WriteLine("        step  profile               gamma     coefficient");
+        foreach (var (snapshot, coefficient) in result.Terms)
+        {
+            stdout.WriteLine($"  {snapshot.Step,10}  {snapshot.Profile,-20}  {snapshot.Gamma,8:F4}  {coefficient.ToString("G8", CultureInfo.InvariantCulture)}");
+        }
+        stdout.WriteLine($"wrote {output} (keys {prefix}*, schedule PowerFunction(gamma={result.Gamma.ToString("R", CultureInfo.InvariantCulture)}), step {result.AtStep})");
+        return 0;
+    }
+}

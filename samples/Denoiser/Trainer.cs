@@ -103,7 +103,7 @@ public static class Trainer
         });
 
         var candidates = ema.Profiles.Select(p => (p.Name.Length == 0 ? "EMA" : p.Name, p.Schedule.Describe(), (Func<EmaWeightSwap>)(() => p.SwapInto(model)))).ToList();
-        using var postHoc = postHocDir is null ? null : SynthesizePostHoc(options, postHocDir, log);
+        using var postHoc = postHocDir is null ? null : SynthesizePostHoc(options, model, postHocDir, log);
         if (postHoc is not null)
         {
             candidates.Add(($"post-hoc {options.PostHocSigmaRel}", postHoc.Schedule.Describe(), () => postHoc.SwapInto(model)));
@@ -188,13 +188,14 @@ public static class Trainer
     }
 
     // The EMA of width PostHocSigmaRel at the last step, rebuilt from the snapshots and loaded into a manager of its own.
-    private static EmaManager<DenoiserModel> SynthesizePostHoc(TrainOptions options, string snapshots, TextWriter log)
+    // That manager binds to the trained model only for its layout (a fresh model would draw from the RNG and change the
+    // evaluation noise); Load then replaces the copied weights.
+    private static EmaManager<DenoiserModel> SynthesizePostHoc(TrainOptions options, DenoiserModel model, string snapshots, TextWriter log)
     {
         var output = Path.Combine(options.OutDir!, $"posthoc-ema-{options.PostHocSigmaRel.ToString(System.Globalization.CultureInfo.InvariantCulture)}");
         var result = PostHocEma.Synthesize(snapshots, options.PostHocSigmaRel, options.Steps, output);
         log.WriteLine($"post-hoc EMA: {result}; wrote {output}");
-        using var scratch = new DenoiserModel();
-        var manager = new EmaManager<DenoiserModel>(scratch, new EmaOptions { Schedule = EmaSchedule.PowerFunction(options.PostHocSigmaRel) });
+        var manager = new EmaManager<DenoiserModel>(model, new EmaOptions { Schedule = EmaSchedule.PowerFunction(options.PostHocSigmaRel) });
         manager.Load(output);
         return manager;
     }

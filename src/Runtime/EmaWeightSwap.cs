@@ -7,15 +7,15 @@ namespace EmaGen;
 /// <summary>
 /// The EMA weights placed into a model for a scope (<c>using (ema.SwapInto(model)) { Evaluate(model); }</c>); disposing
 /// it restores the model's own weights bit for bit, also when the scope ends with an exception.
-/// Tensors whose shadow has the parameter's dtype are exchanged in place through a bounded scratch buffer (no full
-/// extra copy); an fp32 shadow of a bf16/fp16 parameter cannot be exchanged without losing its precision, so those
+/// Where the shadow has the parameter's dtype and device, nothing is copied: the parameter is re-pointed at the shadow's
+/// storage (<c>set_</c>, as packing does) and back at its own on dispose, so a swap costs no memory and no traffic
+/// whether or not the model is packed. An fp32 shadow of a bf16/fp16 parameter cannot be lent that way, so those
 /// parameters are saved in a copy of their own dtype and the shadow is copied in.
+/// While swapped, the model's parameters and the shadows share storage: evaluate, do not train.
 /// </summary>
 public sealed class EmaWeightSwap : IDisposable
 {
-    private const long ScratchElements = 1 << 20;
-
-    private readonly List<(torch.Tensor Target, torch.Tensor Shadow)> _exchanged = new();
+    private readonly List<(torch.Tensor Target, torch.Tensor Own)> _repointed = new();
     private readonly List<(torch.Tensor Target, torch.Tensor Backup)> _copied = new();
     private readonly Action _onDispose;
     private bool _disposed;
@@ -28,10 +28,12 @@ public sealed class EmaWeightSwap : IDisposable
         {
             foreach (var (target, shadow) in pairs)
             {
-                if (target.dtype == shadow.dtype && target.is_contiguous() && target.device_type == shadow.device_type)
+                if (target.dtype == shadow.dtype && target.device_type == shadow.device_type && target.device_index == shadow.device_index)
                 {
-                    Exchange(target, shadow);
-                    _exchanged.Add((target, shadow));
+                    // detach() aliases the parameter's storage, offset and strides: what set_ restores on dispose.
+                    var own = target.detach().DetachFromDisposeScope();
+                    _repointed.Add((target, own));
+                    InPlace.Release(target.set_(shadow), target);
                 }
                 else
                 {
@@ -48,8 +50,8 @@ public sealed class EmaWeightSwap : IDisposable
         }
     }
 
-    /// <summary>Number of tensors exchanged in place and number restored from a saved copy.</summary>
-    public (int Exchanged, int Copied) Counts => (_exchanged.Count, _copied.Count);
+    /// <summary>Number of tensors re-pointed at their shadow (no copy) and number restored from a saved copy.</summary>
+    public (int Repointed, int Copied) Counts => (_repointed.Count, _copied.Count);
 
     /// <summary>Restores the model's own weights.</summary>
     public void Dispose()
@@ -63,32 +65,17 @@ public sealed class EmaWeightSwap : IDisposable
 
     private void Restore()
     {
-        // Exchanging again undoes an exchange exactly.
-        foreach (var (target, shadow) in _exchanged) Exchange(target, shadow);
-        _exchanged.Clear();
+        foreach (var (target, own) in _repointed)
+        {
+            InPlace.Release(target.set_(own), target);
+            own.Dispose();
+        }
+        _repointed.Clear();
         foreach (var (target, backup) in _copied)
         {
             InPlace.Release(target.copy_(backup), target);
             backup.Dispose();
         }
         _copied.Clear();
-    }
-
-    private static void Exchange(torch.Tensor a, torch.Tensor b)
-    {
-        using var flatA = a.view(-1);
-        using var flatB = b.view(-1);
-        long n = flatA.numel();
-        using var scratch = torch.empty(Math.Min(n, ScratchElements), a.dtype, a.device);
-        for (long offset = 0; offset < n; offset += ScratchElements)
-        {
-            long count = Math.Min(ScratchElements, n - offset);
-            using var pa = flatA.narrow(0, offset, count);
-            using var pb = flatB.narrow(0, offset, count);
-            using var s = scratch.narrow(0, 0, count);
-            InPlace.Release(s.copy_(pa), s);
-            InPlace.Release(pa.copy_(pb), pa);
-            InPlace.Release(pb.copy_(s), pb);
-        }
     }
 }

@@ -180,6 +180,9 @@ public sealed class SwapAndResumeTests
             Assert.Throws<InvalidOperationException>(() => ema.Update(model));
             Assert.Throws<InvalidOperationException>(() => ema.StateDict());
             Assert.Equal((9, 0), swap.Counts);
+            // Nothing was copied: each parameter now uses its shadow's storage.
+            var middle = model.named_parameters().First(p => p.name == "middle.weight").parameter;
+            Assert.Equal(NativeTensor.DataPointer(ema["middle.weight"]), NativeTensor.DataPointer(middle));
         }
         Assert.Equal(own, Weights(model));
         Assert.Equal(averaged, ema.TrackedNames.ToDictionary(n => n, n => ema[n].data<float>().ToArray()));
@@ -191,6 +194,33 @@ public sealed class SwapAndResumeTests
         }));
         Assert.Equal(own, Weights(model));
         ema.Update(model);
+    }
+
+    [Fact]
+    public void SwapOfAPackedModelRepointsAndRestoresItsFlatBuffer()
+    {
+        using var model = new SizedModel(torch.ScalarType.Float32, 5, 70, 3000);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, PackParameters = true });
+        UpdateNumericsTests.RandomizeParameters(model);
+        ema.Update(model);
+        var pointers = Enumerable.Range(0, model.Count).Select(i => NativeTensor.DataPointer(model[i])).ToList();
+        var own = Enumerable.Range(0, model.Count).Select(i => model[i].data<float>().ToArray()).ToList();
+        var averaged = ema.TrackedNames.Select(n => ema[n].data<float>().ToArray()).ToList();
+        using (var swap = ema.SwapInto(model))
+        {
+            Assert.Equal((3, 0), swap.Counts);
+            Assert.Equal(averaged, Enumerable.Range(0, model.Count).Select(i => model[i].data<float>().ToArray()).ToList());
+        }
+        Assert.Equal(pointers, Enumerable.Range(0, model.Count).Select(i => NativeTensor.DataPointer(model[i])).ToList());
+        Assert.Equal(own, Enumerable.Range(0, model.Count).Select(i => model[i].data<float>().ToArray()).ToList());
+
+        // Still packed: the next update is exactly the closed form over the restored parameters.
+        ema.Update(model);
+        for (int i = 0; i < model.Count; i++)
+        {
+            var expected = averaged[i].Zip(own[i], (e, p) => MathF.FusedMultiplyAdd(e, 0.5f, p * 0.5f)).ToArray();
+            Assert.Equal(expected, ema.TrackedNames.Select(n => ema[n].data<float>().ToArray()).ElementAt(i));
+        }
     }
 
     [Fact]

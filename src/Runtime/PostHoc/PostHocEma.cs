@@ -97,7 +97,8 @@ public static class PostHocEma
             {
                 state.Add(new(prefix + name, dtype == torch.ScalarType.Float32 ? sum : new DeferredTensor(() => sum.to_type(dtype, copy: true))));
             }
-            state.AddRange(EmaCheckpoint.ProfileState(prefix, [], _ => throw new InvalidOperationException(), atStep, double.NaN, schedule.Describe()));
+            // The decay value is the one the target profile applies at atStep, as a tracked profile would have stored.
+            state.AddRange(EmaCheckpoint.ProfileState(prefix, [], _ => throw new InvalidOperationException(), atStep, schedule.DecayAt(atStep), schedule.Describe()));
             state.Add(new(prefix + EmaCheckpoint.StateSegment + "posthoc",
                 string.Join("; ", used.Select((s, i) => $"{Path.GetFileName(s.Folder)}/{s.Profile} x {EmaSchedule.Number(coefficients[i])}"))));
             DcpWriter.Save(outputDir, state);

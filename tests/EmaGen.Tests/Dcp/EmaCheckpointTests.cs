@@ -113,4 +113,69 @@ public sealed class EmaCheckpointTests
         var output = PythonTorch.Run("load_with_torch.py", folder["ckpt"], folder["expected.json"]);
         Assert.Contains($"OK {ema.Count} tensor records", output);
     }
+
+    [Fact]
+    public void RealPyTorchLoadsAMultiProfileCheckpointAndAPostHocEma()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new NestedModel(reflection: false);
+        using var ema = new EmaManager<NestedModel>(model, new EmaOptions
+        {
+            Profiles = [new("narrow", EmaSchedule.PowerFunction(0.05)), new("wide", EmaSchedule.PowerFunction(0.10))],
+        });
+        for (int step = 1; step <= 20; step++)
+        {
+            UpdateNumericsTests.RandomizeParameters(model);
+            ema.Update(model);
+            if (step % 10 == 0) PostHocEma.SaveSnapshot(ema, folder["snapshots"]);
+        }
+        ema.Save(folder["ckpt"]);
+        var expected = new System.Text.Json.Nodes.JsonObject
+        {
+            ["ema._emagen.profiles"] = Value("narrow,wide"),
+            ["ema._emagen.step"] = Value(20),
+            ["ema._emagen.format"] = Value(EmaCheckpoint.Format),
+        };
+        foreach (var profile in ema.Profiles)
+        {
+            var p = "ema." + profile.Name + ".";
+            foreach (var name in ema.TrackedNames) expected[p + name] = Tensor(profile[name]);
+            expected[p + "_emagen.step"] = Value(20);
+            expected[p + "_emagen.decay"] = Value(profile.CurrentDecay);
+            expected[p + "_emagen.schedule"] = Value(profile.Schedule.Describe());
+            expected[p + "_emagen.format"] = Value(EmaCheckpoint.Format);
+        }
+        File.WriteAllText(folder["expected.json"], expected.ToJsonString());
+        Assert.Contains($"OK {2 * ema.Count} tensor records", PythonTorch.Run("load_with_torch.py", folder["ckpt"], folder["expected.json"]));
+
+        var result = PostHocEma.Synthesize(folder["snapshots"], 0.07, 20, folder["posthoc"]);
+        var reader = EmaGen.Dcp.DcpReader.Open(folder["posthoc"]);
+        var synthesized = new System.Text.Json.Nodes.JsonObject();
+        foreach (var entry in reader.Entries)
+        {
+            synthesized[entry.Key] = entry is EmaGen.Dcp.DcpTensorEntry ? Tensor(reader.ReadTensor(entry.Key)) : Value(reader.ReadValue(entry.Key));
+        }
+        Assert.Equal(new PowerFunctionSchedule(result.Gamma).DecayAt(20), (double)reader.ReadValue("ema._emagen.decay")!);
+        File.WriteAllText(folder["posthoc.json"], synthesized.ToJsonString());
+        Assert.Contains($"OK {ema.Count} tensor records", PythonTorch.Run("load_with_torch.py", folder["posthoc"], folder["posthoc.json"]));
+    }
+
+    private static System.Text.Json.Nodes.JsonObject Value(object? value) => new()
+    {
+        ["value"] = value switch
+        {
+            string s => s,
+            long l => l,
+            int i => i,
+            double d => d,
+            _ => throw new ArgumentException($"unexpected value {value}"),
+        },
+    };
+
+    private static System.Text.Json.Nodes.JsonObject Tensor(torch.Tensor t) => new()
+    {
+        ["dtype"] = "float32",
+        ["shape"] = new System.Text.Json.Nodes.JsonArray(t.shape.Select(d => (System.Text.Json.Nodes.JsonNode)d).ToArray()),
+        ["values"] = new System.Text.Json.Nodes.JsonArray(t.data<float>().ToArray().Select(v => (System.Text.Json.Nodes.JsonNode)(double)v).ToArray()),
+    };
 }

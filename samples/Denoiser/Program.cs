@@ -32,7 +32,6 @@ try
     if (options.Steps < 1) throw new ArgumentException("--steps must be at least 1");
     if (options.WorldSize < 1) throw new ArgumentException("--world-size must be at least 1");
     _ = options.EmaOptions; // a bad --schedule or --profile fails here, with the accepted forms in the message
-    if (options.WorldSize > 1 && (options.Profiles.Count > 0 || options.PostHocEvery > 0)) throw new ArgumentException("--profile and --posthoc-every are for the dense run (--world-size 1)");
     if (options.PostHocEvery > 0 && options.OutDir is null) throw new ArgumentException("--posthoc-every needs --out (the snapshots go to OUT/posthoc)");
     options = options with { LogEvery = Math.Max(1, Math.Min(options.LogEvery, options.Steps / 5)) };
 }
@@ -54,7 +53,12 @@ catch (Exception e) when (e is ArgumentException or FormatException or Operation
 if (options.WorldSize > 1)
 {
     options = options with { OutDir = options.OutDir ?? Path.Combine("runs", $"w{options.WorldSize}") };
-    if (Environment.GetEnvironmentVariable("RANK") is null) return Launcher.Run(args, options.WorldSize);
+    if (Environment.GetEnvironmentVariable("RANK") is null)
+    {
+        // Snapshots of an earlier run must not mix into this one's post-hoc EMA; only the launcher may delete them.
+        Trainer.ClearPostHocSnapshots(options);
+        return Launcher.Run(args, options.WorldSize);
+    }
     var rank = RankInfo.Resolve();
     if (rank.WorldSize != options.WorldSize) throw new InvalidOperationException($"WORLD_SIZE={rank.WorldSize} but --world-size {options.WorldSize}");
     Trainer.RunSharded(options, rank, rank.Rank == 0 ? Console.Out : TextWriter.Null);

@@ -91,10 +91,8 @@ public static class Trainer
         using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 1e-4);
         using var ema = new EmaManager<DenoiserModel>(model, options.EmaOptions);
         log.WriteLine($"model: {ema.Count} averaged tensors, {ema.ShadowBytes / 1024.0:F1} KiB of shadow; {string.Join("; ", ema.Profiles)}; {options.Steps} steps of batch {options.BatchSize}");
-        var postHocDir = options.PostHocEvery > 0
-            ? Path.Combine(options.OutDir ?? throw new ArgumentException("post-hoc snapshots need --out"), "posthoc")
-            : null;
-        if (postHocDir is not null && Directory.Exists(postHocDir)) Directory.Delete(postHocDir, recursive: true);
+        var postHocDir = PostHocDirectory(options);
+        ClearPostHocSnapshots(options);
         var initial = Snapshot(model, options, log);
         var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, step =>
         {
@@ -128,6 +126,16 @@ public static class Trainer
         return result;
     }
 
+    /// <summary>Deletes the post-hoc snapshots of an earlier run in the same output folder (before any rank starts).</summary>
+    public static void ClearPostHocSnapshots(TrainOptions options)
+    {
+        if (PostHocDirectory(options) is { } dir && Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+    }
+
+    private static string? PostHocDirectory(TrainOptions options) => options.PostHocEvery > 0
+        ? Path.Combine(options.OutDir ?? throw new ArgumentException("post-hoc snapshots need --out"), "posthoc")
+        : null;
+
     /// <summary>
     /// One rank of a sharded-EMA run. Every rank trains the same seeded model (the weights a data-parallel job with
     /// synchronised gradients would hold; gradient synchronisation is the trainer's business, not EmaGen's) and keeps only
@@ -146,9 +154,17 @@ public static class Trainer
         using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 1e-4);
         using var ema = new ShardedEmaManager<DenoiserModel>(model, rank.Rank, rank.WorldSize, options.EmaOptions);
         long denseBytes = model.parameters().Sum(p => p.numel() * 4);
-        log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB); {ema.Schedule}; {options.Steps} steps of batch {options.BatchSize}");
+        log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB per profile); {string.Join("; ", ema.ProfileNames.Select((name, k) => (name.Length == 0 ? "" : name + ": ") + ema.ScheduleOf(k)))}; {options.Steps} steps of batch {options.BatchSize}");
         var initial = Snapshot(model, options, log);
-        var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, _ => ema.Update(model));
+        var postHocDir = PostHocDirectory(options);
+        var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, step =>
+        {
+            ema.Update(model);
+            if (postHocDir is not null && (step % options.PostHocEvery == 0 || step == options.Steps))
+            {
+                PostHocEma.SaveSnapshot(ema, postHocDir, TimeSpan.FromMinutes(5));
+            }
+        });
         int changed = CountChanged(initial, model, log);
 
         var checkpoint = Path.Combine(dir, "ema");
@@ -158,7 +174,15 @@ public static class Trainer
 
         using var consolidated = new EmaManager<DenoiserModel>(model, options.EmaOptions);
         consolidated.Load(checkpoint);
-        var (raw, profiles, floor) = Evaluate(options, model, diffusion, random, [("EMA", consolidated.Schedule.Describe(), () => consolidated.SwapInto(model))]);
+        var candidates = consolidated.Profiles
+            .Select(p => (p.Name.Length == 0 ? "EMA" : p.Name, p.Schedule.Describe(), (Func<EmaWeightSwap>)(() => p.SwapInto(model))))
+            .ToList();
+        using var postHoc = postHocDir is null ? null : SynthesizePostHoc(options, model, postHocDir, log);
+        if (postHoc is not null)
+        {
+            candidates.Add(($"post-hoc {options.PostHocSigmaRel}", postHoc.Schedule.Describe(), () => postHoc.SwapInto(model)));
+        }
+        var (raw, profiles, floor) = Evaluate(options, model, diffusion, random, candidates);
         var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, profiles[0].Distance, floor, ema.Count, changed, firstUpdateMs)
         {
             Profiles = profiles,

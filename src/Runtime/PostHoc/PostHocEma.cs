@@ -8,12 +8,12 @@ using TorchSharp;
 namespace EmaGen;
 
 /// <summary>
-/// EDM2's post-hoc EMA (Karras et al. 2024): during training, <see cref="SaveSnapshot"/> periodically stores the
+/// EDM2's post-hoc EMA (Karras et al. 2024): during training, <c>SaveSnapshot</c> (dense or sharded manager) periodically stores the
 /// power-function profiles (fp16 by default, as EDM2); after training, <see cref="Synthesize"/> reconstructs the EMA of
 /// any σ_rel at any snapshot step from them and writes it as an EMA checkpoint, so the averaging width is chosen after
 /// the fact instead of guessed before.
 /// </summary>
-public static class PostHocEma
+public static partial class PostHocEma
 {
     /// <summary>
     /// Writes the manager's power-function profiles (<see cref="PowerFunctionSchedule"/>, optionally inside a rescaled
@@ -28,26 +28,13 @@ public static class PostHocEma
     {
         ArgumentNullException.ThrowIfNull(ema);
         ArgumentNullException.ThrowIfNull(snapshotsDir);
-        if (!KernelKinds.IsFloatingPoint(dtype)) throw new ArgumentException($"Snapshots are floating point; {dtype} is not.", nameof(dtype));
-        if (ema.Step <= 0) throw new InvalidOperationException("A post-hoc snapshot needs at least one update (step 0 has no profile).");
         var profiles = ema.Profiles.Where(p => PostHocSolver.PowerFunctionGamma(p.Schedule) is not null).ToList();
-        if (profiles.Count == 0)
-        {
-            throw new InvalidOperationException(
-                $"Post-hoc snapshots need power-function profiles (EmaSchedule.PowerFunction); this manager has {string.Join(", ", ema.Profiles)}.");
-        }
+        CheckSnapshotable(ema.Step, dtype, profiles.Count, () => string.Join(", ", ema.Profiles));
         var keys = profiles.Select(p => p.Name.Length == 0 ? PostHocSnapshot.UnnamedProfile : p.Name).ToList();
-        var state = new List<KeyValuePair<string, object?>>
-        {
-            new("_emagen.format", PostHocSnapshot.Format),
-            new("_emagen.step", ema.Step),
-            new("_emagen.profiles", string.Join(",", keys)),
-        };
+        var state = SnapshotValues(ema.Step, keys.Zip(profiles, (key, p) => (key, p.Schedule))).ToList();
         for (int k = 0; k < profiles.Count; k++)
         {
             var profile = profiles[k];
-            state.Add(new(keys[k] + "._emagen.gamma", PostHocSolver.PowerFunctionGamma(profile.Schedule)!.Value));
-            state.Add(new(keys[k] + "._emagen.schedule", profile.Schedule.Describe()));
             foreach (var name in ema.TrackedNames)
             {
                 var shadow = profile[name];
@@ -61,6 +48,31 @@ public static class PostHocEma
         var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
         DcpWriter.Save(folder, state);
         return folder;
+    }
+
+    private static void CheckSnapshotable(long step, torch.ScalarType dtype, int powerProfiles, Func<string> describeProfiles)
+    {
+        if (!KernelKinds.IsFloatingPoint(dtype)) throw new ArgumentException($"Snapshots are floating point; {dtype} is not.", nameof(dtype));
+        if (step <= 0) throw new InvalidOperationException("A post-hoc snapshot needs at least one update (step 0 has no profile).");
+        if (powerProfiles == 0)
+        {
+            throw new InvalidOperationException(
+                $"Post-hoc snapshots need power-function profiles (EmaSchedule.PowerFunction); this manager has {describeProfiles()}.");
+        }
+    }
+
+    // The values every snapshot folder carries: its format, step and profiles, and each profile's γ and schedule.
+    private static IEnumerable<KeyValuePair<string, object?>> SnapshotValues(long step, IEnumerable<(string Key, EmaSchedule Schedule)> profiles)
+    {
+        var list = profiles.ToList();
+        yield return new("_emagen.format", PostHocSnapshot.Format);
+        yield return new("_emagen.step", step);
+        yield return new("_emagen.profiles", string.Join(",", list.Select(p => p.Key)));
+        foreach (var (key, schedule) in list)
+        {
+            yield return new(key + "._emagen.gamma", PostHocSolver.PowerFunctionGamma(schedule)!.Value);
+            yield return new(key + "._emagen.schedule", schedule.Describe());
+        }
     }
 
     /// <summary>

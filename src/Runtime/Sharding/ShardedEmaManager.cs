@@ -13,6 +13,8 @@ namespace EmaGen;
 /// DDP-style trainer that wants a ZeRO-style EMA: each rank updates its slice in place from a view of the parameter, no
 /// copy) or only the local shard of each parameter (an FSDP-style trainer; pass the global shapes).
 /// All ranks write one DCP checkpoint together (<see cref="Save"/>); <see cref="Load"/> reads any saved chunking.
+/// With <see cref="EmaOptions.Profiles"/> every profile keeps its own shards, all updated in one pass over the
+/// parameters, and checkpoints use the dense manager's multi-profile layout (so either manager loads the other's).
 /// </summary>
 public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch.nn.Module, IEmaTracked<TModel>
 {
@@ -21,6 +23,11 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     private readonly Entry?[] _entryOfSlot;
     private readonly List<Entry> _entries = new();
     private readonly Dictionary<string, Entry> _byName = new(StringComparer.Ordinal);
+    private readonly (string Name, EmaSchedule Schedule)[] _profiles;
+    private readonly bool _namedProfiles;
+    private readonly double[] _currentDecay;
+    private readonly double[] _decays;
+    private readonly int[] _active;
     private bool _disposed;
 
     private sealed class Entry
@@ -28,7 +35,8 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         public required EmaParameterInfo Info { get; init; }
         public required long[] Offsets { get; init; }
         public required long[] Sizes { get; init; }
-        public required torch.Tensor Shadow { get; init; }
+        public required torch.Tensor[] Shadows { get; init; } // one per profile
+        public torch.Tensor Shadow => Shadows[0];
         public required KernelKind Kernel { get; init; }
         public required long StartElement { get; init; } // where the box starts in the flattened parameter (dim-0 boxes)
         public required bool LocalParameter { get; init; } // the parameter already is the box
@@ -39,7 +47,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     /// <param name="model">The train model, with full parameters.</param>
     /// <param name="rank">This process's rank, or null for RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS.</param>
     /// <param name="worldSize">The number of ranks, or null as for <paramref name="rank"/>.</param>
-    /// <param name="options">Decay or schedule; <see cref="EmaOptions.PackParameters"/> and <see cref="EmaOptions.TrackBuffers"/> are not supported here.</param>
+    /// <param name="options">Decay, schedule or profiles; <see cref="EmaOptions.PackParameters"/> and <see cref="EmaOptions.TrackBuffers"/> are not supported here.</param>
     /// <param name="globalShapes">
     /// Null when the model's parameters are whole. For an FSDP-style model whose parameters hold only this rank's shard,
     /// the global shape of every averaged parameter by name; each local parameter must then have exactly its box's shape.
@@ -50,15 +58,19 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         ArgumentNullException.ThrowIfNull(model);
         options ??= new EmaOptions();
         options.Validate();
-        if (options.PackParameters || options.TrackBuffers || options.Profiles is not null)
+        if (options.PackParameters || options.TrackBuffers)
         {
-            throw new NotSupportedException("A sharded EMA supports neither PackParameters, TrackBuffers nor several Profiles yet.");
+            throw new NotSupportedException("A sharded EMA supports neither PackParameters nor TrackBuffers yet.");
         }
         var me = RankInfo.Resolve(rank, worldSize);
         Rank = me.Rank;
         WorldSize = me.WorldSize;
-        Schedule = options.EffectiveSchedule;
         Decay = options.Decay;
+        _namedProfiles = options.Profiles is not null;
+        _profiles = options.Profiles?.Select(p => (p.Name, p.Schedule)).ToArray() ?? [("", options.EffectiveSchedule)];
+        _currentDecay = Enumerable.Repeat(double.NaN, _profiles.Length).ToArray();
+        _decays = new double[_profiles.Length];
+        _active = new int[_profiles.Length];
 
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
@@ -97,8 +109,12 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
                         nameof(globalShapes));
                 }
                 using var view = local ? p.alias() : Narrow(p, info.ShardDim, box.offsets, box.sizes);
-                var shadow = torch.empty(box.sizes, shadowDType, p.device).DetachFromDisposeScope();
-                InPlace.Release(shadow.copy_(view), shadow);
+                var shadows = new torch.Tensor[_profiles.Length];
+                for (int k = 0; k < shadows.Length; k++)
+                {
+                    shadows[k] = torch.empty(box.sizes, shadowDType, p.device).DetachFromDisposeScope();
+                    InPlace.Release(shadows[k].copy_(view), shadows[k]);
+                }
                 long rowElements = 1;
                 for (int d = 1; d < info.Shape.Length; d++) rowElements *= info.Shape[d];
                 var entry = new Entry
@@ -106,7 +122,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
                     Info = info,
                     Offsets = box.offsets,
                     Sizes = box.sizes,
-                    Shadow = shadow,
+                    Shadows = shadows,
                     Kernel = KernelKinds.For(shadowDType, p.dtype),
                     StartElement = !local && info.ShardDim == 0 && info.Shape.Length > 0 ? box.offsets[0] * rowElements : 0,
                     LocalParameter = local,
@@ -118,7 +134,10 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         }
         catch
         {
-            foreach (var e in _entries) e.Shadow.Dispose();
+            foreach (var e in _entries)
+            {
+                foreach (var t in e.Shadows) t.Dispose();
+            }
             throw;
         }
     }
@@ -127,7 +146,17 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
 
     public int WorldSize { get; }
 
-    public EmaSchedule Schedule { get; }
+    /// <summary>The decay schedule (of the first profile when there are several).</summary>
+    public EmaSchedule Schedule => _profiles[0].Schedule;
+
+    /// <summary>The profile names, in <see cref="EmaOptions.Profiles"/> order (one empty name when that is not set).</summary>
+    public IReadOnlyList<string> ProfileNames => _profiles.Select(p => p.Name).ToArray();
+
+    /// <summary>The schedule of profile <paramref name="profile"/>.</summary>
+    public EmaSchedule ScheduleOf(int profile) => _profiles[profile].Schedule;
+
+    /// <summary>The decay the last update of profile <paramref name="profile"/> applied (NaN before the first).</summary>
+    public double CurrentDecayOf(int profile) => _currentDecay[profile];
 
     /// <summary>The configured constant decay (<see cref="EmaOptions.Decay"/>), saved as in a dense checkpoint.</summary>
     public double Decay { get; }
@@ -139,11 +168,15 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
 
     public bool Contains(string name) => _byName.ContainsKey(name);
 
-    /// <summary>Bytes of this rank's shadow storage.</summary>
-    public long ShadowBytes => _entries.Sum(e => e.Shadow.numel() * e.Shadow.ElementSize);
+    /// <summary>Bytes of this rank's shadow storage (all profiles).</summary>
+    public long ShadowBytes => _entries.Sum(e => e.Shadows.Sum(t => t.numel() * t.ElementSize));
 
-    /// <summary>This rank's shard of <paramref name="name"/> (a tensor the manager owns).</summary>
-    public torch.Tensor this[string name] => _byName.TryGetValue(name, out var e) ? e.Shadow : throw new KeyNotFoundException($"'{name}' is not an averaged parameter.");
+    /// <summary>This rank's shard of <paramref name="name"/> (a tensor the manager owns; first profile).</summary>
+    public torch.Tensor this[string name] => this[0, name];
+
+    /// <summary>This rank's shard of <paramref name="name"/> in profile <paramref name="profile"/>.</summary>
+    public torch.Tensor this[int profile, string name] =>
+        _byName.TryGetValue(name, out var e) ? e.Shadows[profile] : throw new KeyNotFoundException($"'{name}' is not an averaged parameter.");
 
     /// <summary>Moves this rank's shards toward the model's parameters (same rules as <see cref="EmaManager{TModel}.Update"/>).</summary>
     public unsafe void Update(TModel model)
@@ -151,12 +184,18 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         ArgumentNullException.ThrowIfNull(model);
         ObjectDisposedException.ThrowIf(_disposed, this);
         long step = Step + 1;
-        if (!Schedule.UpdatesAt(step))
+        int activeCount = 0;
+        for (int k = 0; k < _profiles.Length; k++)
+        {
+            if (!_profiles[k].Schedule.UpdatesAt(step)) continue;
+            _active[activeCount++] = k;
+            _decays[k] = _profiles[k].Schedule.DecayAt(step);
+        }
+        if (activeCount == 0)
         {
             Step = step;
             return;
         }
-        double decay = Schedule.DecayAt(step);
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
         var live = collector.Slots;
@@ -176,24 +215,41 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
             if (e.Contiguous && e.Kernel != KernelKind.None && p.device_type == DeviceType.CPU && p.is_contiguous())
             {
                 byte* source = (byte*)NativeTensor.DataPointer(p) + e.StartElement * KernelKinds.ParameterElementSize(e.Kernel);
-                EmaKernels.Run(e.Kernel, (void*)NativeTensor.DataPointer(e.Shadow), source, e.Shadow.numel(), decay);
+                long count = e.Shadow.numel();
+                int a = 0;
+                if (activeCount == 2 && EmaKernels.HasPairKernel(e.Kernel))
+                {
+                    int k0 = _active[0], k1 = _active[1];
+                    EmaKernels.RunPair(e.Kernel, (void*)NativeTensor.DataPointer(e.Shadows[k0]), (void*)NativeTensor.DataPointer(e.Shadows[k1]), source, count, _decays[k0], _decays[k1]);
+                    a = 2;
+                }
+                for (; a < activeCount; a++)
+                {
+                    int k = _active[a];
+                    EmaKernels.Run(e.Kernel, (void*)NativeTensor.DataPointer(e.Shadows[k]), source, count, _decays[k]);
+                }
             }
             else
             {
                 using var view = e.LocalParameter ? p.alias() : Narrow(p, e.Info.ShardDim, e.Offsets, e.Sizes);
-                InPlace.Release(e.Shadow.mul_(decay), e.Shadow);
-                InPlace.Release(e.Shadow.add_(view, alpha: 1 - decay), e.Shadow);
+                for (int a = 0; a < activeCount; a++)
+                {
+                    int k = _active[a];
+                    InPlace.Release(e.Shadows[k].mul_(_decays[k]), e.Shadows[k]);
+                    InPlace.Release(e.Shadows[k].add_(view, alpha: 1 - _decays[k]), e.Shadows[k]);
+                }
             }
         }
+        for (int a = 0; a < activeCount; a++) _currentDecay[_active[a]] = _decays[_active[a]];
         Step = step;
     }
 
-    /// <summary>Caller-owned copies of this rank's shards, with where each sits in the global tensor.</summary>
-    public Dictionary<string, DcpShard> StateDict()
+    /// <summary>Caller-owned copies of this rank's shards of profile <paramref name="profile"/>, with where each sits in the global tensor.</summary>
+    public Dictionary<string, DcpShard> StateDict(int profile = 0)
     {
         using var _ = torch.no_grad();
         return _entries.ToDictionary(e => e.Info.Name,
-            e => new DcpShard(e.Info.Name, e.Shadow.clone(), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
+            e => new DcpShard(e.Info.Name, e.Shadows[profile].clone(), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
     }
 
     /// <summary>
@@ -201,7 +257,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     /// averaged name must be present (strict), with the same global shape, box and dtype; all is checked before anything
     /// is written.
     /// </summary>
-    public void LoadStateDict(IReadOnlyDictionary<string, DcpShard> state)
+    public void LoadStateDict(IReadOnlyDictionary<string, DcpShard> state, int profile = 0)
     {
         ArgumentNullException.ThrowIfNull(state);
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -221,7 +277,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
             }
         }
         using var _ = torch.no_grad();
-        foreach (var (name, shard) in state) InPlace.Release(_byName[name].Shadow.copy_(shard.Local), _byName[name].Shadow);
+        foreach (var (name, shard) in state) InPlace.Release(_byName[name].Shadows[profile].copy_(shard.Local), _byName[name].Shadows[profile]);
     }
 
     /// <summary>
@@ -232,19 +288,40 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     public void Save(string directory, string saveId, TimeSpan timeout, string prefix = EmaCheckpoint.DefaultPrefix)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var shards = _entries.Select(e => new DcpShard(prefix + e.Info.Name, e.Shadow, e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated)).ToList();
-        var values = new Dictionary<string, object?>
+        var shards = new List<DcpShard>();
+        var values = new Dictionary<string, object?>();
+        if (_namedProfiles)
         {
-            [prefix + EmaCheckpoint.StateSegment + "step"] = Step,
-            [prefix + EmaCheckpoint.StateSegment + "decay"] = Decay,
-            [prefix + EmaCheckpoint.StateSegment + "schedule"] = Schedule.Describe(),
-            [prefix + EmaCheckpoint.StateSegment + "format"] = EmaCheckpoint.Format,
-        };
+            foreach (var (key, value) in EmaCheckpoint.ManagerState(prefix, Step, _profiles.Select(p => p.Name))) values[key] = value;
+        }
+        for (int k = 0; k < _profiles.Length; k++)
+        {
+            var profilePrefix = ProfilePrefix(prefix, k);
+            foreach (var e in _entries)
+            {
+                shards.Add(new DcpShard(profilePrefix + e.Info.Name, e.Shadows[k], e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
+            }
+            // The dense manager's layout: a single profile stores its configured decay, named ones their current decay.
+            double decay = _namedProfiles ? _currentDecay[k] : Decay;
+            foreach (var (key, value) in EmaCheckpoint.ProfileState(profilePrefix, [], _ => throw new InvalidOperationException(), Step, decay, _profiles[k].Schedule.Describe()))
+            {
+                values[key] = value;
+            }
+        }
         var me = new RankInfo(Rank, WorldSize);
         DcpShardedSave.WriteRank(directory, saveId, me, shards, values);
         if (Rank == 0) DcpShardedSave.Commit(directory, saveId, WorldSize, timeout);
         else DcpShardedSave.WaitForCommit(directory, saveId, timeout);
     }
+
+    // This rank's shards of one profile under keyPrefix, each tensor made by `local` from the shadow (a view or a copy).
+    internal List<DcpShard> ShardsOf(int profile, string keyPrefix, Func<torch.Tensor, torch.Tensor> local)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return _entries.Select(e => new DcpShard(keyPrefix + e.Info.Name, local(e.Shadows[profile]), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated)).ToList();
+    }
+
+    private string ProfilePrefix(string prefix, int profile) => _namedProfiles ? prefix + _profiles[profile].Name + "." : prefix;
 
     /// <summary>
     /// Reads this rank's box of every averaged parameter from any DCP folder with these keys (any saved chunking: dense,
@@ -255,31 +332,44 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var reader = DcpReader.Open(directory);
-        var staged = new List<(Entry Entry, torch.Tensor Data)>();
+        var stored = EmaCheckpoint.ReadProfileNames(reader, directory, prefix);
+        if (_namedProfiles != (stored is not null) || (stored is not null && !stored.SequenceEqual(_profiles.Select(p => p.Name))))
+        {
+            throw new ArgumentException(
+                $"{directory}: the checkpoint holds {(stored is null ? "a single-profile EMA" : "EMA profiles " + string.Join(", ", stored))} under '{prefix}', this manager has {(_namedProfiles ? "profiles " + string.Join(", ", _profiles.Select(p => p.Name)) : "one unnamed profile")}.");
+        }
+        var staged = new List<(torch.Tensor Shadow, torch.Tensor Data)>();
         try
         {
-            foreach (var e in _entries)
+            long? step = null;
+            for (int k = 0; k < _profiles.Length; k++)
             {
-                var key = prefix + e.Info.Name;
-                var saved = reader.TensorEntry(key);
-                if (!saved.Size.AsSpan().SequenceEqual(e.Info.Shape))
+                var profilePrefix = ProfilePrefix(prefix, k);
+                foreach (var e in _entries)
                 {
-                    throw new ArgumentException($"{directory}: '{key}' has shape [{string.Join(", ", saved.Size)}], expected [{string.Join(", ", e.Info.Shape)}].");
+                    var key = profilePrefix + e.Info.Name;
+                    var saved = reader.TensorEntry(key);
+                    if (!saved.Size.AsSpan().SequenceEqual(e.Info.Shape))
+                    {
+                        throw new ArgumentException($"{directory}: '{key}' has shape [{string.Join(", ", saved.Size)}], expected [{string.Join(", ", e.Info.Shape)}].");
+                    }
+                    var data = reader.ReadSlice(key, e.Offsets, e.Sizes);
+                    staged.Add((e.Shadows[k], data));
+                    if (data.dtype != e.Shadow.dtype) throw new ArgumentException($"{directory}: '{key}' is {data.dtype}, expected {e.Shadow.dtype}.");
                 }
-                var data = reader.ReadSlice(key, e.Offsets, e.Sizes);
-                staged.Add((e, data));
-                if (data.dtype != e.Shadow.dtype) throw new ArgumentException($"{directory}: '{key}' is {data.dtype}, expected {e.Shadow.dtype}.");
+                var scheduleKey = profilePrefix + EmaCheckpoint.StateSegment + "schedule";
+                string? schedule = reader.Metadata.Find(scheduleKey) is DcpBytesEntry ? reader.ReadValue(scheduleKey) as string : null;
+                var expected = _profiles[k].Schedule.Describe();
+                if (schedule is not null && schedule != expected && !allowScheduleMismatch)
+                {
+                    throw new ArgumentException(
+                        $"{directory}: the checkpoint was written with schedule {schedule}{(_namedProfiles ? $" for profile '{_profiles[k].Name}'" : "")}, this manager uses {expected}.");
+                }
+                var stepKey = profilePrefix + EmaCheckpoint.StateSegment + "step";
+                step ??= reader.Metadata.Find(stepKey) is DcpBytesEntry ? reader.ReadValue(stepKey) as long? : null;
             }
-            string? schedule = reader.Metadata.Find(prefix + EmaCheckpoint.StateSegment + "schedule") is DcpBytesEntry
-                ? reader.ReadValue(prefix + EmaCheckpoint.StateSegment + "schedule") as string : null;
-            if (schedule is not null && schedule != Schedule.Describe() && !allowScheduleMismatch)
-            {
-                throw new ArgumentException($"{directory}: the checkpoint was written with schedule {schedule}, this manager uses {Schedule.Describe()}.");
-            }
-            long? step = reader.Metadata.Find(prefix + EmaCheckpoint.StateSegment + "step") is DcpBytesEntry
-                ? reader.ReadValue(prefix + EmaCheckpoint.StateSegment + "step") as long? : null;
             using var _ = torch.no_grad();
-            foreach (var (e, data) in staged) InPlace.Release(e.Shadow.copy_(data), e.Shadow);
+            foreach (var (shadow, data) in staged) InPlace.Release(shadow.copy_(data), shadow);
             Step = step ?? Step;
         }
         finally
@@ -292,7 +382,10 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     {
         if (_disposed) return;
         _disposed = true;
-        foreach (var e in _entries) e.Shadow.Dispose();
+        foreach (var e in _entries)
+        {
+            foreach (var t in e.Shadows) t.Dispose();
+        }
     }
 
     private static torch.Tensor Narrow(torch.Tensor p, int dim, long[] offsets, long[] sizes) =>

@@ -154,6 +154,47 @@ public sealed class PostHocTests
     }
 
     [Fact]
+    public async System.Threading.Tasks.Task ShardedSnapshotsSynthesiseExactlyLikeDenseOnes()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        torch.manual_seed(5);
+        using var model = new SizedModel(torch.ScalarType.Float32, 7, 5, 1, 64);
+        EmaProfileOptions[] profiles = [new("narrow", EmaSchedule.PowerFunction(0.05)), new("wide", EmaSchedule.PowerFunction(0.10))];
+        using var dense = new EmaManager<SizedModel>(model, new EmaOptions { Profiles = profiles });
+        const int world = 3;
+        var ranks = Enumerable.Range(0, world).Select(r => new ShardedEmaManager<SizedModel>(model, r, world, new EmaOptions { Profiles = profiles })).ToList();
+        try
+        {
+            for (int step = 1; step <= 60; step++)
+            {
+                Runtime.UpdateNumericsTests.RandomizeParameters(model);
+                dense.Update(model);
+                foreach (var rank in ranks) rank.Update(model);
+                if (step % 20 != 0) continue;
+                PostHocEma.SaveSnapshot(dense, folder["dense"]);
+                await System.Threading.Tasks.Task.WhenAll(ranks.Select(rank => System.Threading.Tasks.Task.Run(
+                    () => PostHocEma.SaveSnapshot(rank, folder["sharded"], TimeSpan.FromSeconds(30)))));
+            }
+        }
+        finally
+        {
+            foreach (var rank in ranks) rank.Dispose();
+        }
+        var shardedFolder = DcpReader.Open(Path.Combine(folder["sharded"], "step-0000000060"));
+        Assert.Equal(world, ((DcpTensorEntry)shardedFolder.Metadata.Find("wide.leaves.3.w")!).Chunks.Count);
+
+        var fromDense = PostHocEma.Synthesize(folder["dense"], 0.07, 60, folder["a"]);
+        var fromSharded = PostHocEma.Synthesize(folder["sharded"], 0.07, 60, folder["b"]);
+        Assert.Equal(fromDense.Terms.Select(t => t.Coefficient), fromSharded.Terms.Select(t => t.Coefficient));
+        var a = DcpReader.Open(folder["a"]);
+        var b = DcpReader.Open(folder["b"]);
+        foreach (var name in dense.TrackedNames)
+        {
+            Assert.Equal(a.ReadTensor("ema." + name).data<float>().ToArray(), b.ReadTensor("ema." + name).data<float>().ToArray());
+        }
+    }
+
+    [Fact]
     public void BadInputsAreClearErrors()
     {
         using var folder = TestPaths.NewTempFolder();

@@ -49,6 +49,38 @@ public sealed class MultiProcessTests
         }
     }
 
+    [Fact]
+    public void RankProcessesWithTwoProfilesAndPostHocSnapshotsMatchTheDenseRun()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        var sample = Path.Combine(AppContext.BaseDirectory, "Denoiser.dll");
+        string[] common =
+        {
+            "--steps", "20", "--threads", "1", "--seed", "6", "--profile", "narrow=power:0.05", "--profile", "wide=power:0.10",
+            "--posthoc-every", "10",
+        };
+        var dense = ProcessRunner.Run("dotnet", folder.Path, 300_000, new[] { sample, "--out", folder["w1"] }.Concat(common).ToArray());
+        Assert.True(dense.ExitCode == 0, dense.Output);
+        var run = ProcessRunner.Run("dotnet", folder.Path, 300_000, new[] { sample, "--world-size", "2", "--out", folder["w2"] }.Concat(common).ToArray());
+        Assert.True(run.ExitCode == 0, run.Output);
+        Assert.Contains("EMA post-hoc 0.075", run.Output);
+
+        foreach (var (dir, count) in new[] { ("ema", 2), ("posthoc-ema-0.075", 1), (Path.Combine("posthoc", "step-0000000020"), 2) })
+        {
+            var expected = DcpReader.Open(Path.Combine(folder["w1"], dir));
+            var sharded = DcpReader.Open(Path.Combine(folder["w2"], dir));
+            var tensors = expected.Entries.OfType<DcpTensorEntry>().ToList();
+            Assert.Equal(count * 33, tensors.Count);
+            Assert.Equal(tensors.Select(e => e.Key).Order(), sharded.Entries.OfType<DcpTensorEntry>().Select(e => e.Key).Order());
+            foreach (var entry in tensors)
+            {
+                using var a = expected.ReadTensor(entry.Key);
+                using var b = sharded.ReadTensor(entry.Key);
+                Assert.True(a.contiguous().bytes.SequenceEqual(b.contiguous().bytes), $"{dir}: {entry.Key} differs with 2 ranks");
+            }
+        }
+    }
+
     // The folder 4 processes wrote, loaded by 1, 2 and 3 ranks: each rank's shards equal the dense EMA's boxes.
     private static void AssertReshardedLoadsMatch(string checkpoint, DcpReader dense)
     {

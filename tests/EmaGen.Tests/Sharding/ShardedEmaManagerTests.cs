@@ -147,14 +147,76 @@ public sealed class ShardedEmaManagerTests
         Assert.Contains("'byColumns.bias'", e.Message);
     }
 
-    private static void AssertMatchesDense(ShardedEmaManager<SizedModel> rank, EmaManager<SizedModel> dense)
+    [Theory]
+    [InlineData(torch.ScalarType.Float32)]
+    [InlineData(torch.ScalarType.BFloat16)]
+    public async Task ShardedProfilesEqualTheDenseProfilesAndShareItsCheckpointLayout(torch.ScalarType dtype)
+    {
+        using var folder = TestPaths.NewTempFolder();
+        torch.manual_seed(32);
+        using var model = new SizedModel(dtype, Sizes);
+        EmaProfileOptions[] profiles =
+        [
+            new("narrow", EmaSchedule.PowerFunction(0.05)),
+            new("wide", EmaSchedule.PowerFunction(0.10)),
+            new("every2", new UpdateEverySchedule(EmaSchedule.Constant(0.8), 2)),
+        ];
+        using var dense = new EmaManager<SizedModel>(model, new EmaOptions { Profiles = profiles });
+        const int world = 3;
+        var ranks = Enumerable.Range(0, world).Select(r => new ShardedEmaManager<SizedModel>(model, r, world, new EmaOptions { Profiles = profiles })).ToList();
+        try
+        {
+            for (int step = 0; step < 5; step++)
+            {
+                UpdateNumericsTests.RandomizeParameters(model);
+                dense.Update(model);
+                foreach (var rank in ranks) rank.Update(model);
+            }
+            Assert.Equal(["narrow", "wide", "every2"], ranks[0].ProfileNames);
+            for (int k = 0; k < profiles.Length; k++)
+            {
+                Assert.Equal(dense.Profiles[k].CurrentDecay, ranks[1].CurrentDecayOf(k));
+                foreach (var rank in ranks) AssertMatchesDense(rank, dense, k);
+            }
+
+            await Task.WhenAll(ranks.Select(rank => Task.Run(() => rank.Save(folder["ckpt"], "p1", TimeSpan.FromSeconds(30)))));
+            using var other = new SizedModel(dtype, Sizes);
+            using var consolidated = new EmaManager<SizedModel>(other, new EmaOptions { Profiles = profiles });
+            consolidated.Load(folder["ckpt"]);
+            Assert.Equal(5, consolidated.Step);
+            for (int k = 0; k < profiles.Length; k++)
+            {
+                foreach (var name in dense.TrackedNames)
+                {
+                    Assert.Equal(dense.Profiles[k][name].data<float>().ToArray(), consolidated.Profiles[k][name].data<float>().ToArray());
+                }
+            }
+
+            dense.Save(folder["dense"]);
+            using var resharded = new ShardedEmaManager<SizedModel>(other, 1, 2, new EmaOptions { Profiles = profiles });
+            resharded.Load(folder["dense"]);
+            for (int k = 0; k < profiles.Length; k++) AssertMatchesDense(resharded, dense, k);
+
+            using var single = new ShardedEmaManager<SizedModel>(other, 0, 2, new EmaOptions { Schedule = EmaSchedule.PowerFunction(0.05) });
+            var mismatch = Assert.Throws<ArgumentException>(() => single.Load(folder["ckpt"]));
+            Assert.Contains("narrow, wide, every2", mismatch.Message);
+        }
+        finally
+        {
+            foreach (var rank in ranks) rank.Dispose();
+        }
+    }
+
+    private static void AssertMatchesDense(ShardedEmaManager<SizedModel> rank, EmaManager<SizedModel> dense, int profile = 0)
     {
         foreach (var name in dense.TrackedNames)
         {
-            var (offsets, sizes) = ShardLayout.Box(dense[name].shape, 0, rank.WorldSize, rank.Rank);
-            using var box = dense[name].narrow(0, offsets[0], sizes[0]);
+            var full = dense.Profiles[profile][name];
+            var (offsets, sizes) = ShardLayout.Box(full.shape, 0, rank.WorldSize, rank.Rank);
+            using var box = full.narrow(0, offsets[0], sizes[0]);
             var expected = box.numel() == 0 ? Array.Empty<float>() : box.contiguous().data<float>().ToArray();
-            var actual = rank[name].numel() == 0 ? Array.Empty<float>() : rank[name].data<float>().ToArray();
+            var shard = rank[profile, name];
+            var actual = shard.numel() == 0 ? Array.Empty<float>() : shard.data<float>().ToArray();
             Assert.Equal(expected, actual);
         }
     }

@@ -1,0 +1,53 @@
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Linq;
+using EmaGen.Dcp;
+using TorchSharp;
+
+namespace EmaGen;
+
+public static partial class PostHocEma
+{
+    /// <summary>
+    /// The sharded form of <see cref="SaveSnapshot{TModel}(EmaManager{TModel}, string, torch.ScalarType)"/>: every rank
+    /// calls it at the same step and writes its shards (converted to <paramref name="dtype"/>) into one snapshot folder
+    /// through <see cref="DcpShardedSave"/>; rank 0 commits it, the others wait up to <paramref name="timeout"/>.
+    /// <see cref="Synthesize"/> reads such folders like dense ones.
+    /// </summary>
+    public static string SaveSnapshot<TModel>(ShardedEmaManager<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype = torch.ScalarType.Float16)
+        where TModel : torch.nn.Module, IEmaTracked<TModel>
+    {
+        ArgumentNullException.ThrowIfNull(ema);
+        ArgumentNullException.ThrowIfNull(snapshotsDir);
+        var profiles = Enumerable.Range(0, ema.ProfileNames.Count)
+            .Select(k => (Index: k, Key: ema.ProfileNames[k].Length == 0 ? PostHocSnapshot.UnnamedProfile : ema.ProfileNames[k], Schedule: ema.ScheduleOf(k)))
+            .Where(p => PostHocSolver.PowerFunctionGamma(p.Schedule) is not null)
+            .ToList();
+        CheckSnapshotable(ema.Step, dtype, profiles.Count, () => string.Join(", ", Enumerable.Range(0, ema.ProfileNames.Count).Select(ema.ScheduleOf)));
+        var values = new Dictionary<string, object?>();
+        foreach (var (key, value) in SnapshotValues(ema.Step, profiles.Select(p => (p.Key, p.Schedule)))) values[key] = value;
+        var shards = new List<DcpShard>();
+        try
+        {
+            using (torch.no_grad())
+            {
+                foreach (var (index, key, _) in profiles)
+                {
+                    shards.AddRange(ema.ShardsOf(index, key + ".", shadow => shadow.to_type(dtype, copy: true).DetachFromDisposeScope()));
+                }
+            }
+            var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
+            var saveId = "posthoc-" + ema.Step.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            var me = new RankInfo(ema.Rank, ema.WorldSize);
+            DcpShardedSave.WriteRank(folder, saveId, me, shards, values);
+            if (ema.Rank == 0) DcpShardedSave.Commit(folder, saveId, ema.WorldSize, timeout);
+            else DcpShardedSave.WaitForCommit(folder, saveId, timeout);
+            return folder;
+        }
+        finally
+        {
+            foreach (var shard in shards) shard.Local.Dispose();
+        }
+    }
+}

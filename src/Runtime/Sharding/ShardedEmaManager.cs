@@ -28,6 +28,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     private readonly double[] _currentDecay;
     private readonly double[] _decays;
     private readonly int[] _active;
+    private readonly torch.Tensor?[] _live;
     private bool _disposed;
 
     private sealed class Entry
@@ -77,6 +78,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         _slots = collector.Slots.ToArray();
         _slotNumel = new long[_slots.Length];
         _entryOfSlot = new Entry?[_slots.Length];
+        _live = new torch.Tensor?[_slots.Length];
         using var _ = torch.no_grad();
         try
         {
@@ -178,8 +180,12 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     public torch.Tensor this[int profile, string name] =>
         _byName.TryGetValue(name, out var e) ? e.Shadows[profile] : throw new KeyNotFoundException($"'{name}' is not an averaged parameter.");
 
-    /// <summary>Moves this rank's shards toward the model's parameters (same rules as <see cref="EmaManager{TModel}.Update"/>).</summary>
-    public unsafe void Update(TModel model)
+    /// <summary>
+    /// Moves this rank's shards toward the model's parameters (same rules as <see cref="EmaManager{TModel}.Update"/>):
+    /// every slot is checked against the layout first, then each shard is updated from a view of its box. On the CPU a
+    /// steady-state update allocates no managed memory.
+    /// </summary>
+    public void Update(TModel model)
     {
         ArgumentNullException.ThrowIfNull(model);
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -196,22 +202,30 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
             Step = step;
             return;
         }
-        var collector = new SlotCollector();
-        TModel.VisitParameters(model, ref collector);
-        var live = collector.Slots;
-        if (live.Count != _slots.Length) throw new InvalidOperationException($"The model has {live.Count} parameter slots, but had {_slots.Length} when the EMA manager was built.");
-        for (int s = 0; s < live.Count; s++)
+        var gather = new ShardedGatherVisitor(_slots, _slotNumel, _live);
+        TModel.VisitParameters(model, ref gather);
+        gather.EnsureComplete();
+        // no_grad allocates a guard object; only the TorchSharp fallback needs it, so it is opened on first use.
+        IDisposable? noGrad = null;
+        try
         {
-            if (live[s].FullName != _slots[s].FullName || (live[s].Tensor?.numel() ?? -1) != _slotNumel[s])
-            {
-                throw new InvalidOperationException($"The model's parameter slot {s} ('{live[s].FullName}') no longer matches '{_slots[s].FullName}'; the module tree changed.");
-            }
+            UpdateShards(activeCount, ref noGrad);
         }
-        using var _ = torch.no_grad();
-        for (int s = 0; s < live.Count; s++)
+        finally
+        {
+            noGrad?.Dispose();
+        }
+        for (int a = 0; a < activeCount; a++) _currentDecay[_active[a]] = _decays[_active[a]];
+        Array.Clear(_live);
+        Step = step;
+    }
+
+    private unsafe void UpdateShards(int activeCount, ref IDisposable? noGrad)
+    {
+        for (int s = 0; s < _live.Length; s++)
         {
             if (_entryOfSlot[s] is not { } e || e.Shadow.numel() == 0) continue;
-            var p = live[s].Tensor!;
+            var p = _live[s]!;
             if (e.Contiguous && e.Kernel != KernelKind.None && p.device_type == DeviceType.CPU && p.is_contiguous())
             {
                 byte* source = (byte*)NativeTensor.DataPointer(p) + e.StartElement * KernelKinds.ParameterElementSize(e.Kernel);
@@ -231,6 +245,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
             }
             else
             {
+                noGrad ??= torch.no_grad();
                 using var view = e.LocalParameter ? p.alias() : Narrow(p, e.Info.ShardDim, e.Offsets, e.Sizes);
                 for (int a = 0; a < activeCount; a++)
                 {
@@ -240,8 +255,6 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
                 }
             }
         }
-        for (int a = 0; a < activeCount; a++) _currentDecay[_active[a]] = _decays[_active[a]];
-        Step = step;
     }
 
     /// <summary>Caller-owned copies of this rank's shards of profile <paramref name="profile"/>, with where each sits in the global tensor.</summary>

@@ -207,6 +207,35 @@ public sealed class ShardedEmaManagerTests
         }
     }
 
+    [Fact]
+    public void SteadyStateShardedUpdatesAllocateNothing()
+    {
+        torch.manual_seed(33);
+        using var model = new SizedModel(torch.ScalarType.Float32, 5, 7, 1, 64, 3000);
+        using var single = new ShardedEmaManager<SizedModel>(model, 1, 3, new EmaOptions { Decay = 0.9 });
+        using var fused = new ShardedEmaManager<SizedModel>(model, 2, 3, new EmaOptions
+        {
+            Profiles = [new("a", EmaSchedule.PowerFunction(0.05)), new("b", EmaSchedule.Constant(0.99)), new("c", new UpdateEverySchedule(EmaSchedule.Constant(0.9), 2))],
+        });
+        for (int i = 0; i < 5; i++)
+        {
+            single.Update(model);
+            fused.Update(model);
+        }
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++)
+        {
+            single.Update(model);
+            fused.Update(model);
+        }
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated == 0, $"{allocated} bytes allocated over 20 sharded updates");
+
+        using var other = new SizedModel(torch.ScalarType.Float32, 5, 7, 1, 64);
+        var changed = Assert.Throws<InvalidOperationException>(() => single.Update(other));
+        Assert.Contains("slots", changed.Message);
+    }
+
     private static void AssertMatchesDense(ShardedEmaManager<SizedModel> rank, EmaManager<SizedModel> dense, int profile = 0)
     {
         foreach (var name in dense.TrackedNames)

@@ -41,6 +41,14 @@ public sealed class NativeAotTests
 
         var reader = DcpReader.Open(Path.Combine(folder["run"], "ema"));
         Assert.Equal(expected.Count, reader.Entries.Count(e => e is DcpTensorEntry));
+
+        // Two fused profiles, post-hoc snapshots and synthesis (LAPACK solve, deferred fp16 conversion) under NativeAOT.
+        var profiles = Run(Path.Combine(folder["aot"], "Denoiser"), folder.Path, "--steps", "30", "--out", folder["profiles"],
+            "--profile", "narrow=power:0.05", "--profile", "wide=power:0.10", "--posthoc-every", "10");
+        Assert.True(profiles.ExitCode == 0, "the AOT binary failed with profiles:\n" + profiles.Output);
+        Assert.Contains("EMA wide", profiles.Output);
+        Assert.Contains("6 snapshot profiles", profiles.Output);
+        Assert.Contains($"reloaded the checkpoint: {2 * expected.Count} shadows match bit for bit", profiles.Output);
     }
 
     private static (int ExitCode, string Output) Run(string file, string directory, params string[] arguments) =>

@@ -26,9 +26,9 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     private readonly (string Name, EmaSchedule Schedule)[] _profiles;
     private readonly bool _namedProfiles;
     private readonly double[] _currentDecay;
-    private readonly double[] _decays;
-    private readonly int[] _active;
     private readonly torch.Tensor?[] _live;
+    private readonly UpdateWorkList _work;
+    private readonly CpuWorkerPool? _pool;
     private bool _disposed;
 
     private sealed class Entry
@@ -37,6 +37,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         public required long[] Offsets { get; init; }
         public required long[] Sizes { get; init; }
         public required torch.Tensor[] Shadows { get; init; } // one per profile
+        public required IntPtr[] ShadowPointers { get; init; } // CPU shadows' data; shadows are never re-pointed
         public torch.Tensor Shadow => Shadows[0];
         public required KernelKind Kernel { get; init; }
         public required long StartElement { get; init; } // where the box starts in the flattened parameter (dim-0 boxes)
@@ -70,8 +71,6 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         _namedProfiles = options.Profiles is not null;
         _profiles = options.Profiles?.Select(p => (p.Name, p.Schedule)).ToArray() ?? [("", options.EffectiveSchedule)];
         _currentDecay = Enumerable.Repeat(double.NaN, _profiles.Length).ToArray();
-        _decays = new double[_profiles.Length];
-        _active = new int[_profiles.Length];
 
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
@@ -125,6 +124,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
                     Offsets = box.offsets,
                     Sizes = box.sizes,
                     Shadows = shadows,
+                    ShadowPointers = shadows.Select(t => t.device_type == DeviceType.CPU ? NativeTensor.DataPointer(t) : IntPtr.Zero).ToArray(),
                     Kernel = KernelKinds.For(shadowDType, p.dtype),
                     StartElement = !local && info.ShardDim == 0 && info.Shape.Length > 0 ? box.offsets[0] * rowElements : 0,
                     LocalParameter = local,
@@ -142,6 +142,10 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
             }
             throw;
         }
+        _work = new UpdateWorkList(_profiles.Length, _entries.Count);
+        long localElements = _entries.Sum(e => e.Shadow.numel());
+        int threads = options.EffectiveThreads;
+        if (threads > 1 && localElements >= UpdateWorkList.ParallelThreshold) _pool = new CpuWorkerPool(threads);
     }
 
     public int Rank { get; }
@@ -170,6 +174,9 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
 
     public bool Contains(string name) => _byName.ContainsKey(name);
 
+    /// <summary>Threads a CPU update of this rank's shards uses (1 for small shards).</summary>
+    public int UpdateThreads => _pool?.Parallelism ?? 1;
+
     /// <summary>Bytes of this rank's shadow storage (all profiles).</summary>
     public long ShadowBytes => _entries.Sum(e => e.Shadows.Sum(t => t.numel() * t.ElementSize));
 
@@ -190,14 +197,12 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         ArgumentNullException.ThrowIfNull(model);
         ObjectDisposedException.ThrowIf(_disposed, this);
         long step = Step + 1;
-        int activeCount = 0;
         for (int k = 0; k < _profiles.Length; k++)
         {
-            if (!_profiles[k].Schedule.UpdatesAt(step)) continue;
-            _active[activeCount++] = k;
-            _decays[k] = _profiles[k].Schedule.DecayAt(step);
+            bool active = _profiles[k].Schedule.UpdatesAt(step);
+            _work.SetProfile(k, active, active ? _profiles[k].Schedule.DecayAt(step) : double.NaN);
         }
-        if (activeCount == 0)
+        if (_work.BeginStep() == 0)
         {
             Step = step;
             return;
@@ -209,18 +214,25 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         IDisposable? noGrad = null;
         try
         {
-            UpdateShards(activeCount, ref noGrad);
+            UpdateShards(ref noGrad);
         }
         finally
         {
             noGrad?.Dispose();
         }
-        for (int a = 0; a < activeCount; a++) _currentDecay[_active[a]] = _decays[_active[a]];
+        _work.Run(_pool);
+        for (int a = 0; a < _work.ActiveCount; a++)
+        {
+            int k = _work.ActiveProfile(a);
+            _currentDecay[k] = _work.DecayOf(k);
+        }
         Array.Clear(_live);
         Step = step;
     }
 
-    private unsafe void UpdateShards(int activeCount, ref IDisposable? noGrad)
+    // Contiguous CPU shards become work-list entries (run after the loop, threaded for large shards); the rest go
+    // through TorchSharp ops on their device.
+    private void UpdateShards(ref IDisposable? noGrad)
     {
         for (int s = 0; s < _live.Length; s++)
         {
@@ -228,30 +240,23 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
             var p = _live[s]!;
             if (e.Contiguous && e.Kernel != KernelKind.None && p.device_type == DeviceType.CPU && p.is_contiguous())
             {
-                byte* source = (byte*)NativeTensor.DataPointer(p) + e.StartElement * KernelKinds.ParameterElementSize(e.Kernel);
-                long count = e.Shadow.numel();
-                int a = 0;
-                if (activeCount == 2 && EmaKernels.HasPairKernel(e.Kernel))
+                for (int a = 0; a < _work.ActiveCount; a++)
                 {
-                    int k0 = _active[0], k1 = _active[1];
-                    EmaKernels.RunPair(e.Kernel, (void*)NativeTensor.DataPointer(e.Shadows[k0]), (void*)NativeTensor.DataPointer(e.Shadows[k1]), source, count, _decays[k0], _decays[k1]);
-                    a = 2;
+                    int k = _work.ActiveProfile(a);
+                    _work.SetShadow(k, e.ShadowPointers[k]);
                 }
-                for (; a < activeCount; a++)
-                {
-                    int k = _active[a];
-                    EmaKernels.Run(e.Kernel, (void*)NativeTensor.DataPointer(e.Shadows[k]), source, count, _decays[k]);
-                }
+                _work.Add(NativeTensor.DataPointer(p) + (nint)(e.StartElement * KernelKinds.ParameterElementSize(e.Kernel)), e.Shadow.numel(), e.Kernel);
             }
             else
             {
                 noGrad ??= torch.no_grad();
                 using var view = e.LocalParameter ? p.alias() : Narrow(p, e.Info.ShardDim, e.Offsets, e.Sizes);
-                for (int a = 0; a < activeCount; a++)
+                for (int a = 0; a < _work.ActiveCount; a++)
                 {
-                    int k = _active[a];
-                    InPlace.Release(e.Shadows[k].mul_(_decays[k]), e.Shadows[k]);
-                    InPlace.Release(e.Shadows[k].add_(view, alpha: 1 - _decays[k]), e.Shadows[k]);
+                    int k = _work.ActiveProfile(a);
+                    double decay = _work.DecayOf(k);
+                    InPlace.Release(e.Shadows[k].mul_(decay), e.Shadows[k]);
+                    InPlace.Release(e.Shadows[k].add_(view, alpha: 1 - decay), e.Shadows[k]);
                 }
             }
         }
@@ -395,6 +400,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     {
         if (_disposed) return;
         _disposed = true;
+        _pool?.Dispose();
         foreach (var e in _entries)
         {
             foreach (var t in e.Shadows) t.Dispose();

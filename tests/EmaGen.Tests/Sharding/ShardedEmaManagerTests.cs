@@ -208,6 +208,24 @@ public sealed class ShardedEmaManagerTests
     }
 
     [Fact]
+    public void LargeShardsAreSplitAcrossThreadsWithTheSameResult()
+    {
+        torch.manual_seed(34);
+        using var model = new SizedModel(torch.ScalarType.Float32, 3, (1 << 21) + 5, 70_001);
+        EmaProfileOptions[] profiles = [new("a", EmaSchedule.PowerFunction(0.05)), new("b", EmaSchedule.Constant(0.99))];
+        using var dense = new EmaManager<SizedModel>(model, new EmaOptions { Profiles = profiles, Threads = 1 });
+        using var rank = new ShardedEmaManager<SizedModel>(model, 1, 2, new EmaOptions { Profiles = profiles, Threads = 2 });
+        Assert.Equal(2, rank.UpdateThreads);
+        for (int step = 0; step < 4; step++)
+        {
+            UpdateNumericsTests.RandomizeParameters(model);
+            dense.Update(model);
+            rank.Update(model);
+        }
+        for (int k = 0; k < profiles.Length; k++) AssertMatchesDense(rank, dense, k);
+    }
+
+    [Fact]
     public void SteadyStateShardedUpdatesAllocateNothing()
     {
         torch.manual_seed(33);

@@ -33,7 +33,14 @@ public sealed record PostHocSnapshot(string Folder, string Profile, long Step, d
         // DcpWriter's staging folders start with '.', so a snapshot being written is never read half-done.
         foreach (var folder in Directory.GetDirectories(snapshotsDir, FolderPrefix + "*").Order(StringComparer.Ordinal))
         {
-            result.AddRange(Read(DcpReader.Open(folder), folder));
+            var snapshots = Read(DcpReader.Open(folder), folder).ToList();
+            // The folder name is what people see and sort by; a renamed folder must not pass for another step.
+            var named = Path.GetFileName(folder)[FolderPrefix.Length..];
+            if (snapshots.Count > 0 && (!long.TryParse(named, NumberStyles.None, CultureInfo.InvariantCulture, out var step) || step != snapshots[0].Step))
+            {
+                throw new CheckpointFormatException($"{folder}: the folder is named for step '{named}', but its '_emagen.step' is {snapshots[0].Step}.");
+            }
+            result.AddRange(snapshots);
         }
         return result.OrderBy(s => s.Step).ThenBy(s => s.Profile, StringComparer.Ordinal).ToList();
     }

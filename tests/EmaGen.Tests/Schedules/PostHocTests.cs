@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 using System.IO;
 using System.Linq;
 using EmaGen.Dcp;
@@ -217,6 +218,63 @@ public sealed class PostHocTests
         var foreign = Assert.Throws<CheckpointFormatException>(() => PostHocEma.Synthesize(folder["s"], 0.1, 20, folder["o"]));
         Assert.Contains("step-0000000020", foreign.Message);
         Assert.Throws<DirectoryNotFoundException>(() => PostHocEma.Synthesize(folder["missing"], 0.1, 20, folder["o"]));
+    }
+
+    [Fact]
+    public void TamperedSnapshotsAreRejectedByKeyAndAnEarlierOutputSurvives()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new BareParameters(reflection: false);
+        using var ema = new EmaManager<BareParameters>(model, new EmaOptions { Schedule = EmaSchedule.PowerFunction(0.1) });
+        for (int i = 0; i < 20; i++) ema.Update(model);
+        PostHocEma.SaveSnapshot(ema, folder["good"]);
+        PostHocEma.Synthesize(folder["good"], 0.1, 20, folder["out"]);
+        var before = DcpReader.Open(folder["out"]).ReadTensor("ema.alpha").data<float>().ToArray();
+
+        void Tamper(string name, params KeyValuePair<string, object?>[] changes)
+        {
+            var source = DcpReader.Open(Path.Combine(folder["good"], "step-0000000020"));
+            var state = new Dictionary<string, object?>(StringComparer.Ordinal);
+            foreach (var entry in source.Entries)
+            {
+                state[entry.Key] = entry is DcpTensorEntry ? source.ReadTensor(entry.Key) : source.ReadValue(entry.Key);
+            }
+            foreach (var (key, value) in changes)
+            {
+                if (value is null) state.Remove(key); else state[key] = value;
+            }
+            DcpWriter.Save(Path.Combine(folder[name], "step-0000000020"), state);
+        }
+
+        Tamper("gamma", new KeyValuePair<string, object?>("ema._emagen.gamma", "seven"));
+        Tamper("nan", new KeyValuePair<string, object?>("ema._emagen.gamma", double.NaN));
+        Tamper("step", new KeyValuePair<string, object?>("_emagen.step", -4L));
+        Tamper("format", new KeyValuePair<string, object?>("_emagen.format", "something/else"));
+        foreach (var (name, key) in new[] { ("gamma", "ema._emagen.gamma"), ("nan", "ema._emagen.gamma"), ("step", "_emagen.step"), ("format", "_emagen.format") })
+        {
+            var e = Assert.Throws<CheckpointFormatException>(() => PostHocEma.Synthesize(folder[name], 0.1, 20, folder["out"]));
+            Assert.True(e.Message.Contains(key, StringComparison.Ordinal), $"{name}: {e.Message}");
+        }
+
+        // A second snapshot whose parameters differ from the first's (a different model) is named, not mixed in.
+        Tamper("mixed", new KeyValuePair<string, object?>("ema.beta", null), new KeyValuePair<string, object?>("_emagen.step", 10L));
+        Directory.Move(Path.Combine(folder["mixed"], "step-0000000020"), Path.Combine(folder["mixed"], "step-0000000010"));
+        CopyFolder(Path.Combine(folder["good"], "step-0000000020"), Path.Combine(folder["mixed"], "step-0000000020"));
+        var mixed = Assert.Throws<ArgumentException>(() => PostHocEma.Synthesize(folder["mixed"], 0.1, 20, folder["out"]));
+        Assert.True(mixed.Message.Contains("beta", StringComparison.Ordinal), mixed.Message);
+
+        // A renamed folder does not pass for another step.
+        Directory.Move(Path.Combine(folder["mixed"], "step-0000000010"), Path.Combine(folder["mixed"], "step-0000000015"));
+        var renamed = Assert.Throws<CheckpointFormatException>(() => PostHocEma.Synthesize(folder["mixed"], 0.1, 20, folder["out"]));
+        Assert.Contains("named for step '0000000015'", renamed.Message);
+
+        Assert.Equal(before, DcpReader.Open(folder["out"]).ReadTensor("ema.alpha").data<float>().ToArray());
+    }
+
+    private static void CopyFolder(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var file in Directory.GetFiles(from)) File.Copy(file, Path.Combine(to, Path.GetFileName(file)));
     }
 
     // Two tracked power-function profiles with snapshots, and a manager tracking σ_rel 0.075 directly.

@@ -59,7 +59,7 @@ public static class CliApp
             r.GetValue(every), r.GetValue(perCall), r.GetValue(startAfter), r.GetValue(steps), r.GetValue(scheduleJson), stdout)));
 
         var snapshotsDir = new Argument<string>("snapshots") { Description = "A folder of post-hoc snapshots (step-NNNNNNNNNN)." };
-        var postHocSigma = new Option<double?>("--sigma-rel") { Description = "Width of the EMA to synthesise." };
+        var postHocSigma = new Option<string?>("--sigma-rel") { Description = "Width(s) of the EMA to synthesise: S, or S1,S2,... (then OUT/sigma-S each)." };
         var postHocStep = new Option<long?>("--step") { Description = "Step to synthesise it at (best a snapshot step); later snapshots are ignored." };
         var postHocOut = new Option<string?>("--out") { Description = "The checkpoint folder to write." };
         var postHocDType = new Option<string>("--dtype") { Description = "float32 (default), bfloat16 or float16.", DefaultValueFactory = _ => "float32" };

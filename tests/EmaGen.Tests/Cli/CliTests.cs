@@ -179,6 +179,23 @@ public sealed class CliTests
         Assert.Equal(200L, reader.ReadValue("ema._emagen.step"));
         Assert.Equal(torch.ScalarType.BFloat16, reader.ReadTensor("ema.alpha").dtype);
 
+        // Several widths in one pass over the snapshots: each equals its own single-width synthesis bit for bit.
+        var (many, manyOutput, _) = Run("posthoc", folder["snapshots"], "--sigma-rel", "0.06,0.09", "--step", "300", "--out", folder["many"]);
+        Assert.Equal(0, many);
+        Assert.Contains(Path.Combine(folder["many"], "sigma-0.09"), manyOutput);
+        foreach (var width in new[] { 0.06, 0.09 })
+        {
+            var single = folder[$"single-{width}"];
+            PostHocEma.Synthesize(folder["snapshots"], width, 300, single);
+            var a = DcpReader.Open(single);
+            var b = DcpReader.Open(Path.Combine(folder["many"], "sigma-" + width.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+            foreach (var key in new[] { "ema.alpha", "ema.beta", "ema.gamma" })
+            {
+                Assert.Equal(a.ReadTensor(key).data<float>().ToArray(), b.ReadTensor(key).data<float>().ToArray());
+            }
+            Assert.Equal(a.ReadValue("ema._emagen.schedule"), b.ReadValue("ema._emagen.schedule"));
+        }
+
         var (partial, _, partialError) = Run("posthoc", folder["snapshots"], "--sigma-rel", "0.07");
         Assert.Equal(1, partial);
         Assert.Contains("--step", partialError);

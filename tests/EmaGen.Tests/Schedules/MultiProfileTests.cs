@@ -65,6 +65,54 @@ public sealed class MultiProfileTests
     }
 
     [Fact]
+    public void BuffersAndLowPrecisionShadowsFuseLikeIndependentManagers()
+    {
+        torch.manual_seed(8);
+        using var norm = new NormModel();
+        var profiles = FourProfiles();
+        using var fused = new EmaManager<NormModel>(norm, new EmaOptions { Profiles = profiles, TrackBuffers = true });
+        var single = profiles.Select(p => new EmaManager<NormModel>(norm, new EmaOptions { Schedule = p.Schedule, TrackBuffers = true })).ToList();
+        using var half = new SizedModel(torch.ScalarType.BFloat16, 5, 4099);
+        using var fusedHalf = new EmaManager<SizedModel>(half, new EmaOptions { Profiles = profiles, LowPrecisionShadow = true });
+        var singleHalf = profiles.Select(p => new EmaManager<SizedModel>(half, new EmaOptions { Schedule = p.Schedule, LowPrecisionShadow = true })).ToList();
+        try
+        {
+            for (int step = 0; step < 5; step++)
+            {
+                norm.train();
+                using (torch.no_grad()) norm.call(torch.randn(8, 4)).Dispose(); // moves running stats and num_batches_tracked
+                UpdateNumericsTests.RandomizeParameters(norm);
+                UpdateNumericsTests.RandomizeParameters(half);
+                fused.Update(norm);
+                fusedHalf.Update(half);
+                foreach (var s in single) s.Update(norm);
+                foreach (var s in singleHalf) s.Update(half);
+            }
+            for (int k = 0; k < profiles.Length; k++)
+            {
+                foreach (var name in fused.TrackedNames)
+                {
+                    var expected = single[k][name];
+                    var actual = fused.Profiles[k][name];
+                    Assert.Equal(expected.dtype, actual.dtype);
+                    Assert.True(expected.bytes.SequenceEqual(actual.bytes), $"profile {profiles[k].Name}: {name}");
+                }
+                foreach (var name in fusedHalf.TrackedNames)
+                {
+                    Assert.Equal(torch.ScalarType.BFloat16, fusedHalf.Profiles[k][name].dtype);
+                    Assert.True(singleHalf[k][name].bytes.SequenceEqual(fusedHalf.Profiles[k][name].bytes), $"bf16 profile {profiles[k].Name}: {name}");
+                }
+            }
+            Assert.Equal(5L, fused.Profile("slow")["bn.num_batches_tracked"].item<long>());
+        }
+        finally
+        {
+            foreach (var s in single) s.Dispose();
+            foreach (var s in singleHalf) s.Dispose();
+        }
+    }
+
+    [Fact]
     public void EachProfileHasItsOwnTypedShadowAndTheManagerActsOnTheFirst()
     {
         using var model = new NestedModel(reflection: false);

@@ -49,7 +49,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
     /// <param name="model">The train model, with full parameters.</param>
     /// <param name="rank">This process's rank, or null for RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS.</param>
     /// <param name="worldSize">The number of ranks, or null as for <paramref name="rank"/>.</param>
-    /// <param name="options">Decay, schedule or profiles; <see cref="EmaOptions.PackParameters"/> and <see cref="EmaOptions.TrackBuffers"/> are not supported here.</param>
+    /// <param name="options">Decay, schedule or profiles; <see cref="EmaOptions.TrackBuffers"/> keeps whole (replicated) shadows of the buffers on every rank; <see cref="EmaOptions.PackParameters"/> is not supported here.</param>
     /// <param name="globalShapes">
     /// Null when the model's parameters are whole. For an FSDP-style model whose parameters hold only this rank's shard,
     /// the global shape of every averaged parameter by name; each local parameter must then have exactly its box's shape.
@@ -60,9 +60,9 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
         ArgumentNullException.ThrowIfNull(model);
         options ??= new EmaOptions();
         options.Validate();
-        if (options.PackParameters || options.TrackBuffers)
+        if (options.PackParameters)
         {
-            throw new NotSupportedException("A sharded EMA supports neither PackParameters nor TrackBuffers yet.");
+            throw new NotSupportedException("A sharded EMA does not support PackParameters yet.");
         }
         var me = RankInfo.Resolve(rank, worldSize);
         Rank = me.Rank;
@@ -85,14 +85,16 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
             {
                 var slot = _slots[s];
                 _slotNumel[s] = slot.Tensor?.numel() ?? -1;
-                if (slot.Tensor is not { } p || slot.IsBuffer || slot.Ignored || !p.requires_grad) continue;
-                var shadowDType = KernelKinds.ShadowDTypeFor(p.dtype, options.LowPrecisionShadow);
+                if (slot.Tensor is not { } p || slot.Ignored || !(slot.IsBuffer ? options.TrackBuffers : p.requires_grad)) continue;
+                var shadowDType = KernelKinds.IsFloatingPoint(p.dtype) ? KernelKinds.ShadowDTypeFor(p.dtype, options.LowPrecisionShadow) : p.dtype;
                 long[] globalShape = p.shape;
+                // Buffers are replicated (FSDP keeps them whole on every rank), so their own shape is the global one.
                 if (globalShapes is not null && !globalShapes.TryGetValue(slot.FullName, out globalShape!))
                 {
-                    throw new ArgumentException($"globalShapes has no entry for parameter '{slot.FullName}'.", nameof(globalShapes));
+                    if (!slot.IsBuffer) throw new ArgumentException($"globalShapes has no entry for parameter '{slot.FullName}'.", nameof(globalShapes));
+                    globalShape = p.shape;
                 }
-                var info = new EmaParameterInfo(slot.FullName, globalShape, p.dtype, shadowDType, p.device, EmaExclusion.None, false, slot.ShardDim);
+                var info = new EmaParameterInfo(slot.FullName, globalShape, p.dtype, shadowDType, p.device, EmaExclusion.None, slot.IsBuffer, slot.ShardDim);
                 (long[] offsets, long[] sizes) box;
                 try
                 {
@@ -169,7 +171,7 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
 
     public long Step { get; private set; }
 
-    /// <summary>Number of averaged parameters (each with a local shard, possibly empty).</summary>
+    /// <summary>Number of averaged tensors (each with a local shard, possibly empty; buffers whole when tracked).</summary>
     public int Count => _entries.Count;
 
     public bool Contains(string name) => _byName.ContainsKey(name);
@@ -255,6 +257,11 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
                 {
                     int k = _work.ActiveProfile(a);
                     double decay = _work.DecayOf(k);
+                    if (!KernelKinds.IsFloatingPoint(e.Shadows[k].dtype))
+                    {
+                        InPlace.Release(e.Shadows[k].copy_(view), e.Shadows[k]); // integer and bool buffers are copied
+                        continue;
+                    }
                     InPlace.Release(e.Shadows[k].mul_(decay), e.Shadows[k]);
                     InPlace.Release(e.Shadows[k].add_(view, alpha: 1 - decay), e.Shadows[k]);
                 }

@@ -226,6 +226,47 @@ public sealed class ShardedEmaManagerTests
     }
 
     [Fact]
+    public async Task TrackedBuffersAreReplicatedOnEveryRankAndMatchTheDenseEma()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        torch.manual_seed(35);
+        using var model = new NormModel();
+        var options = new EmaOptions { Decay = 0.7, TrackBuffers = true };
+        using var dense = new EmaManager<NormModel>(model, options);
+        var ranks = Enumerable.Range(0, 2).Select(r => new ShardedEmaManager<NormModel>(model, r, 2, options)).ToList();
+        try
+        {
+            for (int step = 0; step < 4; step++)
+            {
+                model.train();
+                using (torch.no_grad()) model.call(torch.randn(8, 4)).Dispose();
+                UpdateNumericsTests.RandomizeParameters(model);
+                dense.Update(model);
+                foreach (var rank in ranks) rank.Update(model);
+            }
+            Assert.Equal(dense.Count, ranks[0].Count);
+            foreach (var rank in ranks)
+            {
+                foreach (var name in new[] { "bn.running_mean", "bn.running_var", "bn.num_batches_tracked", "scale" })
+                {
+                    Assert.True(dense[name].bytes.SequenceEqual(rank[name].bytes), $"rank {rank.Rank}: {name}");
+                }
+            }
+            Assert.Equal(4L, ranks[1]["bn.num_batches_tracked"].item<long>());
+
+            await Task.WhenAll(ranks.Select(rank => Task.Run(() => rank.Save(folder["ckpt"], "b1", TimeSpan.FromSeconds(30)))));
+            using var other = new NormModel();
+            using var consolidated = new EmaManager<NormModel>(other, options);
+            consolidated.Load(folder["ckpt"]);
+            foreach (var name in dense.TrackedNames) Assert.True(dense[name].bytes.SequenceEqual(consolidated[name].bytes), name);
+        }
+        finally
+        {
+            foreach (var rank in ranks) rank.Dispose();
+        }
+    }
+
+    [Fact]
     public void SteadyStateShardedUpdatesAllocateNothing()
     {
         torch.manual_seed(33);

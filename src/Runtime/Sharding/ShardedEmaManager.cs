@@ -16,7 +16,7 @@ namespace EmaGen;
 /// With <see cref="EmaOptions.Profiles"/> every profile keeps its own shards, all updated in one pass over the
 /// parameters, and checkpoints use the dense manager's multi-profile layout (so either manager loads the other's).
 /// </summary>
-public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch.nn.Module, IEmaTracked<TModel>
+public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel : torch.nn.Module, IEmaTracked<TModel>
 {
     private readonly ParameterSlot[] _slots;
     private readonly long[] _slotNumel;
@@ -266,140 +266,6 @@ public sealed class ShardedEmaManager<TModel> : IDisposable where TModel : torch
                     InPlace.Release(e.Shadows[k].add_(view, alpha: 1 - decay), e.Shadows[k]);
                 }
             }
-        }
-    }
-
-    /// <summary>Caller-owned copies of this rank's shards of profile <paramref name="profile"/>, with where each sits in the global tensor.</summary>
-    public Dictionary<string, DcpShard> StateDict(int profile = 0)
-    {
-        using var _ = torch.no_grad();
-        return _entries.ToDictionary(e => e.Info.Name,
-            e => new DcpShard(e.Info.Name, e.Shadows[profile].clone(), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
-    }
-
-    /// <summary>
-    /// Copies this rank's shards back from <paramref name="state"/> (as <see cref="StateDict"/> returns them): every
-    /// averaged name must be present (strict), with the same global shape, box and dtype; all is checked before anything
-    /// is written.
-    /// </summary>
-    public void LoadStateDict(IReadOnlyDictionary<string, DcpShard> state, int profile = 0)
-    {
-        ArgumentNullException.ThrowIfNull(state);
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        var missing = _byName.Keys.Where(n => !state.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
-        var unexpected = state.Keys.Where(n => !_byName.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
-        if (missing.Count > 0 || unexpected.Count > 0)
-        {
-            throw new ArgumentException($"Sharded EMA state does not match: {missing.Count} missing ({string.Join(", ", missing.Take(5))}), {unexpected.Count} unexpected ({string.Join(", ", unexpected.Take(5))}).", nameof(state));
-        }
-        foreach (var (name, shard) in state)
-        {
-            var e = _byName[name];
-            if (!shard.GlobalSize.AsSpan().SequenceEqual(e.Info.Shape) || !shard.Offsets.AsSpan().SequenceEqual(e.Offsets)
-                || !shard.Local.shape.AsSpan().SequenceEqual(e.Sizes) || shard.Local.dtype != e.Shadow.dtype)
-            {
-                throw new ArgumentException($"'{name}': shard {shard.Local.dtype} [{string.Join(", ", shard.Local.shape)}] at ({string.Join(", ", shard.Offsets)}) of [{string.Join(", ", shard.GlobalSize)}] does not fit rank {Rank}'s {e.Shadow.dtype} [{string.Join(", ", e.Sizes)}] at ({string.Join(", ", e.Offsets)}).", nameof(state));
-            }
-        }
-        using var _ = torch.no_grad();
-        foreach (var (name, shard) in state) InPlace.Release(_byName[name].Shadows[profile].copy_(shard.Local), _byName[name].Shadows[profile]);
-    }
-
-    /// <summary>
-    /// This rank's part of one DCP checkpoint written by all ranks: writes its data file and manifest; rank 0 then
-    /// merges every rank's manifest (waiting up to <paramref name="timeout"/>) and commits, the other ranks wait for the
-    /// commit. Every rank must call it with the same <paramref name="saveId"/>.
-    /// </summary>
-    public void Save(string directory, string saveId, TimeSpan timeout, string prefix = EmaCheckpoint.DefaultPrefix)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        var shards = new List<DcpShard>();
-        var values = new Dictionary<string, object?>();
-        if (_namedProfiles)
-        {
-            foreach (var (key, value) in EmaCheckpoint.ManagerState(prefix, Step, _profiles.Select(p => p.Name))) values[key] = value;
-        }
-        for (int k = 0; k < _profiles.Length; k++)
-        {
-            var profilePrefix = ProfilePrefix(prefix, k);
-            foreach (var e in _entries)
-            {
-                shards.Add(new DcpShard(profilePrefix + e.Info.Name, e.Shadows[k], e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
-            }
-            // The dense manager's layout: a single profile stores its configured decay, named ones their current decay.
-            double decay = _namedProfiles ? _currentDecay[k] : Decay;
-            foreach (var (key, value) in EmaCheckpoint.ProfileState(profilePrefix, [], _ => throw new InvalidOperationException(), Step, decay, _profiles[k].Schedule.Describe()))
-            {
-                values[key] = value;
-            }
-        }
-        var me = new RankInfo(Rank, WorldSize);
-        DcpShardedSave.WriteRank(directory, saveId, me, shards, values);
-        if (Rank == 0) DcpShardedSave.Commit(directory, saveId, WorldSize, timeout);
-        else DcpShardedSave.WaitForCommit(directory, saveId, timeout);
-    }
-
-    // This rank's shards of one profile under keyPrefix, each tensor made by `local` from the shadow (a view or a copy).
-    internal List<DcpShard> ShardsOf(int profile, string keyPrefix, Func<torch.Tensor, torch.Tensor> local)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        return _entries.Select(e => new DcpShard(keyPrefix + e.Info.Name, local(e.Shadows[profile]), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated)).ToList();
-    }
-
-    private string ProfilePrefix(string prefix, int profile) => _namedProfiles ? prefix + _profiles[profile].Name + "." : prefix;
-
-    /// <summary>
-    /// Reads this rank's box of every averaged parameter from any DCP folder with these keys (any saved chunking: dense,
-    /// another world size, PyTorch's), reading only the chunks that overlap it. All is read and checked first; a
-    /// failed load changes nothing.
-    /// </summary>
-    public void Load(string directory, string prefix = EmaCheckpoint.DefaultPrefix, bool allowScheduleMismatch = false)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        var reader = DcpReader.Open(directory);
-        var stored = EmaCheckpoint.ReadProfileNames(reader, directory, prefix);
-        if (_namedProfiles != (stored is not null) || (stored is not null && !stored.SequenceEqual(_profiles.Select(p => p.Name))))
-        {
-            throw new ArgumentException(
-                $"{directory}: the checkpoint holds {(stored is null ? "a single-profile EMA" : "EMA profiles " + string.Join(", ", stored))} under '{prefix}', this manager has {(_namedProfiles ? "profiles " + string.Join(", ", _profiles.Select(p => p.Name)) : "one unnamed profile")}.");
-        }
-        var staged = new List<(torch.Tensor Shadow, torch.Tensor Data)>();
-        try
-        {
-            long? step = null;
-            for (int k = 0; k < _profiles.Length; k++)
-            {
-                var profilePrefix = ProfilePrefix(prefix, k);
-                foreach (var e in _entries)
-                {
-                    var key = profilePrefix + e.Info.Name;
-                    var saved = reader.TensorEntry(key);
-                    if (!saved.Size.AsSpan().SequenceEqual(e.Info.Shape))
-                    {
-                        throw new ArgumentException($"{directory}: '{key}' has shape [{string.Join(", ", saved.Size)}], expected [{string.Join(", ", e.Info.Shape)}].");
-                    }
-                    var data = reader.ReadSlice(key, e.Offsets, e.Sizes);
-                    staged.Add((e.Shadows[k], data));
-                    if (data.dtype != e.Shadow.dtype) throw new ArgumentException($"{directory}: '{key}' is {data.dtype}, expected {e.Shadow.dtype}.");
-                }
-                var scheduleKey = profilePrefix + EmaCheckpoint.StateSegment + "schedule";
-                string? schedule = reader.Metadata.Find(scheduleKey) is DcpBytesEntry ? reader.ReadValue(scheduleKey) as string : null;
-                var expected = _profiles[k].Schedule.Describe();
-                if (schedule is not null && schedule != expected && !allowScheduleMismatch)
-                {
-                    throw new ArgumentException(
-                        $"{directory}: the checkpoint was written with schedule {schedule}{(_namedProfiles ? $" for profile '{_profiles[k].Name}'" : "")}, this manager uses {expected}.");
-                }
-                var stepKey = profilePrefix + EmaCheckpoint.StateSegment + "step";
-                step ??= reader.Metadata.Find(stepKey) is DcpBytesEntry ? reader.ReadValue(stepKey) as long? : null;
-            }
-            using var _ = torch.no_grad();
-            foreach (var (shadow, data) in staged) InPlace.Release(shadow.copy_(data), shadow);
-            Step = step ?? Step;
-        }
-        finally
-        {
-            foreach (var (_, data) in staged) data.Dispose();
         }
     }
 

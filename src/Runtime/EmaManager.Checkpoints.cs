@@ -1,0 +1,128 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using EmaGen.Dcp;
+using TorchSharp;
+
+namespace EmaGen;
+
+// Save and Load: the shadows of every profile as one PyTorch Distributed Checkpoint folder.
+public sealed partial class EmaManager<TModel>
+{
+    /// <summary>
+    /// Writes the shadows as a PyTorch Distributed Checkpoint folder: each shadow under <c>{prefix}{name}</c> (one full
+    /// chunk), plus the manager's own state as values under <c>{prefix}_emagen.step</c>, <c>.decay</c>,
+    /// <c>.schedule</c> and <c>.format</c>. With named profiles each profile is such a subtree under
+    /// <c>{prefix}{profile}.</c> (so one profile loads on its own with that prefix), and <c>{prefix}_emagen.profiles</c>
+    /// lists them. The folder replaces a previous checkpoint at <paramref name="directory"/> only once complete.
+    /// </summary>
+    /// <param name="directory">The checkpoint folder (created or replaced).</param>
+    /// <param name="prefix">Key prefix, so the EMA can share a key space with model and optimizer state (PyTorch style: <c>"ema."</c>).</param>
+    /// <param name="options">Writer options (naming for older PyTorch, files per rank).</param>
+    public void Save(string directory, string prefix = EmaCheckpoint.DefaultPrefix, DcpWriteOptions? options = null)
+    {
+        ThrowIfDisposed();
+        ThrowIfSwapped();
+        DcpWriter.Save(directory, StateToSave(prefix), options);
+    }
+
+    private IEnumerable<KeyValuePair<string, object?>> StateToSave(string prefix)
+    {
+        if (!_namedProfiles)
+        {
+            return EmaCheckpoint.ProfileState(prefix, TrackedNames, name => ShadowOf(0, name), Step, Decay, Schedule.Describe());
+        }
+        var state = EmaCheckpoint.ManagerState(prefix, Step, _profiles.Select(p => p.Name));
+        foreach (var profile in _profiles)
+        {
+            var k = profile.Index;
+            state = state.Concat(EmaCheckpoint.ProfileState(ProfilePrefix(prefix, profile), TrackedNames, name => ShadowOf(k, name),
+                Step, profile.CurrentDecay, profile.Schedule.Describe()));
+        }
+        return state;
+    }
+
+    private string ProfilePrefix(string prefix, EmaProfile<TModel> profile) => _namedProfiles ? prefix + profile.Name + "." : prefix;
+
+    /// <summary>
+    /// Loads shadows and step written by <see cref="Save"/> (or any DCP folder with the same keys). Everything is read and
+    /// checked first, with <see cref="LoadStateDict(IReadOnlyDictionary{string, torch.Tensor}, bool)"/>'s rules, for every profile; a failed load changes nothing.
+    /// </summary>
+    /// <param name="directory">The checkpoint folder.</param>
+    /// <param name="strict">When true, the checkpoint must hold exactly the averaged names (and profiles) under <paramref name="prefix"/>; otherwise the names and profiles both sides have are loaded.</param>
+    /// <param name="prefix">Key prefix used when saving.</param>
+    /// <param name="allowScheduleMismatch">Load even when the checkpoint was written with another decay schedule.</param>
+    /// <exception cref="CheckpointFormatException">The folder is not a readable checkpoint.</exception>
+    /// <exception cref="ArgumentException">Names, shapes, dtypes, profiles or schedules do not fit.</exception>
+    public void Load(string directory, bool strict = true, string prefix = EmaCheckpoint.DefaultPrefix, bool allowScheduleMismatch = false)
+    {
+        ThrowIfDisposed();
+        ThrowIfSwapped();
+        var reader = DcpReader.Open(directory);
+        var stored = EmaCheckpoint.ReadProfileNames(reader, directory, prefix);
+        var toLoad = ProfilesToLoad(directory, prefix, stored, strict);
+        var loaded = new List<(EmaProfile<TModel> Profile, EmaCheckpoint.Loaded State)>();
+        try
+        {
+            foreach (var profile in toLoad)
+            {
+                loaded.Add((profile, EmaCheckpoint.Read(reader, directory, ProfilePrefix(prefix, profile), strict ? null : _trackedIndex.Keys)));
+            }
+            var plans = new List<List<(torch.Tensor Target, torch.Tensor Source)>>();
+            long? step = null;
+            foreach (var (profile, state) in loaded)
+            {
+                if (state.Schedule is { } schedule && schedule != profile.Schedule.Describe() && !allowScheduleMismatch)
+                {
+                    throw new ArgumentException(
+                        $"{directory}: the checkpoint was written with schedule {schedule}{ProfileText(profile)}, this manager uses {profile.Schedule.Describe()} (pass allowScheduleMismatch to load anyway).");
+                }
+                if (step is { } s && state.Step is { } t && s != t)
+                {
+                    throw new ArgumentException($"{directory}: the profiles were saved at different steps ({s} and {t}).");
+                }
+                step ??= state.Step;
+                plans.Add(PlanLoad(profile.Index, state.Tensors, strict));
+            }
+            foreach (var plan in plans) Commit(plan);
+            Step = step ?? Step;
+        }
+        finally
+        {
+            foreach (var (_, state) in loaded)
+            {
+                foreach (var t in state.Tensors.Values) t.Dispose();
+            }
+        }
+    }
+
+    // Which of this manager's profiles a checkpoint with profiles `stored` (null: a single-profile checkpoint) can fill.
+    private List<EmaProfile<TModel>> ProfilesToLoad(string directory, string prefix, IReadOnlyList<string>? stored, bool strict)
+    {
+        if (!_namedProfiles)
+        {
+            if (stored is not null)
+            {
+                throw new ArgumentException(
+                    $"{directory}: the checkpoint holds EMA profiles {string.Join(", ", stored)} under '{prefix}'; build the manager with EmaOptions.Profiles, or load one profile with prefix '{prefix}{stored[0]}.'.");
+            }
+            return [_profiles[0]];
+        }
+        if (stored is null)
+        {
+            throw new ArgumentException(
+                $"{directory}: the checkpoint holds a single-profile EMA under '{prefix}' (no '{prefix}_emagen.profiles'), this manager has profiles {string.Join(", ", _profiles.Select(p => p.Name))}; load it into one profile with LoadStateDict or a single-profile manager.");
+        }
+        var present = _profiles.Where(p => stored.Contains(p.Name)).ToList();
+        var missing = _profiles.Where(p => !stored.Contains(p.Name)).Select(p => p.Name).ToList();
+        var extra = stored.Where(n => _profiles.All(p => p.Name != n)).ToList();
+        if ((strict && (missing.Count > 0 || extra.Count > 0)) || present.Count == 0)
+        {
+            throw new ArgumentException(
+                $"{directory}: the checkpoint's EMA profiles ({string.Join(", ", stored)}) do not match this manager's ({string.Join(", ", _profiles.Select(p => p.Name))}).");
+        }
+        return present;
+    }
+
+    private static string ProfileText(EmaProfile<TModel> profile) => profile.Name.Length == 0 ? "" : $" for profile '{profile.Name}'";
+}

@@ -94,11 +94,18 @@ public static class Trainer
         var postHocDir = PostHocDirectory(options);
         ClearPostHocSnapshots(options);
         var initial = Snapshot(model, options, log);
+        // Snapshots are written in the background while training goes on; each waits for the one before.
+        System.Threading.Tasks.Task<string>? pendingSnapshot = null;
         var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, step =>
         {
             ema.Update(model);
-            if (postHocDir is not null && (step % options.PostHocEvery == 0 || step == options.Steps)) PostHocEma.SaveSnapshot(ema, postHocDir);
+            if (postHocDir is not null && (step % options.PostHocEvery == 0 || step == options.Steps))
+            {
+                pendingSnapshot?.GetAwaiter().GetResult();
+                pendingSnapshot = PostHocEma.SaveSnapshotAsync(ema, postHocDir);
+            }
         });
+        pendingSnapshot?.GetAwaiter().GetResult();
 
         var candidates = ema.Profiles.Select(p => (p.Name.Length == 0 ? "EMA" : p.Name, p.Schedule.Describe(), (Func<EmaWeightSwap>)(() => p.SwapInto(model)))).ToList();
         using var postHoc = postHocDir is null ? null : SynthesizePostHoc(options, model, postHocDir, log);

@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Linq;
+using System.Threading.Tasks;
 using EmaGen.Dcp;
 using TorchSharp;
 
@@ -24,6 +25,20 @@ public sealed partial class EmaManager<TModel>
         ThrowIfDisposed();
         ThrowIfSwapped();
         DcpWriter.Save(directory, StateToSave(prefix), options);
+    }
+
+    /// <summary>
+    /// <see cref="Save"/> with only a copy on the calling thread: every shadow is cloned on its device (one extra copy of
+    /// the EMA until the write ends), then the write, fsync and folder swap run on a background task, so training and
+    /// updates go on meanwhile. The checkpoint holds the state at the call. The task carries any failure, and a failed
+    /// write leaves the previous checkpoint in place; await it before saving to the same folder again.
+    /// </summary>
+    public Task SaveAsync(string directory, string prefix = EmaCheckpoint.DefaultPrefix, DcpWriteOptions? options = null)
+    {
+        ThrowIfDisposed();
+        ThrowIfSwapped();
+        var state = EmaCheckpoint.DetachedCopy(StateToSave(prefix), out var copies);
+        return EmaCheckpoint.WriteInBackground(directory, state, copies, options);
     }
 
     private IEnumerable<KeyValuePair<string, object?>> StateToSave(string prefix)

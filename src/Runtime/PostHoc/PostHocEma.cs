@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.IO;
 using System.Linq;
+using System.Threading.Tasks;
 using EmaGen.Dcp;
 using TorchSharp;
 
@@ -28,26 +29,68 @@ public static partial class PostHocEma
     {
         ArgumentNullException.ThrowIfNull(ema);
         ArgumentNullException.ThrowIfNull(snapshotsDir);
+        var state = SnapshotState(ema, dtype, shadow => new DeferredTensor(() =>
+        {
+            using var _ = torch.no_grad();
+            return shadow.to_type(dtype, copy: true);
+        }));
+        var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
+        DcpWriter.Save(folder, state);
+        return folder;
+    }
+
+    /// <summary>
+    /// <see cref="SaveSnapshot{TModel}(EmaManager{TModel}, string, torch.ScalarType)"/> with only the conversion on the
+    /// calling thread: the profiles are converted to <paramref name="dtype"/> now (for fp16, half the fp32 shadows' memory
+    /// until the write ends) and written, fsynced and swapped in on a background task while training goes on. The
+    /// task's result is the snapshot folder; await it before the next snapshot.
+    /// </summary>
+    public static Task<string> SaveSnapshotAsync<TModel>(EmaManager<TModel> ema, string snapshotsDir, torch.ScalarType dtype = torch.ScalarType.Float16)
+        where TModel : torch.nn.Module, IEmaTracked<TModel>
+    {
+        ArgumentNullException.ThrowIfNull(ema);
+        ArgumentNullException.ThrowIfNull(snapshotsDir);
+        var copies = new List<torch.Tensor>();
+        List<KeyValuePair<string, object?>> state;
+        try
+        {
+            using var _ = torch.no_grad();
+            state = SnapshotState(ema, dtype, shadow =>
+            {
+                var copy = shadow.to_type(dtype, copy: true).DetachFromDisposeScope();
+                copies.Add(copy);
+                return copy;
+            });
+        }
+        catch
+        {
+            foreach (var c in copies) c.Dispose();
+            throw;
+        }
+        var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
+        var write = EmaCheckpoint.WriteInBackground(folder, state, copies, options: null);
+        return Finish();
+
+        async Task<string> Finish()
+        {
+            await write.ConfigureAwait(false);
+            return folder;
+        }
+    }
+
+    // The snapshot's values and, for each power-function profile, its shadows as `tensor` makes them (lazy or eager copies).
+    private static List<KeyValuePair<string, object?>> SnapshotState<TModel>(EmaManager<TModel> ema, torch.ScalarType dtype, Func<torch.Tensor, object> tensor)
+        where TModel : torch.nn.Module, IEmaTracked<TModel>
+    {
         var profiles = ema.Profiles.Where(p => PostHocSolver.PowerFunctionGamma(p.Schedule) is not null).ToList();
         CheckSnapshotable(ema.Step, dtype, profiles.Count, () => string.Join(", ", ema.Profiles));
         var keys = profiles.Select(p => p.Name.Length == 0 ? PostHocSnapshot.UnnamedProfile : p.Name).ToList();
         var state = SnapshotValues(ema.Step, keys.Zip(profiles, (key, p) => (key, p.Schedule))).ToList();
         for (int k = 0; k < profiles.Count; k++)
         {
-            var profile = profiles[k];
-            foreach (var name in ema.TrackedNames)
-            {
-                var shadow = profile[name];
-                state.Add(new(keys[k] + "." + name, new DeferredTensor(() =>
-                {
-                    using var _ = torch.no_grad();
-                    return shadow.to_type(dtype, copy: true);
-                })));
-            }
+            foreach (var name in ema.TrackedNames) state.Add(new(keys[k] + "." + name, tensor(profiles[k][name])));
         }
-        var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
-        DcpWriter.Save(folder, state);
-        return folder;
+        return state;
     }
 
     private static void CheckSnapshotable(long step, torch.ScalarType dtype, int powerProfiles, Func<string> describeProfiles)

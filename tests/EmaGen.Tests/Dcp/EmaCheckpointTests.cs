@@ -115,6 +115,53 @@ public sealed class EmaCheckpointTests
     }
 
     [Fact]
+    public async System.Threading.Tasks.Task SaveAsyncWritesTheStateAtTheCallWhileUpdatesGoOn()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new NestedModel(reflection: false);
+        using var ema = new EmaManager<NestedModel>(model, new EmaOptions
+        {
+            Profiles = [new("narrow", EmaSchedule.PowerFunction(0.05)), new("wide", EmaSchedule.PowerFunction(0.10))],
+        });
+        for (int i = 0; i < 3; i++)
+        {
+            UpdateNumericsTests.RandomizeParameters(model);
+            ema.Update(model);
+        }
+        var atCall = ema.Profiles.Select(p => p.StateDict()).ToList();
+        var save = ema.SaveAsync(folder["ckpt"]);
+        var snapshot = PostHocEma.SaveSnapshotAsync(ema, folder["snapshots"]);
+        for (int i = 0; i < 5; i++)
+        {
+            UpdateNumericsTests.RandomizeParameters(model);
+            ema.Update(model);
+        }
+        await save;
+        Assert.Equal(Path.Combine(folder["snapshots"], "step-0000000003"), await snapshot);
+
+        using var other = new NestedModel(reflection: false);
+        using var loaded = new EmaManager<NestedModel>(other, new EmaOptions
+        {
+            Profiles = [new("narrow", EmaSchedule.PowerFunction(0.05)), new("wide", EmaSchedule.PowerFunction(0.10))],
+        });
+        loaded.Load(folder["ckpt"]);
+        Assert.Equal(3, loaded.Step);
+        for (int k = 0; k < 2; k++)
+        {
+            foreach (var (name, tensor) in atCall[k]) Assert.Equal(tensor.data<float>().ToArray(), loaded.Profiles[k][name].data<float>().ToArray());
+        }
+        var stored = DcpReader.Open(Path.Combine(folder["snapshots"], "step-0000000003")).ReadTensor("wide.middle.weight");
+        Assert.Equal(torch.ScalarType.Float16, stored.dtype);
+        Assert.Equal(atCall[1]["middle.weight"].to_type(torch.ScalarType.Float16).data<Half>().ToArray(), stored.data<Half>().ToArray());
+
+        // A write that fails in the background faults the task and leaves the previous checkpoint in place.
+        var failing = new DcpWriteOptions { OnStage = stage => { if (stage == "data") throw new IOException("simulated failure"); } };
+        await Assert.ThrowsAsync<IOException>(() => ema.SaveAsync(folder["ckpt"], options: failing));
+        loaded.Load(folder["ckpt"]);
+        Assert.Equal(3, loaded.Step);
+    }
+
+    [Fact]
     public void RealPyTorchLoadsAMultiProfileCheckpointAndAPostHocEma()
     {
         using var folder = TestPaths.NewTempFolder();

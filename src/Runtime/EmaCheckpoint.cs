@@ -38,37 +38,6 @@ public static class EmaCheckpoint
         yield return new(prefix + StateSegment + "format", Format);
     }
 
-    /// <summary>
-    /// <paramref name="state"/> with every tensor replaced by a clone (made now, on the calling thread), so that it can
-    /// be written later while the originals keep changing; <paramref name="copies"/> are the clones to dispose.
-    /// </summary>
-    internal static List<KeyValuePair<string, object?>> DetachedCopy(IEnumerable<KeyValuePair<string, object?>> state, out List<torch.Tensor> copies)
-    {
-        var result = new List<KeyValuePair<string, object?>>();
-        copies = new List<torch.Tensor>();
-        try
-        {
-            using var _ = torch.no_grad();
-            foreach (var (key, value) in state)
-            {
-                object? copy = value;
-                if (value is torch.Tensor t)
-                {
-                    var clone = t.clone().DetachFromDisposeScope();
-                    copies.Add(clone);
-                    copy = clone;
-                }
-                result.Add(new(key, copy));
-            }
-            return result;
-        }
-        catch
-        {
-            foreach (var c in copies) c.Dispose();
-            throw;
-        }
-    }
-
     /// <summary>Writes <paramref name="state"/> on a background task, then disposes <paramref name="copies"/> whatever happened.</summary>
     internal static Task WriteInBackground(string directory, List<KeyValuePair<string, object?>> state, List<torch.Tensor> copies, DcpWriteOptions? options) =>
         Task.Run(() =>

@@ -28,30 +28,84 @@ public sealed partial class EmaManager<TModel>
     }
 
     /// <summary>
-    /// <see cref="Save"/> with only a copy on the calling thread: every shadow is cloned on its device (one extra copy of
-    /// the EMA until the write ends), then the write, fsync and folder swap run on a background task, so training and
-    /// updates go on meanwhile. The checkpoint holds the state at the call. The task carries any failure, and a failed
-    /// write leaves the previous checkpoint in place; await it before saving to the same folder again.
+    /// <see cref="Save"/> with only a copy on the calling thread: the shadows are copied into a staging buffer laid out
+    /// like the shadow arena (a few large copies, one per group), then the write, fsync and folder swap run on a
+    /// background task while training and updates go on. The checkpoint holds the state at the call. The staging buffer
+    /// (one more EMA-sized allocation per profile) is kept for the next call, because a fresh allocation's page faults
+    /// cost more than the copy; a call made while the previous write still runs first waits for it. The task carries
+    /// any failure, and a failed write leaves the previous checkpoint in place.
     /// </summary>
     public Task SaveAsync(string directory, string prefix = EmaCheckpoint.DefaultPrefix, DcpWriteOptions? options = null)
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        var state = EmaCheckpoint.DetachedCopy(StateToSave(prefix), out var copies);
-        return EmaCheckpoint.WriteInBackground(directory, state, copies, options);
+        WaitForPendingSave();
+        var staging = Stage();
+        var state = StateToSave(prefix, (profile, name) => staging[profile][_trackedIndex[name]]!).ToList();
+        _pendingSave = Task.Run(() => DcpWriter.Save(directory, state, options));
+        return _pendingSave;
     }
 
-    private IEnumerable<KeyValuePair<string, object?>> StateToSave(string prefix)
+    // Copies every profile's shadows into the staging arenas, creating them on first use.
+    private ShadowArena[] Stage()
+    {
+        using var _ = torch.no_grad();
+        if (_staging is null)
+        {
+            var staging = new ShadowArena[_arenas.Length];
+            try
+            {
+                for (int k = 0; k < _arenas.Length; k++)
+                {
+                    var arena = _arenas[k];
+                    staging[k] = new ShadowArena(_all, Enumerable.Range(0, _all.Length).Select(i => arena[i]!).ToList(), packParameters: false);
+                }
+            }
+            catch
+            {
+                foreach (var a in staging) a?.Dispose();
+                throw;
+            }
+            return _staging = staging;
+        }
+        for (int k = 0; k < _arenas.Length; k++)
+        {
+            for (int g = 0; g < _arenas[k].Groups.Count; g++)
+            {
+                var target = _staging[k].Groups[g].Shadow;
+                InPlace.Release(target.copy_(_arenas[k].Groups[g].Shadow), target);
+            }
+        }
+        return _staging;
+    }
+
+    // The staging buffers must not change under a write that is still reading them; its failure is its own task's.
+    private void WaitForPendingSave()
+    {
+        if (_pendingSave is not { } pending) return;
+        try
+        {
+            pending.GetAwaiter().GetResult();
+        }
+        catch (Exception) when (pending.IsFaulted || pending.IsCanceled)
+        {
+        }
+        _pendingSave = null;
+    }
+
+    private IEnumerable<KeyValuePair<string, object?>> StateToSave(string prefix) => StateToSave(prefix, ShadowOf);
+
+    private IEnumerable<KeyValuePair<string, object?>> StateToSave(string prefix, Func<int, string, torch.Tensor> shadowOf)
     {
         if (!_namedProfiles)
         {
-            return EmaCheckpoint.ProfileState(prefix, TrackedNames, name => ShadowOf(0, name), Step, Decay, Schedule.Describe());
+            return EmaCheckpoint.ProfileState(prefix, TrackedNames, name => shadowOf(0, name), Step, Decay, Schedule.Describe());
         }
         var state = EmaCheckpoint.ManagerState(prefix, Step, _profiles.Select(p => p.Name));
         foreach (var profile in _profiles)
         {
             var k = profile.Index;
-            state = state.Concat(EmaCheckpoint.ProfileState(ProfilePrefix(prefix, profile), TrackedNames, name => ShadowOf(k, name),
+            state = state.Concat(EmaCheckpoint.ProfileState(ProfilePrefix(prefix, profile), TrackedNames, name => shadowOf(k, name),
                 Step, profile.CurrentDecay, profile.Schedule.Describe()));
         }
         return state;

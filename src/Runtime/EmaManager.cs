@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Linq;
+using System.Threading.Tasks;
 using TorchSharp;
 using EmaGen.Dcp;
 
@@ -32,6 +33,8 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
     private readonly UpdateEngine _engine;
     private readonly object[] _shadowRoots;
     private EmaWeightSwap? _activeSwap;
+    private ShadowArena[]? _staging;
+    private Task? _pendingSave;
     private bool _disposed;
 
     /// <summary>Binds to <paramref name="model"/> with a constant <paramref name="decay"/>.</summary>
@@ -224,8 +227,10 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
     {
         if (_disposed) return;
         _disposed = true;
+        WaitForPendingSave();
         _engine.Dispose();
         foreach (var arena in _arenas) arena.Dispose();
+        foreach (var arena in _staging ?? []) arena.Dispose();
     }
 
     // Each averaged tensor of the model with its shadow, after the model's slots passed the layout check.

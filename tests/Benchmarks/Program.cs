@@ -15,10 +15,15 @@ if (args.Length > 0 && args[0] == "checkpoint")
 {
     return CheckpointBenchmark.Run(args[1..]);
 }
+if (args.Length > 0 && args[0] == "checkpoint-async")
+{
+    return AsyncSaveBenchmark.Run(args[1..]);
+}
 if (args.Length == 0 || args[0] != "update")
 {
     Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--profiles K] [--json]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint [--bytes N] [--dir PATH]");
+    Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint-async [--params N] [--dir PATH]");
     return 2;
 }
 long elements = 50_000_000;

@@ -136,8 +136,15 @@ public sealed class EmaCheckpointTests
             UpdateNumericsTests.RandomizeParameters(model);
             ema.Update(model);
         }
+        // A second call reuses the staging buffer once the first write is done with it.
+        var later = ema.StateDict();
+        var second = ema.SaveAsync(folder["ckpt2"]);
         await save;
+        await second;
         Assert.Equal(Path.Combine(folder["snapshots"], "step-0000000003"), await snapshot);
+        var reread = DcpReader.Open(folder["ckpt2"]);
+        Assert.Equal(8L, reread.ReadValue("ema._emagen.step"));
+        Assert.Equal(later["bias"].data<float>().ToArray(), reread.ReadTensor("ema.narrow.bias").data<float>().ToArray());
 
         using var other = new NestedModel(reflection: false);
         using var loaded = new EmaManager<NestedModel>(other, new EmaOptions

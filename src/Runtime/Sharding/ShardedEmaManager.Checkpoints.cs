@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Linq;
+using System.Threading.Tasks;
 using EmaGen.Dcp;
 using TorchSharp;
 
@@ -53,6 +54,29 @@ public sealed partial class ShardedEmaManager<TModel>
     public void Save(string directory, string saveId, TimeSpan timeout, string prefix = EmaCheckpoint.DefaultPrefix)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        var (shards, values) = StateToSave(prefix, (profile, e) => e.Shadows[profile]);
+        WriteAndCommit(directory, saveId, timeout, shards, values);
+    }
+
+    /// <summary>
+    /// <see cref="Save"/> with only a copy on the calling thread: this rank's shards are copied into staging tensors
+    /// (kept for the next call: one more copy of this rank's EMA), then its data file, manifest and, on rank 0, the
+    /// merge and commit (or, on other ranks, the wait for it) run on a background task while training goes on. Every
+    /// rank calls it with the same <paramref name="saveId"/>; a call made while the previous write still runs first
+    /// waits for it. The task carries any failure (a missing rank times out there), and the previous checkpoint stays.
+    /// </summary>
+    public Task SaveAsync(string directory, string saveId, TimeSpan timeout, string prefix = EmaCheckpoint.DefaultPrefix)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        WaitForPendingSave();
+        var staging = Stage();
+        var (shards, values) = StateToSave(prefix, (profile, e) => staging[e][profile]);
+        _pendingSave = Task.Run(() => WriteAndCommit(directory, saveId, timeout, shards, values));
+        return _pendingSave;
+    }
+
+    private (List<DcpShard> Shards, Dictionary<string, object?> Values) StateToSave(string prefix, Func<int, Entry, torch.Tensor> shadowOf)
+    {
         var shards = new List<DcpShard>();
         var values = new Dictionary<string, object?>();
         if (_namedProfiles)
@@ -64,7 +88,7 @@ public sealed partial class ShardedEmaManager<TModel>
             var profilePrefix = ProfilePrefix(prefix, k);
             foreach (var e in _entries)
             {
-                shards.Add(new DcpShard(profilePrefix + e.Info.Name, e.Shadows[k], e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
+                shards.Add(new DcpShard(profilePrefix + e.Info.Name, shadowOf(k, e), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
             }
             // The dense manager's layout: a single profile stores its configured decay, named ones their current decay.
             double decay = _namedProfiles ? _currentDecay[k] : Decay;
@@ -73,10 +97,54 @@ public sealed partial class ShardedEmaManager<TModel>
                 values[key] = value;
             }
         }
+        return (shards, values);
+    }
+
+    private void WriteAndCommit(string directory, string saveId, TimeSpan timeout, List<DcpShard> shards, Dictionary<string, object?> values)
+    {
         var me = new RankInfo(Rank, WorldSize);
         DcpShardedSave.WriteRank(directory, saveId, me, shards, values);
         if (Rank == 0) DcpShardedSave.Commit(directory, saveId, WorldSize, timeout);
         else DcpShardedSave.WaitForCommit(directory, saveId, timeout);
+    }
+
+    // Copies every shard of every profile into its staging tensor, creating them on first use.
+    private Dictionary<Entry, torch.Tensor[]> Stage()
+    {
+        using var _ = torch.no_grad();
+        if (_staging is null)
+        {
+            var staging = new Dictionary<Entry, torch.Tensor[]>();
+            try
+            {
+                foreach (var e in _entries) staging[e] = e.Shadows.Select(t => t.clone().DetachFromDisposeScope()).ToArray();
+            }
+            catch
+            {
+                foreach (var copies in staging.Values) foreach (var t in copies) t.Dispose();
+                throw;
+            }
+            return _staging = staging;
+        }
+        foreach (var (e, copies) in _staging)
+        {
+            for (int k = 0; k < copies.Length; k++) InPlace.Release(copies[k].copy_(e.Shadows[k]), copies[k]);
+        }
+        return _staging;
+    }
+
+    // The staging tensors must not change under a write that is still reading them; its failure is its own task's.
+    private void WaitForPendingSave()
+    {
+        if (_pendingSave is not { } pending) return;
+        try
+        {
+            pending.GetAwaiter().GetResult();
+        }
+        catch (Exception) when (pending.IsFaulted || pending.IsCanceled)
+        {
+        }
+        _pendingSave = null;
     }
 
     // This rank's shards of one profile under keyPrefix, each tensor made by `local` from the shadow (a view or a copy).

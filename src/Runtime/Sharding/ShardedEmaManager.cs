@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Linq;
+using System.Threading.Tasks;
 using EmaGen.Dcp;
 using TorchSharp;
 
@@ -29,6 +30,8 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     private readonly torch.Tensor?[] _live;
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
+    private Dictionary<Entry, torch.Tensor[]>? _staging;
+    private Task? _pendingSave;
     private bool _disposed;
 
     private sealed class Entry
@@ -273,7 +276,12 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     {
         if (_disposed) return;
         _disposed = true;
+        WaitForPendingSave();
         _pool?.Dispose();
+        foreach (var copies in _staging?.Values ?? Enumerable.Empty<torch.Tensor[]>())
+        {
+            foreach (var t in copies) t.Dispose();
+        }
         foreach (var e in _entries)
         {
             foreach (var t in e.Shadows) t.Dispose();

@@ -267,6 +267,48 @@ public sealed class ShardedEmaManagerTests
     }
 
     [Fact]
+    public async Task SaveAsyncOfAllRanksHoldsTheStateAtTheCall()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        torch.manual_seed(36);
+        using var model = new SizedModel(torch.ScalarType.Float32, Sizes);
+        EmaProfileOptions[] profiles = [new("narrow", EmaSchedule.PowerFunction(0.05)), new("wide", EmaSchedule.PowerFunction(0.10))];
+        using var dense = new EmaManager<SizedModel>(model, new EmaOptions { Profiles = profiles });
+        var ranks = Enumerable.Range(0, 3).Select(r => new ShardedEmaManager<SizedModel>(model, r, 3, new EmaOptions { Profiles = profiles })).ToList();
+        try
+        {
+            for (int round = 1; round <= 2; round++)
+            {
+                for (int step = 0; step < 3; step++)
+                {
+                    UpdateNumericsTests.RandomizeParameters(model);
+                    dense.Update(model);
+                    foreach (var rank in ranks) rank.Update(model);
+                }
+                var atCall = dense.Profiles.Select(p => p.StateDict()).ToList();
+                var saves = ranks.Select(rank => rank.SaveAsync(folder[$"ckpt{round}"], $"a{round}", TimeSpan.FromSeconds(30))).ToList();
+                UpdateNumericsTests.RandomizeParameters(model);
+                foreach (var rank in ranks) rank.Update(model);
+                dense.Update(model);
+                await Task.WhenAll(saves);
+
+                using var other = new SizedModel(torch.ScalarType.Float32, Sizes);
+                using var loaded = new EmaManager<SizedModel>(other, new EmaOptions { Profiles = profiles });
+                loaded.Load(folder[$"ckpt{round}"]);
+                Assert.Equal(round * 4 - 1, loaded.Step);
+                for (int k = 0; k < 2; k++)
+                {
+                    foreach (var (name, t) in atCall[k]) Assert.Equal(t.data<float>().ToArray(), loaded.Profiles[k][name].data<float>().ToArray());
+                }
+            }
+        }
+        finally
+        {
+            foreach (var rank in ranks) rank.Dispose();
+        }
+    }
+
+    [Fact]
     public void SteadyStateShardedUpdatesAllocateNothing()
     {
         torch.manual_seed(33);

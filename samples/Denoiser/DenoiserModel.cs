@@ -1,5 +1,4 @@
 using System;
-using EmaGen;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

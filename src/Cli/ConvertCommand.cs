@@ -3,7 +3,6 @@ using System.Collections.Generic;
 using System.IO;
 using System.Text.Json;
 using EmaGen.Dcp;
-using EmaGen.Dcp.Pickle;
 using TorchSharp;
 
 namespace EmaGen.Cli;

@@ -5,7 +5,6 @@ using System.Globalization;
 using System.IO;
 using System.Linq;
 using System.Text.Json;
-using EmaGen;
 
 namespace EmaGen.Benchmarks;
 

@@ -4,7 +4,6 @@ using System.Diagnostics;
 using System.IO;
 using System.Linq;
 using System.Text.Json;
-using EmaGen;
 using static TorchSharp.torch;
 
 namespace EmaGen.Benchmarks;

@@ -1,4 +1,3 @@
-using System.Collections.Generic;
 using EmaGen.Dcp.Pickle;
 
 namespace EmaGen.Dcp;

@@ -1,4 +1,3 @@
-using System;
 using TorchSharp;
 
 namespace EmaGen;

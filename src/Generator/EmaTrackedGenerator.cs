@@ -1,5 +1,4 @@
 using EmaGen.Generator.Emitting;
-using EmaGen.Generator.Model;
 using EmaGen.Generator.Parsing;
 using Microsoft.CodeAnalysis;
 using Microsoft.CodeAnalysis.CSharp;

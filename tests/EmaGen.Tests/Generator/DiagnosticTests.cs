@@ -1,4 +1,3 @@
-using System.Linq;
 using EmaGen.Tests.Support;
 using Microsoft.CodeAnalysis;
 using Microsoft.CodeAnalysis.Diagnostics;

@@ -1,5 +1,4 @@
 #pragma warning disable EMA011 // the reflection-based registration is the ground truth these tests compare against
-using EmaGen;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

@@ -1,4 +1,3 @@
-using EmaGen;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

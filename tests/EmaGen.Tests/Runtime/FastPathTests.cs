@@ -2,7 +2,6 @@ using System;
 using System.Linq;
 using EmaGen.Tests.Models;
 using TorchSharp;
-using TorchSharp.Modules;
 using Xunit;
 using static TorchSharp.torch;
 

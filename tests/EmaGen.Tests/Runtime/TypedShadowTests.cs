@@ -1,7 +1,6 @@
 using System;
 using System.Linq;
 using EmaGen.Tests.Models;
-using TorchSharp;
 using Xunit;
 
 namespace EmaGen.Tests.Runtime;

@@ -24,7 +24,6 @@ internal sealed class UpdateEngine : IDisposable
     // Per profile, then per averaged parameter ("item") in visit order.
     private readonly torch.Tensor[][] _shadow;
     private readonly IntPtr[][] _shadowPointer;
-    private readonly UpdateWorkList _work;
 
     // Per averaged parameter ("item"), in visit order.
     private readonly long[] _count;
@@ -40,6 +39,7 @@ internal sealed class UpdateEngine : IDisposable
     private readonly IntPtr[] _parameterPointer;
     private readonly torch.Tensor?[] _current;
 
+    private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
     private readonly Dictionary<(int, DeviceType, int, torch.ScalarType), (torch.Tensor Weight, double Decay)> _torchWeights = new();
     private int _cursor;

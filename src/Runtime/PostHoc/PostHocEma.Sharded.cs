@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.IO;
 using System.Linq;
+using System.Threading.Tasks;
 using EmaGen.Dcp;
 using TorchSharp;
 
@@ -16,6 +17,31 @@ public static partial class PostHocEma
     /// <c>Synthesize</c> reads such folders like dense ones.
     /// </summary>
     public static string SaveSnapshot<TModel>(ShardedEmaManager<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype = torch.ScalarType.Float16)
+        where TModel : torch.nn.Module, IEmaTracked<TModel>
+    {
+        var (folder, write) = PrepareShardedSnapshot(ema, snapshotsDir, timeout, dtype);
+        write();
+        return folder;
+    }
+
+    /// <summary>
+    /// The sharded snapshot with only the conversion on the calling thread: this rank's shards are converted now, and the
+    /// write, merge and commit (or the wait for it) run on a background task. Every rank calls it at the same step; the
+    /// task's result is the snapshot folder, and it carries any failure (a missing rank times out there).
+    /// </summary>
+    public static Task<string> SaveSnapshotAsync<TModel>(ShardedEmaManager<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype = torch.ScalarType.Float16)
+        where TModel : torch.nn.Module, IEmaTracked<TModel>
+    {
+        var (folder, write) = PrepareShardedSnapshot(ema, snapshotsDir, timeout, dtype);
+        return Task.Run(() =>
+        {
+            write();
+            return folder;
+        });
+    }
+
+    // Converts this rank's shards now; the returned action writes them, commits or waits, and frees the copies.
+    private static (string Folder, Action Write) PrepareShardedSnapshot<TModel>(ShardedEmaManager<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
         ArgumentNullException.ThrowIfNull(ema);
@@ -37,17 +63,27 @@ public static partial class PostHocEma
                     shards.AddRange(ema.ShardsOf(index, key + ".", shadow => shadow.to_type(dtype, copy: true).DetachFromDisposeScope()));
                 }
             }
-            var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
-            var saveId = "posthoc-" + ema.Step.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            var me = new RankInfo(ema.Rank, ema.WorldSize);
-            DcpShardedSave.WriteRank(folder, saveId, me, shards, values);
-            if (ema.Rank == 0) DcpShardedSave.Commit(folder, saveId, ema.WorldSize, timeout);
-            else DcpShardedSave.WaitForCommit(folder, saveId, timeout);
-            return folder;
         }
-        finally
+        catch
         {
             foreach (var shard in shards) shard.Local.Dispose();
+            throw;
         }
+        var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
+        var saveId = "posthoc-" + ema.Step.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var me = new RankInfo(ema.Rank, ema.WorldSize);
+        return (folder, () =>
+        {
+            try
+            {
+                DcpShardedSave.WriteRank(folder, saveId, me, shards, values);
+                if (me.Rank == 0) DcpShardedSave.Commit(folder, saveId, me.WorldSize, timeout);
+                else DcpShardedSave.WaitForCommit(folder, saveId, timeout);
+            }
+            finally
+            {
+                foreach (var shard in shards) shard.Local.Dispose();
+            }
+        });
     }
 }

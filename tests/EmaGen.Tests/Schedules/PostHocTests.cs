@@ -173,8 +173,16 @@ public sealed class PostHocTests
                 foreach (var rank in ranks) rank.Update(model);
                 if (step % 20 != 0) continue;
                 PostHocEma.SaveSnapshot(dense, folder["dense"]);
-                await System.Threading.Tasks.Task.WhenAll(ranks.Select(rank => System.Threading.Tasks.Task.Run(
-                    () => PostHocEma.SaveSnapshot(rank, folder["sharded"], TimeSpan.FromSeconds(30)))));
+                // Blocking snapshots (each rank on a thread of its own) and background ones alternate.
+                if (step % 40 == 0)
+                {
+                    await System.Threading.Tasks.Task.WhenAll(ranks.Select(rank => PostHocEma.SaveSnapshotAsync(rank, folder["sharded"], TimeSpan.FromSeconds(30))));
+                }
+                else
+                {
+                    await System.Threading.Tasks.Task.WhenAll(ranks.Select(rank => System.Threading.Tasks.Task.Run(
+                        () => PostHocEma.SaveSnapshot(rank, folder["sharded"], TimeSpan.FromSeconds(30)))));
+                }
             }
         }
         finally

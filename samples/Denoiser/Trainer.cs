@@ -164,14 +164,17 @@ public static class Trainer
         log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB per profile); {string.Join("; ", ema.ProfileNames.Select((name, k) => (name.Length == 0 ? "" : name + ": ") + ema.ScheduleOf(k)))}; {options.Steps} steps of batch {options.BatchSize}");
         var initial = Snapshot(model, options, log);
         var postHocDir = PostHocDirectory(options);
+        System.Threading.Tasks.Task<string>? pendingSnapshot = null;
         var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, step =>
         {
             ema.Update(model);
             if (postHocDir is not null && (step % options.PostHocEvery == 0 || step == options.Steps))
             {
-                PostHocEma.SaveSnapshot(ema, postHocDir, TimeSpan.FromMinutes(5));
+                pendingSnapshot?.GetAwaiter().GetResult();
+                pendingSnapshot = PostHocEma.SaveSnapshotAsync(ema, postHocDir, TimeSpan.FromMinutes(5));
             }
         });
+        pendingSnapshot?.GetAwaiter().GetResult();
         int changed = CountChanged(initial, model, log);
 
         var checkpoint = Path.Combine(dir, "ema");

@@ -38,6 +38,23 @@ public static class EmaCheckpoint
         yield return new(prefix + StateSegment + "format", Format);
     }
 
+    /// <summary>
+    /// Waits for a background write and forgets it. Its failure is not rethrown here: it belongs to whoever holds the
+    /// task that <c>SaveAsync</c> returned.
+    /// </summary>
+    internal static void WaitForWrite(ref Task? pending)
+    {
+        if (pending is not { } write) return;
+        try
+        {
+            write.GetAwaiter().GetResult();
+        }
+        catch (Exception) when (write.IsFaulted || write.IsCanceled)
+        {
+        }
+        pending = null;
+    }
+
     /// <summary>Writes <paramref name="state"/> on a background task, then disposes <paramref name="copies"/> whatever happened.</summary>
     internal static Task WriteInBackground(string directory, List<KeyValuePair<string, object?>> state, List<torch.Tensor> copies, DcpWriteOptions? options) =>
         Task.Run(() =>

@@ -39,7 +39,8 @@ public sealed partial class EmaManager<TModel>
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        WaitForPendingSave();
+        // The staging buffers must not change under a write that is still reading them.
+        EmaCheckpoint.WaitForWrite(ref _pendingSave);
         var staging = Stage();
         var state = StateToSave(prefix, (profile, name) => staging[profile][_trackedIndex[name]]!).ToList();
         _pendingSave = Task.Run(() => DcpWriter.Save(directory, state, options));
@@ -77,20 +78,6 @@ public sealed partial class EmaManager<TModel>
             }
         }
         return _staging;
-    }
-
-    // The staging buffers must not change under a write that is still reading them; its failure is its own task's.
-    private void WaitForPendingSave()
-    {
-        if (_pendingSave is not { } pending) return;
-        try
-        {
-            pending.GetAwaiter().GetResult();
-        }
-        catch (Exception) when (pending.IsFaulted || pending.IsCanceled)
-        {
-        }
-        _pendingSave = null;
     }
 
     private IEnumerable<KeyValuePair<string, object?>> StateToSave(string prefix) => StateToSave(prefix, ShadowOf);

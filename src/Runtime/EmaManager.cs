@@ -226,7 +226,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
     {
         if (_disposed) return;
         _disposed = true;
-        WaitForPendingSave();
+        EmaCheckpoint.WaitForWrite(ref _pendingSave);
         _engine.Dispose();
         foreach (var arena in _arenas) arena.Dispose();
         foreach (var arena in _staging ?? []) arena.Dispose();

@@ -27,6 +27,18 @@ public static class DcpShardedSave
 {
     private const string ManifestPrefix = ".manifest-";
 
+    /// <summary>
+    /// This rank's whole part of a save: <see cref="WriteRank"/>, then on rank 0 <see cref="Commit"/>, on the others
+    /// <see cref="WaitForCommit"/>, each bounded by <paramref name="timeout"/>.
+    /// </summary>
+    public static void Save(string directory, string saveId, RankInfo rank, IReadOnlyList<DcpShard> shards,
+        IReadOnlyDictionary<string, object?>? values, TimeSpan timeout)
+    {
+        WriteRank(directory, saveId, rank, shards, values);
+        if (rank.Rank == 0) Commit(directory, saveId, rank.WorldSize, timeout);
+        else WaitForCommit(directory, saveId, timeout);
+    }
+
     /// <summary>Writes this rank's data file and manifest. Replicated shards are written by rank 0 only.</summary>
     public static void WriteRank(string directory, string saveId, RankInfo rank, IReadOnlyList<DcpShard> shards, IReadOnlyDictionary<string, object?>? values = null)
     {

@@ -76,9 +76,7 @@ public static partial class PostHocEma
         {
             try
             {
-                DcpShardedSave.WriteRank(folder, saveId, me, shards, values);
-                if (me.Rank == 0) DcpShardedSave.Commit(folder, saveId, me.WorldSize, timeout);
-                else DcpShardedSave.WaitForCommit(folder, saveId, timeout);
+                DcpShardedSave.Save(folder, saveId, me, shards, values, timeout);
             }
             finally
             {

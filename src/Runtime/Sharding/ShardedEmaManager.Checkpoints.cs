@@ -55,7 +55,7 @@ public sealed partial class ShardedEmaManager<TModel>
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var (shards, values) = StateToSave(prefix, (profile, e) => e.Shadows[profile]);
-        WriteAndCommit(directory, saveId, timeout, shards, values);
+        DcpShardedSave.Save(directory, saveId, new RankInfo(Rank, WorldSize), shards, values, timeout);
     }
 
     /// <summary>
@@ -68,10 +68,12 @@ public sealed partial class ShardedEmaManager<TModel>
     public Task SaveAsync(string directory, string saveId, TimeSpan timeout, string prefix = EmaCheckpoint.DefaultPrefix)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        WaitForPendingSave();
+        // The staging tensors must not change under a write that is still reading them.
+        EmaCheckpoint.WaitForWrite(ref _pendingSave);
         var staging = Stage();
         var (shards, values) = StateToSave(prefix, (profile, e) => staging[e][profile]);
-        _pendingSave = Task.Run(() => WriteAndCommit(directory, saveId, timeout, shards, values));
+        var me = new RankInfo(Rank, WorldSize);
+        _pendingSave = Task.Run(() => DcpShardedSave.Save(directory, saveId, me, shards, values, timeout));
         return _pendingSave;
     }
 
@@ -100,14 +102,6 @@ public sealed partial class ShardedEmaManager<TModel>
         return (shards, values);
     }
 
-    private void WriteAndCommit(string directory, string saveId, TimeSpan timeout, List<DcpShard> shards, Dictionary<string, object?> values)
-    {
-        var me = new RankInfo(Rank, WorldSize);
-        DcpShardedSave.WriteRank(directory, saveId, me, shards, values);
-        if (Rank == 0) DcpShardedSave.Commit(directory, saveId, WorldSize, timeout);
-        else DcpShardedSave.WaitForCommit(directory, saveId, timeout);
-    }
-
     // Copies every shard of every profile into its staging tensor, creating them on first use.
     private Dictionary<Entry, torch.Tensor[]> Stage()
     {
@@ -131,20 +125,6 @@ public sealed partial class ShardedEmaManager<TModel>
             for (int k = 0; k < copies.Length; k++) InPlace.Release(copies[k].copy_(e.Shadows[k]), copies[k]);
         }
         return _staging;
-    }
-
-    // The staging tensors must not change under a write that is still reading them; its failure is its own task's.
-    private void WaitForPendingSave()
-    {
-        if (_pendingSave is not { } pending) return;
-        try
-        {
-            pending.GetAwaiter().GetResult();
-        }
-        catch (Exception) when (pending.IsFaulted || pending.IsCanceled)
-        {
-        }
-        _pendingSave = null;
     }
 
     // This rank's shards of one profile under keyPrefix, each tensor made by `local` from the shadow (a view or a copy).

@@ -275,7 +275,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     {
         if (_disposed) return;
         _disposed = true;
-        WaitForPendingSave();
+        EmaCheckpoint.WaitForWrite(ref _pendingSave);
         _pool?.Dispose();
         foreach (var copies in _staging?.Values ?? Enumerable.Empty<torch.Tensor[]>())
         {

@@ -31,9 +31,7 @@ public sealed class ShardedCheckpointTests
         {
             var me = new RankInfo(rank, world);
             var shards = new List<DcpShard> { Slice("w", w, 0, me), Slice("v", v, 0, me), new DcpShard("r", r, r.shape, new long[1], Replicated: true) };
-            DcpShardedSave.WriteRank(target, "save1", me, shards, new Dictionary<string, object?> { ["step"] = 9L });
-            if (rank == 0) DcpShardedSave.Commit(target, "save1", world, Patience);
-            else DcpShardedSave.WaitForCommit(target, "save1", Patience);
+            DcpShardedSave.Save(target, "save1", me, shards, new Dictionary<string, object?> { ["step"] = 9L }, Patience);
         })));
 
         var reader = DcpReader.Open(target);

@@ -212,7 +212,8 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
             _engine.Apply();
             foreach (var profile in _profiles)
             {
-                if (profile.Schedule.UpdatesAt(step)) profile.CurrentDecay = profile.Schedule.DecayAt(step);
+                // The decay was computed above; an UpdateEvery schedule's is a product over its interval.
+                if (profile.Schedule.UpdatesAt(step)) profile.CurrentDecay = _engine.DecayOf(profile.Index);
             }
         }
         Step = step;

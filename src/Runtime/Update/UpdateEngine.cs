@@ -118,6 +118,9 @@ internal sealed class UpdateEngine : IDisposable
     /// <summary>Whether the next <see cref="Apply"/> writes profile <paramref name="profile"/>, and with which decay (schedules change it per step).</summary>
     public void SetProfile(int profile, bool active, double decay) => _work.SetProfile(profile, active, decay);
 
+    /// <summary>The decay last set for profile <paramref name="profile"/>.</summary>
+    public double DecayOf(int profile) => _work.DecayOf(profile);
+
     public void BeginGather() => _cursor = 0;
 
     /// <summary>Checks one visited slot against the recorded layout and remembers where its data is. Writes nothing.</summary>

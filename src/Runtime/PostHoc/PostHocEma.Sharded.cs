@@ -46,13 +46,9 @@ public static partial class PostHocEma
     {
         ArgumentNullException.ThrowIfNull(ema);
         ArgumentNullException.ThrowIfNull(snapshotsDir);
-        var profiles = Enumerable.Range(0, ema.ProfileNames.Count)
-            .Select(k => (Index: k, Key: ema.ProfileNames[k].Length == 0 ? PostHocSnapshot.UnnamedProfile : ema.ProfileNames[k], Schedule: ema.ScheduleOf(k)))
-            .Where(p => PostHocSolver.PowerFunctionGamma(p.Schedule) is not null)
-            .ToList();
-        CheckSnapshotable(ema.Step, dtype, profiles.Count, () => string.Join(", ", Enumerable.Range(0, ema.ProfileNames.Count).Select(ema.ScheduleOf)));
+        var profiles = SnapshotProfiles(ema.Step, dtype, ema.ProfileNames, ema.ScheduleOf);
         var values = new Dictionary<string, object?>();
-        foreach (var (key, value) in SnapshotValues(ema.Step, profiles.Select(p => (p.Key, p.Schedule)))) values[key] = value;
+        foreach (var (key, value) in SnapshotValues(ema.Step, profiles)) values[key] = value;
         var shards = new List<DcpShard>();
         try
         {

@@ -82,36 +82,42 @@ public static partial class PostHocEma
     private static List<KeyValuePair<string, object?>> SnapshotState<TModel>(EmaManager<TModel> ema, torch.ScalarType dtype, Func<torch.Tensor, object> tensor)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
-        var profiles = ema.Profiles.Where(p => PostHocSolver.PowerFunctionGamma(p.Schedule) is not null).ToList();
-        CheckSnapshotable(ema.Step, dtype, profiles.Count, () => string.Join(", ", ema.Profiles));
-        var keys = profiles.Select(p => p.Name.Length == 0 ? PostHocSnapshot.UnnamedProfile : p.Name).ToList();
-        var state = SnapshotValues(ema.Step, keys.Zip(profiles, (key, p) => (key, p.Schedule))).ToList();
-        for (int k = 0; k < profiles.Count; k++)
+        var profiles = SnapshotProfiles(ema.Step, dtype, ema.Profiles.Select(p => p.Name).ToList(), k => ema.Profiles[k].Schedule);
+        var state = SnapshotValues(ema.Step, profiles).ToList();
+        foreach (var (index, key, _) in profiles)
         {
-            foreach (var name in ema.TrackedNames) state.Add(new(keys[k] + "." + name, tensor(profiles[k][name])));
+            foreach (var name in ema.TrackedNames) state.Add(new(key + "." + name, tensor(ema.Profiles[index][name])));
         }
         return state;
     }
 
-    private static void CheckSnapshotable(long step, torch.ScalarType dtype, int powerProfiles, Func<string> describeProfiles)
+    // The power-function profiles of a manager (profile names and schedules) with their snapshot keys; throws when
+    // there is none to snapshot, or no update has run yet.
+    private static List<(int Index, string Key, EmaSchedule Schedule)> SnapshotProfiles(long step, torch.ScalarType dtype,
+        IReadOnlyList<string> names, Func<int, EmaSchedule> scheduleOf)
     {
         if (!KernelKinds.IsFloatingPoint(dtype)) throw new ArgumentException($"Snapshots are floating point; {dtype} is not.", nameof(dtype));
         if (step <= 0) throw new InvalidOperationException("A post-hoc snapshot needs at least one update (step 0 has no profile).");
-        if (powerProfiles == 0)
+        var all = Enumerable.Range(0, names.Count).Select(k => (Index: k, Name: names[k], Schedule: scheduleOf(k))).ToList();
+        var power = all
+            .Where(p => PostHocSolver.PowerFunctionGamma(p.Schedule) is not null)
+            .Select(p => (p.Index, Key: p.Name.Length == 0 ? PostHocSnapshot.UnnamedProfile : p.Name, p.Schedule))
+            .ToList();
+        if (power.Count == 0)
         {
             throw new InvalidOperationException(
-                $"Post-hoc snapshots need power-function profiles (EmaSchedule.PowerFunction); this manager has {describeProfiles()}.");
+                $"Post-hoc snapshots need power-function profiles (EmaSchedule.PowerFunction); this manager has {string.Join(", ", all.Select(p => p.Name.Length == 0 ? p.Schedule.Describe() : $"{p.Name}: {p.Schedule.Describe()}"))}.");
         }
+        return power;
     }
 
     // The values every snapshot folder carries: its format, step and profiles, and each profile's γ and schedule.
-    private static IEnumerable<KeyValuePair<string, object?>> SnapshotValues(long step, IEnumerable<(string Key, EmaSchedule Schedule)> profiles)
+    private static IEnumerable<KeyValuePair<string, object?>> SnapshotValues(long step, List<(int Index, string Key, EmaSchedule Schedule)> profiles)
     {
-        var list = profiles.ToList();
         yield return new("_emagen.format", PostHocSnapshot.Format);
         yield return new("_emagen.step", step);
-        yield return new("_emagen.profiles", string.Join(",", list.Select(p => p.Key)));
-        foreach (var (key, schedule) in list)
+        yield return new("_emagen.profiles", string.Join(",", profiles.Select(p => p.Key)));
+        foreach (var (_, key, schedule) in profiles)
         {
             yield return new(key + "._emagen.gamma", PostHocSolver.PowerFunctionGamma(schedule)!.Value);
             yield return new(key + "._emagen.schedule", schedule.Describe());

@@ -53,11 +53,11 @@ internal static class AsyncSaveBenchmark
             {
                 w.WriteStartObject();
                 w.WriteNumber("shadow_bytes", ema.ShadowBytes);
-                w.WriteNumber("save_blocking_s", Math.Round(Median(blocking), 3));
-                w.WriteNumber("save_async_calling_thread_s", Math.Round(Median(calling), 3));
-                w.WriteNumber("save_async_total_s", Math.Round(Median(total), 3));
+                w.WriteNumber("save_blocking_s", Math.Round(Timing.Median(blocking), 3));
+                w.WriteNumber("save_async_calling_thread_s", Math.Round(Timing.Median(calling), 3));
+                w.WriteNumber("save_async_total_s", Math.Round(Timing.Median(total), 3));
                 // Share of the blocking save's time that SaveAsync still takes from the training thread, paired per round.
-                w.WriteNumber("calling_thread_ratio", Math.Round(Median(calling.Zip(blocking, (c, b) => c / b).ToList()), 3));
+                w.WriteNumber("calling_thread_ratio", Math.Round(Timing.Median(calling.Zip(blocking, (c, b) => c / b).ToList()), 3));
                 w.WriteString("note", "medians of 5 rounds; both write fresh folders with fsync; the async total runs alone here, not beside training");
                 w.WriteEndObject();
             }
@@ -69,6 +69,4 @@ internal static class AsyncSaveBenchmark
             if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
         }
     }
-
-    private static double Median(List<double> values) => UpdateBenchmark.Median(values);
 }

@@ -60,10 +60,10 @@ internal static class CheckpointBenchmark
                 File.Delete(copy);
             }
             double fileBytes = new FileInfo(Path.Combine(target, "__0_0.distcp")).Length;
-            double save = Median(saves), load = Median(loads), cp = Median(copies);
+            double save = Timing.Median(saves), load = Timing.Median(loads), cp = Timing.Median(copies);
             // Each round's save and load against the cp of the same round (the disk's speed drifts between rounds).
-            double saveRatio = Median(saves.Zip(copies, (s, c) => c / s).ToList());
-            double loadRatio = Median(loads.Zip(copies, (l, c) => c / l).ToList());
+            double saveRatio = Timing.Median(saves.Zip(copies, (s, c) => c / s).ToList());
+            double loadRatio = Timing.Median(loads.Zip(copies, (l, c) => c / l).ToList());
             var o = new MemoryStream();
             using (var w = new Utf8JsonWriter(o, new JsonWriterOptions { Indented = true }))
             {
@@ -88,12 +88,6 @@ internal static class CheckpointBenchmark
             foreach (var (_, v) in state) (v as torch.Tensor)?.Dispose();
             if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
         }
-    }
-
-    private static double Median(List<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted[sorted.Length / 2];
     }
 
     private static void Shell(string command, params string[] arguments)

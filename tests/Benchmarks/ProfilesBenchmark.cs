@@ -1,6 +1,5 @@
 using System;
 using System.Collections.Generic;
-using System.Diagnostics;
 using System.IO;
 using System.Linq;
 using System.Text.Json;
@@ -56,24 +55,7 @@ internal sealed class ProfilesBenchmark
         };
 
         log.WriteLine($"warming up ({fused.UpdateThreads} threads)...");
-        foreach (var v in variants)
-        {
-            var warm = Stopwatch.StartNew();
-            for (int w = 0; w < 40 || warm.ElapsedMilliseconds < 400; w++) v.Step();
-        }
-
-        var samples = variants.ToDictionary(v => v.Name, _ => new List<double>());
-        var sweep = new float[16 << 20];
-        for (int r = 0; r < _rounds; r++)
-        {
-            foreach (var v in variants)
-            {
-                UpdateBenchmark.Sweep(sweep);
-                var clock = Stopwatch.StartNew();
-                v.Step();
-                samples[v.Name].Add(clock.Elapsed.TotalMilliseconds);
-            }
-        }
+        var samples = Timing.RoundRobin(variants, _rounds);
 
         long managed = GC.GetAllocatedBytesForCurrentThread();
         for (int i = 0; i < 20; i++) fused.Update(model);
@@ -99,7 +81,7 @@ internal sealed class ProfilesBenchmark
             writer.WriteStartObject("variants");
             foreach (var v in variants)
             {
-                double ms = UpdateBenchmark.Median(samples[v.Name]);
+                double ms = Timing.Median(samples[v.Name]);
                 double bytes = v.Name.Contains("single") ? singleBytes : fusedBytes;
                 if (v.Name == "separate_managers") bytes = singleBytes * _profiles;
                 writer.WriteStartObject(v.Name);
@@ -124,5 +106,5 @@ internal sealed class ProfilesBenchmark
     }
 
     private static double Paired(List<double> numerator, List<double> denominator) =>
-        UpdateBenchmark.Median(numerator.Zip(denominator, (a, b) => a / b).ToList());
+        Timing.Median(numerator.Zip(denominator, (a, b) => a / b).ToList());
 }

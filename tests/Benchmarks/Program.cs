@@ -149,30 +149,8 @@ internal sealed unsafe class UpdateBenchmark
             }));
         }
 
-        // Warm up long enough for tiered compilation to finish (30 calls, then a background re-JIT), so that
-        // the timed rounds measure optimised code on every side.
         log.WriteLine($"warming up ({threads} threads)...");
-        foreach (var v in variants)
-        {
-            var warm = Stopwatch.StartNew();
-            for (int w = 0; w < 40 || warm.ElapsedMilliseconds < 400; w++) v.Step();
-        }
-
-        // Round-robin, so that every variant sees the same machine conditions, and each timed step starts from the
-        // same cache state: a 64 MiB sweep evicts whatever the previous variant left in the 32 MiB L3 (and lets
-        // LibTorch's OpenMP threads stop spinning), so no variant profits from its predecessor.
-        var samples = variants.ToDictionary(v => v.Name, _ => new List<double>());
-        var sweep = new float[16 << 20];
-        for (int r = 0; r < _rounds; r++)
-        {
-            foreach (var v in variants)
-            {
-                Sweep(sweep);
-                var clock = Stopwatch.StartNew();
-                v.Step();
-                samples[v.Name].Add(clock.Elapsed.TotalMilliseconds);
-            }
-        }
+        var samples = Timing.RoundRobin(variants.Select(v => (v.Name, v.Step)).ToList(), _rounds);
 
         long managedThread = GC.GetAllocatedBytesForCurrentThread();
         long managedAll = GC.GetTotalAllocatedBytes(precise: true);
@@ -201,7 +179,7 @@ internal sealed unsafe class UpdateBenchmark
             string probeLoop = "";
             foreach (var v in variants)
             {
-                double ms = Median(samples[v.Name]);
+                double ms = Timing.Median(samples[v.Name]);
                 double gbps = _elements * (double)v.Bytes / (ms / 1000.0) / 1e9;
                 if (v.Name.StartsWith("probe_", StringComparison.Ordinal) && gbps > probeGBps)
                 {
@@ -239,11 +217,6 @@ internal sealed unsafe class UpdateBenchmark
         return System.Text.Encoding.UTF8.GetString(stream.ToArray());
     }
 
-    internal static void Sweep(float[] buffer)
-    {
-        for (int i = 0; i < buffer.Length; i += 16) buffer[i] += 1;
-    }
-
     private double MeasureBind1000()
     {
         using var small = new SyntheticModel(1000 * 64, 1000, _dtype);
@@ -254,17 +227,11 @@ internal sealed unsafe class UpdateBenchmark
             using var ema = new EmaManager<SyntheticModel>(small, _decay);
             times.Add(clock.Elapsed.TotalMilliseconds);
         }
-        return Median(times);
+        return Timing.Median(times);
     }
 
     // Bandwidth ratio per round (bytes per element of the variant vs the probe's 12), median over rounds.
     private static double PairedRatio(List<double> variantMs, List<double> probeMs, int variantBytes) =>
-        Median(variantMs.Zip(probeMs, (v, p) => (variantBytes / v) / (12.0 / p)).ToList());
-
-    internal static double Median(List<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
-    }
+        Timing.Median(variantMs.Zip(probeMs, (v, p) => (variantBytes / v) / (12.0 / p)).ToList());
 }
 

@@ -94,26 +94,16 @@ public static class Trainer
         var postHocDir = PostHocDirectory(options);
         ClearPostHocSnapshots(options);
         var initial = Snapshot(model, options, log);
-        // Snapshots are written in the background while training goes on; each waits for the one before.
-        System.Threading.Tasks.Task<string>? pendingSnapshot = null;
+        var snapshots = new BackgroundSnapshots(options, postHocDir is null ? null : () => PostHocEma.SaveSnapshotAsync(ema, postHocDir));
         var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, step =>
         {
             ema.Update(model);
-            if (postHocDir is not null && (step % options.PostHocEvery == 0 || step == options.Steps))
-            {
-                pendingSnapshot?.GetAwaiter().GetResult();
-                pendingSnapshot = PostHocEma.SaveSnapshotAsync(ema, postHocDir);
-            }
+            snapshots.After(step);
         });
-        pendingSnapshot?.GetAwaiter().GetResult();
+        snapshots.Finish();
 
-        var candidates = ema.Profiles.Select(p => (p.Name.Length == 0 ? "EMA" : p.Name, p.Schedule.Describe(), (Func<EmaWeightSwap>)(() => p.SwapInto(model)))).ToList();
         using var postHoc = postHocDir is null ? null : SynthesizePostHoc(options, model, postHocDir, log);
-        if (postHoc is not null)
-        {
-            candidates.Add(($"post-hoc {options.PostHocSigmaRel}", postHoc.Schedule.Describe(), () => postHoc.SwapInto(model)));
-        }
-        var (raw, profiles, floor) = Evaluate(options, model, diffusion, random, candidates);
+        var (raw, profiles, floor) = Evaluate(options, model, diffusion, random, Candidates(options, ema, postHoc, model));
         int changed = CountChanged(initial, model, log);
         var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, profiles[0].Distance, floor, ema.Count, changed, firstUpdateMs)
         {
@@ -164,17 +154,13 @@ public static class Trainer
         log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB per profile); {string.Join("; ", ema.ProfileNames.Select((name, k) => (name.Length == 0 ? "" : name + ": ") + ema.ScheduleOf(k)))}; {options.Steps} steps of batch {options.BatchSize}");
         var initial = Snapshot(model, options, log);
         var postHocDir = PostHocDirectory(options);
-        System.Threading.Tasks.Task<string>? pendingSnapshot = null;
+        var snapshots = new BackgroundSnapshots(options, postHocDir is null ? null : () => PostHocEma.SaveSnapshotAsync(ema, postHocDir, TimeSpan.FromMinutes(5)));
         var (loss, seconds, firstUpdateMs) = Train(options, model, optimizer, diffusion, random, log, step =>
         {
             ema.Update(model);
-            if (postHocDir is not null && (step % options.PostHocEvery == 0 || step == options.Steps))
-            {
-                pendingSnapshot?.GetAwaiter().GetResult();
-                pendingSnapshot = PostHocEma.SaveSnapshotAsync(ema, postHocDir, TimeSpan.FromMinutes(5));
-            }
+            snapshots.After(step);
         });
-        pendingSnapshot?.GetAwaiter().GetResult();
+        snapshots.Finish();
         int changed = CountChanged(initial, model, log);
 
         var checkpoint = Path.Combine(dir, "ema");
@@ -184,15 +170,8 @@ public static class Trainer
 
         using var consolidated = new EmaManager<DenoiserModel>(model, options.EmaOptions);
         consolidated.Load(checkpoint);
-        var candidates = consolidated.Profiles
-            .Select(p => (p.Name.Length == 0 ? "EMA" : p.Name, p.Schedule.Describe(), (Func<EmaWeightSwap>)(() => p.SwapInto(model))))
-            .ToList();
         using var postHoc = postHocDir is null ? null : SynthesizePostHoc(options, model, postHocDir, log);
-        if (postHoc is not null)
-        {
-            candidates.Add(($"post-hoc {options.PostHocSigmaRel}", postHoc.Schedule.Describe(), () => postHoc.SwapInto(model)));
-        }
-        var (raw, profiles, floor) = Evaluate(options, model, diffusion, random, candidates);
+        var (raw, profiles, floor) = Evaluate(options, model, diffusion, random, Candidates(options, consolidated, postHoc, model));
         var result = new TrainResult(options.Steps, loss, seconds, options.Steps / seconds, raw, profiles[0].Distance, floor, ema.Count, changed, firstUpdateMs)
         {
             Profiles = profiles,
@@ -219,6 +198,36 @@ public static class Trainer
             }
         }
         return (raw, distances, SlicedWasserstein.Distance(reference, truth, SlicedDirections, options.Seed));
+    }
+
+    // What the evaluation compares with the raw weights: every profile of `ema`, then the post-hoc EMA when there is one.
+    private static List<(string Name, string Schedule, Func<EmaWeightSwap> SwapIn)> Candidates(
+        TrainOptions options, EmaManager<DenoiserModel> ema, EmaManager<DenoiserModel>? postHoc, DenoiserModel model)
+    {
+        var candidates = ema.Profiles
+            .Select(p => (p.Name.Length == 0 ? "EMA" : p.Name, p.Schedule.Describe(), (Func<EmaWeightSwap>)(() => p.SwapInto(model))))
+            .ToList();
+        if (postHoc is not null)
+        {
+            candidates.Add(($"post-hoc {options.PostHocSigmaRel}", postHoc.Schedule.Describe(), () => postHoc.SwapInto(model)));
+        }
+        return candidates;
+    }
+
+    // Post-hoc snapshots every PostHocEvery steps and at the last one, written in the background while training goes
+    // on; each waits for the one before. With no snapshot folder it does nothing.
+    private sealed class BackgroundSnapshots(TrainOptions options, Func<System.Threading.Tasks.Task<string>>? save)
+    {
+        private System.Threading.Tasks.Task<string>? _pending;
+
+        public void After(int step)
+        {
+            if (save is null || (step % options.PostHocEvery != 0 && step != options.Steps)) return;
+            Finish();
+            _pending = save();
+        }
+
+        public void Finish() => _pending?.GetAwaiter().GetResult();
     }
 
     // The EMA of width PostHocSigmaRel at the last step, rebuilt from the snapshots and loaded into a manager of its own.

@@ -82,7 +82,8 @@ public static class CliApp
         return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });
     }
 
-    // Expected failures become one line on stderr and exit code 1; anything else is a bug and propagates.
+    // Every failure becomes one line on stderr and exit code 1: the documented ones (a bad checkpoint, a missing file,
+    // a bad argument) as their message; anything else, which would be a bug, with its type so it can be reported.
     private static int Guard(TextWriter stderr, Func<int> action)
     {
         try
@@ -92,6 +93,11 @@ public static class CliApp
         catch (Exception e) when (e is CheckpointFormatException or IOException or UnauthorizedAccessException or ArgumentException)
         {
             stderr.WriteLine("emagen: " + e.Message.ReplaceLineEndings(" "));
+            return 1;
+        }
+        catch (Exception e)
+        {
+            stderr.WriteLine($"emagen: unexpected {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")} (please report this)");
             return 1;
         }
     }

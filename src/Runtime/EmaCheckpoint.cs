@@ -17,8 +17,6 @@ public static class EmaCheckpoint
 
     internal const string StateSegment = "_emagen.";
 
-    internal sealed record Loaded(Dictionary<string, torch.Tensor> Tensors, long? Step, double? Decay, string? Schedule);
-
     /// <summary>One profile's keys: its shadows under <paramref name="prefix"/> plus its step, decay, schedule and format values.</summary>
     internal static IEnumerable<KeyValuePair<string, object?>> ProfileState(
         string prefix, IReadOnlyList<string> names, Func<string, torch.Tensor> shadow, long step, double decay, string schedule)
@@ -69,52 +67,96 @@ public static class EmaCheckpoint
             }
         });
 
-    /// <summary>The profile names stored under <paramref name="prefix"/>, or null for a single-profile checkpoint.</summary>
+    /// <summary>
+    /// The profile names stored under <paramref name="prefix"/>, or null for a single-profile checkpoint. A multi-profile
+    /// checkpoint must also hold its top-level <c>format</c> and <c>step</c>.
+    /// </summary>
     internal static IReadOnlyList<string>? ReadProfileNames(DcpReader reader, string directory, string prefix)
     {
         var key = prefix + StateSegment + "profiles";
-        foreach (var entry in reader.Entries)
+        if (reader.Metadata.Find(key) is null) return null;
+        if (ReadValue<string>(reader, directory, key, "a comma-separated list of profile names") is not { Length: > 0 } text)
         {
-            if (entry.Key != key) continue;
-            if (entry is not DcpBytesEntry || reader.ReadValue(key) is not string text || text.Length == 0)
-            {
-                throw new CheckpointFormatException($"{directory}: '{key}' is not a comma-separated list of profile names.");
-            }
-            return text.Split(',');
+            throw new CheckpointFormatException($"{directory}: '{key}' is not a comma-separated list of profile names.");
         }
-        return null;
+        RequireFormat(reader, directory, prefix);
+        ReadValue<long>(reader, directory, prefix + StateSegment + "step", "an integer");
+        return text.Split(',');
     }
 
-    /// <summary>Reads every tensor under <paramref name="prefix"/> (only <paramref name="onlyNames"/> when given) and the manager state.</summary>
-    internal static Loaded Read(DcpReader reader, string directory, string prefix, IEnumerable<string>? onlyNames)
+    /// <summary>The manager state one profile's subtree stores: its step, decay and schedule.</summary>
+    internal sealed record StoredState(long Step, double Decay, string Schedule);
+
+    /// <summary>
+    /// Reads the <c>{prefix}_emagen.*</c> values of one profile. An EmaGen checkpoint (one with
+    /// <c>{prefix}_emagen.format</c>) must hold every value its format needs: <c>emagen.ema/1</c> needs <c>step</c> and
+    /// <c>decay</c>, and <c>schedule</c> unless it was written before schedules existed (then it is the constant
+    /// decay, as those managers had). A folder with no <c>_emagen.*</c> value under the prefix at all is a plain
+    /// state dict (say an EMA PyTorch wrote): null, and loading it keeps the manager's step. Anything between — some
+    /// values but no format — is a damaged checkpoint.
+    /// </summary>
+    internal static StoredState? ReadState(DcpReader reader, string directory, string prefix)
     {
-        var wanted = onlyNames is null ? null : new HashSet<string>(onlyNames, StringComparer.Ordinal);
+        var statePrefix = prefix + StateSegment;
+        if (reader.Metadata.Find(statePrefix + "format") is null)
+        {
+            foreach (var e in reader.Entries)
+            {
+                if (e.Key.StartsWith(statePrefix, StringComparison.Ordinal) && e.Key.IndexOf('.', statePrefix.Length) < 0)
+                {
+                    throw new CheckpointFormatException($"{directory}: '{e.Key}' is present but '{statePrefix}format' is missing; the checkpoint is damaged.");
+                }
+            }
+            return null;
+        }
+        RequireFormat(reader, directory, prefix);
+        long step = ReadValue<long>(reader, directory, statePrefix + "step", "an integer");
+        if (step < 0) throw new CheckpointFormatException($"{directory}: '{statePrefix}step' is {step}, expected a step count of at least 0.");
+        double decay = ReadValue<double>(reader, directory, statePrefix + "decay", "a number");
+        // NaN is what a profile stores before its first update (an update-every profile that sat the steps out).
+        if (!double.IsNaN(decay) && !(decay >= 0 && decay <= 1)) throw new CheckpointFormatException($"{directory}: '{statePrefix}decay' is {decay}, expected a decay in [0, 1].");
+        string schedule = reader.Metadata.Find(statePrefix + "schedule") is null
+            ? EmaSchedule.Constant(decay).Describe()
+            : ReadValue<string>(reader, directory, statePrefix + "schedule", "a string");
+        return new StoredState(step, decay, schedule);
+    }
+
+    private static void RequireFormat(DcpReader reader, string directory, string prefix)
+    {
+        var key = prefix + StateSegment + "format";
+        if (reader.Metadata.Find(key) is null) throw new CheckpointFormatException($"{directory}: '{key}' is missing; the checkpoint is damaged.");
+        var format = ReadValue<string>(reader, directory, key, "a string");
+        if (format != Format) throw new CheckpointFormatException($"{directory}: '{key}' is '{format}'; this version of EmaGen reads '{Format}'.");
+    }
+
+    private static T ReadValue<T>(DcpReader reader, string directory, string key, string expected)
+    {
+        if (reader.Metadata.Find(key) is not DcpBytesEntry) throw new CheckpointFormatException($"{directory}: '{key}' is missing or not a value; expected {expected}.");
+        return reader.ReadValue(key) is T value ? value : throw new CheckpointFormatException($"{directory}: '{key}' is not {expected}.");
+    }
+
+    /// <summary>The tensor entries under <paramref name="prefix"/> (not the <c>_emagen.*</c> values), by name without the prefix.</summary>
+    internal static List<(string Name, DcpTensorEntry Entry)> TensorEntries(DcpReader reader, string prefix)
+    {
+        var list = new List<(string, DcpTensorEntry)>();
+        foreach (var entry in reader.Entries)
+        {
+            if (entry is not DcpTensorEntry t || !entry.Key.StartsWith(prefix, StringComparison.Ordinal)) continue;
+            var name = entry.Key[prefix.Length..];
+            if (name.StartsWith(StateSegment, StringComparison.Ordinal)) continue;
+            list.Add((name, t));
+        }
+        return list;
+    }
+
+    /// <summary>Reads the tensors <paramref name="names"/> under <paramref name="prefix"/>; all or none (a failure disposes what was read).</summary>
+    internal static Dictionary<string, torch.Tensor> ReadTensors(DcpReader reader, string prefix, IEnumerable<string> names)
+    {
         var tensors = new Dictionary<string, torch.Tensor>(StringComparer.Ordinal);
-        long? step = null;
-        double? decay = null;
-        string? schedule = null;
         try
         {
-            foreach (var entry in reader.Entries)
-            {
-                if (!entry.Key.StartsWith(prefix, StringComparison.Ordinal)) continue;
-                var name = entry.Key[prefix.Length..];
-                if (name.StartsWith(StateSegment, StringComparison.Ordinal))
-                {
-                    if (entry is not DcpBytesEntry) continue;
-                    var value = reader.ReadValue(entry.Key);
-                    switch (name[StateSegment.Length..])
-                    {
-                        case "step": step = value as long? ?? throw new CheckpointFormatException($"{directory}: '{entry.Key}' is not an integer."); break;
-                        case "decay": decay = value as double? ?? throw new CheckpointFormatException($"{directory}: '{entry.Key}' is not a number."); break;
-                        case "schedule": schedule = value as string ?? throw new CheckpointFormatException($"{directory}: '{entry.Key}' is not a string."); break;
-                    }
-                    continue;
-                }
-                if (entry is not DcpTensorEntry || (wanted is not null && !wanted.Contains(name))) continue;
-                tensors[name] = reader.ReadTensor(entry.Key);
-            }
-            return new Loaded(tensors, step, decay, schedule);
+            foreach (var name in names) tensors[name] = reader.ReadTensor(prefix + name);
+            return tensors;
         }
         catch
         {

@@ -3,6 +3,7 @@ using System.Collections.Generic;
 using System.Linq;
 using System.Threading.Tasks;
 using EmaGen.Dcp;
+
 using TorchSharp;
 
 namespace EmaGen;
@@ -117,37 +118,53 @@ public sealed partial class EmaManager<TModel>
         var reader = DcpReader.Open(directory);
         var stored = EmaCheckpoint.ReadProfileNames(reader, directory, prefix);
         var toLoad = ProfilesToLoad(directory, prefix, stored, strict);
-        var loaded = new List<(EmaProfile<TModel> Profile, EmaCheckpoint.Loaded State)>();
+
+        // Names, dtypes, shapes, schedules and steps are checked from the metadata and the small values first: a
+        // checkpoint that cannot fit is refused before a byte of tensor data is read or allocated.
+        long? step = null;
+        var reads = new List<(EmaProfile<TModel> Profile, List<string> Names)>();
+        foreach (var profile in toLoad)
+        {
+            var profilePrefix = ProfilePrefix(prefix, profile);
+            var entries = EmaCheckpoint.TensorEntries(reader, profilePrefix);
+            CheckFits(entries.Select(e => (e.Name, TorchDTypes.TryGet(e.Entry.DType, out var t, out _) ? t : (torch.ScalarType?)null, e.Entry.Size)),
+                strict, nameof(directory));
+            var state = EmaCheckpoint.ReadState(reader, directory, profilePrefix);
+            if (stored is not null && state is null)
+            {
+                throw new CheckpointFormatException($"{directory}: profile '{profile.Name}' has no '{profilePrefix}{EmaCheckpoint.StateSegment}format'; the checkpoint is damaged.");
+            }
+            if (state is not null && state.Schedule != profile.Schedule.Describe() && !allowScheduleMismatch)
+            {
+                throw new ArgumentException(
+                    $"{directory}: the checkpoint was written with schedule {state.Schedule}{ProfileText(profile)}, this manager uses {profile.Schedule.Describe()} (pass allowScheduleMismatch to load anyway).");
+            }
+            if (step is { } s && state is not null && s != state.Step)
+            {
+                throw new ArgumentException($"{directory}: the profiles were saved at different steps ({s} and {state.Step}).");
+            }
+            step ??= state?.Step;
+            reads.Add((profile, entries.Select(e => e.Name).Where(_trackedIndex.ContainsKey).ToList()));
+        }
+
+        var loaded = new List<Dictionary<string, torch.Tensor>>();
         try
         {
-            foreach (var profile in toLoad)
-            {
-                loaded.Add((profile, EmaCheckpoint.Read(reader, directory, ProfilePrefix(prefix, profile), strict ? null : _trackedIndex.Keys)));
-            }
             var plans = new List<List<(torch.Tensor Target, torch.Tensor Source)>>();
-            long? step = null;
-            foreach (var (profile, state) in loaded)
+            foreach (var (profile, names) in reads)
             {
-                if (state.Schedule is { } schedule && schedule != profile.Schedule.Describe() && !allowScheduleMismatch)
-                {
-                    throw new ArgumentException(
-                        $"{directory}: the checkpoint was written with schedule {schedule}{ProfileText(profile)}, this manager uses {profile.Schedule.Describe()} (pass allowScheduleMismatch to load anyway).");
-                }
-                if (step is { } s && state.Step is { } t && s != t)
-                {
-                    throw new ArgumentException($"{directory}: the profiles were saved at different steps ({s} and {t}).");
-                }
-                step ??= state.Step;
-                plans.Add(PlanLoad(profile.Index, state.Tensors, strict));
+                var tensors = EmaCheckpoint.ReadTensors(reader, ProfilePrefix(prefix, profile), names);
+                loaded.Add(tensors);
+                plans.Add(PlanLoad(profile.Index, tensors, strict));
             }
             foreach (var plan in plans) Commit(plan);
             Step = step ?? Step;
         }
         finally
         {
-            foreach (var (_, state) in loaded)
+            foreach (var tensors in loaded)
             {
-                foreach (var t in state.Tensors.Values) t.Dispose();
+                foreach (var t in tensors.Values) t.Dispose();
             }
         }
     }

@@ -78,48 +78,59 @@ public sealed partial class EmaManager<TModel>
     // Checks every entry of `state` against profile `profile`'s shadows; returns the copies to make, or throws having written nothing.
     private List<(torch.Tensor Target, torch.Tensor Source)> PlanLoad(int profile, IReadOnlyDictionary<string, torch.Tensor> state, bool strict)
     {
+        foreach (var (name, tensor) in state)
+        {
+            if (tensor is null) throw new ArgumentException($"EMA state dict does not fit {typeof(TModel).Name}: '{name}': value is null.", nameof(state));
+        }
+        CheckFits(state.Select(kv => (kv.Key, (torch.ScalarType?)kv.Value.dtype, kv.Value.shape)), strict, nameof(state));
+        var plan = new List<(torch.Tensor Target, torch.Tensor Source)>();
+        foreach (var (name, tensor) in state.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            if (_trackedIndex.TryGetValue(name, out int i)) plan.Add((_arenas[profile][i]!, tensor));
+        }
+        return plan;
+    }
 
+    // The rules of a load, applied to names, dtypes and shapes alone: to a state dict, or to a checkpoint's metadata
+    // before any of its tensors is read (so a checkpoint that cannot fit costs no memory). A null dtype is one that
+    // TorchSharp cannot represent.
+    private void CheckFits(IEnumerable<(string Name, torch.ScalarType? DType, long[] Shape)> entries, bool strict, string parameter)
+    {
+        var list = entries.ToList();
         if (strict)
         {
-            var missing = TrackedNames.Where(n => !state.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
-            var unexpected = state.Keys.Where(n => !_trackedIndex.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
+            var present = new HashSet<string>(list.Select(e => e.Name), StringComparer.Ordinal);
+            var missing = TrackedNames.Where(n => !present.Contains(n)).Order(StringComparer.Ordinal).ToList();
+            var unexpected = present.Where(n => !_trackedIndex.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
             if (missing.Count > 0 || unexpected.Count > 0)
             {
                 var parts = new List<string>();
                 if (missing.Count > 0) parts.Add($"{missing.Count} missing ({Sample(missing)})");
                 if (unexpected.Count > 0) parts.Add($"{unexpected.Count} unexpected ({Sample(unexpected)})");
                 throw new ArgumentException(
-                    $"EMA state dict does not match {typeof(TModel).Name}: {string.Join("; ", parts)}.", nameof(state));
+                    $"EMA state dict does not match {typeof(TModel).Name}: {string.Join("; ", parts)}.", parameter);
             }
         }
 
-        var plan = new List<(torch.Tensor Target, torch.Tensor Source)>();
         var problems = new List<string>();
-        foreach (var (name, tensor) in state.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        foreach (var (name, dtype, shape) in list.OrderBy(e => e.Name, StringComparer.Ordinal))
         {
             if (!_trackedIndex.TryGetValue(name, out int i)) continue;
             var info = _all[i];
-            if (tensor is null)
+            if (dtype != info.ShadowDType)
             {
-                problems.Add($"'{name}': value is null");
-                continue;
+                problems.Add($"'{name}': dtype {dtype?.ToString() ?? "unsupported"}, expected {info.ShadowDType}");
             }
-            if (tensor.dtype != info.ShadowDType)
+            if (!shape.AsSpan().SequenceEqual(info.Shape))
             {
-                problems.Add($"'{name}': dtype {tensor.dtype}, expected {info.ShadowDType}");
+                problems.Add($"'{name}': shape [{string.Join(", ", shape)}], expected {info.ShapeText}");
             }
-            if (!tensor.shape.AsSpan().SequenceEqual(info.Shape))
-            {
-                problems.Add($"'{name}': shape [{string.Join(", ", tensor.shape)}], expected {info.ShapeText}");
-            }
-            plan.Add((_arenas[profile][i]!, tensor));
         }
         if (problems.Count > 0)
         {
             throw new ArgumentException(
-                $"EMA state dict does not fit {typeof(TModel).Name}: {problems.Count} mismatch(es): {Sample(problems, "; ")}.", nameof(state));
+                $"EMA state dict does not fit {typeof(TModel).Name}: {problems.Count} mismatch(es): {Sample(problems, "; ")}.", parameter);
         }
-        return plan;
     }
 
     private static void Commit(List<(torch.Tensor Target, torch.Tensor Source)> plan)

@@ -14,7 +14,14 @@ internal static class DcpMetadataReader
     {
         var root = SafePickleReader.Read(bytes, source);
         var reader = new Context(source);
-        return reader.Metadata(root);
+        try
+        {
+            return reader.Metadata(root);
+        }
+        catch (OverflowException e)
+        {
+            throw new CheckpointFormatException($"{source}: a size or offset overflows: {e.Message}", e);
+        }
     }
 
     private sealed class Context
@@ -109,7 +116,7 @@ internal static class DcpMetadataReader
                 }
                 for (int d = 0; d < size.Length; d++)
                 {
-                    if (offsets[d] < 0 || sizes[d] < 0 || offsets[d] + sizes[d] > size[d])
+                    if (offsets[d] < 0 || sizes[d] < 0 || offsets[d] > size[d] || sizes[d] > size[d] - offsets[d])
                     {
                         throw Error($"a chunk of '{fqn}' at ({string.Join(",", offsets)}) size ({string.Join(",", sizes)}) lies outside ({string.Join(",", size)})");
                     }
@@ -117,6 +124,12 @@ internal static class DcpMetadataReader
                 chunks.Add(new DcpChunk(offsets, sizes));
             }
             foreach (var d in size) if (d < 0) throw Error($"'{fqn}' has a negative dimension");
+            long volume = 1;
+            foreach (var d in size) volume = checked(volume * d);
+            if (ChunkOverlap.Find(chunks) is var (a, b))
+            {
+                throw Error($"chunks of '{fqn}' at ({a.OffsetsKey}) size ({string.Join(",", a.Sizes)}) and at ({b.OffsetsKey}) size ({string.Join(",", b.Sizes)}) overlap");
+            }
             return new DcpTensorEntry(fqn, dtype, size, chunks);
         }
 

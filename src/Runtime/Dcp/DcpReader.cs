@@ -13,10 +13,13 @@ namespace EmaGen.Dcp;
 /// </summary>
 public sealed class DcpReader
 {
+    private readonly SaveBinding _saves;
+
     private DcpReader(string directory, DcpMetadata metadata)
     {
         Directory = directory;
         Metadata = metadata;
+        _saves = new SaveBinding(directory, metadata.SaveId);
     }
 
     public string Directory { get; }
@@ -39,10 +42,18 @@ public sealed class DcpReader
                 ? $"{directory}: only .metadata.tmp exists; the save that wrote it did not finish."
                 : $"{directory}: no .metadata file; not a DCP checkpoint folder.");
         }
-        var info = new FileInfo(path);
-        if (info.Length > 1L << 30) throw new CheckpointFormatException($"{path}: {info.Length} bytes is too large for checkpoint metadata.");
-        var metadata = DcpMetadataReader.Read(File.ReadAllBytes(path), path);
-        return new DcpReader(directory, metadata);
+        byte[] bytes;
+        try
+        {
+            var info = new FileInfo(path);
+            if (info.Length > 1L << 30) throw new CheckpointFormatException($"{path}: {info.Length} bytes is too large for checkpoint metadata.");
+            bytes = File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException && e is not CheckpointFormatException)
+        {
+            throw new CheckpointFormatException($"{path}: cannot be read: {e.Message}", e);
+        }
+        return new DcpReader(directory, DcpMetadataReader.Read(bytes, path));
     }
 
     /// <summary>The whole tensor stored under <paramref name="key"/> (caller-owned), assembled from its chunks.</summary>
@@ -63,7 +74,7 @@ public sealed class DcpReader
     {
         if (Metadata.Find(key) is not DcpBytesEntry) throw new CheckpointFormatException($"{Directory}: key '{key}' is not a non-tensor value.");
         var location = Metadata.LocationOf(key, null);
-        return WithItem(key, location, (archive, source) => TorchSaveCodec.ReadItem(archive, source, expectTensor: false));
+        return WithItem(key, null, location, (archive, source, _) => TorchSaveCodec.ReadItem(archive, source, expect: null));
     }
 
     public DcpTensorEntry TensorEntry(string key) => Metadata.Find(key) switch
@@ -79,13 +90,10 @@ public sealed class DcpReader
         {
             throw new ArgumentException($"'{entry.Key}' has {entry.Size.Length} dimensions; the requested box has {offsets.Length}/{sizes.Length}.");
         }
-        if (!TorchDTypes.TryGet(entry.DType, out var dtype, out _))
-        {
-            throw new CheckpointFormatException($"{Directory}: key '{entry.Key}' has dtype {entry.DType}, which TorchSharp does not support.");
-        }
+        var dtype = TorchDTypes.Get(entry.DType, $"{Directory}: key '{entry.Key}'", out int elementSize);
         for (int d = 0; d < sizes.Length; d++)
         {
-            if (offsets[d] < 0 || sizes[d] < 0 || offsets[d] + sizes[d] > entry.Size[d])
+            if (offsets[d] < 0 || sizes[d] < 0 || sizes[d] > entry.Size[d] - offsets[d])
             {
                 throw new ArgumentException($"the requested box of '{entry.Key}' lies outside its shape ({string.Join(", ", entry.Size)}).");
             }
@@ -96,13 +104,9 @@ public sealed class DcpReader
             if (chunk.Offsets.AsSpan().SequenceEqual(offsets) && chunk.Sizes.AsSpan().SequenceEqual(sizes) && (sizes.Length == 0 || chunk.Numel > 0))
             {
                 var location = Metadata.LocationOf(entry.Key, chunk);
-                var whole = WithItem(entry.Key, location, (archive, source) => (torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expectTensor: true)!);
+                var expect = new TensorExpectation(entry.DType, sizes);
+                var whole = WithItem(entry.Key, chunk, location, (archive, source, _) => (torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expect)!);
                 BytesRead += location.Length;
-                if (!whole.shape.AsSpan().SequenceEqual(sizes) || whole.dtype != dtype)
-                {
-                    whole.Dispose();
-                    throw new CheckpointFormatException($"{Path.Combine(Directory, location.RelativePath)}: chunk of '{entry.Key}' is {whole.dtype} ({string.Join(", ", whole.shape)}), metadata says {entry.DType} ({string.Join(", ", sizes)}).");
-                }
                 return whole;
             }
         }
@@ -115,14 +119,14 @@ public sealed class DcpReader
         {
             if (Overlaps(chunk, offsets, sizes)) available += Metadata.LocationOf(entry.Key, chunk).Length;
         }
-        TorchDTypes.TryGet(entry.DType, out _, out int elementSize);
-        if (wantedElements > 0 && wantedElements * elementSize > available)
+        if (wantedElements > 0 && checked(wantedElements * elementSize) > available)
         {
             throw new CheckpointFormatException($"{Directory}: the chunks of '{entry.Key}' hold {available} bytes, too few for {wantedElements} {entry.DType} elements.");
         }
         var result = torch.zeros(sizes, dtype);
         try
         {
+            // The metadata reader has checked that no two chunks overlap, so summing the overlaps' volumes measures coverage.
             long covered = 0;
             foreach (var chunk in entry.Chunks)
             {
@@ -141,18 +145,12 @@ public sealed class DcpReader
                 // box does in the other dimensions (those are cut from the rows in memory).
                 long rowStart = sizes.Length > 0 ? lo[0] - chunk.Offsets[0] : 0;
                 long rowCount = sizes.Length > 0 ? hi[0] - lo[0] : 0;
-                var (data, bytesRead) = WithItem(entry.Key, location, (archive, source) => sizes.Length == 0
-                    ? ((torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expectTensor: true)!, location.Length)
-                    : TorchSaveCodec.ReadTensorRows(archive, source, rowStart, rowCount));
+                var expect = new TensorExpectation(entry.DType, chunk.Sizes);
+                var (data, bytesRead) = WithItem(entry.Key, chunk, location, (archive, source, seal) => sizes.Length == 0
+                    ? ((torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expect)!, location.Length)
+                    : TorchSaveCodec.ReadTensorRows(archive, source, rowStart, rowCount, expect, seal));
                 using var _data = data;
                 BytesRead += bytesRead;
-                var expectedShape = (long[])chunk.Sizes.Clone();
-                if (sizes.Length > 0) expectedShape[0] = rowCount;
-                if (!data.shape.AsSpan().SequenceEqual(expectedShape))
-                {
-                    throw new CheckpointFormatException($"{Path.Combine(Directory, location.RelativePath)}: chunk of '{entry.Key}' has shape ({string.Join(", ", data.shape)}), metadata says ({string.Join(", ", chunk.Sizes)}).");
-                }
-                if (data.dtype != dtype) throw new CheckpointFormatException($"{Directory}: chunk of '{entry.Key}' is {data.dtype}, the entry says {entry.DType}.");
                 var source = data;
                 var target = result;
                 var owned = new List<torch.Tensor>();
@@ -176,11 +174,9 @@ public sealed class DcpReader
                 for (int d = 0; d < sizes.Length; d++) volume *= hi[d] - lo[d];
                 covered += volume;
             }
-            long wanted = 1;
-            foreach (var s in sizes) wanted *= s;
-            if (covered < wanted)
+            if (covered < wantedElements)
             {
-                throw new CheckpointFormatException($"{Directory}: the chunks of '{entry.Key}' cover {covered} of the {wanted} requested elements.");
+                throw new CheckpointFormatException($"{Directory}: the chunks of '{entry.Key}' cover {covered} of the {wantedElements} requested elements.");
             }
             return result;
         }
@@ -200,14 +196,15 @@ public sealed class DcpReader
         return true;
     }
 
-    private T WithItem<T>(string key, DcpStorageLocation location, Func<TorchArchiveReader, string, T> read)
+    // Opens one item, checks its seal against the key, the chunk and this folder's save, then decodes it.
+    private T WithItem<T>(string key, DcpChunk? chunk, DcpStorageLocation location, Func<TorchArchiveReader, string, ItemSeal?, T> read)
     {
         if (location.Transforms.Count > 0)
         {
             throw new CheckpointFormatException($"{Directory}: key '{key}' uses stream transforms ({string.Join(", ", location.Transforms)}), which EmaGen does not read.");
         }
         var name = location.RelativePath;
-        if (name.Length == 0 || name.Contains('/') || name.Contains('\\') || name is "." or "..")
+        if (name.Length == 0 || name.Contains('/') || name.Contains('\\') || name is "." or ".." || name.Contains('\0'))
         {
             throw new CheckpointFormatException($"{Directory}: key '{key}' names the file '{name}', which is not a plain file name in the folder.");
         }
@@ -217,18 +214,25 @@ public sealed class DcpReader
         {
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
             var archive = TorchArchiveReader.Open(stream, location.Offset, location.Length, source);
-            return read(archive, source);
+            var seal = ItemSeal.Read(archive, source);
+            _saves.Check(seal, source);
+            seal?.CheckItem(key, chunk?.Offsets, null, source);
+            return read(archive, source, seal);
         }
-        catch (FileNotFoundException)
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
         {
-            throw new CheckpointFormatException($"{Directory}: key '{key}' lives in '{name}', which is missing.");
+            throw new CheckpointFormatException($"{Directory}: key '{key}' lives in '{name}', which is missing.", e);
         }
         catch (EndOfStreamException e)
         {
             throw new CheckpointFormatException($"{source}: the file ends early.", e);
         }
-        catch (Exception e) when (e is OverflowException or ArgumentException or InvalidCastException
-                                   or System.Runtime.InteropServices.ExternalException)
+        catch (CheckpointFormatException)
+        {
+            throw;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or OverflowException or ArgumentException
+                                   or InvalidCastException or System.Runtime.InteropServices.ExternalException)
         {
             throw new CheckpointFormatException($"{source}: {e.Message}", e);
         }

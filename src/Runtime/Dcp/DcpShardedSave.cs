@@ -34,7 +34,9 @@ public static class DcpShardedSave
     public static void Save(string directory, string saveId, RankInfo rank, IReadOnlyList<DcpShard> shards,
         IReadOnlyDictionary<string, object?>? values, TimeSpan timeout)
     {
-        WriteRank(directory, saveId, rank, shards, values);
+        // Each rank holds its lock on the staging folder until the commit, so no other save takes it for a crashed one.
+        using var staging = EnterStaging(directory, saveId, rank, shards);
+        WriteRankInto(staging.Path, saveId, rank, shards, values);
         if (rank.Rank == 0) Commit(directory, saveId, rank.WorldSize, timeout);
         else WaitForCommit(directory, saveId, timeout);
     }
@@ -42,8 +44,24 @@ public static class DcpShardedSave
     /// <summary>Writes this rank's data file and manifest. Replicated shards are written by rank 0 only.</summary>
     public static void WriteRank(string directory, string saveId, RankInfo rank, IReadOnlyList<DcpShard> shards, IReadOnlyDictionary<string, object?>? values = null)
     {
-        var staging = StagingFolder(directory, saveId);
-        Directory.CreateDirectory(staging);
+        using var staging = EnterStaging(directory, saveId, rank, shards);
+        WriteRankInto(staging.Path, saveId, rank, shards, values);
+    }
+
+    // Rank 0 first removes what crashed saves left behind; every rank checks its free space before writing a byte.
+    private static SaveStaging EnterStaging(string directory, string saveId, RankInfo rank, IReadOnlyList<DcpShard> shards)
+    {
+        CheckSaveId(saveId);
+        var target = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar);
+        var parent = Path.GetDirectoryName(target)!;
+        Directory.CreateDirectory(parent);
+        if (rank.Rank == 0) SaveStaging.RemoveStale(target, keepId: saveId);
+        DiskSpace.Require(parent, DiskSpace.Estimate(shards.Where(s => rank.Rank == 0 || !s.Replicated).Select(s => (object?)s.Local)), target);
+        return SaveStaging.Enter(target, saveId, rank.Rank);
+    }
+
+    private static void WriteRankInto(string staging, string saveId, RankInfo rank, IReadOnlyList<DcpShard> shards, IReadOnlyDictionary<string, object?>? values)
+    {
         var file = $"__{rank.Rank}_0.distcp";
         var entries = new List<ManifestEntry>();
         using (var stream = new FileStream(Path.Combine(staging, file), FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
@@ -53,7 +71,7 @@ public static class DcpShardedSave
                 foreach (var (key, value) in values)
                 {
                     long start = stream.Position;
-                    TorchSaveCodec.WriteValue(stream, value);
+                    TorchSaveCodec.WriteValue(stream, value, new ItemSeal(saveId, key, null, ItemSeal.DefaultBlockSize, []));
                     entries.Add(new ManifestEntry(key, null, null, null, null, file, start, stream.Position - start));
                 }
             }
@@ -65,7 +83,7 @@ public static class DcpShardedSave
                     throw new ArgumentException($"shard '{shard.Key}': block, offsets and global size disagree in rank");
                 }
                 long start = stream.Position;
-                TorchSaveCodec.WriteTensor(stream, shard.Local);
+                TorchSaveCodec.WriteTensor(stream, shard.Local, new ItemSeal(saveId, shard.Key, shard.Offsets, ItemSeal.DefaultBlockSize, []));
                 entries.Add(new ManifestEntry(shard.Key, TorchDTypes.NameOf(shard.Local.dtype), shard.GlobalSize, shard.Offsets, shard.Local.shape,
                     file, start, stream.Position - start));
             }
@@ -153,6 +171,7 @@ public static class DcpShardedSave
         }
         File.Move(temp, Path.Combine(staging, ".metadata"));
         for (int r = 0; r < worldSize; r++) File.Delete(Path.Combine(staging, ManifestPrefix + r));
+        foreach (var file in Directory.GetFiles(staging, ".lock-*")) File.Delete(file);
         options.OnStage?.Invoke("commit");
         var old = FolderSwap.Replace(staging, Path.GetFullPath(directory));
         if (old is not null) Directory.Delete(old, recursive: true);
@@ -183,12 +202,16 @@ public static class DcpShardedSave
 
     private static string StagingFolder(string directory, string saveId)
     {
+        CheckSaveId(saveId);
+        return SaveStaging.PathOf(directory, saveId);
+    }
+
+    private static void CheckSaveId(string saveId)
+    {
         if (saveId.Length == 0 || saveId.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || saveId.Contains('.'))
         {
             throw new ArgumentException($"save id '{saveId}' must be a non-empty file-name fragment without dots", nameof(saveId));
         }
-        var target = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar);
-        return Path.Combine(Path.GetDirectoryName(target)!, "." + Path.GetFileName(target) + ".saving-" + saveId);
     }
 
     private sealed record ManifestEntry(string Key, string? DType, long[]? GlobalSize, long[]? Offsets, long[]? Sizes, string File, long Offset, long Length);

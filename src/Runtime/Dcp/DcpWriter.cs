@@ -24,19 +24,22 @@ public static class DcpWriter
         var target = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar);
         var parent = Path.GetDirectoryName(target) ?? throw new ArgumentException($"'{directory}' has no parent folder", nameof(directory));
         Directory.CreateDirectory(parent);
-        var staged = Path.Combine(parent, "." + Path.GetFileName(target) + ".saving-" + Guid.NewGuid().ToString("N")[..8]);
-        Directory.CreateDirectory(staged);
+        var items = state as IReadOnlyCollection<KeyValuePair<string, object?>> ?? new List<KeyValuePair<string, object?>>(state);
+        SaveStaging.RemoveStale(target);
+        DiskSpace.Require(parent, DiskSpace.Estimate(System.Linq.Enumerable.Select(items, kv => kv.Value)), target);
+        using var staging = SaveStaging.Enter(target, Guid.NewGuid().ToString("N")[..8], rank: 0);
         try
         {
-            var metadata = WriteInto(staged, target, state, options);
+            var metadata = WriteInto(staging.Path, target, items, options);
+            staging.RemoveLockFiles();
             options.OnStage?.Invoke("commit");
-            var old = FolderSwap.Replace(staged, target);
+            var old = FolderSwap.Replace(staging.Path, target);
             if (old is not null) Directory.Delete(old, recursive: true);
             return metadata;
         }
         catch
         {
-            if (Directory.Exists(staged)) Directory.Delete(staged, recursive: true);
+            if (Directory.Exists(staging.Path)) Directory.Delete(staging.Path, recursive: true);
             throw;
         }
     }
@@ -75,7 +78,7 @@ public static class DcpWriter
             {
                 var (name, stream) = files[next++ % files.Count];
                 long start = stream.Position;
-                TorchSaveCodec.WriteValue(stream, value);
+                TorchSaveCodec.WriteValue(stream, value, new ItemSeal(metadata.SaveId!, key, null, ItemSeal.DefaultBlockSize, []));
                 metadata.Entries.Add(new DcpBytesEntry(key));
                 metadata.Storage[(key, null)] = new DcpStorageLocation(name, start, stream.Position - start, Array.Empty<string>());
                 metadata.PlannerData[key] = new object?[] { key };
@@ -89,7 +92,7 @@ public static class DcpWriter
                 var dtype = tensor.dtype;
                 try
                 {
-                    TorchSaveCodec.WriteTensor(stream, tensor, options.ForceZip64);
+                    TorchSaveCodec.WriteTensor(stream, tensor, new ItemSeal(metadata.SaveId!, key, new long[shape.Length], ItemSeal.DefaultBlockSize, []), options.ForceZip64);
                 }
                 finally
                 {

@@ -8,4 +8,5 @@ namespace EmaGen.Dcp;
 /// copies (say fp16 snapshots of fp32 shadows) costs one converted tensor of memory at a time, not all of them.
 /// </summary>
 /// <param name="Make">Creates the tensor; the writer owns and disposes what it returns.</param>
-public sealed record DeferredTensor(Func<torch.Tensor> Make);
+/// <param name="ByteCount">The size of the tensor <paramref name="Make"/> returns, for the writer's free-space check.</param>
+public sealed record DeferredTensor(Func<torch.Tensor> Make, long ByteCount = 0);

@@ -43,6 +43,15 @@ public static class TorchDTypes
         return false;
     }
 
+    /// <summary>The TorchSharp dtype for a PyTorch name, or a <see cref="CheckpointFormatException"/> naming <paramref name="source"/>.</summary>
+    internal static torch.ScalarType Get(string name, string source, out int elementSize) =>
+        TryGet(name, out var type, out elementSize)
+            ? type
+            : throw new CheckpointFormatException($"{source}: dtype {name} is not supported by TorchSharp.");
+
+    /// <summary>Bytes per element of a dtype checkpoints can hold.</summary>
+    internal static int ElementSize(torch.ScalarType type) => ByName[NameOf(type)].Size;
+
     /// <summary>The legacy typed storage class torch.save uses for a dtype (<c>FloatStorage</c>, ...).</summary>
     public static string StorageClassOf(torch.ScalarType type) => ByName[NameOf(type)].Storage!;
 }

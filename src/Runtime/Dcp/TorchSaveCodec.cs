@@ -17,8 +17,11 @@ public sealed record RawPickleValue(byte[] Pickle);
 /// </summary>
 public static class TorchSaveCodec
 {
-    /// <summary>Writes a CPU tensor as a torch.save archive: contiguous, storage offset 0, C-order strides, storage key "0".</summary>
-    public static unsafe void WriteTensor(Stream output, torch.Tensor tensor, bool forceZip64 = false)
+    /// <summary>
+    /// Writes a tensor as a torch.save archive: contiguous, storage offset 0, C-order strides, storage key "0"; with a
+    /// <paramref name="seal"/> (save id, key, offsets) also the <see cref="ItemSeal"/> record with the data's block CRCs.
+    /// </summary>
+    internal static unsafe void WriteTensor(Stream output, torch.Tensor tensor, ItemSeal? seal = null, bool forceZip64 = false)
     {
         using var cpu = tensor.device_type == DeviceType.CPU ? tensor.alias() : tensor.cpu();
         using var contiguous = cpu.is_contiguous() ? cpu.alias() : cpu.contiguous();
@@ -36,24 +39,34 @@ public static class TorchSaveCodec
 
         var archive = new TorchArchiveWriter(output, forceZip64: forceZip64);
         WriteHeaderRecords(archive, pickle.Finish());
-        archive.AddRecord("data/0", (byte*)NativeTensor.DataPointer(contiguous), bytes);
+        int blockSize = seal?.BlockSize ?? ItemSeal.DefaultBlockSize;
+        archive.AddRecord("data/0", (byte*)NativeTensor.DataPointer(contiguous), bytes, blockSize, out var blocks);
         archive.AddText("version", "3\n");
+        if (seal is not null) archive.AddRecord(ItemSeal.RecordName, (seal with { BlockCrcs = blocks }).Encode());
         archive.Finish();
     }
 
     /// <summary>Writes a plain value (null, bool, integer, double, string, list, tuple, string-keyed dict) as a BYTE_IO item.</summary>
-    public static void WriteValue(Stream output, object? value)
+    internal static void WriteValue(Stream output, object? value, ItemSeal? seal = null)
     {
         var pickle = new PickleWriter();
         WritePlain(pickle, value, 0);
         var archive = new TorchArchiveWriter(output);
         WriteHeaderRecords(archive, pickle.Finish());
         archive.AddText("version", "3\n");
+        if (seal is not null) archive.AddRecord(ItemSeal.RecordName, seal.Encode());
         archive.Finish();
     }
 
     /// <summary>Decodes one item: a tensor (caller-owned) or a plain value (<see cref="RawPickleValue"/> when not decodable).</summary>
-    public static object? ReadItem(TorchArchiveReader archive, string source, bool expectTensor)
+    internal static object? ReadItem(TorchArchiveReader archive, string source, bool expectTensor) =>
+        ReadItem(archive, source, expectTensor ? TensorExpectation.Any : null);
+
+    /// <summary>
+    /// Decodes one item. With an <paramref name="expect"/>ation the item must be a tensor of that dtype and shape, checked
+    /// before any tensor memory is allocated; without one it may be a tensor or a plain value.
+    /// </summary>
+    internal static object? ReadItem(TorchArchiveReader archive, string source, TensorExpectation? expect)
     {
         var pkl = archive.ReadAll(archive.Get("data.pkl"));
         object? value;
@@ -61,32 +74,32 @@ public static class TorchSaveCodec
         {
             value = SafePickleReader.Read(pkl, source + " data.pkl");
         }
-        catch (CheckpointFormatException) when (!expectTensor)
+        catch (CheckpointFormatException) when (expect is null)
         {
             // Arbitrary Python objects (argparse namespaces, numpy state...) are kept as bytes, never executed.
             return new RawPickleValue(pkl);
         }
-        if (value is TensorReference reference) return ReadTensor(archive, reference, source);
-        if (expectTensor) throw new CheckpointFormatException($"{source}: expected a tensor record, found {SafePickleReader.Describe(value)}.");
+        if (value is TensorReference reference) return ReadTensor(archive, Checked(reference, expect, source), source);
+        if (expect is not null) throw new CheckpointFormatException($"{source}: expected a tensor record, found {SafePickleReader.Describe(value)}.");
         return value;
     }
 
     /// <summary>
-    /// Rows <c>[rowStart, rowStart + rowCount)</c> (along dimension 0) of a tensor item, reading only their bytes when the
-    /// stored tensor is C-contiguous, little-endian and uncompressed (what PyTorch and EmaGen write); otherwise the whole
-    /// item is read and narrowed. Returns the rows and the number of data bytes read.
+    /// Rows <c>[rowStart, rowStart + rowCount)</c> (along dimension 0) of a tensor item, reading only their bytes (rounded
+    /// to the seal's blocks, each CRC-checked) when the stored tensor is C-contiguous, little-endian and uncompressed and
+    /// the item is sealed; without a seal every byte of the record is read to check its CRC, but only the rows are kept.
+    /// Returns the rows and the number of data bytes read from the file.
     /// </summary>
-    public static unsafe (torch.Tensor Rows, long BytesRead) ReadTensorRows(TorchArchiveReader archive, string source, long rowStart, long rowCount)
+    internal static unsafe (torch.Tensor Rows, long BytesRead) ReadTensorRows(
+        TorchArchiveReader archive, string source, long rowStart, long rowCount, TensorExpectation expect, ItemSeal? seal)
     {
         var pkl = archive.ReadAll(archive.Get("data.pkl"));
         if (SafePickleReader.Read(pkl, source + " data.pkl") is not TensorReference t)
         {
             throw new CheckpointFormatException($"{source}: expected a tensor record.");
         }
-        if (!TorchDTypes.TryGet(t.DType, out var dtype, out int elementSize))
-        {
-            throw new CheckpointFormatException($"{source}: dtype {t.DType} is not supported by TorchSharp.");
-        }
+        Checked(t, expect, source);
+        var dtype = TorchDTypes.Get(t.DType, source, out int elementSize);
         var record = archive.Get("data/" + t.Storage.Key);
         bool littleEndian = !archive.TryGet("byteorder", out var order) || System.Text.Encoding.ASCII.GetString(archive.ReadAll(order)).Trim() != "big";
         bool plain = t.Size.Length > 0 && t.StorageOffset == 0 && littleEndian && record.Method == 0
@@ -109,16 +122,15 @@ public static class TorchSaveCodec
         {
             throw new CheckpointFormatException($"{source}: record data/{t.Storage.Key} has {record.Size} bytes, the tensor needs {t.Size[0] * rowBytes}.");
         }
+        seal?.CheckItem(seal.Key, seal.Offsets, record.Size, source);
         var shape = (long[])t.Size.Clone();
         shape[0] = rowCount;
         var result = torch.empty(shape, dtype);
         try
         {
-            if (rowCount > 0 && rowBytes > 0)
-            {
-                archive.ReadRange(record, rowStart * rowBytes, (byte*)NativeTensor.DataPointer(result), rowCount * rowBytes);
-            }
-            return (result, rowCount * rowBytes);
+            long read = archive.ReadRange(record, rowStart * rowBytes, (byte*)NativeTensor.DataPointer(result), rowCount * rowBytes,
+                seal?.BlockSize ?? 0, seal?.BlockCrcs);
+            return (result, read);
         }
         catch
         {
@@ -127,12 +139,21 @@ public static class TorchSaveCodec
         }
     }
 
+    // Dtype and shape against what the metadata declares, before a byte of tensor memory is allocated.
+    private static TensorReference Checked(TensorReference t, TensorExpectation? expect, string source)
+    {
+        if (expect is null || expect.DType is null) return t;
+        if (t.DType != expect.DType || !t.Size.AsSpan().SequenceEqual(expect.Shape))
+        {
+            throw new CheckpointFormatException(
+                $"{source}: item is {t.DType} ({string.Join(", ", t.Size)}), the metadata declares {expect.DType} ({string.Join(", ", expect.Shape!)}).");
+        }
+        return t;
+    }
+
     private static unsafe torch.Tensor ReadTensor(TorchArchiveReader archive, TensorReference t, string source)
     {
-        if (!TorchDTypes.TryGet(t.DType, out var dtype, out int elementSize))
-        {
-            throw new CheckpointFormatException($"{source}: dtype {t.DType} is not supported by TorchSharp.");
-        }
+        var dtype = TorchDTypes.Get(t.DType, source, out int elementSize);
         bool untyped = t.Storage.StorageType.Name == "UntypedStorage";
         long storageBytes = untyped ? t.Storage.Numel : checked(t.Storage.Numel * elementSize);
         long storageElements = storageBytes / elementSize;
@@ -141,8 +162,10 @@ public static class TorchSaveCodec
         // Every element the view reaches must lie inside the storage.
         long last = t.StorageOffset;
         bool empty = false;
+        long numel = 1;
         for (int i = 0; i < t.Size.Length; i++)
         {
+            numel = checked(numel * t.Size[i]);
             if (t.Size[i] == 0) empty = true;
             else last = checked(last + (t.Size[i] - 1) * t.Stride[i]);
         }
@@ -156,6 +179,12 @@ public static class TorchSaveCodec
         {
             throw new CheckpointFormatException($"{source}: record data/{t.Storage.Key} has {record.Size} bytes, its storage needs {storageBytes}.");
         }
+        // A stored record's bytes are on disk inside the item; a deflated one could claim any size, so it may not hold
+        // more than the tensor it backs (a few compressed bytes must not buy gigabytes of memory).
+        if (record.Method != 0 && storageBytes > checked(numel * elementSize))
+        {
+            throw new CheckpointFormatException($"{source}: compressed record data/{t.Storage.Key} inflates to {storageBytes} bytes, more than the {numel * elementSize} its tensor needs.");
+        }
         bool bigEndian = archive.TryGet("byteorder", out var order) && System.Text.Encoding.ASCII.GetString(archive.ReadAll(order)).Trim() == "big";
 
         var storage = torch.empty(storageElements, dtype);
@@ -164,8 +193,6 @@ public static class TorchSaveCodec
             if (storageBytes > 0) archive.ReadInto(record, (byte*)NativeTensor.DataPointer(storage), storageBytes);
             if (bigEndian && elementSize > 1) SwapBytes((byte*)NativeTensor.DataPointer(storage), storageElements, elementSize);
             if (empty) return torch.empty(t.Size, dtype);
-            long numel = 1;
-            foreach (var d in t.Size) numel *= d;
             // The common case (what DCP writes): the storage is exactly the tensor in C order; a view needs no copy.
             if (t.StorageOffset == 0 && numel == storageElements && t.Stride.AsSpan().SequenceEqual(ContiguousStrides(t.Size)))
             {

@@ -55,7 +55,7 @@ public static partial class PostHocEma
                 var state = new List<KeyValuePair<string, object?>>();
                 foreach (var (name, sum) in sums[t])
                 {
-                    state.Add(new(prefix + name, dtype == torch.ScalarType.Float32 ? sum : new DeferredTensor(() => sum.to_type(dtype, copy: true))));
+                    state.Add(new(prefix + name, dtype == torch.ScalarType.Float32 ? sum : new DeferredTensor(() => sum.to_type(dtype, copy: true), sum.numel() * TorchDTypes.ElementSize(dtype))));
                 }
                 // The decay value is the one the target profile applies at atStep, as a tracked profile would have stored.
                 state.AddRange(EmaCheckpoint.ProfileState(prefix, [], _ => throw new InvalidOperationException(), atStep, schedule.DecayAt(atStep), schedule.Describe()));

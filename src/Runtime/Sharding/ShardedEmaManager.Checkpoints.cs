@@ -151,35 +151,52 @@ public sealed partial class ShardedEmaManager<TModel>
             throw new ArgumentException(
                 $"{directory}: the checkpoint holds {(stored is null ? "a single-profile EMA" : "EMA profiles " + string.Join(", ", stored))} under '{prefix}', this manager has {(_namedProfiles ? "profiles " + string.Join(", ", _profiles.Select(p => p.Name)) : "one unnamed profile")}.");
         }
+        // Shapes, dtypes, schedules and steps are checked from the metadata and the small values before any tensor is read.
+        long? step = null;
+        for (int k = 0; k < _profiles.Length; k++)
+        {
+            var profilePrefix = ProfilePrefix(prefix, k);
+            foreach (var e in _entries)
+            {
+                var key = profilePrefix + e.Info.Name;
+                var saved = reader.TensorEntry(key);
+                if (!saved.Size.AsSpan().SequenceEqual(e.Info.Shape))
+                {
+                    throw new ArgumentException($"{directory}: '{key}' has shape [{string.Join(", ", saved.Size)}], expected [{string.Join(", ", e.Info.Shape)}].");
+                }
+                if (!TorchDTypes.TryGet(saved.DType, out var dtype, out _) || dtype != e.Shadow.dtype)
+                {
+                    throw new ArgumentException($"{directory}: '{key}' is {saved.DType}, expected {e.Shadow.dtype}.");
+                }
+            }
+            var state = EmaCheckpoint.ReadState(reader, directory, profilePrefix);
+            if (_namedProfiles && state is null)
+            {
+                throw new CheckpointFormatException($"{directory}: profile '{_profiles[k].Name}' has no '{profilePrefix}{EmaCheckpoint.StateSegment}format'; the checkpoint is damaged.");
+            }
+            var expected = _profiles[k].Schedule.Describe();
+            if (state is not null && state.Schedule != expected && !allowScheduleMismatch)
+            {
+                throw new ArgumentException(
+                    $"{directory}: the checkpoint was written with schedule {state.Schedule}{(_namedProfiles ? $" for profile '{_profiles[k].Name}'" : "")}, this manager uses {expected}.");
+            }
+            if (step is { } s && state is not null && s != state.Step)
+            {
+                throw new ArgumentException($"{directory}: the profiles were saved at different steps ({s} and {state.Step}).");
+            }
+            step ??= state?.Step;
+        }
+
         var staged = new List<(torch.Tensor Shadow, torch.Tensor Data)>();
         try
         {
-            long? step = null;
             for (int k = 0; k < _profiles.Length; k++)
             {
                 var profilePrefix = ProfilePrefix(prefix, k);
                 foreach (var e in _entries)
                 {
-                    var key = profilePrefix + e.Info.Name;
-                    var saved = reader.TensorEntry(key);
-                    if (!saved.Size.AsSpan().SequenceEqual(e.Info.Shape))
-                    {
-                        throw new ArgumentException($"{directory}: '{key}' has shape [{string.Join(", ", saved.Size)}], expected [{string.Join(", ", e.Info.Shape)}].");
-                    }
-                    var data = reader.ReadSlice(key, e.Offsets, e.Sizes);
-                    staged.Add((e.Shadows[k], data));
-                    if (data.dtype != e.Shadow.dtype) throw new ArgumentException($"{directory}: '{key}' is {data.dtype}, expected {e.Shadow.dtype}.");
+                    staged.Add((e.Shadows[k], reader.ReadSlice(profilePrefix + e.Info.Name, e.Offsets, e.Sizes)));
                 }
-                var scheduleKey = profilePrefix + EmaCheckpoint.StateSegment + "schedule";
-                string? schedule = reader.Metadata.Find(scheduleKey) is DcpBytesEntry ? reader.ReadValue(scheduleKey) as string : null;
-                var expected = _profiles[k].Schedule.Describe();
-                if (schedule is not null && schedule != expected && !allowScheduleMismatch)
-                {
-                    throw new ArgumentException(
-                        $"{directory}: the checkpoint was written with schedule {schedule}{(_namedProfiles ? $" for profile '{_profiles[k].Name}'" : "")}, this manager uses {expected}.");
-                }
-                var stepKey = profilePrefix + EmaCheckpoint.StateSegment + "step";
-                step ??= reader.Metadata.Find(stepKey) is DcpBytesEntry ? reader.ReadValue(stepKey) as long? : null;
             }
             using var _ = torch.no_grad();
             foreach (var (shadow, data) in staged) InPlace.Release(shadow.copy_(data), shadow);

@@ -126,22 +126,25 @@ public sealed class DcpRoundTripTests
     }
 
     [Fact]
-    public void ARankReadsOnlyTheBytesOfItsRows()
+    public void ARankReadsOnlyTheCheckedBlocksOfItsRows()
     {
         using var folder = TestPaths.NewTempFolder();
-        using var big = torch.arange(1000 * 100, dtype: ScalarType.Float32).reshape(1000, 100);
+        using var big = torch.arange(4000 * 1000, dtype: ScalarType.Float32).reshape(4000, 1000);   // 16 MB, 16 sealed blocks
         DcpWriter.Save(folder["ckpt"], new[] { new KeyValuePair<string, object?>("w", big) });
         var reader = DcpReader.Open(folder["ckpt"]);
-        var (offsets, sizes) = ShardLayout.Box(big.shape, 0, 8, 5);             // rows 625..749 of one saved chunk
+        var (offsets, sizes) = ShardLayout.Box(big.shape, 0, 8, 5);             // rows 2500..2999 of one saved chunk
         using var part = reader.ReadSlice("w", offsets, sizes);
         using var expected = big.narrow(0, offsets[0], sizes[0]);
         Assert.Equal(expected.contiguous().data<float>().ToArray(), part.data<float>().ToArray());
-        Assert.Equal(sizes[0] * 100 * 4, reader.BytesRead);                    // 50,000 bytes of a 400,000-byte chunk
+        long rowBytes = sizes[0] * 1000 * 4;                                      // 2,000,000 bytes
+        Assert.InRange(reader.BytesRead, rowBytes, rowBytes + 2 * ItemSeal.DefaultBlockSize);   // whole blocks, each CRC-checked
+        Assert.True(reader.BytesRead < big.numel() * 4 / 4);
 
-        // A box that also cuts columns reads its rows whole (one byte range) and cuts the columns in memory.
+        // A box that also cuts columns reads its rows' blocks (one byte range) and cuts the columns in memory.
+        long before = reader.BytesRead;
         using var corner = reader.ReadSlice("w", new long[] { 10, 5 }, new long[] { 2, 3 });
-        Assert.Equal(new float[] { 1005, 1006, 1007, 1105, 1106, 1107 }, corner.data<float>().ToArray());
-        Assert.Equal(sizes[0] * 100 * 4 + 2 * 100 * 4, reader.BytesRead);
+        Assert.Equal(new float[] { 10005, 10006, 10007, 11005, 11006, 11007 }, corner.data<float>().ToArray());
+        Assert.Equal(ItemSeal.DefaultBlockSize, reader.BytesRead - before);
     }
 
     internal static Tensor Random(ScalarType dtype, params long[] shape) => dtype switch

@@ -16,26 +16,21 @@ public sealed record PickleTuple(object?[] Items)
 /// <summary>A Python dict, in insertion order (keys may be objects, such as DCP's MetadataIndex).</summary>
 public sealed class PickleDict
 {
+    // Hashed, so a dict of n items costs O(n) to build: a linear scan per insert would let a large hostile metadata
+    // file take quadratic time.
+    private readonly Dictionary<object, int> _index = new();
+    private int _nullIndex = -1;
+
     public List<KeyValuePair<object?, object?>> Items { get; } = new();
 
-    public object? this[string key]
-    {
-        get
-        {
-            foreach (var (k, v) in Items) if (k is string s && s == key) return v;
-            throw new KeyNotFoundException(key);
-        }
-    }
+    public object? this[string key] => TryGet(key, out var value) ? value : throw new KeyNotFoundException(key);
 
     public bool TryGet(string key, out object? value)
     {
-        foreach (var (k, v) in Items)
+        if (_index.TryGetValue(key, out int i))
         {
-            if (k is string s && s == key)
-            {
-                value = v;
-                return true;
-            }
+            value = Items[i].Value;
+            return true;
         }
         value = null;
         return false;
@@ -43,14 +38,14 @@ public sealed class PickleDict
 
     public void Set(object? key, object? value)
     {
-        for (int i = 0; i < Items.Count; i++)
+        int i = key is null ? _nullIndex : _index.GetValueOrDefault(key, -1);
+        if (i >= 0)
         {
-            if (Equals(Items[i].Key, key))
-            {
-                Items[i] = new(key, value);
-                return;
-            }
+            Items[i] = new(key, value);
+            return;
         }
+        if (key is null) _nullIndex = Items.Count;
+        else _index[key] = Items.Count;
         Items.Add(new(key, value));
     }
 }

@@ -23,13 +23,22 @@ public static class SafePickleReader
 
     private static readonly object Mark = new();
 
+    /// <summary>
+    /// Most nodes the value may have when walked as a tree (shared containers counted at every use), per input byte. A
+    /// pickle can reuse a container through the memo, so a few bytes can describe a value whose tree is exponential or
+    /// infinite (a list holding itself); every consumer walks values as trees, so the reader rejects such values.
+    /// </summary>
+    public const int MaxNodesPerByte = 16;
+
     /// <summary>Reads one pickle from <paramref name="data"/>; <paramref name="source"/> names it in errors.</summary>
     public static object? Read(ReadOnlySpan<byte> data, string source)
     {
         var state = new State(source);
         try
         {
-            return Run(data, state);
+            var value = Run(data, state);
+            PickleTreeBound.Check(value, MaxNodesPerByte * (long)data.Length + 1024, source);
+            return value;
         }
         catch (CheckpointFormatException)
         {
@@ -372,7 +381,9 @@ public static class SafePickleReader
     {
         if (bytes.Length > MaxLongBytes) throw Error(s, "integer too long");
         var value = new BigInteger(bytes, isUnsigned: false, isBigEndian: false);
-        return value >= long.MinValue && value <= long.MaxValue ? (long)value : value;
+        // Not a conditional expression: its type would be BigInteger, boxing every 8-byte offset (files over 2 GiB) as one.
+        if (value >= long.MinValue && value <= long.MaxValue) return (long)value;
+        return value;
     }
 
     private static long[] Longs(object?[] items, State s, string what)

@@ -104,18 +104,57 @@ public sealed class TorchArchiveReader
 
     /// <summary>
     /// Bytes <c>[offset, offset + count)</c> of a stored record, into native memory: how a rank reads only its rows of a
-    /// saved chunk. A partial read cannot check the record's CRC-32 (it covers the whole record); <c>emagen verify</c> does.
+    /// saved chunk. Every byte returned is CRC-checked: with <paramref name="blockCrcs"/> (an EmaGen item's seal) only the
+    /// <paramref name="blockSize"/> blocks the range touches are read and checked; without, the whole record is read
+    /// through a small buffer to check its CRC-32 and only the range is kept. Returns the record bytes read.
     /// </summary>
-    public unsafe void ReadRange(ArchiveRecord record, long offset, byte* destination, long count)
+    public unsafe long ReadRange(ArchiveRecord record, long offset, byte* destination, long count, int blockSize = 0, uint[]? blockCrcs = null)
     {
         if (record.Method != 0) throw Error($"record '{record.Name}' is compressed; a byte range cannot be read from it");
         if (offset < 0 || count < 0 || offset + count > record.Size) throw Error($"bytes [{offset}, {offset + count}) lie outside record '{record.Name}' of {record.Size} bytes");
-        _stream.Position = _base + record.DataOffset + offset;
-        for (long done = 0; done < count;)
+        if (count == 0) return 0;
+        bool blocks = blockCrcs is not null && blockSize > 0;
+        if (blocks && (record.Size + blockSize - 1) / blockSize != blockCrcs!.Length)
         {
-            int piece = (int)Math.Min(count - done, 1 << 30);
-            _stream.ReadExactly(new Span<byte>(destination + done, piece));
-            done += piece;
+            throw Error($"record '{record.Name}' has {record.Size} bytes but {blockCrcs.Length} block checksums of {blockSize} bytes");
+        }
+        int piece = blocks ? blockSize : 1 << 20;
+        long first = blocks ? offset / blockSize * blockSize : 0;
+        long end = blocks ? Math.Min(record.Size, (offset + count + blockSize - 1) / blockSize * blockSize) : record.Size;
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(piece);
+        try
+        {
+            var whole = new Crc32();
+            _stream.Position = _base + record.DataOffset + first;
+            for (long at = first; at < end; at += piece)
+            {
+                var span = buffer.AsSpan(0, (int)Math.Min(piece, end - at));
+                _stream.ReadExactly(span);
+                if (blocks)
+                {
+                    long b = at / blockSize;
+                    uint crc = Crc32.HashToUInt32(span);
+                    if (crc != blockCrcs![b])
+                    {
+                        throw Error($"block {b} of record '{record.Name}' fails its CRC-32 check (sealed 0x{blockCrcs[b]:x8}, computed 0x{crc:x8})");
+                    }
+                }
+                else
+                {
+                    whole.Append(span);
+                }
+                long lo = Math.Max(at, offset), hi = Math.Min(at + span.Length, offset + count);
+                if (lo < hi) span.Slice((int)(lo - at), (int)(hi - lo)).CopyTo(new Span<byte>(destination + (lo - offset), (int)(hi - lo)));
+            }
+            if (!blocks && whole.GetCurrentHashAsUInt32() != record.Crc)
+            {
+                throw Error($"record '{record.Name}' fails its CRC-32 check (stored 0x{record.Crc:x8}, computed 0x{whole.GetCurrentHashAsUInt32():x8})");
+            }
+            return end - first;
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 
@@ -197,6 +236,8 @@ public sealed class TorchArchiveReader
 
             if (method != 0 && method != 8) throw Error($"record '{name}' uses compression method {method} (stored or deflate expected)");
             if (method == 0 && compressed != size) throw Error($"stored record '{name}' has different compressed and plain sizes");
+            // DEFLATE cannot expand data more than about 1032 times; a larger claim is a lie meant to make readers allocate.
+            if (method == 8 && size > compressed * 1032 + 1024) throw Error($"deflated record '{name}' claims {size} bytes from {compressed}, more than DEFLATE can produce");
             CheckRange(headerOffset, 30, $"local header of '{name}'");
             var local = ReadBytes(headerOffset, 30);
             if (BinaryPrimitives.ReadUInt32LittleEndian(local) != 0x04034b50) throw Error($"local header of '{name}' is damaged");

@@ -51,36 +51,41 @@ public sealed class TorchArchiveWriter
     public void AddText(string name, string text) => AddRecord(name, Encoding.ASCII.GetBytes(text));
 
     /// <summary>
-    /// A record straight from native memory. The CRC-32 is computed on another thread while the bytes are written, so
-    /// a large tensor costs max(write, checksum) instead of their sum.
+    /// Adds a record from native memory (tensor data), in pieces of at most 1 GiB so records over 2 GiB work. The
+    /// CRC-32 of the whole record and of every <paramref name="blockSize"/> block (for <see cref="Dcp.ItemSeal"/>) are
+    /// computed on another core while the bytes are written.
     /// </summary>
-    public unsafe void AddRecord(string name, byte* data, long size)
+    public unsafe void AddRecord(string name, byte* data, long size, int blockSize, out uint[] blockCrcs)
     {
         const long Piece = 1 << 30;
         bool zip64 = BeginRecord(name, size);
         var address = (nint)data;
         var crcTask = size < (1 << 20)
-            ? System.Threading.Tasks.Task.FromResult(Checksum(address, size))
-            : System.Threading.Tasks.Task.Run(() => Checksum(address, size));
+            ? System.Threading.Tasks.Task.FromResult(Checksum(address, size, blockSize))
+            : System.Threading.Tasks.Task.Run(() => Checksum(address, size, blockSize));
         for (long done = 0; done < size;)
         {
             int piece = (int)Math.Min(size - done, Piece);
             Write(new ReadOnlySpan<byte>(data + done, piece));
             done += piece;
         }
-        EndRecord(name, size, crcTask.GetAwaiter().GetResult(), zip64);
+        var (crc, blocks) = crcTask.GetAwaiter().GetResult();
+        blockCrcs = blocks;
+        EndRecord(name, size, crc, zip64);
     }
 
-    private static unsafe uint Checksum(nint address, long size)
+    private static unsafe (uint Whole, uint[] Blocks) Checksum(nint address, long size, int blockSize)
     {
-        var crc = new Crc32();
-        for (long done = 0; done < size;)
+        var whole = new Crc32();
+        var blocks = new uint[(size + blockSize - 1) / blockSize];
+        for (long b = 0; b < blocks.Length; b++)
         {
-            int piece = (int)Math.Min(size - done, 1 << 30);
-            crc.Append(new ReadOnlySpan<byte>((byte*)address + done, piece));
-            done += piece;
+            long start = b * blockSize;
+            var span = new ReadOnlySpan<byte>((byte*)address + start, (int)Math.Min(blockSize, size - start));
+            whole.Append(span);
+            blocks[b] = Crc32.HashToUInt32(span);
         }
-        return crc.GetCurrentHashAsUInt32();
+        return (whole.GetCurrentHashAsUInt32(), blocks);
     }
 
     /// <summary>Writes the central directory and end records.</summary>

@@ -81,6 +81,8 @@ internal static class DcpMetadataReader
                 }
             }
 
+            CheckDistinctItems(metadata);
+
             if (state.TryGet("storage_meta", out var storageMeta) && storageMeta is PickleObject meta && meta.State is PickleDict metaState)
             {
                 metadata.Naming = metadata.Naming == DcpNaming.PyTorch20 ? DcpNaming.PyTorch23 : metadata.Naming;
@@ -89,6 +91,32 @@ internal static class DcpMetadataReader
             }
             if (state.TryGet("version", out var version)) metadata.Version = version as string;
             return metadata;
+        }
+
+        // Every item a DCP writer (PyTorch's or EmaGen's) stores has bytes of its own. Two keys whose items share bytes are
+        // damage, typically one offset changed onto another item: refused here, or a key would silently read another's value.
+        private void CheckDistinctItems(DcpMetadata metadata)
+        {
+            var items = new List<((string Key, string? Offsets) Index, DcpStorageLocation Location)>(metadata.Storage.Count);
+            foreach (var (index, location) in metadata.Storage)
+            {
+                if (location.Offset < 0 || location.Length < 0) throw Error($"the item of '{index.Key}' has offset {location.Offset} and length {location.Length}");
+                items.Add((index, location));
+            }
+            items.Sort((a, b) =>
+            {
+                int byFile = string.CompareOrdinal(a.Location.RelativePath, b.Location.RelativePath);
+                return byFile != 0 ? byFile : a.Location.Offset.CompareTo(b.Location.Offset);
+            });
+            for (int i = 1; i < items.Count; i++)
+            {
+                var (prevIndex, prev) = items[i - 1];
+                var (index, location) = items[i];
+                if (prev.RelativePath == location.RelativePath && location.Offset < prev.Offset + prev.Length)
+                {
+                    throw Error($"the items of '{prevIndex.Key}' and '{index.Key}' share bytes of '{location.RelativePath}' (from {location.Offset}); every item has bytes of its own");
+                }
+            }
         }
 
         private DcpTensorEntry TensorEntry(string fqn, PickleObject obj, DcpMetadata metadata)

@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.IO;
+using System.Linq;
 using EmaGen.Dcp.Zip;
 using TorchSharp;
 
@@ -114,6 +115,25 @@ public sealed class DcpReader
         // Never allocate more than the overlapping items could hold: a hostile shape must not cost memory.
         long wantedElements = 1;
         foreach (var s in sizes) wantedElements = checked(wantedElements * s);
+        if (entry.Numel == 0)
+        {
+            // An empty tensor has no bytes to check, but its chunks must still span its shape, and its items still say what
+            // it is: the metadata must agree with both.
+            for (int d = 0; d < entry.Size.Length; d++)
+            {
+                long lo = entry.Chunks.Count == 0 ? -1 : entry.Chunks.Min(c => c.Offsets[d]);
+                long hi = entry.Chunks.Count == 0 ? -1 : entry.Chunks.Max(c => c.Offsets[d] + c.Sizes[d]);
+                if (lo != 0 || hi != entry.Size[d])
+                {
+                    throw new CheckpointFormatException($"{Directory}: the chunks of '{entry.Key}' span [{lo}, {hi}) of dimension {d}, its shape is ({string.Join(", ", entry.Size)}).");
+                }
+            }
+            foreach (var chunk in entry.Chunks)
+            {
+                var expect = new TensorExpectation(entry.DType, chunk.Sizes);
+                WithItem(entry.Key, chunk, Metadata.LocationOf(entry.Key, chunk), (archive, source, _) => (torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expect)!).Dispose();
+            }
+        }
         long available = 0;
         foreach (var chunk in entry.Chunks)
         {

@@ -159,14 +159,20 @@ public sealed class CheckpointTrustTests
         var path = Path.Combine(folder["ckpt"], ".metadata");
         var metadata = DcpMetadataReader.Read(File.ReadAllBytes(path), "ckpt");
         var zero = new DcpChunk(new long[] { 0 }, new long[] { 4 }).OffsetsKey;
-        metadata.Storage[("x", zero)] = metadata.Storage[("y", zero)];
-        metadata.Storage[("n", null)] = metadata.Storage[("m", null)];
+        // Swapped, each item still has one key: consistent for the metadata, refused by the items' seals.
+        (metadata.Storage[("x", zero)], metadata.Storage[("y", zero)]) = (metadata.Storage[("y", zero)], metadata.Storage[("x", zero)]);
+        (metadata.Storage[("n", null)], metadata.Storage[("m", null)]) = (metadata.Storage[("m", null)], metadata.Storage[("n", null)]);
         File.WriteAllBytes(path, DcpMetadataWriter.Write(metadata));
 
         var reader = DcpReader.Open(folder["ckpt"]);
         Assert.Contains("holds key 'y'", Assert.Throws<CheckpointFormatException>(() => reader.ReadTensor("x")).Message);
         Assert.Contains("holds key 'm'", Assert.Throws<CheckpointFormatException>(() => reader.ReadValue("n")).Message);
-        reader.ReadTensor("y").Dispose();
+
+        // Pointed at the same bytes as another key (one offset changed onto another item): refused when the folder opens,
+        // which protects PyTorch's unsealed checkpoints too.
+        metadata.Storage[("x", zero)] = metadata.Storage[("y", zero)];
+        File.WriteAllBytes(path, DcpMetadataWriter.Write(metadata));
+        Assert.Contains("share bytes", Assert.Throws<CheckpointFormatException>(() => DcpReader.Open(folder["ckpt"])).Message);
     }
 
     // ---- 5. every value a manager needs must be there ----
@@ -303,16 +309,18 @@ public sealed class CheckpointTrustTests
         using var model = new BareParameters(reflection: false);
         using var ema = new EmaManager<BareParameters>(model, 0.5);
         ema.Save(folder["ckpt"]);
-        // 26 extra keys, all pointing at one item, and that item's bytes destroyed: a load that read them would fail on a
-        // CRC; one that checks names first fails on the names.
+        // 26 extra keys, each pointing at bytes that are no item at all: a load that read them would fail on the archive;
+        // one that checks names first fails on the names, and a non-strict load never touches them.
         var path = Path.Combine(folder["ckpt"], ".metadata");
         var metadata = DcpMetadataReader.Read(File.ReadAllBytes(path), "ckpt");
         var alpha = (DcpTensorEntry)metadata.Find("ema.alpha")!;
-        var location = metadata.LocationOf("ema.alpha", alpha.Chunks[0]);
+        var data = Path.Combine(folder["ckpt"], "__0_0.distcp");
+        long end = new FileInfo(data).Length;
+        File.WriteAllBytes(data, File.ReadAllBytes(data).Concat(new byte[26 * 100]).ToArray());
         for (char c = 'a'; c <= 'z'; c++)
         {
             metadata.Entries.Add(alpha with { Key = "ema.alias_" + c });
-            metadata.Storage[("ema.alias_" + c, alpha.Chunks[0].OffsetsKey)] = location with { Length = 1 };
+            metadata.Storage[("ema.alias_" + c, alpha.Chunks[0].OffsetsKey)] = new DcpStorageLocation("__0_0.distcp", end + (c - 'a') * 100, 100, Array.Empty<string>());
         }
         File.WriteAllBytes(path, DcpMetadataWriter.Write(metadata));
         var e = Assert.Throws<ArgumentException>(() => ema.Load(folder["ckpt"]));

@@ -1,0 +1,187 @@
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.IO;
+using System.IO.Compression;
+using System.Linq;
+using EmaGen.Dcp;
+using EmaGen.Dcp.Pickle;
+using EmaGen.Dcp.Zip;
+using TorchSharp;
+
+namespace EmaGen.Fuzz;
+
+/// <summary>
+/// The three memory-amplification inputs the campaign reported, rebuilt and measured (peak resident memory above the
+/// process's size before each): a small folder whose deflated records claim 2 GiB, read with two such keys; 26 keys
+/// aliasing one 100 MB item under a strict load; an 11-byte self-referencing value pickle, inspected as text and JSON.
+/// Exit code 0 when every case is refused with the documented error and stays under the budget.
+/// </summary>
+public static class Amplification
+{
+    public static int Run(Options options)
+    {
+        var root = Path.Combine(Path.GetTempPath(), "emagen-amplification-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(root);
+        var rows = new List<(string Case, string Result, long Peak, double Seconds)>();
+        try
+        {
+            rows.Add(Measure("deflated records claiming 2 GiB, two keys", () =>
+            {
+                var dir = DeflateBomb(Path.Combine(root, "deflate"));
+                var reader = DcpReader.Open(dir);
+                foreach (var key in new[] { "a", "b" }) reader.ReadTensor(key).Dispose();
+            }, $"{FolderBytes(Path.Combine(root, "deflate")) / 1e6:F1} MB folder"));
+
+            rows.Add(Measure("26 keys aliasing a 100 MB item, strict Load", () =>
+            {
+                var (dir, model) = Aliases(Path.Combine(root, "aliases"));
+                using var _ = model;
+                using var ema = new EmaManager<FuzzNet>(model, 0.9);
+                ema.Load(dir);
+            }, null));
+
+            var cyclic = SelfReference(Path.Combine(root, "cyclic"));
+            foreach (var json in new[] { false, true })
+            {
+                rows.Add(Measure($"11-byte self-referencing pickle, inspect{(json ? " --json" : "")}", () =>
+                {
+                    var output = new StringWriter();
+                    int code = EmaGen.Cli.CliApp.Run(json ? new[] { "inspect", cyclic, "--json" } : new[] { "inspect", cyclic }, output, output);
+                    throw new CheckpointFormatException($"exit {code}: {output.ToString().Trim()}");
+                }, null));
+            }
+        }
+        finally
+        {
+            try { Directory.Delete(root, recursive: true); } catch (IOException) { }
+        }
+        Console.WriteLine($"{"case",-48}{"peak RSS growth",16}{"seconds",9}  result");
+        bool ok = true;
+        foreach (var (name, result, peak, seconds) in rows)
+        {
+            Console.WriteLine($"{name,-48}{peak / 1e6,13:F0} MB{seconds,9:F2}  {result}");
+            ok &= peak < options.MemoryBudget && !result.StartsWith("LOADED", StringComparison.Ordinal) && !result.StartsWith("OTHER", StringComparison.Ordinal);
+        }
+        Console.WriteLine(ok ? $"all refused under the {options.MemoryBudget >> 20} MB budget" : "FAILED");
+        return ok ? 0 : 1;
+    }
+
+    private static (string, string, long, double) Measure(string name, Action action, string? note)
+    {
+        GC.Collect();
+        long baseline = Memory.ResetPeak();
+        var clock = Stopwatch.StartNew();
+        string result;
+        try
+        {
+            action();
+            result = "LOADED (not refused)";
+        }
+        catch (Exception e) when (e is CheckpointFormatException or ArgumentException)
+        {
+            result = e.GetType().Name + ": " + Shorten(e.Message);
+        }
+        catch (Exception e)
+        {
+            result = "OTHER " + e.GetType().Name + ": " + Shorten(e.Message);
+        }
+        double seconds = clock.Elapsed.TotalSeconds;
+        long peak = Memory.Peak() - baseline;
+        return (name, (note is null ? "" : note + "; ") + result, peak, seconds);
+    }
+
+    private static string Shorten(string message)
+    {
+        var line = message.ReplaceLineEndings(" ");
+        return line.Length > 140 ? line[..140] + "..." : line;
+    }
+
+    private static long FolderBytes(string dir) => Directory.GetFiles(dir).Sum(f => new FileInfo(f).Length);
+
+    // Two 4-element tensors whose pickles claim 2 GiB storages, each record 2 GiB of zeros deflated to about 2 MB.
+    private static string DeflateBomb(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        const long Claimed = 2L << 30;
+        var file = Path.Combine(dir, "__0_0.distcp");
+        var metadata = new DcpMetadata { SaveId = null };
+        var chunk = new DcpChunk(new long[] { 0 }, new long[] { 4 });
+        using (var output = new FileStream(file, FileMode.Create))
+        {
+            foreach (var key in new[] { "a", "b" })
+            {
+                long start = output.Position;
+                var pickle = new PickleWriter();
+                pickle.Global("torch._utils", "_rebuild_tensor_v2").Mark();
+                pickle.Mark().String("storage").Global("torch", "FloatStorage").String("0").String("cpu").Int(Claimed / 4).Tuple().BinPersId();
+                pickle.Int(0).IntTuple(new long[] { 4 }).IntTuple(new long[] { 1 }).Bool(false);
+                pickle.Global("collections", "OrderedDict").EmptyTuple().Reduce();
+                pickle.Tuple().Reduce();
+                using (var item = new MemoryStream())
+                {
+                    using (var zip = new ZipArchive(item, ZipArchiveMode.Create, leaveOpen: true))
+                    {
+                        using (var s = zip.CreateEntry("archive/data.pkl", CompressionLevel.NoCompression).Open()) s.Write(pickle.Finish());
+                        using (var s = zip.CreateEntry("archive/data/0", CompressionLevel.SmallestSize).Open())
+                        {
+                            var zeros = new byte[1 << 20];
+                            for (long done = 0; done < Claimed; done += zeros.Length) s.Write(zeros);
+                        }
+                        using (var s = zip.CreateEntry("archive/version").Open()) s.Write("3\n"u8);
+                    }
+                    item.Position = 0;
+                    item.CopyTo(output);
+                }
+                metadata.Entries.Add(new DcpTensorEntry(key, "float32", new long[] { 4 }, new[] { chunk }));
+                metadata.Storage[(key, chunk.OffsetsKey)] = new DcpStorageLocation("__0_0.distcp", start, output.Position - start, Array.Empty<string>());
+            }
+        }
+        File.WriteAllBytes(Path.Combine(dir, ".metadata"), DcpMetadataWriter.Write(metadata));
+        return dir;
+    }
+
+    // A FuzzNet EMA checkpoint plus a 100 MB tensor item and 26 keys under the EMA prefix all pointing at it.
+    private static (string, FuzzNet) Aliases(string dir)
+    {
+        var model = new FuzzNet();
+        using (var ema = new EmaManager<FuzzNet>(model, 0.9))
+        {
+            ema.Save(dir);
+        }
+        var big = Path.Combine(Path.GetDirectoryName(dir)!, "big");
+        using (var tensor = torch.ones(25L << 20)) DcpWriter.Save(big, new[] { new KeyValuePair<string, object?>("ema.big", tensor) });
+        var bigMetadata = DcpReader.Open(big).Metadata;
+        var bigEntry = (DcpTensorEntry)bigMetadata.Entries[0];
+        var bigLocation = bigMetadata.LocationOf("ema.big", bigEntry.Chunks[0]);
+        File.Copy(Path.Combine(big, bigLocation.RelativePath), Path.Combine(dir, "__1_0.distcp"));
+        var path = Path.Combine(dir, ".metadata");
+        var metadata = DcpMetadataReader.Read(File.ReadAllBytes(path), path);
+        for (char c = 'a'; c <= 'z'; c++)
+        {
+            var key = "ema.alias_" + c;
+            metadata.Entries.Add(bigEntry with { Key = key });
+            metadata.Storage[(key, bigEntry.Chunks[0].OffsetsKey)] = bigLocation with { RelativePath = "__1_0.distcp" };
+        }
+        File.WriteAllBytes(path, DcpMetadataWriter.Write(metadata));
+        return (dir, model);
+    }
+
+    // A checkpoint whose only value is a list that holds itself.
+    private static string SelfReference(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        using var item = new MemoryStream();
+        var archive = new TorchArchiveWriter(item);
+        // PROTO 2, EMPTY_LIST, MEMOIZE, BINGET 0, APPEND, BINGET 0, APPEND, STOP: 11 bytes.
+        archive.AddRecord("data.pkl", new byte[] { 0x80, 2, (byte)']', 0x94, (byte)'h', 0, (byte)'a', (byte)'h', 0, (byte)'a', (byte)'.' });
+        archive.AddText("version", "3\n");
+        archive.Finish();
+        File.WriteAllBytes(Path.Combine(dir, "__0_0.distcp"), item.ToArray());
+        var metadata = new DcpMetadata();
+        metadata.Entries.Add(new DcpBytesEntry("value"));
+        metadata.Storage[("value", null)] = new DcpStorageLocation("__0_0.distcp", 0, item.Length, Array.Empty<string>());
+        File.WriteAllBytes(Path.Combine(dir, ".metadata"), DcpMetadataWriter.Write(metadata));
+        return dir;
+    }
+}

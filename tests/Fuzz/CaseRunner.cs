@@ -1,0 +1,129 @@
+using System;
+using System.Collections.Generic;
+using System.IO;
+using EmaGen.Dcp;
+
+namespace EmaGen.Fuzz;
+
+/// <summary>Runs cases in this process: copy a corpus folder, mutate it, read it, classify what happened.</summary>
+public sealed class CaseRunner : IDisposable
+{
+    private readonly List<CorpusEntry> _corpus;
+    private readonly Dictionary<string, Fingerprint> _oracle = new();
+    private readonly CheckpointReading _reading = new();
+    private readonly string _scratch;
+    private readonly int _seed;
+    private readonly long _memoryBudget;
+
+    public CaseRunner(List<CorpusEntry> corpus, int seed, long memoryBudget, string scratch)
+    {
+        _corpus = corpus;
+        _seed = seed;
+        _memoryBudget = memoryBudget;
+        _scratch = scratch;
+        foreach (var entry in corpus)
+        {
+            _reading.LearnKeys(entry);
+            if (entry.Read != ReadKind.DcpRead) _reading.Poison(entry.Read);
+            _oracle[entry.Name] = _reading.Read(entry, entry.Folder);
+        }
+    }
+
+    /// <summary>Case <paramref name="index"/>: the same case for the same seed, whatever ran before it.</summary>
+    public (Outcome Outcome, string Family, string Detail) Run(int index)
+    {
+        var random = new Random(unchecked(_seed * 1_000_003 + index));
+        var entry = _corpus[random.Next(_corpus.Count)];
+        var folder = Path.Combine(_scratch, "case");
+        if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        Directory.CreateDirectory(folder);
+        foreach (var file in Directory.GetFiles(entry.Folder)) File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+
+        var family = Mutator.Families[random.Next(Mutator.Families.Length)];
+        int mutations = random.NextDouble() < 0.7 ? 1 : random.Next(2, 4);
+        var what = new List<string>();
+        for (int m = 0; m < mutations; m++)
+        {
+            try
+            {
+                what.Add(Mutator.Apply(m == 0 ? family : Mutator.Families[random.Next(Mutator.Families.Length)], folder, entry, random));
+            }
+            catch (Exception e) when (e is CheckpointFormatException or IOException)
+            {
+                what.Add("(mutator skipped: " + e.GetType().Name + ")"); // an earlier mutation left nothing to parse or move
+            }
+        }
+        string detail = entry.Name + ": " + string.Join("; ", what);
+
+        Fingerprint? before = entry.Read == ReadKind.DcpRead ? null : CheckpointReading.State(_reading.ManagerFor(entry.Read));
+        GC.Collect();
+        long baseline = Memory.ResetPeak();
+        Outcome outcome;
+        try
+        {
+            var result = _reading.Read(entry, folder);
+            if (result.SameAs(_oracle[entry.Name]))
+            {
+                outcome = Outcome.Harmless;
+            }
+            else
+            {
+                outcome = Outcome.SilentValueChange;
+                detail += " | differs at " + result.FirstDifference(_oracle[entry.Name]);
+            }
+            if (entry.Read != ReadKind.DcpRead) _reading.Poison(entry.Read);
+        }
+        catch (Exception e) when (e is CheckpointFormatException || (e is ArgumentException && entry.Read != ReadKind.DcpRead))
+        {
+            outcome = Outcome.DocumentedException;
+            detail += " | " + e.GetType().Name + ": " + First(e.Message);
+            if (before is not null && !before.SameAs(CheckpointReading.State(_reading.ManagerFor(entry.Read))))
+            {
+                outcome = Outcome.SilentValueChange;
+                detail += " | the failed load changed the shadows";
+            }
+        }
+        catch (Exception e)
+        {
+            outcome = Outcome.OtherException;
+            detail += " | " + e.GetType().FullName + ": " + First(e.Message) + " at " + First(e.StackTrace ?? "");
+        }
+        long peak = Memory.Peak() - baseline;
+        if (peak > _memoryBudget)
+        {
+            outcome = Outcome.OverMemoryBudget;
+            detail += $" | peak RSS +{peak / 1e6:F0} MB";
+        }
+        return (outcome, family, detail);
+    }
+
+    private static string First(string text)
+    {
+        var line = text.Split('\n')[0].Trim();
+        return line.Length > 300 ? line[..300] + "..." : line;
+    }
+
+    public void Dispose() => _reading.Dispose();
+}
+
+/// <summary>Peak resident memory of this process, resettable (Linux: <c>/proc/self/clear_refs</c>).</summary>
+public static class Memory
+{
+    /// <summary>Resets the peak to the current resident size and returns that size.</summary>
+    public static long ResetPeak()
+    {
+        File.WriteAllText("/proc/self/clear_refs", "5");
+        return Read("VmRSS:");
+    }
+
+    public static long Peak() => Read("VmHWM:");
+
+    private static long Read(string field)
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+        {
+            if (line.StartsWith(field, StringComparison.Ordinal)) return long.Parse(line[field.Length..].Trim().Split(' ')[0]) * 1024;
+        }
+        return 0;
+    }
+}

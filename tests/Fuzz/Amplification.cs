@@ -26,20 +26,20 @@ public static class Amplification
         var rows = new List<(string Case, string Result, long Peak, double Seconds)>();
         try
         {
+            var deflate = DeflateBomb(Path.Combine(root, "deflate"));
             rows.Add(Measure("deflated records claiming 2 GiB, two keys", () =>
             {
-                var dir = DeflateBomb(Path.Combine(root, "deflate"));
-                var reader = DcpReader.Open(dir);
+                var reader = DcpReader.Open(deflate);
                 foreach (var key in new[] { "a", "b" }) reader.ReadTensor(key).Dispose();
-            }, $"{FolderBytes(Path.Combine(root, "deflate")) / 1e6:F1} MB folder"));
+                return null;
+            }, $"{FolderBytes(deflate) / 1e6:F1} MB folder"));
 
-            rows.Add(Measure("26 keys aliasing a 100 MB item, strict Load", () =>
+            var (aliases, model) = Aliases(Path.Combine(root, "aliases"));
+            using (model)
             {
-                var (dir, model) = Aliases(Path.Combine(root, "aliases"));
-                using var _ = model;
                 using var ema = new EmaManager<FuzzNet>(model, 0.9);
-                ema.Load(dir);
-            }, null));
+                rows.Add(Measure("26 keys aliasing a 100 MB item, strict Load", () => { ema.Load(aliases); return null; }, null));
+            }
 
             var cyclic = SelfReference(Path.Combine(root, "cyclic"));
             foreach (var json in new[] { false, true })
@@ -48,7 +48,9 @@ public static class Amplification
                 {
                     var output = new StringWriter();
                     int code = EmaGen.Cli.CliApp.Run(json ? new[] { "inspect", cyclic, "--json" } : new[] { "inspect", cyclic }, output, output);
-                    throw new CheckpointFormatException($"exit {code}: {output.ToString().Trim()}");
+                    var text = output.ToString();
+                    // The value must come back undecoded (kept as raw bytes), never expanded.
+                    return $"exit {code}, {text.Length} chars, value {(text.Contains("not decoded") || text.Contains("raw_pickle_bytes") ? "kept raw (not decoded)" : "DECODED")}";
                 }, null));
             }
         }
@@ -61,13 +63,15 @@ public static class Amplification
         foreach (var (name, result, peak, seconds) in rows)
         {
             Console.WriteLine($"{name,-48}{peak / 1e6,13:F0} MB{seconds,9:F2}  {result}");
-            ok &= peak < options.MemoryBudget && !result.StartsWith("LOADED", StringComparison.Ordinal) && !result.StartsWith("OTHER", StringComparison.Ordinal);
+            ok &= peak < options.MemoryBudget && !result.Contains("LOADED", StringComparison.Ordinal) && !result.Contains("OTHER", StringComparison.Ordinal)
+                && !result.Contains("DECODED", StringComparison.Ordinal);
         }
         Console.WriteLine(ok ? $"all refused under the {options.MemoryBudget >> 20} MB budget" : "FAILED");
         return ok ? 0 : 1;
     }
 
-    private static (string, string, long, double) Measure(string name, Action action, string? note)
+    // The action returns a description when it ends normally with an acceptable result, null when it loaded what it should not.
+    private static (string, string, long, double) Measure(string name, Func<string?> action, string? note)
     {
         GC.Collect();
         long baseline = Memory.ResetPeak();
@@ -75,8 +79,7 @@ public static class Amplification
         string result;
         try
         {
-            action();
-            result = "LOADED (not refused)";
+            result = action() ?? "LOADED (not refused)";
         }
         catch (Exception e) when (e is CheckpointFormatException or ArgumentException)
         {
@@ -107,34 +110,35 @@ public static class Amplification
         var file = Path.Combine(dir, "__0_0.distcp");
         var metadata = new DcpMetadata { SaveId = null };
         var chunk = new DcpChunk(new long[] { 0 }, new long[] { 4 });
+        // One item, deflated once, stored under two keys' own byte ranges.
+        byte[] bomb;
+        var pickle = new PickleWriter();
+        pickle.Global("torch._utils", "_rebuild_tensor_v2").Mark();
+        pickle.Mark().String("storage").Global("torch", "FloatStorage").String("0").String("cpu").Int(Claimed / 4).Tuple().BinPersId();
+        pickle.Int(0).IntTuple(new long[] { 4 }).IntTuple(new long[] { 1 }).Bool(false);
+        pickle.Global("collections", "OrderedDict").EmptyTuple().Reduce();
+        pickle.Tuple().Reduce();
+        using (var item = new MemoryStream())
+        {
+            using (var zip = new ZipArchive(item, ZipArchiveMode.Create, leaveOpen: true))
+            {
+                using (var s = zip.CreateEntry("archive/data.pkl", CompressionLevel.NoCompression).Open()) s.Write(pickle.Finish());
+                using (var s = zip.CreateEntry("archive/data/0", CompressionLevel.Optimal).Open())
+                {
+                    var zeros = new byte[1 << 20];
+                    for (long done = 0; done < Claimed; done += zeros.Length) s.Write(zeros);
+                }
+                using (var s = zip.CreateEntry("archive/version").Open()) s.Write("3\n"u8);
+            }
+            bomb = item.ToArray();
+        }
         using (var output = new FileStream(file, FileMode.Create))
         {
             foreach (var key in new[] { "a", "b" })
             {
-                long start = output.Position;
-                var pickle = new PickleWriter();
-                pickle.Global("torch._utils", "_rebuild_tensor_v2").Mark();
-                pickle.Mark().String("storage").Global("torch", "FloatStorage").String("0").String("cpu").Int(Claimed / 4).Tuple().BinPersId();
-                pickle.Int(0).IntTuple(new long[] { 4 }).IntTuple(new long[] { 1 }).Bool(false);
-                pickle.Global("collections", "OrderedDict").EmptyTuple().Reduce();
-                pickle.Tuple().Reduce();
-                using (var item = new MemoryStream())
-                {
-                    using (var zip = new ZipArchive(item, ZipArchiveMode.Create, leaveOpen: true))
-                    {
-                        using (var s = zip.CreateEntry("archive/data.pkl", CompressionLevel.NoCompression).Open()) s.Write(pickle.Finish());
-                        using (var s = zip.CreateEntry("archive/data/0", CompressionLevel.SmallestSize).Open())
-                        {
-                            var zeros = new byte[1 << 20];
-                            for (long done = 0; done < Claimed; done += zeros.Length) s.Write(zeros);
-                        }
-                        using (var s = zip.CreateEntry("archive/version").Open()) s.Write("3\n"u8);
-                    }
-                    item.Position = 0;
-                    item.CopyTo(output);
-                }
                 metadata.Entries.Add(new DcpTensorEntry(key, "float32", new long[] { 4 }, new[] { chunk }));
-                metadata.Storage[(key, chunk.OffsetsKey)] = new DcpStorageLocation("__0_0.distcp", start, output.Position - start, Array.Empty<string>());
+                metadata.Storage[(key, chunk.OffsetsKey)] = new DcpStorageLocation("__0_0.distcp", output.Position, bomb.Length, Array.Empty<string>());
+                output.Write(bomb);
             }
         }
         File.WriteAllBytes(Path.Combine(dir, ".metadata"), DcpMetadataWriter.Write(metadata));

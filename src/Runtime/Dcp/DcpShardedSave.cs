@@ -171,7 +171,6 @@ public static class DcpShardedSave
         }
         File.Move(temp, Path.Combine(staging, ".metadata"));
         for (int r = 0; r < worldSize; r++) File.Delete(Path.Combine(staging, ManifestPrefix + r));
-        foreach (var file in Directory.GetFiles(staging, ".lock-*")) File.Delete(file);
         options.OnStage?.Invoke("commit");
         var old = FolderSwap.Replace(staging, Path.GetFullPath(directory));
         if (old is not null) Directory.Delete(old, recursive: true);

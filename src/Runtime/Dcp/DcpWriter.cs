@@ -31,7 +31,6 @@ public static class DcpWriter
         try
         {
             var metadata = WriteInto(staging.Path, target, items, options);
-            staging.RemoveLockFiles();
             options.OnStage?.Invoke("commit");
             var old = FolderSwap.Replace(staging.Path, target);
             if (old is not null) Directory.Delete(old, recursive: true);

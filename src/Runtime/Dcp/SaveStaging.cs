@@ -4,17 +4,18 @@ using System.IO;
 namespace EmaGen.Dcp;
 
 /// <summary>
-/// The staging folder a save writes into (<c>.{name}.saving-{id}</c> beside the target) and the lock that marks it as
-/// owned. Each writer holds an exclusive lock on a <c>.lock-{rank}</c> file inside it for the whole save; the kernel
-/// drops the lock when the process dies, even by SIGKILL. The next save of the same target removes every staging
-/// folder whose locks are all free (a crashed save), so crashes do not pile up copies of the checkpoint. A folder
-/// without any lock file is removed only once it is older than <see cref="UnlockedGrace"/> (a writer that died between
-/// creating the folder and its lock file, or a save by an older EmaGen).
+/// The staging folder a save writes into (<c>.{name}.saving-{id}</c> beside the target) and the locks that mark it as
+/// owned. Each writer holds an exclusive lock on a sibling file <c>.{name}.saving-{id}.lock-{rank}</c>, taken before
+/// the folder is created and released (and the file deleted) only after the save's last step, including removing the
+/// previous checkpoint that the swap left at the staging path; the kernel drops the lock when the process dies, even
+/// by SIGKILL. The next save of the same target removes every staging folder whose locks are all free (a crashed
+/// save) and the orphaned lock files, so crashes do not pile up copies of the checkpoint. A folder with no lock file at
+/// all (left by an older EmaGen) is removed once it is older than <see cref="UnlockedGrace"/>.
 /// </summary>
 internal sealed class SaveStaging : IDisposable
 {
     private const string SavingInfix = ".saving-";
-    private const string LockPrefix = ".lock-";
+    private const string LockInfix = ".lock-";
 
     /// <summary>How old a staging folder with no lock file must be before it counts as abandoned.</summary>
     internal static readonly TimeSpan UnlockedGrace = TimeSpan.FromMinutes(10);
@@ -29,12 +30,20 @@ internal sealed class SaveStaging : IDisposable
 
     public string Path { get; }
 
-    /// <summary>Creates (or joins, for the other ranks of a sharded save) the staging folder of save <paramref name="id"/> and locks it for <paramref name="rank"/>.</summary>
+    /// <summary>Locks, then creates (or joins, for the other ranks of a sharded save) the staging folder of save <paramref name="id"/>.</summary>
     public static SaveStaging Enter(string target, string id, int rank)
     {
         var path = PathOf(target, id);
-        Directory.CreateDirectory(path);
-        var held = new FileStream(System.IO.Path.Combine(path, LockPrefix + rank), FileMode.Create, FileAccess.Write, FileShare.None);
+        var held = new FileStream(path + LockInfix + rank, FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose);
+        try
+        {
+            Directory.CreateDirectory(path);
+        }
+        catch
+        {
+            held.Dispose();
+            throw;
+        }
         return new SaveStaging(path, held);
     }
 
@@ -44,43 +53,52 @@ internal sealed class SaveStaging : IDisposable
         return System.IO.Path.Combine(System.IO.Path.GetDirectoryName(full)!, "." + System.IO.Path.GetFileName(full) + SavingInfix + id);
     }
 
-    /// <summary>Deletes the lock files, so they do not travel into the committed checkpoint (the locks stay held until disposal).</summary>
-    public void RemoveLockFiles()
-    {
-        foreach (var file in Directory.GetFiles(Path, LockPrefix + "*")) File.Delete(file);
-    }
-
+    /// <summary>Releases the lock and deletes its file: call once the staging path is gone (committed, or cleaned up).</summary>
     public void Dispose() => _lock.Dispose();
 
-    /// <summary>Removes the staging folders of <paramref name="target"/> that no live writer owns; returns how many.</summary>
+    /// <summary>Removes the staging folders (and lock files) of <paramref name="target"/> that no live writer owns; returns how many folders.</summary>
     public static int RemoveStale(string target, string? keepId = null)
     {
         var full = System.IO.Path.GetFullPath(target).TrimEnd(System.IO.Path.DirectorySeparatorChar);
         var parent = System.IO.Path.GetDirectoryName(full)!;
-        var pattern = "." + System.IO.Path.GetFileName(full) + SavingInfix + "*";
         if (!Directory.Exists(parent)) return 0;
+        var prefix = "." + System.IO.Path.GetFileName(full) + SavingInfix;
+        var keep = keepId is null ? null : PathOf(target, keepId);
         int removed = 0;
-        foreach (var folder in Directory.GetDirectories(parent, pattern))
+        foreach (var folder in Directory.GetDirectories(parent, prefix + "*"))
         {
-            if (keepId is not null && folder == PathOf(target, keepId)) continue;
+            if (folder == keep) continue;
             try
             {
-                if (!Abandoned(folder)) continue;
+                var locks = Directory.GetFiles(parent, System.IO.Path.GetFileName(folder) + LockInfix + "*");
+                if (locks.Length == 0 ? DateTime.UtcNow - Directory.GetLastWriteTimeUtc(folder) <= UnlockedGrace : AnyHeld(locks)) continue;
                 Directory.Delete(folder, recursive: true);
+                foreach (var file in locks) File.Delete(file);
                 removed++;
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                // Another process removed or locked it meanwhile: it is not ours to fight over.
+                // Another process removed or took it meanwhile: not ours to fight over.
+            }
+        }
+        // Lock files whose folder is gone (a writer killed between removing its folder and its lock).
+        foreach (var file in Directory.GetFiles(parent, prefix + "*" + LockInfix + "*"))
+        {
+            var folder = file[..file.LastIndexOf(LockInfix, StringComparison.Ordinal)];
+            if (folder == keep || Directory.Exists(folder)) continue;
+            try
+            {
+                if (!AnyHeld(new[] { file })) File.Delete(file);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
             }
         }
         return removed;
     }
 
-    private static bool Abandoned(string folder)
+    private static bool AnyHeld(string[] locks)
     {
-        var locks = Directory.GetFiles(folder, LockPrefix + "*");
-        if (locks.Length == 0) return DateTime.UtcNow - Directory.GetLastWriteTimeUtc(folder) > UnlockedGrace;
         foreach (var file in locks)
         {
             try
@@ -92,9 +110,9 @@ internal sealed class SaveStaging : IDisposable
             }
             catch (IOException)
             {
-                return false; // held: a live save
+                return true;
             }
         }
-        return true;
+        return false;
     }
 }

@@ -339,8 +339,9 @@ public sealed class CheckpointTrustTests
         // A crashed save: its lock file is there, nobody holds it.
         var crashed = SaveStaging.PathOf(target, "crashed1");
         Directory.CreateDirectory(crashed);
-        File.WriteAllBytes(Path.Combine(crashed, ".lock-0"), Array.Empty<byte>());
+        File.WriteAllBytes(crashed + ".lock-0", Array.Empty<byte>());
         File.WriteAllBytes(Path.Combine(crashed, "__0_0.distcp"), new byte[1000]);
+        File.WriteAllBytes(SaveStaging.PathOf(target, "orphan01") + ".lock-1", Array.Empty<byte>());
         // A live save (this process holds its lock), and a young folder without a lock file: both stay.
         using var live = SaveStaging.Enter(target, "live0001", rank: 0);
         var young = SaveStaging.PathOf(target, "young001");
@@ -350,12 +351,17 @@ public sealed class CheckpointTrustTests
         Assert.False(Directory.Exists(crashed));
         Assert.True(Directory.Exists(live.Path));
         Assert.True(Directory.Exists(young));
-        Assert.False(File.Exists(Path.Combine(target, ".lock-0")), "lock files must not travel into the checkpoint");
+        Assert.False(File.Exists(crashed + ".lock-0"));
+        Assert.False(File.Exists(SaveStaging.PathOf(target, "orphan01") + ".lock-1"));
+        Assert.True(File.Exists(live.Path + ".lock-0"));
 
-        Directory.SetLastWriteTimeUtc(young, DateTime.UtcNow - SaveStaging.UnlockedGrace - TimeSpan.FromMinutes(1));
+        // Without lock files (an older EmaGen's leftovers) folders go once they are older than the grace period.
         live.Dispose();
+        Directory.SetLastWriteTimeUtc(young, DateTime.UtcNow - SaveStaging.UnlockedGrace - TimeSpan.FromMinutes(1));
+        Directory.SetLastWriteTimeUtc(live.Path, DateTime.UtcNow - SaveStaging.UnlockedGrace - TimeSpan.FromMinutes(1));
         DcpWriter.Save(target, new[] { new KeyValuePair<string, object?>("w", torch.zeros(2)) });
         Assert.Equal(new[] { "ckpt" }, Directory.GetDirectories(folder.Path).Select(Path.GetFileName));
+        Assert.Empty(Directory.GetFiles(folder.Path));
     }
 
     [Fact]

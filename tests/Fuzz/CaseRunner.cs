@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.IO;
+using System.Linq;
 using EmaGen.Dcp;
 
 namespace EmaGen.Fuzz;
@@ -26,6 +27,7 @@ public sealed class CaseRunner : IDisposable
             _reading.LearnKeys(entry);
             if (entry.Read != ReadKind.DcpRead) _reading.Poison(entry.Read);
             _oracle[entry.Name] = _reading.Read(entry, entry.Folder);
+            if (entry.LaterSave is not null) _oracle[entry.Name + "/later"] = _reading.Read(entry, entry.LaterSave);
         }
     }
 
@@ -53,8 +55,15 @@ public sealed class CaseRunner : IDisposable
                 what.Add("(mutator skipped: " + e.GetType().Name + ")"); // an earlier mutation left nothing to parse or move
             }
         }
+        // File operations can assemble the later save whole (its data files and its .metadata): a complete, valid
+        // checkpoint of another state, which must read as exactly that state.
+        var oracle = _oracle[entry.Name];
+        if (entry.LaterSave is not null && SameFiles(folder, entry.LaterSave))
+        {
+            oracle = _oracle[entry.Name + "/later"];
+            what.Add("(now identical to the later save)");
+        }
         string detail = entry.Name + ": " + string.Join("; ", what);
-
         Fingerprint? before = entry.Read == ReadKind.DcpRead ? null : CheckpointReading.State(_reading.ManagerFor(entry.Read));
         GC.Collect();
         long baseline = Memory.ResetPeak();
@@ -62,14 +71,14 @@ public sealed class CaseRunner : IDisposable
         try
         {
             var result = _reading.Read(entry, folder);
-            if (result.SameAs(_oracle[entry.Name]))
+            if (result.SameAs(oracle))
             {
                 outcome = Outcome.Harmless;
             }
             else
             {
                 outcome = Outcome.SilentValueChange;
-                detail += " | differs at " + result.FirstDifference(_oracle[entry.Name]);
+                detail += " | differs at " + result.FirstDifference(oracle);
             }
             if (entry.Read != ReadKind.DcpRead) _reading.Poison(entry.Read);
         }
@@ -95,6 +104,14 @@ public sealed class CaseRunner : IDisposable
             detail += $" | peak RSS +{peak / 1e6:F0} MB";
         }
         return (outcome, family, detail);
+    }
+
+    private static bool SameFiles(string a, string b)
+    {
+        var names = Directory.GetFileSystemEntries(a).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+        if (!names.SequenceEqual(Directory.GetFileSystemEntries(b).Select(Path.GetFileName).Order(StringComparer.Ordinal))) return false;
+        return names.All(n => File.Exists(Path.Combine(a, n!)) && File.Exists(Path.Combine(b, n!))
+            && File.ReadAllBytes(Path.Combine(a, n!)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(b, n!))));
     }
 
     private static string First(string text)

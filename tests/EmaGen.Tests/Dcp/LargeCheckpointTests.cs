@@ -32,8 +32,7 @@ public sealed class LargeCheckpointTests
         using var folder = TestPaths.NewTempFolder();
         var clock = Stopwatch.StartNew();
         GC.Collect();
-        PeakMemory.Reset();
-        long baseline = PeakMemory.CurrentBytes();
+        long baseline = EmaGen.Fuzz.Memory.ResetPeak();
         using var big = torch.empty(Rows, RowElements);                // virtual memory only, until written
         long[] marked = { 0, 511, 512, 539 };
         foreach (var row in marked)
@@ -60,7 +59,7 @@ public sealed class LargeCheckpointTests
             using var expected = big.narrow(0, start, count);
             Assert.True(DcpRoundTripTests.Bytes(expected).AsSpan().SequenceEqual(DcpRoundTripTests.Bytes(rows)), $"rows {start}..{start + count}");
         }
-        long peak = PeakMemory.PeakBytes() - baseline;
+        long peak = EmaGen.Fuzz.Memory.Peak() - baseline;
         _output.WriteLine($"item {bigItem.Length} bytes; write {written.TotalSeconds:F1} s, total {clock.Elapsed.TotalSeconds:F1} s; peak RSS growth {peak / 1e6:F0} MB");
         Assert.True(peak < 1L << 30, $"peak RSS grew by {peak} bytes");
     }

@@ -13,9 +13,12 @@ public sealed class EmaGenWeakenElfVersionNeed : Task
     [Required] public ITaskItem[] Files { get; set; } = Array.Empty<ITaskItem>();
     [Required] public string Version { get; set; } = "";
 
+    /// <summary>Patch even when this host has the version: for output that travels to other machines (a tool package).</summary>
+    public bool Always { get; set; }
+
     public override bool Execute()
     {
-        if (HostProvides(Version))
+        if (!Always && HostProvides(Version))
         {
             Log.LogMessage(MessageImportance.Low, "Host libstdc++ provides " + Version + "; nothing to patch.");
             return true;

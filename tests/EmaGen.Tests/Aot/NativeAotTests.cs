@@ -14,6 +14,7 @@ namespace EmaGen.Tests.Aot;
 /// (TorchSharp's reflection-based registration finds nothing under AOT; the generated one must), its optimizer must
 /// move every weight, its checkpoint must reload, and the publish must show no trim/AOT warning from our code.
 /// </summary>
+[Collection(RepositoryBuilds.Name)]
 public sealed class NativeAotTests
 {
     [Fact]

@@ -57,7 +57,15 @@ public sealed class ConsumerProjectTests
             Step("template install", "dotnet", consumer, "new", "install", Path.Combine(feed, $"EmaGen.Templates.{version}.nupkg"), "--debug:custom-hive", hive);
             Step("dotnet new", "dotnet", consumer, "new", "emagen-trainer", "-n", "MyTrainer", "--debug:custom-hive", hive);
             var project = Path.Combine(consumer, "MyTrainer");
-            Assert.Contains($"Include=\"EmaGen\" Version=\"{version}\"", File.ReadAllText(Path.Combine(project, "MyTrainer.csproj")));
+            var csproj = File.ReadAllText(Path.Combine(project, "MyTrainer.csproj"));
+            Assert.Contains($"Include=\"EmaGen\" Version=\"{version}\"", csproj);
+            Assert.Contains("Include=\"libtorch-cpu-linux-x64\"", csproj);
+            Assert.DoesNotContain("cuda", csproj, StringComparison.OrdinalIgnoreCase);
+            // --cuda switches the backend (TorchSharp-cuda-linux is not served here, so this one is not built).
+            Step("dotnet new --cuda", "dotnet", consumer, "new", "emagen-trainer", "-n", "CudaTrainer", "--cuda", "--debug:custom-hive", hive);
+            var cuda = File.ReadAllText(Path.Combine(consumer, "CudaTrainer", "CudaTrainer.csproj"));
+            Assert.Contains("Include=\"TorchSharp-cuda-linux\"", cuda);
+            Assert.DoesNotContain("libtorch-cpu", cuda);
 
             var build = Step("build", "dotnet", project, "build", "--nologo");
             Assert.DoesNotContain("EMA100", build);

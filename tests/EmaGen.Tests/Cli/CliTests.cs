@@ -91,6 +91,27 @@ public sealed class CliTests
         Assert.Contains("FAILED", stdout);
     }
 
+    [Theory]
+    [InlineData("verify")]
+    [InlineData("convert")]
+    [InlineData("inspect")]
+    public void ADataFileThatIsAFolderIsOneLineAndExitCodeOne(string command)
+    {
+        using var folder = TestPaths.NewTempFolder();
+        WriteSample(folder["ckpt"]);
+        var data = Path.Combine(folder["ckpt"], "__0_0.distcp");
+        File.Delete(data);
+        Directory.CreateDirectory(data);
+        var args = command == "convert" ? new[] { command, folder["ckpt"], folder["out.safetensors"] } : new[] { command, folder["ckpt"] };
+        var (code, stdout, stderr) = Run(args);
+        Assert.Equal(1, code);
+        var problem = command == "verify" ? stdout : stderr;
+        Assert.Contains("__0_0.distcp", problem);
+        Assert.DoesNotContain("Unhandled", stdout + stderr);
+        Assert.DoesNotContain("   at ", stdout + stderr);
+        if (command != "verify") Assert.Single(stderr.Trim().Split('\n'));
+    }
+
     [Fact]
     public void VerifyFindsChunksThatDoNotTile()
     {

@@ -111,27 +111,7 @@ public static class Amplification
         var metadata = new DcpMetadata { SaveId = null };
         var chunk = new DcpChunk(new long[] { 0 }, new long[] { 4 });
         // One item, deflated once, stored under two keys' own byte ranges.
-        byte[] bomb;
-        var pickle = new PickleWriter();
-        pickle.Global("torch._utils", "_rebuild_tensor_v2").Mark();
-        pickle.Mark().String("storage").Global("torch", "FloatStorage").String("0").String("cpu").Int(Claimed / 4).Tuple().BinPersId();
-        pickle.Int(0).IntTuple(new long[] { 4 }).IntTuple(new long[] { 1 }).Bool(false);
-        pickle.Global("collections", "OrderedDict").EmptyTuple().Reduce();
-        pickle.Tuple().Reduce();
-        using (var item = new MemoryStream())
-        {
-            using (var zip = new ZipArchive(item, ZipArchiveMode.Create, leaveOpen: true))
-            {
-                using (var s = zip.CreateEntry("archive/data.pkl", CompressionLevel.NoCompression).Open()) s.Write(pickle.Finish());
-                using (var s = zip.CreateEntry("archive/data/0", CompressionLevel.Optimal).Open())
-                {
-                    var zeros = new byte[1 << 20];
-                    for (long done = 0; done < Claimed; done += zeros.Length) s.Write(zeros);
-                }
-                using (var s = zip.CreateEntry("archive/version").Open()) s.Write("3\n"u8);
-            }
-            bomb = item.ToArray();
-        }
+        var bomb = DeflatedTensorItem(Claimed, 4);
         using (var output = new FileStream(file, FileMode.Create))
         {
             foreach (var key in new[] { "a", "b" })
@@ -143,6 +123,32 @@ public static class Amplification
         }
         File.WriteAllBytes(Path.Combine(dir, ".metadata"), DcpMetadataWriter.Write(metadata));
         return dir;
+    }
+
+    /// <summary>
+    /// A torch.save item for a float32 tensor of <paramref name="elements"/> elements whose pickle claims a storage of
+    /// <paramref name="claimedBytes"/> bytes, its data record that many zeros, deflated (about 1/1000 of the size).
+    /// </summary>
+    public static byte[] DeflatedTensorItem(long claimedBytes, int elements)
+    {
+        var pickle = new PickleWriter();
+        pickle.Global("torch._utils", "_rebuild_tensor_v2").Mark();
+        pickle.Mark().String("storage").Global("torch", "FloatStorage").String("0").String("cpu").Int(claimedBytes / 4).Tuple().BinPersId();
+        pickle.Int(0).IntTuple(new long[] { elements }).IntTuple(new long[] { 1 }).Bool(false);
+        pickle.Global("collections", "OrderedDict").EmptyTuple().Reduce();
+        pickle.Tuple().Reduce();
+        using var item = new MemoryStream();
+        using (var zip = new ZipArchive(item, ZipArchiveMode.Create, leaveOpen: true))
+        {
+            using (var s = zip.CreateEntry("archive/data.pkl", CompressionLevel.NoCompression).Open()) s.Write(pickle.Finish());
+            using (var s = zip.CreateEntry("archive/data/0", CompressionLevel.Optimal).Open())
+            {
+                var zeros = new byte[1 << 20];
+                for (long done = 0; done < claimedBytes; done += zeros.Length) s.Write(zeros, 0, (int)Math.Min(zeros.Length, claimedBytes - done));
+            }
+            using (var s = zip.CreateEntry("archive/version").Open()) s.Write("3\n"u8);
+        }
+        return item.ToArray();
     }
 
     // A FuzzNet EMA checkpoint plus a 100 MB tensor item and 26 keys under the EMA prefix all pointing at it.

@@ -276,21 +276,9 @@ public sealed class CheckpointTrustTests
         using var folder = TestPaths.NewTempFolder();
         var dir = folder["ckpt"];
         Directory.CreateDirectory(dir);
-        // A 4-element tensor whose pickle claims a 64 MiB storage, the record deflated from a few KiB of zeros.
-        using var item = new MemoryStream();
-        var pickle = new PickleWriter();
-        pickle.Global("torch._utils", "_rebuild_tensor_v2").Mark();
-        pickle.Mark().String("storage").Global("torch", "FloatStorage").String("0").String("cpu").Int(16 << 20).Tuple().BinPersId();
-        pickle.Int(0).IntTuple(new long[] { 4 }).IntTuple(new long[] { 1 }).Bool(false);
-        pickle.Global("collections", "OrderedDict").EmptyTuple().Reduce();
-        pickle.Tuple().Reduce();
-        using (var zip = new System.IO.Compression.ZipArchive(item, System.IO.Compression.ZipArchiveMode.Create, leaveOpen: true))
-        {
-            using (var s = zip.CreateEntry("archive/data.pkl", System.IO.Compression.CompressionLevel.NoCompression).Open()) s.Write(pickle.Finish());
-            using (var s = zip.CreateEntry("archive/data/0", System.IO.Compression.CompressionLevel.Optimal).Open()) s.Write(new byte[64 << 20]);
-            using (var s = zip.CreateEntry("archive/version").Open()) s.Write("3\n"u8);
-        }
-        File.WriteAllBytes(Path.Combine(dir, "__0_0.distcp"), item.ToArray());
+        // A 4-element tensor whose pickle claims a 64 MiB storage, the record deflated to a few KiB of zeros.
+        var item = EmaGen.Fuzz.Amplification.DeflatedTensorItem(64 << 20, 4);
+        File.WriteAllBytes(Path.Combine(dir, "__0_0.distcp"), item);
         var metadata = new DcpMetadata();
         var chunk = new DcpChunk(new long[] { 0 }, new long[] { 4 });
         metadata.Entries.Add(new DcpTensorEntry("w", "float32", new long[] { 4 }, new[] { chunk }));

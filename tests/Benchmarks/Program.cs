@@ -21,7 +21,7 @@ if (args.Length > 0 && args[0] == "checkpoint-async")
 }
 if (args.Length == 0 || args[0] != "update")
 {
-    Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--profiles K] [--json]");
+    Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T | --model gpt] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--profiles K] [--world-size W --rank R] [--json]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint [--bytes N] [--dir PATH]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint-async [--params N] [--dir PATH]");
     return 2;
@@ -32,6 +32,8 @@ int rounds = 21;
 int? threadsOption = null;
 int profiles = 1;
 bool json = false;
+string? modelShape = null;
+int worldSize = 1, rank = 0;
 var dtype = ScalarType.Float32;
 for (int i = 1; i < args.Length; i++)
 {
@@ -44,6 +46,9 @@ for (int i = 1; i < args.Length; i++)
         case "--json": json = true; break;
         case "--threads": threadsOption = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--profiles": profiles = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+        case "--model": modelShape = Next() == "gpt" ? "gpt" : throw new ArgumentException("--model takes gpt"); break;
+        case "--world-size": worldSize = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+        case "--rank": rank = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--dtype":
             dtype = Next() switch
             {
@@ -58,9 +63,12 @@ for (int i = 1; i < args.Length; i++)
 
 const double Decay = 0.999;
 torch.manual_seed(0);
+var shapes = modelShape == "gpt" ? SyntheticModel.GptShapes() : SyntheticModel.Shapes(elements, tensors);
 var report = profiles > 1
     ? new ProfilesBenchmark(elements, tensors, dtype, profiles, rounds, threadsOption).Run(Console.Error)
-    : new UpdateBenchmark(elements, tensors, dtype, Decay, rounds, threadsOption).Run(Console.Error);
+    : worldSize > 1
+        ? new ShardedUpdateBenchmark(shapes, dtype, Decay, rounds, threadsOption, worldSize, rank).Run(Console.Error)
+        : new UpdateBenchmark(shapes, dtype, Decay, rounds, threadsOption, modelShape ?? "synthetic").Run(Console.Error);
 if (json)
 {
     Console.WriteLine(report);
@@ -69,31 +77,33 @@ return 0;
 
 internal sealed unsafe class UpdateBenchmark
 {
+    private readonly IReadOnlyList<long[]> _shapes;
     private readonly long _elements;
-    private readonly int _tensors;
     private readonly ScalarType _dtype;
     private readonly double _decay;
     private readonly int _rounds;
+    private readonly string _modelName;
 
     private readonly int? _threads;
 
-    public UpdateBenchmark(long elements, int tensors, ScalarType dtype, double decay, int rounds, int? threads)
+    public UpdateBenchmark(IReadOnlyList<long[]> shapes, ScalarType dtype, double decay, int rounds, int? threads, string modelName)
     {
         _threads = threads;
-        _elements = elements;
-        _tensors = tensors;
+        _shapes = shapes;
+        _elements = shapes.Sum(s => s.Aggregate(1L, (a, b) => a * b));
         _dtype = dtype;
         _decay = decay;
         _rounds = rounds;
+        _modelName = modelName;
     }
 
     private int BytesPerElement => _dtype == ScalarType.BFloat16 ? 10 : 12;
 
     public string Run(TextWriter log)
     {
-        log.WriteLine($"building {_tensors} tensors, {_elements:N0} {_dtype} elements...");
-        using var model = new SyntheticModel(_elements, _tensors, _dtype);
-        using var packedModel = new SyntheticModel(_elements, _tensors, _dtype);
+        log.WriteLine($"building {_shapes.Count} tensors ({_modelName}), {_elements:N0} {_dtype} elements...");
+        using var model = new SyntheticModel(_shapes, _dtype);
+        using var packedModel = new SyntheticModel(_shapes, _dtype);
 
         var bindClock = Stopwatch.StartNew();
         if (_threads is { } fixedThreads) torch.set_num_threads(fixedThreads);
@@ -168,6 +178,7 @@ internal sealed unsafe class UpdateBenchmark
         using (var writer = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
         {
             writer.WriteStartObject();
+            writer.WriteString("model", _modelName);
             writer.WriteNumber("numel", _elements);
             writer.WriteNumber("tensors", weights.Length);
             writer.WriteString("dtype", _dtype == ScalarType.BFloat16 ? "bfloat16" : "float32");
@@ -206,6 +217,12 @@ internal sealed unsafe class UpdateBenchmark
             writer.WriteNumber("ratio_of_medians_to_probe", Math.Round(defaultGBps / probeGBps, 3));
             writer.WriteNumber("packed_ratio_of_medians_to_probe", Math.Round(packedGBps / probeGBps, 3));
             writer.WriteNumber("ratio_to_libtorch_flat_lerp", Math.Round(defaultGBps / torchGBps, 3));
+            // The limit is the fastest in-place pass of this run, LibTorch's flat lerp_ included (paired per round).
+            var limit = torchGBps > probeGBps ? "libtorch_flat_lerp" : probeLoop;
+            writer.WriteString("limit", limit);
+            writer.WriteNumber("limit_GBps", Math.Round(Math.Max(probeGBps, torchGBps), 1));
+            writer.WriteNumber("ratio_to_limit", Math.Round(PairedRatio(samples["emagen_default"], samples[limit], BytesPerElement), 3));
+            writer.WriteNumber("packed_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_packed"], samples[limit], BytesPerElement), 3));
             writer.WriteNumber("managed_bytes_per_update", managedPerUpdate);
             writer.WriteNumber("managed_bytes_per_update_all_threads", managedAllThreads);
             writer.WriteNumber("tensors_created_per_update", tensorsPerUpdate);
@@ -231,7 +248,7 @@ internal sealed unsafe class UpdateBenchmark
     }
 
     // Bandwidth ratio per round (bytes per element of the variant vs the probe's 12), median over rounds.
-    private static double PairedRatio(List<double> variantMs, List<double> probeMs, int variantBytes) =>
+    internal static double PairedRatio(List<double> variantMs, List<double> probeMs, int variantBytes) =>
         Timing.Median(variantMs.Zip(probeMs, (v, p) => (variantBytes / v) / (12.0 / p)).ToList());
 }
 

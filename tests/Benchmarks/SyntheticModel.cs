@@ -32,11 +32,43 @@ public sealed partial class SyntheticModel : nn.Module<Tensor, Tensor>
 {
     private readonly ModuleList<Leaf> leaves;
 
-    public SyntheticModel(long elements, int tensors, ScalarType dtype) : base(nameof(SyntheticModel))
+    public SyntheticModel(long elements, int tensors, ScalarType dtype) : this(Shapes(elements, tensors), dtype)
+    {
+    }
+
+    public SyntheticModel(IReadOnlyList<long[]> shapes, ScalarType dtype) : base(nameof(SyntheticModel))
     {
         leaves = new ModuleList<Leaf>();
-        foreach (var shape in Shapes(elements, tensors)) leaves.Add(new Leaf(shape, dtype));
+        foreach (var shape in shapes) leaves.Add(new Leaf(shape, dtype));
         RegisterComponents();
+    }
+
+    /// <summary>
+    /// The parameter shapes of a small GPT (12 layers, width 384, 16k vocabulary, 1024 positions): token and position
+    /// embeddings, per layer two LayerNorms, fused QKV, output projection and a 4x MLP, each with biases, and a final
+    /// LayerNorm. 28.2M elements in 148 tensors, most of them small vectors.
+    /// </summary>
+    public static List<long[]> GptShapes(int layers = 12, long width = 384, long vocabulary = 16384, long positions = 1024)
+    {
+        var shapes = new List<long[]> { new[] { vocabulary, width }, new[] { positions, width } };
+        for (int layer = 0; layer < layers; layer++)
+        {
+            shapes.Add(new[] { width });                 // ln1.weight
+            shapes.Add(new[] { width });                 // ln1.bias
+            shapes.Add(new[] { 3 * width, width });      // attn.qkv.weight
+            shapes.Add(new[] { 3 * width });             // attn.qkv.bias
+            shapes.Add(new[] { width, width });          // attn.proj.weight
+            shapes.Add(new[] { width });                 // attn.proj.bias
+            shapes.Add(new[] { width });                 // ln2.weight
+            shapes.Add(new[] { width });                 // ln2.bias
+            shapes.Add(new[] { 4 * width, width });      // mlp.fc.weight
+            shapes.Add(new[] { 4 * width });             // mlp.fc.bias
+            shapes.Add(new[] { width, 4 * width });      // mlp.proj.weight
+            shapes.Add(new[] { width });                 // mlp.proj.bias
+        }
+        shapes.Add(new[] { width });                     // ln_f.weight
+        shapes.Add(new[] { width });                     // ln_f.bias
+        return shapes;
     }
 
     public IEnumerable<Parameter> Weights

@@ -1,0 +1,111 @@
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Linq;
+using System.Text.Json;
+using EmaGen;
+using EmaGen.Benchmarks;
+using TorchSharp;
+using static TorchSharp.torch;
+
+/// <summary>
+/// One rank's update of a sharded EMA (`update --world-size W --rank R`): the rank's Shard(0) boxes of every
+/// parameter, against the fastest in-place pass over the same number of elements (the probes and LibTorch's flat
+/// lerp_), paired per round.
+/// </summary>
+internal sealed unsafe class ShardedUpdateBenchmark
+{
+    private readonly IReadOnlyList<long[]> _shapes;
+    private readonly ScalarType _dtype;
+    private readonly double _decay;
+    private readonly int _rounds;
+    private readonly int? _threads;
+    private readonly int _worldSize;
+    private readonly int _rank;
+
+    public ShardedUpdateBenchmark(IReadOnlyList<long[]> shapes, ScalarType dtype, double decay, int rounds, int? threads, int worldSize, int rank)
+    {
+        _shapes = shapes;
+        _dtype = dtype;
+        _decay = decay;
+        _rounds = rounds;
+        _threads = threads;
+        _worldSize = worldSize;
+        _rank = rank;
+    }
+
+    private int BytesPerElement => _dtype == ScalarType.BFloat16 ? 10 : 12;
+
+    public string Run(TextWriter log)
+    {
+        using var model = new SyntheticModel(_shapes, _dtype);
+        if (_threads is { } fixedThreads) torch.set_num_threads(fixedThreads);
+        using var ema = new ShardedEmaManager<SyntheticModel>(model, _rank, _worldSize, new EmaOptions { Decay = _decay, Threads = _threads });
+        long elements = ema.ShadowBytes / 4; // fp32 shadows
+        int threads = ema.UpdateThreads;
+        log.WriteLine($"rank {_rank} of {_worldSize}: {elements:N0} of {_shapes.Sum(s => s.Aggregate(1L, (a, b) => a * b)):N0} elements, {threads} threads");
+
+        using var probeA = torch.randn(elements);
+        using var probeB = torch.randn(elements);
+        using var lerpWeight = torch.tensor((float)(1 - _decay));
+        var pa = (float*)NativeTensor.DataPointer(probeA);
+        var pb = (float*)NativeTensor.DataPointer(probeB);
+        using var probeFma = new BandwidthProbe(pa, pb, elements, (float)_decay, threads, BandwidthProbe.Loop.Fma);
+        using var probeFma256 = new BandwidthProbe(pa, pb, elements, (float)_decay, threads, BandwidthProbe.Loop.Fma256);
+        using var probeLerp = new BandwidthProbe(pa, pb, elements, (float)_decay, threads, BandwidthProbe.Loop.TensorPrimitivesLerp);
+        var variants = new List<(string Name, int Bytes, Action Step)>
+        {
+            ("emagen_sharded", BytesPerElement, () => ema.Update(model)),
+            ("probe_fma", 12, () => probeFma.Run()),
+            ("probe_fma256", 12, () => probeFma256.Run()),
+            ("probe_tensorprimitives", 12, () => probeLerp.Run()),
+            ("libtorch_flat_lerp", 12, () =>
+            {
+                using var _ = torch.no_grad();
+                probeA.lerp_(probeB, lerpWeight);
+            }),
+        };
+        var samples = Timing.RoundRobin(variants.Select(v => (v.Name, v.Step)).ToList(), _rounds);
+
+        long managed = GC.GetAllocatedBytesForCurrentThread();
+        const int steps = 20;
+        for (int i = 0; i < steps; i++) ema.Update(model);
+        double managedPerUpdate = (double)(GC.GetAllocatedBytesForCurrentThread() - managed) / steps;
+
+        var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        {
+            w.WriteStartObject();
+            w.WriteNumber("world_size", _worldSize);
+            w.WriteNumber("rank", _rank);
+            w.WriteNumber("shard_numel", elements);
+            w.WriteString("dtype", _dtype == ScalarType.BFloat16 ? "bfloat16" : "float32");
+            w.WriteNumber("threads", threads);
+            w.WriteStartObject("variants");
+            string limit = "";
+            double limitGBps = 0;
+            foreach (var v in variants)
+            {
+                double ms = Timing.Median(samples[v.Name]);
+                double gbps = elements * (double)v.Bytes / (ms / 1000.0) / 1e9;
+                if (v.Name != "emagen_sharded" && gbps > limitGBps)
+                {
+                    limitGBps = gbps;
+                    limit = v.Name;
+                }
+                w.WriteStartObject(v.Name);
+                w.WriteNumber("ms", Math.Round(ms, 3));
+                w.WriteNumber("GBps", Math.Round(gbps, 1));
+                w.WriteEndObject();
+                log.WriteLine($"{v.Name,-26} {ms,9:F3} ms  {gbps,7:F1} GB/s");
+            }
+            w.WriteEndObject();
+            w.WriteString("limit", limit);
+            w.WriteNumber("limit_GBps", Math.Round(limitGBps, 1));
+            w.WriteNumber("ratio_to_limit", Math.Round(UpdateBenchmark.PairedRatio(samples["emagen_sharded"], samples[limit], BytesPerElement), 3));
+            w.WriteNumber("managed_bytes_per_update", managedPerUpdate);
+            w.WriteEndObject();
+        }
+        return System.Text.Encoding.UTF8.GetString(stream.ToArray());
+    }
+}

@@ -25,8 +25,8 @@ public sealed class CaseRunner : IDisposable
         foreach (var entry in corpus)
         {
             _reading.LearnKeys(entry);
-            if (entry.Read != ReadKind.DcpRead) _reading.Poison(entry.Read);
-            _oracle[entry.Name] = _reading.Read(entry, entry.Folder);
+            _reading.Poison(entry.Read);
+            _oracle[entry.Name] = _reading.Read(entry, Stage(entry, Path.Combine(scratch, "oracle-" + entry.Name)));
             if (entry.LaterSave is not null) _oracle[entry.Name + "/later"] = _reading.Read(entry, entry.LaterSave);
         }
     }
@@ -36,10 +36,7 @@ public sealed class CaseRunner : IDisposable
     {
         var random = new Random(unchecked(_seed * 1_000_003 + index));
         var entry = _corpus[random.Next(_corpus.Count)];
-        var folder = Path.Combine(_scratch, "case");
-        if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
-        Directory.CreateDirectory(folder);
-        foreach (var file in Directory.GetFiles(entry.Folder)) File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+        var folder = Stage(entry, Path.Combine(_scratch, "case"));
 
         var family = Mutator.Families[random.Next(Mutator.Families.Length)];
         int mutations = random.NextDouble() < 0.7 ? 1 : random.Next(2, 4);
@@ -64,7 +61,7 @@ public sealed class CaseRunner : IDisposable
             what.Add("(now identical to the later save)");
         }
         string detail = entry.Name + ": " + string.Join("; ", what);
-        Fingerprint? before = entry.Read == ReadKind.DcpRead ? null : CheckpointReading.State(_reading.ManagerFor(entry.Read));
+        Fingerprint? before = _reading.StateFor(entry.Read);
         GC.Collect();
         long baseline = Memory.ResetPeak();
         Outcome outcome;
@@ -80,13 +77,13 @@ public sealed class CaseRunner : IDisposable
                 outcome = Outcome.SilentValueChange;
                 detail += " | differs at " + result.FirstDifference(oracle);
             }
-            if (entry.Read != ReadKind.DcpRead) _reading.Poison(entry.Read);
+            _reading.Poison(entry.Read);
         }
         catch (Exception e) when (e is CheckpointFormatException || (e is ArgumentException && entry.Read != ReadKind.DcpRead))
         {
             outcome = Outcome.DocumentedException;
             detail += " | " + e.GetType().Name + ": " + First(e.Message);
-            if (before is not null && !before.SameAs(CheckpointReading.State(_reading.ManagerFor(entry.Read))))
+            if (before is not null && !before.SameAs(_reading.StateFor(entry.Read)!))
             {
                 outcome = Outcome.SilentValueChange;
                 detail += " | the failed load changed the shadows";
@@ -104,6 +101,27 @@ public sealed class CaseRunner : IDisposable
             detail += $" | peak RSS +{peak / 1e6:F0} MB";
         }
         return (outcome, family, detail);
+    }
+
+    // A fresh copy of the entry's folder under `root` (for a post-hoc snapshot: the whole snapshots folder, so the
+    // mutated snapshot keeps its name and its sibling); returns the folder to mutate.
+    private static string Stage(CorpusEntry entry, string root)
+    {
+        if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
+        if (entry.Read != ReadKind.PostHocSynthesize)
+        {
+            Directory.CreateDirectory(root);
+            foreach (var file in Directory.GetFiles(entry.Folder)) File.Copy(file, Path.Combine(root, Path.GetFileName(file)));
+            return root;
+        }
+        var snapshots = Path.GetDirectoryName(entry.Folder)!;
+        foreach (var snapshot in Directory.GetDirectories(snapshots))
+        {
+            var copy = Path.Combine(root, "snapshots", Path.GetFileName(snapshot));
+            Directory.CreateDirectory(copy);
+            foreach (var file in Directory.GetFiles(snapshot)) File.Copy(file, Path.Combine(copy, Path.GetFileName(file)));
+        }
+        return Path.Combine(root, "snapshots", Path.GetFileName(entry.Folder));
     }
 
     private static bool SameFiles(string a, string b)

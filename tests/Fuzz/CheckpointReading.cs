@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.IO;
 using System.Linq;
 using EmaGen.Dcp;
 using EmaGen.Dcp.Pickle;
@@ -41,13 +42,18 @@ public sealed class CheckpointReading : IDisposable
     private readonly FuzzNet _model = new();
     private readonly EmaManager<FuzzNet> _dense;
     private readonly EmaManager<FuzzNet> _profiles;
+    private readonly ShardedEmaManager<FuzzNet> _rank;
     private readonly Dictionary<string, List<string>> _keys = new();
 
     public CheckpointReading()
     {
         _dense = new EmaManager<FuzzNet>(_model, 0.9);
         _profiles = new EmaManager<FuzzNet>(_model, Corpus.ProfileOptions());
+        _rank = new ShardedEmaManager<FuzzNet>(_model, 1, 3, new EmaOptions { Decay = 0.9 });
     }
+
+    /// <summary>Whether a read changes state that must stay untouched when it fails.</summary>
+    public static bool Loads(ReadKind kind) => kind is ReadKind.EmaLoad or ReadKind.EmaProfilesLoad or ReadKind.ShardedLoad;
 
     public EmaManager<FuzzNet> ManagerFor(ReadKind kind) => kind == ReadKind.EmaProfilesLoad ? _profiles : _dense;
 
@@ -57,10 +63,52 @@ public sealed class CheckpointReading : IDisposable
     /// <summary>Reads <paramref name="folder"/> as <paramref name="entry"/> is read; throws what the library throws.</summary>
     public Fingerprint Read(CorpusEntry entry, string folder)
     {
-        if (entry.Read == ReadKind.DcpRead) return ReadDcp(folder, _keys[entry.Name]);
-        var ema = ManagerFor(entry.Read);
-        ema.Load(folder);
-        return State(ema);
+        switch (entry.Read)
+        {
+            case ReadKind.DcpRead:
+                return ReadDcp(folder, _keys[entry.Name]);
+            case ReadKind.ShardedLoad:
+                _rank.Load(folder);
+                return StateOf(_rank);
+            case ReadKind.PostHocSynthesize:
+                {
+                    var snapshots = Path.GetDirectoryName(folder)!;
+                    var output = Path.Combine(Path.GetDirectoryName(snapshots)!, "synthesized");
+                    if (Directory.Exists(output)) Directory.Delete(output, recursive: true);
+                    PostHocEma.Synthesize(snapshots, 0.075, 4, output);
+                    var reader = DcpReader.Open(output);
+                    var f = new Fingerprint();
+                    f.Add("step", Text(reader.ReadValue("ema._emagen.step")));
+                    foreach (var entryKey in reader.Entries.OfType<DcpTensorEntry>().Select(e => e.Key).Order(StringComparer.Ordinal))
+                    {
+                        using var t = reader.ReadTensor(entryKey);
+                        f.Add(entryKey, t);
+                    }
+                    return f;
+                }
+            default:
+                {
+                    var ema = ManagerFor(entry.Read);
+                    ema.Load(folder);
+                    return State(ema);
+                }
+        }
+    }
+
+    /// <summary>The state a failed read must leave as it was (null for reads that change nothing).</summary>
+    public Fingerprint? StateFor(ReadKind kind) => kind switch
+    {
+        ReadKind.EmaLoad or ReadKind.EmaProfilesLoad => State(ManagerFor(kind)),
+        ReadKind.ShardedLoad => StateOf(_rank),
+        _ => null,
+    };
+
+    private static Fingerprint StateOf(ShardedEmaManager<FuzzNet> rank)
+    {
+        var f = new Fingerprint();
+        f.Add("step", rank.Step.ToString());
+        foreach (var name in new FuzzNet().named_parameters().Select(p => p.name)) f.Add(name, rank[name]);
+        return f;
     }
 
     /// <summary>Every shadow of every profile, and the step.</summary>
@@ -78,6 +126,13 @@ public sealed class CheckpointReading : IDisposable
     /// <summary>Fills every shadow with a value no checkpoint holds, so a later successful load must visibly write.</summary>
     public void Poison(ReadKind kind)
     {
+        if (kind == ReadKind.ShardedLoad)
+        {
+            using var _ = torch.no_grad();
+            foreach (var name in new FuzzNet().named_parameters().Select(p => p.name)) _rank[name].fill_(12345.0);
+            return;
+        }
+        if (!Loads(kind)) return;
         var ema = ManagerFor(kind);
         foreach (var profile in ema.Profiles)
         {
@@ -131,6 +186,7 @@ public sealed class CheckpointReading : IDisposable
     {
         _dense.Dispose();
         _profiles.Dispose();
+        _rank.Dispose();
         _model.Dispose();
     }
 }

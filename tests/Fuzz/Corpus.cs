@@ -17,6 +17,13 @@ public enum ReadKind
     EmaProfilesLoad,
     /// <summary><c>DcpReader</c>: every key the original holds, plus a box inside every multi-chunk tensor (the row-range path).</summary>
     DcpRead,
+    /// <summary><c>ShardedEmaManager&lt;FuzzNet&gt;.Load</c> as rank 1 of 3: only the rows of its boxes, from any saved chunking.</summary>
+    ShardedLoad,
+    /// <summary>
+    /// <c>PostHocEma.Synthesize</c> over a snapshots folder in which this entry's snapshot (one <c>step-*</c> folder)
+    /// is the mutated one; the output checkpoint's tensors are the result.
+    /// </summary>
+    PostHocSynthesize,
 }
 
 /// <summary>
@@ -67,6 +74,24 @@ public static class Corpus
             ema.Save(sharded, "fuzz0001", TimeSpan.FromSeconds(60));
         });
         list.Add(new("emagen-sharded", sharded, ReadKind.EmaLoad, true, null));
+
+        // The dense checkpoint once more, read by one rank of a sharded manager (row ranges of single-chunk items).
+        list.Add(new("emagen-dense-rank1of3", Path.Combine(root, "emagen-dense"), ReadKind.ShardedLoad, true, Path.Combine(root, "emagen-dense-later")));
+
+        // Post-hoc snapshots of two power-function profiles at steps 2 and 4; the fuzzer mutates the second.
+        var snapshots = Path.Combine(root, "posthoc", "snapshots");
+        using (var ema = new EmaManager<FuzzNet>(model, new EmaOptions
+               {
+                   Profiles = [new("narrow", EmaSchedule.PowerFunction(0.05)), new("wide", EmaSchedule.PowerFunction(0.10))],
+               }))
+        {
+            for (int step = 1; step <= 4; step++)
+            {
+                Train(model, ema.Update);
+                if (step % 2 == 0) PostHocEma.SaveSnapshot(ema, snapshots);
+            }
+        }
+        list.Add(new("emagen-posthoc", Directory.GetDirectories(snapshots).Order(StringComparer.Ordinal).Last(), ReadKind.PostHocSynthesize, true, null));
 
         var fixtures = Path.Combine(AppContext.BaseDirectory, "corpus", "torch113");
         foreach (var name in new[] { "single_file", "per_item", "sharded_2rank" })

@@ -31,6 +31,7 @@ public static class Supervisor
             File.WriteAllText(Path.Combine(root, "corpus.json"), JsonSerializer.Serialize(corpus, CorpusJson.Default.ListCorpusEntry));
             var counts = Enum.GetValues<Outcome>().ToDictionary(o => o, _ => 0);
             var families = new SortedDictionary<string, Dictionary<Outcome, int>>(StringComparer.Ordinal);
+            var corpora = new SortedDictionary<string, Dictionary<Outcome, int>>(StringComparer.Ordinal);
             var bad = new List<string>();
             int next = 0, workers = 0;
             while (next < options.Cases)
@@ -53,6 +54,8 @@ public static class Supervisor
                     int index = int.Parse(parts[1]);
                     var outcome = Enum.Parse<Outcome>(parts[2]);
                     Record(counts, families, parts[3], outcome);
+                    var corpusName = parts.Length > 4 && parts[4].IndexOf(':') is > 0 and var colon ? parts[4][..colon] : "?";
+                    Tally(corpora, corpusName, outcome);
                     if (outcome >= Outcome.OtherException) bad.Add($"case {index} {outcome} {parts[3]} {(parts.Length > 4 ? parts[4] : "")}");
                     next = index + 1;
                 }
@@ -61,11 +64,12 @@ public static class Supervisor
                 {
                     // The worker died inside case `next` without reporting it: a crash.
                     Record(counts, families, "?", Outcome.CrashOrHang);
+                    Tally(corpora, "?", Outcome.CrashOrHang);
                     bad.Add($"case {next} CrashOrHang (exit code {process.ExitCode}) {stderr.Result.Split('\n').FirstOrDefault()}");
                     next++;
                 }
             }
-            Report(options, counts, families, bad, clock.Elapsed, workers);
+            Report(options, counts, families, corpora, bad, clock.Elapsed, workers);
             return bad.Count == 0 ? 0 : 1;
         }
         finally
@@ -77,12 +81,17 @@ public static class Supervisor
     private static void Record(Dictionary<Outcome, int> counts, SortedDictionary<string, Dictionary<Outcome, int>> families, string family, Outcome outcome)
     {
         counts[outcome]++;
-        if (!families.TryGetValue(family, out var f)) families[family] = f = Enum.GetValues<Outcome>().ToDictionary(o => o, _ => 0);
+        Tally(families, family, outcome);
+    }
+
+    private static void Tally(SortedDictionary<string, Dictionary<Outcome, int>> table, string row, Outcome outcome)
+    {
+        if (!table.TryGetValue(row, out var f)) table[row] = f = Enum.GetValues<Outcome>().ToDictionary(o => o, _ => 0);
         f[outcome]++;
     }
 
     private static void Report(Options options, Dictionary<Outcome, int> counts, SortedDictionary<string, Dictionary<Outcome, int>> families,
-        List<string> bad, TimeSpan elapsed, int workers)
+        SortedDictionary<string, Dictionary<Outcome, int>> corpora, List<string> bad, TimeSpan elapsed, int workers)
     {
         int total = counts.Values.Sum();
         if (options.Json)
@@ -96,14 +105,17 @@ public static class Supervisor
             w.WriteStartObject("outcomes");
             foreach (var (o, n) in counts) w.WriteNumber(Name(o), n);
             w.WriteEndObject();
-            w.WriteStartObject("by_family");
-            foreach (var (family, f) in families)
+            foreach (var (title, table) in new[] { ("by_family", families), ("by_corpus", corpora) })
             {
-                w.WriteStartObject(family);
-                foreach (var (o, n) in f) if (n > 0) w.WriteNumber(Name(o), n);
+                w.WriteStartObject(title);
+                foreach (var (row, f) in table)
+                {
+                    w.WriteStartObject(row);
+                    foreach (var (o, n) in f) if (n > 0) w.WriteNumber(Name(o), n);
+                    w.WriteEndObject();
+                }
                 w.WriteEndObject();
             }
-            w.WriteEndObject();
             w.WriteStartArray("bad_cases");
             foreach (var b in bad.Take(options.Show)) w.WriteStringValue(b);
             w.WriteEndArray();
@@ -117,8 +129,12 @@ public static class Supervisor
         foreach (var (o, n) in counts) Console.WriteLine($"{Name(o),-24}{n,8}");
         Console.WriteLine();
         var outcomes = Enum.GetValues<Outcome>();
-        Console.WriteLine($"{"family",-18}" + string.Concat(outcomes.Select(o => $"{Short(o),11}")));
-        foreach (var (family, f) in families) Console.WriteLine($"{family,-18}" + string.Concat(outcomes.Select(o => $"{f[o],11}")));
+        foreach (var (title, table) in new[] { ("family", families), ("corpus", corpora) })
+        {
+            Console.WriteLine($"{title,-24}" + string.Concat(outcomes.Select(o => $"{Short(o),11}")));
+            foreach (var (row, f) in table) Console.WriteLine($"{row,-24}" + string.Concat(outcomes.Select(o => $"{f[o],11}")));
+            Console.WriteLine();
+        }
         foreach (var b in bad.Take(options.Show)) Console.WriteLine("BAD " + b);
     }
 

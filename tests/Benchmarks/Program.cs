@@ -120,15 +120,7 @@ internal sealed unsafe class UpdateBenchmark
         var lerpShadows = weights.Select(p => p.detach().to_type(ScalarType.Float32, copy: true).DetachFromDisposeScope()).ToArray();
         using var lerpWeight = torch.tensor((float)(1 - _decay));
 
-        // The probe: two flat fp32 buffers of the same element count, updated in place by two tuned loops (a hand-written
-        // Vector512 FMA loop and TensorPrimitives.Lerp) on the same worker pool as the update; the faster one is the limit.
-        using var probeA = torch.randn(_elements);
-        using var probeB = torch.randn(_elements);
-        var pa = (float*)NativeTensor.DataPointer(probeA);
-        var pb = (float*)NativeTensor.DataPointer(probeB);
-        using var probeFma = new BandwidthProbe(pa, pb, _elements, (float)_decay, threads, BandwidthProbe.Loop.Fma);
-        using var probeFma256 = new BandwidthProbe(pa, pb, _elements, (float)_decay, threads, BandwidthProbe.Loop.Fma256);
-        using var probeLerp = new BandwidthProbe(pa, pb, _elements, (float)_decay, threads, BandwidthProbe.Loop.TensorPrimitivesLerp);
+        using var passes = new InPlacePasses(_elements, _decay, threads);
 
         var variants = new List<(string Name, int Bytes, Action Step)>
         {
@@ -140,16 +132,8 @@ internal sealed unsafe class UpdateBenchmark
                 using var _ = torch.no_grad();
                 for (int i = 0; i < weights.Length; i++) seedShadows[i].mul_(_decay).add_(weights[i], alpha: 1 - _decay);
             }),
-            ("probe_fma", 12, () => probeFma.Run()),
-            ("probe_tensorprimitives", 12, () => probeLerp.Run()),
-            ("probe_fma256", 12, () => probeFma256.Run()),
-            // Reference only: LibTorch's own multi-threaded lerp_ over the probe's flat buffers.
-            ("libtorch_flat_lerp", 12, () =>
-            {
-                using var _ = torch.no_grad();
-                probeA.lerp_(probeB, lerpWeight);
-            }),
         };
+        variants.AddRange(passes.Variants());
         if (_dtype == ScalarType.Float32)
         {
             variants.Insert(4, ("lerp_per_tensor", 12, () =>
@@ -218,7 +202,7 @@ internal sealed unsafe class UpdateBenchmark
             writer.WriteNumber("packed_ratio_of_medians_to_probe", Math.Round(packedGBps / probeGBps, 3));
             writer.WriteNumber("ratio_to_libtorch_flat_lerp", Math.Round(defaultGBps / torchGBps, 3));
             // The limit is the fastest in-place pass of this run, LibTorch's flat lerp_ included (paired per round).
-            var limit = torchGBps > probeGBps ? "libtorch_flat_lerp" : probeLoop;
+            var limit = InPlacePasses.Limit(samples);
             writer.WriteString("limit", limit);
             writer.WriteNumber("limit_GBps", Math.Round(Math.Max(probeGBps, torchGBps), 1));
             writer.WriteNumber("ratio_to_limit", Math.Round(PairedRatio(samples["emagen_default"], samples[limit], BytesPerElement), 3));

@@ -45,26 +45,9 @@ internal sealed unsafe class ShardedUpdateBenchmark
         int threads = ema.UpdateThreads;
         log.WriteLine($"rank {_rank} of {_worldSize}: {elements:N0} of {_shapes.Sum(s => s.Aggregate(1L, (a, b) => a * b)):N0} elements, {threads} threads");
 
-        using var probeA = torch.randn(elements);
-        using var probeB = torch.randn(elements);
-        using var lerpWeight = torch.tensor((float)(1 - _decay));
-        var pa = (float*)NativeTensor.DataPointer(probeA);
-        var pb = (float*)NativeTensor.DataPointer(probeB);
-        using var probeFma = new BandwidthProbe(pa, pb, elements, (float)_decay, threads, BandwidthProbe.Loop.Fma);
-        using var probeFma256 = new BandwidthProbe(pa, pb, elements, (float)_decay, threads, BandwidthProbe.Loop.Fma256);
-        using var probeLerp = new BandwidthProbe(pa, pb, elements, (float)_decay, threads, BandwidthProbe.Loop.TensorPrimitivesLerp);
-        var variants = new List<(string Name, int Bytes, Action Step)>
-        {
-            ("emagen_sharded", BytesPerElement, () => ema.Update(model)),
-            ("probe_fma", 12, () => probeFma.Run()),
-            ("probe_fma256", 12, () => probeFma256.Run()),
-            ("probe_tensorprimitives", 12, () => probeLerp.Run()),
-            ("libtorch_flat_lerp", 12, () =>
-            {
-                using var _ = torch.no_grad();
-                probeA.lerp_(probeB, lerpWeight);
-            }),
-        };
+        using var passes = new InPlacePasses(elements, _decay, threads);
+        var variants = new List<(string Name, int Bytes, Action Step)> { ("emagen_sharded", BytesPerElement, () => ema.Update(model)) };
+        variants.AddRange(passes.Variants());
         var samples = Timing.RoundRobin(variants.Select(v => (v.Name, v.Step)).ToList(), _rounds);
 
         long managed = GC.GetAllocatedBytesForCurrentThread();
@@ -82,17 +65,12 @@ internal sealed unsafe class ShardedUpdateBenchmark
             w.WriteString("dtype", _dtype == ScalarType.BFloat16 ? "bfloat16" : "float32");
             w.WriteNumber("threads", threads);
             w.WriteStartObject("variants");
-            string limit = "";
-            double limitGBps = 0;
+            string limit = InPlacePasses.Limit(samples);
+            double limitGBps = elements * 12.0 / (Timing.Median(samples[limit]) / 1000.0) / 1e9;
             foreach (var v in variants)
             {
                 double ms = Timing.Median(samples[v.Name]);
                 double gbps = elements * (double)v.Bytes / (ms / 1000.0) / 1e9;
-                if (v.Name != "emagen_sharded" && gbps > limitGBps)
-                {
-                    limitGBps = gbps;
-                    limit = v.Name;
-                }
                 w.WriteStartObject(v.Name);
                 w.WriteNumber("ms", Math.Round(ms, 3));
                 w.WriteNumber("GBps", Math.Round(gbps, 1));

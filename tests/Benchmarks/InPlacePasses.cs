@@ -1,0 +1,56 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using EmaGen;
+using EmaGen.Benchmarks;
+using TorchSharp;
+
+/// <summary>
+/// The reference in-place passes an update is measured against, over two flat fp32 buffers of a given element count
+/// (12 bytes per element): three tuned loops on the update's worker pool (Vector512 FMA, Vector256 FMA,
+/// TensorPrimitives.Lerp) and LibTorch's own multi-threaded flat <c>lerp_</c>. The fastest of them in a run is the limit.
+/// </summary>
+internal sealed unsafe class InPlacePasses : IDisposable
+{
+    private readonly torch.Tensor _a;
+    private readonly torch.Tensor _b;
+    private readonly torch.Tensor _weight;
+    private readonly BandwidthProbe[] _probes;
+
+    public InPlacePasses(long elements, double decay, int threads)
+    {
+        _a = torch.randn(elements);
+        _b = torch.randn(elements);
+        _weight = torch.tensor((float)(1 - decay));
+        var pa = (float*)NativeTensor.DataPointer(_a);
+        var pb = (float*)NativeTensor.DataPointer(_b);
+        _probes = new[] { BandwidthProbe.Loop.Fma, BandwidthProbe.Loop.TensorPrimitivesLerp, BandwidthProbe.Loop.Fma256 }
+            .Select(loop => new BandwidthProbe(pa, pb, elements, (float)decay, threads, loop)).ToArray();
+    }
+
+    /// <summary>The passes as benchmark variants (name, bytes per element, step).</summary>
+    public IEnumerable<(string Name, int Bytes, Action Step)> Variants()
+    {
+        yield return ("probe_fma", 12, () => _probes[0].Run());
+        yield return ("probe_tensorprimitives", 12, () => _probes[1].Run());
+        yield return ("probe_fma256", 12, () => _probes[2].Run());
+        yield return ("libtorch_flat_lerp", 12, () =>
+        {
+            using var _ = torch.no_grad();
+            _a.lerp_(_b, _weight);
+        });
+    }
+
+    /// <summary>The fastest pass of a run (lowest median time; all move 12 bytes per element).</summary>
+    public static string Limit(IReadOnlyDictionary<string, List<double>> samples) =>
+        samples.Where(kv => kv.Key.StartsWith("probe_", StringComparison.Ordinal) || kv.Key == "libtorch_flat_lerp")
+            .OrderBy(kv => Timing.Median(kv.Value)).First().Key;
+
+    public void Dispose()
+    {
+        foreach (var p in _probes) p.Dispose();
+        _a.Dispose();
+        _b.Dispose();
+        _weight.Dispose();
+    }
+}

@@ -15,25 +15,23 @@ public static class EmaCheckpoint
     /// <summary>The value marking an EmaGen EMA checkpoint (key <c>{prefix}_emagen.format</c>).</summary>
     public const string Format = "emagen.ema/1";
 
-    internal const string StateSegment = "_emagen.";
-
     /// <summary>One profile's keys: its shadows under <paramref name="prefix"/> plus its step, decay, schedule and format values.</summary>
     internal static IEnumerable<KeyValuePair<string, object?>> ProfileState(
         string prefix, IReadOnlyList<string> names, Func<string, torch.Tensor> shadow, long step, double decay, string schedule)
     {
         foreach (var name in names) yield return new(prefix + name, shadow(name));
-        yield return new(prefix + StateSegment + "step", step);
-        yield return new(prefix + StateSegment + "decay", decay);
-        yield return new(prefix + StateSegment + "schedule", schedule);
-        yield return new(prefix + StateSegment + "format", Format);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Step), step);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Decay), decay);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Schedule), schedule);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Format), Format);
     }
 
     /// <summary>The top-level keys of a multi-profile checkpoint: the profile list (comma-separated names), step and format.</summary>
     internal static IEnumerable<KeyValuePair<string, object?>> ManagerState(string prefix, long step, IEnumerable<string> profiles)
     {
-        yield return new(prefix + StateSegment + "profiles", string.Join(",", profiles));
-        yield return new(prefix + StateSegment + "step", step);
-        yield return new(prefix + StateSegment + "format", Format);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Profiles), string.Join(",", profiles));
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Step), step);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Format), Format);
     }
 
     /// <summary>
@@ -73,14 +71,14 @@ public static class EmaCheckpoint
     /// </summary>
     internal static IReadOnlyList<string>? ReadProfileNames(DcpReader reader, string directory, string prefix)
     {
-        var key = prefix + StateSegment + "profiles";
+        var key = CheckpointKeys.Of(prefix, CheckpointKeys.Profiles);
         if (reader.Metadata.Find(key) is null) return null;
         if (ReadValue<string>(reader, directory, key, "a comma-separated list of profile names") is not { Length: > 0 } text)
         {
             throw new CheckpointFormatException($"{directory}: '{key}' is not a comma-separated list of profile names.");
         }
         RequireFormat(reader, directory, prefix);
-        ReadValue<long>(reader, directory, prefix + StateSegment + "step", "an integer");
+        ReadValue<long>(reader, directory, CheckpointKeys.Of(prefix, CheckpointKeys.Step), "an integer");
         return text.Split(',');
     }
 
@@ -97,33 +95,36 @@ public static class EmaCheckpoint
     /// </summary>
     internal static StoredState? ReadState(DcpReader reader, string directory, string prefix)
     {
-        var statePrefix = prefix + StateSegment;
-        if (reader.Metadata.Find(statePrefix + "format") is null)
+        var statePrefix = prefix + CheckpointKeys.Segment;
+        if (reader.Metadata.Find(CheckpointKeys.Of(prefix, CheckpointKeys.Format)) is null)
         {
             foreach (var e in reader.Entries)
             {
                 if (e.Key.StartsWith(statePrefix, StringComparison.Ordinal) && e.Key.IndexOf('.', statePrefix.Length) < 0)
                 {
-                    throw new CheckpointFormatException($"{directory}: '{e.Key}' is present but '{statePrefix}format' is missing; the checkpoint is damaged.");
+                    throw new CheckpointFormatException($"{directory}: '{e.Key}' is present but '{CheckpointKeys.Of(prefix, CheckpointKeys.Format)}' is missing; the checkpoint is damaged.");
                 }
             }
             return null;
         }
         RequireFormat(reader, directory, prefix);
-        long step = ReadValue<long>(reader, directory, statePrefix + "step", "an integer");
-        if (step < 0) throw new CheckpointFormatException($"{directory}: '{statePrefix}step' is {step}, expected a step count of at least 0.");
-        double decay = ReadValue<double>(reader, directory, statePrefix + "decay", "a number");
+        var stepKey = CheckpointKeys.Of(prefix, CheckpointKeys.Step);
+        var decayKey = CheckpointKeys.Of(prefix, CheckpointKeys.Decay);
+        var scheduleKey = CheckpointKeys.Of(prefix, CheckpointKeys.Schedule);
+        long step = ReadValue<long>(reader, directory, stepKey, "an integer");
+        if (step < 0) throw new CheckpointFormatException($"{directory}: '{stepKey}' is {step}, expected a step count of at least 0.");
+        double decay = ReadValue<double>(reader, directory, decayKey, "a number");
         // NaN is what a profile stores before its first update (an update-every profile that sat the steps out).
-        if (!double.IsNaN(decay) && !(decay >= 0 && decay <= 1)) throw new CheckpointFormatException($"{directory}: '{statePrefix}decay' is {decay}, expected a decay in [0, 1].");
-        string schedule = reader.Metadata.Find(statePrefix + "schedule") is null
+        if (!double.IsNaN(decay) && !(decay >= 0 && decay <= 1)) throw new CheckpointFormatException($"{directory}: '{decayKey}' is {decay}, expected a decay in [0, 1].");
+        string schedule = reader.Metadata.Find(scheduleKey) is null
             ? EmaSchedule.Constant(decay).Describe()
-            : ReadValue<string>(reader, directory, statePrefix + "schedule", "a string");
+            : ReadValue<string>(reader, directory, scheduleKey, "a string");
         return new StoredState(step, decay, schedule);
     }
 
     private static void RequireFormat(DcpReader reader, string directory, string prefix)
     {
-        var key = prefix + StateSegment + "format";
+        var key = CheckpointKeys.Of(prefix, CheckpointKeys.Format);
         if (reader.Metadata.Find(key) is null) throw new CheckpointFormatException($"{directory}: '{key}' is missing; the checkpoint is damaged.");
         var format = ReadValue<string>(reader, directory, key, "a string");
         if (format != Format) throw new CheckpointFormatException($"{directory}: '{key}' is '{format}'; this version of EmaGen reads '{Format}'.");
@@ -143,7 +144,7 @@ public static class EmaCheckpoint
         {
             if (entry is not DcpTensorEntry t || !entry.Key.StartsWith(prefix, StringComparison.Ordinal)) continue;
             var name = entry.Key[prefix.Length..];
-            if (name.StartsWith(StateSegment, StringComparison.Ordinal)) continue;
+            if (name.StartsWith(CheckpointKeys.Segment, StringComparison.Ordinal)) continue;
             list.Add((name, t));
         }
         return list;

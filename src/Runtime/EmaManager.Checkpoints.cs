@@ -132,7 +132,7 @@ public sealed partial class EmaManager<TModel>
             var state = EmaCheckpoint.ReadState(reader, directory, profilePrefix);
             if (stored is not null && state is null)
             {
-                throw new CheckpointFormatException($"{directory}: profile '{profile.Name}' has no '{profilePrefix}{EmaCheckpoint.StateSegment}format'; the checkpoint is damaged.");
+                throw new CheckpointFormatException($"{directory}: profile '{profile.Name}' has no '{CheckpointKeys.Of(profilePrefix, CheckpointKeys.Format)}'; the checkpoint is damaged.");
             }
             if (state is not null && state.Schedule != profile.Schedule.Describe() && !allowScheduleMismatch)
             {

@@ -13,7 +13,7 @@ public sealed record EmaProfileOptions(string Name, EmaSchedule Schedule)
 {
     internal void Validate()
     {
-        if (string.IsNullOrEmpty(Name) || char.IsAsciiDigit(Name[0]) || !Name.AsSpan().ContainsOnlyIdentifierChars() || Name.StartsWith("_emagen", StringComparison.Ordinal))
+        if (string.IsNullOrEmpty(Name) || char.IsAsciiDigit(Name[0]) || !Name.AsSpan().ContainsOnlyIdentifierChars() || Name.StartsWith(CheckpointKeys.Segment.TrimEnd('.'), StringComparison.Ordinal))
         {
             throw new ArgumentException(
                 $"EMA profile name '{Name}' is not usable as a checkpoint key segment: use letters, digits and underscores, not starting with a digit or '_emagen'.", nameof(Name));

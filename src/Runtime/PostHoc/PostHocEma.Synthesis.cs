@@ -60,7 +60,7 @@ public static partial class PostHocEma
                 // The decay value is the one the target profile applies at atStep, as a tracked profile would have stored.
                 state.AddRange(EmaCheckpoint.ProfileState(prefix, [], _ => throw new InvalidOperationException(), atStep, schedule.DecayAt(atStep), schedule.Describe()));
                 var x = coefficients[t];
-                state.Add(new(prefix + EmaCheckpoint.StateSegment + "posthoc",
+                state.Add(new(CheckpointKeys.Of(prefix, CheckpointKeys.PostHoc),
                     string.Join("; ", used.Select((s, i) => $"{Path.GetFileName(s.Folder)}/{s.Profile} x {EmaSchedule.Number(x[i])}"))));
                 DcpWriter.Save(targets[t].OutputDir, state);
             }

@@ -114,13 +114,13 @@ public static partial class PostHocEma
     // The values every snapshot folder carries: its format, step and profiles, and each profile's γ and schedule.
     private static IEnumerable<KeyValuePair<string, object?>> SnapshotValues(long step, List<(int Index, string Key, EmaSchedule Schedule)> profiles)
     {
-        yield return new("_emagen.format", PostHocSnapshot.Format);
-        yield return new("_emagen.step", step);
-        yield return new("_emagen.profiles", string.Join(",", profiles.Select(p => p.Key)));
+        yield return new(CheckpointKeys.Of("", CheckpointKeys.Format), PostHocSnapshot.Format);
+        yield return new(CheckpointKeys.Of("", CheckpointKeys.Step), step);
+        yield return new(CheckpointKeys.Of("", CheckpointKeys.Profiles), string.Join(",", profiles.Select(p => p.Key)));
         foreach (var (_, key, schedule) in profiles)
         {
-            yield return new(key + "._emagen.gamma", PostHocSolver.PowerFunctionGamma(schedule)!.Value);
-            yield return new(key + "._emagen.schedule", schedule.Describe());
+            yield return new(CheckpointKeys.Of(key + ".", CheckpointKeys.Gamma), PostHocSolver.PowerFunctionGamma(schedule)!.Value);
+            yield return new(CheckpointKeys.Of(key + ".", CheckpointKeys.Schedule), schedule.Describe());
         }
     }
 }

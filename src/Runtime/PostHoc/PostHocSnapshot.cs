@@ -48,15 +48,19 @@ public sealed record PostHocSnapshot(string Folder, string Profile, long Step, d
     internal static IEnumerable<PostHocSnapshot> Read(DcpReader reader, string folder)
     {
         string Text(string key) => reader.ReadValue(key) as string ?? throw new CheckpointFormatException($"{folder}: '{key}' is not a string.");
-        if (!reader.Entries.Any(e => e.Key == "_emagen.format") || Text("_emagen.format") != Format)
+        var formatKey = CheckpointKeys.Of("", CheckpointKeys.Format);
+        var stepKey = CheckpointKeys.Of("", CheckpointKeys.Step);
+        if (reader.Metadata.Find(formatKey) is null || Text(formatKey) != Format)
         {
-            throw new CheckpointFormatException($"{folder}: not a post-hoc EMA snapshot (expected '_emagen.format' = '{Format}').");
+            throw new CheckpointFormatException($"{folder}: not a post-hoc EMA snapshot (expected '{formatKey}' = '{Format}').");
         }
-        var step = reader.ReadValue("_emagen.step") as long? ?? throw new CheckpointFormatException($"{folder}: '_emagen.step' is not an integer.");
-        if (step <= 0) throw new CheckpointFormatException($"{folder}: '_emagen.step' is {step}, expected a positive step.");
-        foreach (var profile in Text("_emagen.profiles").Split(','))
+        if (reader.Metadata.Find(stepKey) is null) throw new CheckpointFormatException($"{folder}: '{stepKey}' is missing.");
+        var step = reader.ReadValue(stepKey) as long? ?? throw new CheckpointFormatException($"{folder}: '{stepKey}' is not an integer.");
+        if (step <= 0) throw new CheckpointFormatException($"{folder}: '{stepKey}' is {step}, expected a positive step.");
+        foreach (var profile in Text(CheckpointKeys.Of("", CheckpointKeys.Profiles)).Split(','))
         {
-            var key = profile + "._emagen.gamma";
+            var key = CheckpointKeys.Of(profile + ".", CheckpointKeys.Gamma);
+            if (reader.Metadata.Find(key) is null) throw new CheckpointFormatException($"{folder}: '{key}' is missing.");
             var gamma = reader.ReadValue(key) as double? ?? throw new CheckpointFormatException($"{folder}: '{key}' is not a number.");
             if (!(gamma > -1) || double.IsInfinity(gamma)) throw new CheckpointFormatException($"{folder}: '{key}' is {gamma}, expected a finite γ above -1.");
             yield return new PostHocSnapshot(folder, profile, step, gamma);

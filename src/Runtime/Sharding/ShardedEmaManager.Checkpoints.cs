@@ -172,7 +172,7 @@ public sealed partial class ShardedEmaManager<TModel>
             var state = EmaCheckpoint.ReadState(reader, directory, profilePrefix);
             if (_namedProfiles && state is null)
             {
-                throw new CheckpointFormatException($"{directory}: profile '{_profiles[k].Name}' has no '{profilePrefix}{EmaCheckpoint.StateSegment}format'; the checkpoint is damaged.");
+                throw new CheckpointFormatException($"{directory}: profile '{_profiles[k].Name}' has no '{CheckpointKeys.Of(profilePrefix, CheckpointKeys.Format)}'; the checkpoint is damaged.");
             }
             var expected = _profiles[k].Schedule.Describe();
             if (state is not null && state.Schedule != expected && !allowScheduleMismatch)

@@ -1,0 +1,23 @@
+namespace EmaGen;
+
+/// <summary>
+/// The names of EmaGen's own values in a checkpoint, <c>{prefix}_emagen.{name}</c>: every reader and writer of EMA
+/// checkpoints, post-hoc snapshots and post-hoc outputs builds its keys here, so a key is spelled in one place
+/// (docs/checkpoint-layout.md lists them).
+/// </summary>
+internal static class CheckpointKeys
+{
+    /// <summary>The segment that starts every EmaGen value under a prefix; profile names may not start with it.</summary>
+    public const string Segment = "_emagen.";
+
+    public const string Format = "format";
+    public const string Step = "step";
+    public const string Decay = "decay";
+    public const string Schedule = "schedule";
+    public const string Profiles = "profiles";
+    public const string Gamma = "gamma";
+    public const string PostHoc = "posthoc";
+
+    /// <summary><c>{prefix}_emagen.{name}</c>; <paramref name="prefix"/> is empty or ends with a dot.</summary>
+    public static string Of(string prefix, string name) => prefix + Segment + name;
+}

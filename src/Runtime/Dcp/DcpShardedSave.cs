@@ -48,16 +48,12 @@ public static class DcpShardedSave
         WriteRankInto(staging.Path, saveId, rank, shards, values);
     }
 
-    // Rank 0 first removes what crashed saves left behind; every rank checks its free space before writing a byte.
+    // Rank 0 removes what crashed saves left behind; every rank checks the free space for its own shards.
     private static SaveStaging EnterStaging(string directory, string saveId, RankInfo rank, IReadOnlyList<DcpShard> shards)
     {
         CheckSaveId(saveId);
-        var target = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar);
-        var parent = Path.GetDirectoryName(target)!;
-        Directory.CreateDirectory(parent);
-        if (rank.Rank == 0) SaveStaging.RemoveStale(target, keepId: saveId);
-        DiskSpace.Require(parent, DiskSpace.Estimate(shards.Where(s => rank.Rank == 0 || !s.Replicated).Select(s => (object?)s.Local)), target);
-        return SaveStaging.Enter(target, saveId, rank.Rank);
+        return SaveStaging.Begin(Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar), saveId, rank.Rank,
+            shards.Where(s => rank.Rank == 0 || !s.Replicated).Select(s => (object?)s.Local), removeStale: rank.Rank == 0);
     }
 
     private static void WriteRankInto(string staging, string saveId, RankInfo rank, IReadOnlyList<DcpShard> shards, IReadOnlyDictionary<string, object?>? values)

@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.IO;
+using System.Linq;
 using TorchSharp;
 
 namespace EmaGen.Dcp;
@@ -22,12 +23,8 @@ public static class DcpWriter
         options ??= new DcpWriteOptions();
         if (options.FilesPerRank < 1) throw new ArgumentOutOfRangeException(nameof(options), "FilesPerRank must be at least 1.");
         var target = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar);
-        var parent = Path.GetDirectoryName(target) ?? throw new ArgumentException($"'{directory}' has no parent folder", nameof(directory));
-        Directory.CreateDirectory(parent);
         var items = state as IReadOnlyCollection<KeyValuePair<string, object?>> ?? new List<KeyValuePair<string, object?>>(state);
-        SaveStaging.RemoveStale(target);
-        DiskSpace.Require(parent, DiskSpace.Estimate(System.Linq.Enumerable.Select(items, kv => kv.Value)), target);
-        using var staging = SaveStaging.Enter(target, Guid.NewGuid().ToString("N")[..8], rank: 0);
+        using var staging = SaveStaging.Begin(target, Guid.NewGuid().ToString("N")[..8], rank: 0, items.Select(kv => kv.Value), removeStale: true);
         try
         {
             var metadata = WriteInto(staging.Path, target, items, options);

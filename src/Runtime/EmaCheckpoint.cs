@@ -122,6 +122,38 @@ public static class EmaCheckpoint
         return new StoredState(step, decay, schedule);
     }
 
+    /// <summary>
+    /// Reads and checks the stored state of every profile a load fills (each under its own prefix): a named profile must
+    /// have its values, its schedule must be the manager's unless <paramref name="allowScheduleMismatch"/>, and all must
+    /// have been saved at one step, which is returned (null for a plain state dict, which keeps the manager's step). The
+    /// rules of the dense and the sharded manager's <c>Load</c>.
+    /// </summary>
+    internal static long? ReadProfileStates(DcpReader reader, string directory,
+        IEnumerable<(string Prefix, string Name, EmaSchedule Schedule)> profiles, bool named, bool allowScheduleMismatch)
+    {
+        long? step = null;
+        foreach (var (profilePrefix, name, schedule) in profiles)
+        {
+            var state = ReadState(reader, directory, profilePrefix);
+            if (named && state is null)
+            {
+                throw new CheckpointFormatException($"{directory}: profile '{name}' has no '{CheckpointKeys.Of(profilePrefix, CheckpointKeys.Format)}'; the checkpoint is damaged.");
+            }
+            var expected = schedule.Describe();
+            if (state is not null && state.Schedule != expected && !allowScheduleMismatch)
+            {
+                throw new ArgumentException(
+                    $"{directory}: the checkpoint was written with schedule {state.Schedule}{(name.Length == 0 ? "" : $" for profile '{name}'")}, this manager uses {expected} (pass allowScheduleMismatch to load anyway).");
+            }
+            if (step is { } s && state is not null && s != state.Step)
+            {
+                throw new ArgumentException($"{directory}: the profiles were saved at different steps ({s} and {state.Step}).");
+            }
+            step ??= state?.Step;
+        }
+        return step;
+    }
+
     private static void RequireFormat(DcpReader reader, string directory, string prefix)
     {
         var key = CheckpointKeys.Of(prefix, CheckpointKeys.Format);

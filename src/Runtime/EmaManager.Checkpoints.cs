@@ -3,7 +3,6 @@ using System.Collections.Generic;
 using System.Linq;
 using System.Threading.Tasks;
 using EmaGen.Dcp;
-
 using TorchSharp;
 
 namespace EmaGen;
@@ -121,31 +120,16 @@ public sealed partial class EmaManager<TModel>
 
         // Names, dtypes, shapes, schedules and steps are checked from the metadata and the small values first: a
         // checkpoint that cannot fit is refused before a byte of tensor data is read or allocated.
-        long? step = null;
         var reads = new List<(EmaProfile<TModel> Profile, List<string> Names)>();
         foreach (var profile in toLoad)
         {
-            var profilePrefix = ProfilePrefix(prefix, profile);
-            var entries = EmaCheckpoint.TensorEntries(reader, profilePrefix);
+            var entries = EmaCheckpoint.TensorEntries(reader, ProfilePrefix(prefix, profile));
             CheckFits(entries.Select(e => (e.Name, TorchDTypes.TryGet(e.Entry.DType, out var t, out _) ? t : (torch.ScalarType?)null, e.Entry.Size)),
                 strict, nameof(directory));
-            var state = EmaCheckpoint.ReadState(reader, directory, profilePrefix);
-            if (stored is not null && state is null)
-            {
-                throw new CheckpointFormatException($"{directory}: profile '{profile.Name}' has no '{CheckpointKeys.Of(profilePrefix, CheckpointKeys.Format)}'; the checkpoint is damaged.");
-            }
-            if (state is not null && state.Schedule != profile.Schedule.Describe() && !allowScheduleMismatch)
-            {
-                throw new ArgumentException(
-                    $"{directory}: the checkpoint was written with schedule {state.Schedule}{ProfileText(profile)}, this manager uses {profile.Schedule.Describe()} (pass allowScheduleMismatch to load anyway).");
-            }
-            if (step is { } s && state is not null && s != state.Step)
-            {
-                throw new ArgumentException($"{directory}: the profiles were saved at different steps ({s} and {state.Step}).");
-            }
-            step ??= state?.Step;
             reads.Add((profile, entries.Select(e => e.Name).Where(_trackedIndex.ContainsKey).ToList()));
         }
+        long? step = EmaCheckpoint.ReadProfileStates(reader, directory,
+            toLoad.Select(p => (ProfilePrefix(prefix, p), p.Name, p.Schedule)), named: stored is not null, allowScheduleMismatch);
 
         var loaded = new List<Dictionary<string, torch.Tensor>>();
         try
@@ -196,6 +180,4 @@ public sealed partial class EmaManager<TModel>
         }
         return present;
     }
-
-    private static string ProfileText(EmaProfile<TModel> profile) => profile.Name.Length == 0 ? "" : $" for profile '{profile.Name}'";
 }

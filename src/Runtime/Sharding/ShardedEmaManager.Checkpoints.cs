@@ -152,13 +152,11 @@ public sealed partial class ShardedEmaManager<TModel>
                 $"{directory}: the checkpoint holds {(stored is null ? "a single-profile EMA" : "EMA profiles " + string.Join(", ", stored))} under '{prefix}', this manager has {(_namedProfiles ? "profiles " + string.Join(", ", _profiles.Select(p => p.Name)) : "one unnamed profile")}.");
         }
         // Shapes, dtypes, schedules and steps are checked from the metadata and the small values before any tensor is read.
-        long? step = null;
         for (int k = 0; k < _profiles.Length; k++)
         {
-            var profilePrefix = ProfilePrefix(prefix, k);
             foreach (var e in _entries)
             {
-                var key = profilePrefix + e.Info.Name;
+                var key = ProfilePrefix(prefix, k) + e.Info.Name;
                 var saved = reader.TensorEntry(key);
                 if (!saved.Size.AsSpan().SequenceEqual(e.Info.Shape))
                 {
@@ -169,23 +167,10 @@ public sealed partial class ShardedEmaManager<TModel>
                     throw new ArgumentException($"{directory}: '{key}' is {saved.DType}, expected {e.Shadow.dtype}.");
                 }
             }
-            var state = EmaCheckpoint.ReadState(reader, directory, profilePrefix);
-            if (_namedProfiles && state is null)
-            {
-                throw new CheckpointFormatException($"{directory}: profile '{_profiles[k].Name}' has no '{CheckpointKeys.Of(profilePrefix, CheckpointKeys.Format)}'; the checkpoint is damaged.");
-            }
-            var expected = _profiles[k].Schedule.Describe();
-            if (state is not null && state.Schedule != expected && !allowScheduleMismatch)
-            {
-                throw new ArgumentException(
-                    $"{directory}: the checkpoint was written with schedule {state.Schedule}{(_namedProfiles ? $" for profile '{_profiles[k].Name}'" : "")}, this manager uses {expected}.");
-            }
-            if (step is { } s && state is not null && s != state.Step)
-            {
-                throw new ArgumentException($"{directory}: the profiles were saved at different steps ({s} and {state.Step}).");
-            }
-            step ??= state?.Step;
         }
+        long? step = EmaCheckpoint.ReadProfileStates(reader, directory,
+            Enumerable.Range(0, _profiles.Length).Select(k => (ProfilePrefix(prefix, k), _profiles[k].Name, _profiles[k].Schedule)),
+            named: _namedProfiles, allowScheduleMismatch);
 
         var staged = new List<(torch.Tensor Shadow, torch.Tensor Data)>();
         try

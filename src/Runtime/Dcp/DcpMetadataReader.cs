@@ -152,13 +152,15 @@ internal static class DcpMetadataReader
                 chunks.Add(new DcpChunk(offsets, sizes));
             }
             foreach (var d in size) if (d < 0) throw Error($"'{fqn}' has a negative dimension");
-            long volume = 1;
-            foreach (var d in size) volume = checked(volume * d);
             if (ChunkOverlap.Find(chunks) is var (a, b))
             {
                 throw Error($"chunks of '{fqn}' at ({a.OffsetsKey}) size ({string.Join(",", a.Sizes)}) and at ({b.OffsetsKey}) size ({string.Join(",", b.Sizes)}) overlap");
             }
-            return new DcpTensorEntry(fqn, dtype, size, chunks);
+            var entry = new DcpTensorEntry(fqn, dtype, size, chunks);
+            // A shape whose element count overflows a long fails here (checked, reported by Read), so every later use of
+            // Numel is safe.
+            _ = entry.Numel;
+            return entry;
         }
 
         private PickleObject Object(object? value, string? expectedClass, string what)

@@ -236,7 +236,7 @@ public sealed class DcpReader
             var archive = TorchArchiveReader.Open(stream, location.Offset, location.Length, source);
             var seal = ItemSeal.Read(archive, source);
             _saves.Check(seal, source);
-            seal?.CheckItem(key, chunk?.Offsets, null, source);
+            seal?.CheckItem(key, chunk?.Offsets, source);
             return read(archive, source, seal);
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)

@@ -77,18 +77,14 @@ internal sealed record ItemSeal(string SaveId, string Key, long[]? Offsets, int 
         }
     }
 
-    /// <summary>Checks that this seal belongs to <paramref name="key"/> at <paramref name="offsets"/> and covers <paramref name="dataBytes"/>.</summary>
-    public void CheckItem(string key, long[]? offsets, long? dataBytes, string source)
+    /// <summary>Checks that this seal belongs to <paramref name="key"/> at <paramref name="offsets"/> (null for a value).</summary>
+    public void CheckItem(string key, long[]? offsets, string source)
     {
         bool sameOffsets = offsets is null ? Offsets is null : Offsets is not null && Offsets.AsSpan().SequenceEqual(offsets);
         if (Key != key || !sameOffsets)
         {
             throw new CheckpointFormatException(
                 $"{source}: the item holds key '{Key}'{OffsetsText(Offsets)}, but the metadata points '{key}'{OffsetsText(offsets)} at it.");
-        }
-        if (dataBytes is { } size && (size + BlockSize - 1) / BlockSize != BlockCrcs.Length)
-        {
-            throw new CheckpointFormatException($"{source}: the seal has {BlockCrcs.Length} block checksums for {size} data bytes.");
         }
     }
 

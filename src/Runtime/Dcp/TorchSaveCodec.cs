@@ -58,10 +58,6 @@ public static class TorchSaveCodec
         archive.Finish();
     }
 
-    /// <summary>Decodes one item: a tensor (caller-owned) or a plain value (<see cref="RawPickleValue"/> when not decodable).</summary>
-    internal static object? ReadItem(TorchArchiveReader archive, string source, bool expectTensor) =>
-        ReadItem(archive, source, expectTensor ? TensorExpectation.Any : null);
-
     /// <summary>
     /// Decodes one item. With an <paramref name="expect"/>ation the item must be a tensor of that dtype and shape, checked
     /// before any tensor memory is allocated; without one it may be a tensor or a plain value.
@@ -122,7 +118,6 @@ public static class TorchSaveCodec
         {
             throw new CheckpointFormatException($"{source}: record data/{t.Storage.Key} has {record.Size} bytes, the tensor needs {t.Size[0] * rowBytes}.");
         }
-        seal?.CheckItem(seal.Key, seal.Offsets, record.Size, source);
         var shape = (long[])t.Size.Clone();
         shape[0] = rowCount;
         var result = torch.empty(shape, dtype);

@@ -96,10 +96,7 @@ public sealed class TorchArchiveReader
             }
             crc.Append(destination);
         }
-        if (crc.GetCurrentHashAsUInt32() != record.Crc)
-        {
-            throw Error($"record '{record.Name}' fails its CRC-32 check (stored 0x{record.Crc:x8}, computed 0x{crc.GetCurrentHashAsUInt32():x8})");
-        }
+        CheckCrc(record, crc.GetCurrentHashAsUInt32());
     }
 
     /// <summary>
@@ -146,10 +143,7 @@ public sealed class TorchArchiveReader
                 long lo = Math.Max(at, offset), hi = Math.Min(at + span.Length, offset + count);
                 if (lo < hi) span.Slice((int)(lo - at), (int)(hi - lo)).CopyTo(new Span<byte>(destination + (lo - offset), (int)(hi - lo)));
             }
-            if (!blocks && whole.GetCurrentHashAsUInt32() != record.Crc)
-            {
-                throw Error($"record '{record.Name}' fails its CRC-32 check (stored 0x{record.Crc:x8}, computed 0x{whole.GetCurrentHashAsUInt32():x8})");
-            }
+            if (!blocks) CheckCrc(record, whole.GetCurrentHashAsUInt32());
             return end - first;
         }
         finally
@@ -178,9 +172,14 @@ public sealed class TorchArchiveReader
             crc.Append(span);
             done += piece;
         }
-        if (crc.GetCurrentHashAsUInt32() != record.Crc)
+        CheckCrc(record, crc.GetCurrentHashAsUInt32());
+    }
+
+    private void CheckCrc(ArchiveRecord record, uint computed)
+    {
+        if (computed != record.Crc)
         {
-            throw Error($"record '{record.Name}' fails its CRC-32 check (stored 0x{record.Crc:x8}, computed 0x{crc.GetCurrentHashAsUInt32():x8})");
+            throw Error($"record '{record.Name}' fails its CRC-32 check (stored 0x{record.Crc:x8}, computed 0x{computed:x8})");
         }
     }
 

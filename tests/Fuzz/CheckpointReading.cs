@@ -43,6 +43,7 @@ public sealed class CheckpointReading : IDisposable
     private readonly EmaManager<FuzzNet> _dense;
     private readonly EmaManager<FuzzNet> _profiles;
     private readonly ShardedEmaManager<FuzzNet> _rank;
+    private readonly string[] _names;
     private readonly Dictionary<string, List<string>> _keys = new();
 
     public CheckpointReading()
@@ -50,6 +51,7 @@ public sealed class CheckpointReading : IDisposable
         _dense = new EmaManager<FuzzNet>(_model, 0.9);
         _profiles = new EmaManager<FuzzNet>(_model, Corpus.ProfileOptions());
         _rank = new ShardedEmaManager<FuzzNet>(_model, 1, 3, new EmaOptions { Decay = 0.9 });
+        _names = _model.named_parameters().Select(p => p.name).ToArray();
     }
 
     /// <summary>Whether a read changes state that must stay untouched when it fails.</summary>
@@ -69,7 +71,7 @@ public sealed class CheckpointReading : IDisposable
                 return ReadDcp(folder, _keys[entry.Name]);
             case ReadKind.ShardedLoad:
                 _rank.Load(folder);
-                return StateOf(_rank);
+                return RankState();
             case ReadKind.PostHocSynthesize:
                 {
                     var snapshots = Path.GetDirectoryName(folder)!;
@@ -99,15 +101,15 @@ public sealed class CheckpointReading : IDisposable
     public Fingerprint? StateFor(ReadKind kind) => kind switch
     {
         ReadKind.EmaLoad or ReadKind.EmaProfilesLoad => State(ManagerFor(kind)),
-        ReadKind.ShardedLoad => StateOf(_rank),
+        ReadKind.ShardedLoad => RankState(),
         _ => null,
     };
 
-    private static Fingerprint StateOf(ShardedEmaManager<FuzzNet> rank)
+    private Fingerprint RankState()
     {
         var f = new Fingerprint();
-        f.Add("step", rank.Step.ToString());
-        foreach (var name in new FuzzNet().named_parameters().Select(p => p.name)) f.Add(name, rank[name]);
+        f.Add("step", _rank.Step.ToString());
+        foreach (var name in _names) f.Add(name, _rank[name]);
         return f;
     }
 
@@ -129,7 +131,7 @@ public sealed class CheckpointReading : IDisposable
         if (kind == ReadKind.ShardedLoad)
         {
             using var _ = torch.no_grad();
-            foreach (var name in new FuzzNet().named_parameters().Select(p => p.name)) _rank[name].fill_(12345.0);
+            foreach (var name in _names) _rank[name].fill_(12345.0);
             return;
         }
         if (!Loads(kind)) return;

@@ -24,10 +24,6 @@ internal static class DiagnosticDescriptors
         "EMA004", "Generic [EmaTracked] classes are not supported",
         "[EmaTracked] class '{0}' is generic or nested in a generic type; make a non-generic class (derive a closed one if needed) and track that");
 
-    public static readonly DiagnosticDescriptor UnknownParameters = Error(
-        "EMA005", "Member's parameters cannot be known at compile time",
-        "Member '{0}' of type '{1}' holds parameters EmaGen cannot know at compile time; mark its class [EmaTracked], use a supported built-in module, a ModuleList<T> or an array of those, or mark the member [EmaIgnore]");
-
     public static readonly DiagnosticDescriptor DuplicateName = Error(
         "EMA006", "Two members register the same name",
         "Members '{0}' and '{1}' of '{2}' both register the name '{3}'; named_parameters() would lose one of them");
@@ -39,10 +35,6 @@ internal static class DiagnosticDescriptors
     public static readonly DiagnosticDescriptor RegisterComponentsOverridden = Error(
         "EMA008", "[EmaTracked] class overrides RegisterComponents",
         "'{0}' overrides RegisterComponents(), which EmaGen generates for [EmaTracked] classes (reflection-free, so NativeAOT works); remove the override and register anything extra in the constructor");
-
-    public static readonly DiagnosticDescriptor BaseClassComponents = Error(
-        "EMA009", "Base class declares parameters or modules",
-        "Base class '{0}' of [EmaTracked] class '{1}' declares parameter or module fields, which EmaGen does not track; move them into '{1}' or derive '{1}' from a TorchSharp module directly");
 
     public static readonly DiagnosticDescriptor IgnoreHasNoEffect = new(
         "EMA010", "[EmaIgnore] has no effect",
@@ -57,6 +49,11 @@ internal static class DiagnosticDescriptors
     public static readonly DiagnosticDescriptor NegativeShardDim = Error(
         "EMA012", "Shard dimension must not be negative",
         "[EmaShard({1})] on '{0}': the shard dimension must be 0 or more (use [EmaReplicate] for a tensor every rank keeps whole)");
+
+    public static readonly DiagnosticDescriptor ReflectionRegisteredModule = new(
+        "EMA013", "Module class registers its parameters by reflection",
+        "Module class '{0}' is not [EmaTracked]: TorchSharp registers its parameters by reflection. EmaGen reads them at bind time and keeps its fields for NativeAOT, but add [EmaTracked] and partial to '{0}' for reflection-free registration and a typed shadow.",
+        Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema013");
 
     private static DiagnosticDescriptor Error(string id, string title, string message) =>
         new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true, helpLinkUri: HelpBase + id.ToLowerInvariant());

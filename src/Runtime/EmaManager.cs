@@ -105,7 +105,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
             for (int k = 0; k < _arenas.Length; k++) _arenas[k] = new ShadowArena(_all, sources, options.PackParameters && k == 0);
             _engine = new UpdateEngine(_slots, _slotNumel, _parameterOfSlot, _all, _arenas, options.EffectiveThreads);
             _shadowRoots = new object[_profiles.Length];
-            for (int k = 0; k < _profiles.Length; k++) _shadowRoots[k] = BuildShadow(model, _arenas[k]);
+            for (int k = 0; k < _profiles.Length; k++) _shadowRoots[k] = BuildShadow(model, _arenas[k], collector.Groups);
         }
         catch
         {
@@ -236,6 +236,8 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
     // Each averaged tensor of the model with its shadow, after the model's slots passed the layout check.
     private List<(torch.Tensor Target, torch.Tensor Shadow)> ShadowPairs(TModel model, int profile)
     {
+        // Dynamic submodules are read afresh here, so a parameter re-pointed inside one is followed (or reported).
+        _engine.RefreshDynamic();
         Gather(model);
         var collector = new ShadowPairCollector(_parameterOfSlot, _arenas[profile]);
         TModel.VisitParameters(model, ref collector);
@@ -251,10 +253,11 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         _engine.EndGather();
     }
 
-    private object BuildShadow(TModel model, ShadowArena arena)
+    private object BuildShadow(TModel model, ShadowArena arena, IReadOnlyList<DynamicGroup> groups)
     {
         var entries = new List<EmaShadowEntry>();
         var localNames = new List<string>();
+        var slotEntries = new EmaShadowEntry?[_slots.Length];
         for (int s = 0; s < _slots.Length; s++)
         {
             var slot = _slots[s];
@@ -266,10 +269,26 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
                 EmaExclusion.BufferNotTracked => "buffers are not tracked (set EmaOptions.TrackBuffers)",
                 _ => "",
             };
-            entries.Add(new EmaShadowEntry(slot.FullName, p >= 0 ? arena[p] : null, reason));
+            var entry = new EmaShadowEntry(slot.FullName, p >= 0 ? arena[p] : null, reason);
+            slotEntries[s] = entry;
+            if (slot.DynamicGroup >= 0) continue;
+            entries.Add(entry);
             localNames.Add(slot.LocalName);
         }
-        var builder = new EmaShadowBuilder(entries, localNames);
+        var dynamic = new List<EmaDynamicShadow>();
+        foreach (var group in groups)
+        {
+            if (group.Ignored) continue;
+            var names = new string[group.End - group.Start];
+            var groupEntries = new EmaShadowEntry[names.Length];
+            for (int s = group.Start; s < group.End; s++)
+            {
+                names[s - group.Start] = _slots[s].LocalName;
+                groupEntries[s - group.Start] = slotEntries[s]!;
+            }
+            dynamic.Add(new EmaDynamicShadow(group.FullName, names, groupEntries));
+        }
+        var builder = new EmaShadowBuilder(entries, localNames, dynamic);
         var root = TModel.CreateShadow(model, builder);
         builder.EnsureComplete();
         return root;

@@ -35,6 +35,7 @@ internal static class TrackedClassEmitter
         EmitCreateShadow(w, spec);
         w.Line();
         EmitShadowClass(w, spec);
+        EmitAccessors(w, spec);
         w.Close();
 
         foreach (var _ in spec.ContainingTypes) w.Close();
@@ -56,13 +57,17 @@ internal static class TrackedClassEmitter
         w.Line("/// <c>RegisterComponents()</c> does under the JIT; this version reads the fields directly, so it also works in NativeAOT binaries.");
         w.Line("/// Arrays of modules are registered as a <c>ModuleList</c>, giving PyTorch-style names such as <c>blocks.0.weight</c>.");
         w.Line("/// </summary>");
+        foreach (var root in spec.ReflectionRoots)
+        {
+            w.Line($"[global::System.Diagnostics.CodeAnalysis.DynamicDependency(global::System.Diagnostics.CodeAnalysis.DynamicallyAccessedMemberTypes.PublicFields | global::System.Diagnostics.CodeAnalysis.DynamicallyAccessedMemberTypes.NonPublicFields, typeof({root}))]");
+        }
         w.Open("protected override void RegisterComponents()");
         w.Line("if (__emaGenComponentsRegistered) return;");
         w.Line("__emaGenComponentsRegistered = true;");
         foreach (var m in spec.Members)
         {
             var name = Literal(m.Name);
-            var field = "this." + m.MemberName;
+            var field = Read(m, "this");
             string register = m.Kind switch
             {
                 MemberKind.Parameter => $"register_parameter({name}, {field});",
@@ -108,16 +113,16 @@ internal static class TrackedClassEmitter
         {
             foreach (var m in spec.Members.Where(m => m.Kind == MemberKind.Parameter))
             {
-                w.Line($"visitor.Parameter({Literal(m.Name)}, module.{m.MemberName}, {Bool(m.Ignored)}, {m.ShardDim});");
+                w.Line($"visitor.Parameter({Literal(m.Name)}, {Read(m, "module")}, {Bool(m.Ignored)}, {m.ShardDim});");
             }
             foreach (var m in spec.Members.Where(m => m.Kind == MemberKind.Buffer))
             {
-                w.Line($"visitor.Buffer({Literal(m.Name)}, module.{m.MemberName}, {Bool(m.Ignored)});");
+                w.Line($"visitor.Buffer({Literal(m.Name)}, {Read(m, "module")}, {Bool(m.Ignored)});");
             }
             foreach (var m in spec.Members.Where(HasVisitableModules))
             {
                 var local = "__" + m.MemberName;
-                w.Open($"if (module.{m.MemberName} is {{ }} {local})");
+                w.Open($"if ({Read(m, "module")} is {{ }} {local})");
                 w.Line($"visitor.EnterModule({Literal(m.Name)}, {Bool(m.Ignored)});");
                 if (m.Kind == MemberKind.Module)
                 {
@@ -145,6 +150,11 @@ internal static class TrackedClassEmitter
         if (module.Kind == ModuleKind.Tracked)
         {
             w.Line($"{module.TypeName}.VisitParameters({expression}, ref visitor);");
+            return;
+        }
+        if (module.Kind == ModuleKind.Dynamic || module.ReadFromRegisteredTree)
+        {
+            w.Line($"visitor.DynamicModule({expression}, {shardDim});");
             return;
         }
         foreach (var p in module.ParameterNames)
@@ -175,22 +185,22 @@ internal static class TrackedClassEmitter
             var shadowType = ShadowMemberType(m);
             var local = "__" + m.MemberName;
             w.Line($"{shadowType}? {ShadowLocal(m)} = null;");
-            if (m.Kind == MemberKind.Module && m.Module!.Kind == ModuleKind.Builtin)
+            if (m.Kind == MemberKind.Module && m.Module!.Kind is ModuleKind.Builtin or ModuleKind.Dynamic)
             {
-                w.Open($"if (module.{m.MemberName} is not null)");
-                w.Line($"{ShadowLocal(m)} = {CreateModuleShadow(m.Module!, "")};");
+                w.Open($"if ({Read(m, "module")} is not null)");
+                w.Line($"{ShadowLocal(m)} = {CreateModuleShadow(m, "")};");
             }
             else if (m.Kind == MemberKind.Module)
             {
-                w.Open($"if (module.{m.MemberName} is {{ }} {local})");
-                w.Line($"{ShadowLocal(m)} = {CreateModuleShadow(m.Module!, local)};");
+                w.Open($"if ({Read(m, "module")} is {{ }} {local})");
+                w.Line($"{ShadowLocal(m)} = {CreateModuleShadow(m, local)};");
             }
             else
             {
                 var count = m.Kind == MemberKind.ModuleArray ? "Length" : "Count";
-                w.Open($"if (module.{m.MemberName} is {{ }} {local})");
+                w.Open($"if ({Read(m, "module")} is {{ }} {local})");
                 w.Line($"var __items = new {m.Module!.ShadowTypeName}[{local}.{count}];");
-                w.Line($"for (int __i = 0; __i < __items.Length; __i++) __items[__i] = {CreateModuleShadow(m.Module!, local + "[__i]")};");
+                w.Line($"for (int __i = 0; __i < __items.Length; __i++) __items[__i] = {CreateModuleShadow(m, local + "[__i]")};");
                 w.Line($"{ShadowLocal(m)} = new {shadowType}(__items);");
             }
             w.Close();
@@ -203,9 +213,33 @@ internal static class TrackedClassEmitter
     // Prefixed so that no field name (say, one called "module" or "builder") can collide with the method's own names.
     private static string ShadowLocal(MemberSpec m) => "__" + m.MemberName + "Shadow";
 
-    private static string CreateModuleShadow(ModuleTypeSpec module, string expression) => module.Kind == ModuleKind.Tracked
-        ? $"{module.TypeName}.CreateEmaShadow({expression}, builder)"
-        : $"new {module.ShadowTypeName}({string.Join(", ", module.ParameterNames.Concat(module.BufferNames).Select(p => $"builder.Next({Literal(p)})"))})";
+    private static string CreateModuleShadow(MemberSpec member, string expression) => member.Module!.Kind switch
+    {
+        ModuleKind.Tracked => $"{member.Module.TypeName}.CreateEmaShadow({expression}, builder)",
+        ModuleKind.Dynamic => $"builder.NextDynamic({Literal(member.Name)})",
+        _ when member.Module.ReadFromRegisteredTree =>
+            $"builder.NextDynamic({Literal(member.Name)}) is var __registered ? new {member.Module.ShadowTypeName}({string.Join(", ", member.Module.ParameterNames.Concat(member.Module.BufferNames).Select(p => $"__registered.Slot({Literal(p)})"))}) : null!",
+        _ => $"new {member.Module.ShadowTypeName}({string.Join(", ", member.Module.ParameterNames.Concat(member.Module.BufferNames).Select(p => $"builder.Next({Literal(p)})"))})",
+    };
+
+    // A field of the class or an accessible base field by name; a private base field through its UnsafeAccessor.
+    private static string Read(MemberSpec m, string self) => m.Accessor is null ? $"{self}.{m.MemberName}" : $"{m.Accessor}.{m.MemberName}({self})";
+
+    private static void EmitAccessors(CodeWriter w, TrackedClassSpec spec)
+    {
+        foreach (var accessor in spec.Accessors)
+        {
+            w.Line();
+            w.Line("// Private fields of a base class, read without reflection (NativeAOT-safe).");
+            w.Open($"private static class {accessor.ClassName}{(accessor.Constraints.Length > 0 ? " " + accessor.Constraints : "")}");
+            foreach (var field in accessor.Fields)
+            {
+                w.Line($"[global::System.Runtime.CompilerServices.UnsafeAccessor(global::System.Runtime.CompilerServices.UnsafeAccessorKind.Field, Name = {Literal(field.Name)})]");
+                w.Line($"public static extern ref {field.TypeName} {field.Name}({accessor.SelfType} self);");
+            }
+            w.Close();
+        }
+    }
 
     private static void EmitShadowClass(CodeWriter w, TrackedClassSpec spec)
     {
@@ -280,6 +314,7 @@ internal static class TrackedClassEmitter
             ModuleKind.Tracked => "TrackedModule",
             ModuleKind.Builtin => "BuiltinModule",
             ModuleKind.Parameterless => "ParameterlessModule",
+            ModuleKind.Dynamic => "DynamicModule",
             _ => "UnknownModule",
         },
     };

@@ -7,7 +7,9 @@ namespace EmaGen.Generator.Model;
 /// <param name="FullyQualifiedName">The <c>global::</c> qualified name.</param>
 /// <param name="DisplayName">Namespace-qualified name without <c>global::</c>, for messages and descriptions.</param>
 /// <param name="ExtensionAccessibility">"public" or "internal" for the typed <c>Shadow</c> extension, or null when the class is not reachable from a top-level type.</param>
-/// <param name="Members">Members that hold components, in declaration (field) order.</param>
+/// <param name="Members">Members that hold components: the class's own fields in declaration order, then each base class's.</param>
+/// <param name="Accessors">UnsafeAccessor classes for private base-class fields.</param>
+/// <param name="ReflectionRoots">Module types registered by TorchSharp's reflection that NativeAOT must keep the fields of.</param>
 internal sealed record TrackedClassSpec(
     string Namespace,
     string Name,
@@ -15,7 +17,9 @@ internal sealed record TrackedClassSpec(
     string FullyQualifiedName,
     string DisplayName,
     string? ExtensionAccessibility,
-    EquatableArray<MemberSpec> Members);
+    EquatableArray<MemberSpec> Members,
+    EquatableArray<AccessorClassSpec> Accessors,
+    EquatableArray<string> ReflectionRoots);
 
 /// <summary>An enclosing type the generated partial must be nested in.</summary>
 /// <param name="Keyword">"class", "struct", "record", "record struct" or "interface".</param>

@@ -49,6 +49,9 @@ internal sealed class KnownTypes
         return false;
     }
 
+    /// <summary>True for types declared in TorchSharp itself.</summary>
+    public static bool IsTorchSharp(ITypeSymbol type) => type.ContainingAssembly?.Name == "TorchSharp";
+
     public static bool DerivesFrom(ITypeSymbol? type, INamedTypeSymbol? baseType)
     {
         if (baseType is null) return false;

@@ -21,10 +21,18 @@ internal sealed class TrackedClassParser
     private const int Replicated = -1;
 
     private readonly KnownTypes _known;
+    private readonly Compilation _compilation;
     private readonly List<DiagnosticInfo> _diagnostics = new();
+    private readonly List<AccessorClassSpec> _accessors = new();
+    private readonly ReflectionRoots _roots;
     private int _classShardDim;
 
-    private TrackedClassParser(KnownTypes known) => _known = known;
+    private TrackedClassParser(KnownTypes known, Compilation compilation)
+    {
+        _known = known;
+        _compilation = compilation;
+        _roots = new ReflectionRoots(known, compilation, QualifiedFormat);
+    }
 
     public static ParseResult Parse(GeneratorAttributeSyntaxContext context, CancellationToken cancellationToken)
     {
@@ -32,7 +40,7 @@ internal sealed class TrackedClassParser
         {
             return new ParseResult(null, EquatableArray<DiagnosticInfo>.Empty);
         }
-        var parser = new TrackedClassParser(KnownTypes.From(context.SemanticModel.Compilation));
+        var parser = new TrackedClassParser(KnownTypes.From(context.SemanticModel.Compilation), context.SemanticModel.Compilation);
         var spec = parser.ParseClass(type, syntax, cancellationToken);
         return new ParseResult(spec, parser._diagnostics.ToEquatableArray());
     }
@@ -69,12 +77,16 @@ internal sealed class TrackedClassParser
             return null;
         }
 
-        ok &= CheckBaseClasses(type, location, display);
         _classShardDim = ShardDim(type, 0, ref ok);
         ok &= CheckNoRegisterComponentsOverride(type, display);
 
         var members = ParseMembers(type, display, cancellationToken);
         if (!ok || members is null) return null;
+        _roots.AddCreatedModules(type, cancellationToken);
+        foreach (var (moduleType, site) in _roots.Warnings)
+        {
+            Report(DiagnosticDescriptors.ReflectionRegisteredModule, site, moduleType);
+        }
 
         return new TrackedClassSpec(
             type.ContainingNamespace.IsGlobalNamespace ? "" : type.ContainingNamespace.ToDisplayString(),
@@ -83,15 +95,26 @@ internal sealed class TrackedClassParser
             type.ToDisplayString(QualifiedFormat),
             display,
             ExtensionAccessibility(type),
-            members.ToEquatableArray());
+            members.ToEquatableArray(),
+            _accessors.ToEquatableArray(),
+            _roots.Names(type).ToEquatableArray());
     }
 
+    // TorchSharp's reflection registers the fields GetFields() returns for the runtime type (its own, then the inherited
+    // non-private ones, nearest base first), then walks each base class for its private fields. Same order here.
     private List<MemberSpec>? ParseMembers(INamedTypeSymbol type, string display, CancellationToken cancellationToken)
     {
         var members = new List<MemberSpec>();
         var byName = new Dictionary<string, string>();
         bool ok = true;
-        foreach (var symbol in type.GetMembers())
+        var bases = new List<INamedTypeSymbol>();
+        for (var b = type.BaseType; b is not null && !KnownTypes.IsTorchSharp(b); b = b.BaseType) bases.Add(b);
+        var accessors = bases.Select((b, i) => new BaseAccessor(b, _accessors.Count + i, QualifiedFormat)).ToList();
+
+        var order = type.GetMembers().Select(m => (Declaring: type, Accessor: (BaseAccessor?)null, Symbol: m))
+            .Concat(bases.SelectMany((b, i) => b.GetMembers().Where(m => m.DeclaredAccessibility != Accessibility.Private).Select(m => (b, (BaseAccessor?)accessors[i], m))))
+            .Concat(bases.SelectMany((b, i) => b.GetMembers().Where(m => m.DeclaredAccessibility == Accessibility.Private).Select(m => (b, (BaseAccessor?)accessors[i], m))));
+        foreach (var (declaring, accessor, symbol) in order)
         {
             cancellationToken.ThrowIfCancellationRequested();
             if (symbol.IsStatic) continue;
@@ -99,7 +122,7 @@ internal sealed class TrackedClassParser
 
             if (symbol is IPropertySymbol property)
             {
-                if (IsAutoProperty(type, property) && _known.IsComponent(property.Type))
+                if (IsAutoProperty(declaring, property) && _known.IsComponent(property.Type))
                 {
                     Report(DiagnosticDescriptors.AutoPropertyComponent, property.Locations.FirstOrDefault(), property.Name, KindWord(property.Type));
                     ok = false;
@@ -114,6 +137,10 @@ internal sealed class TrackedClassParser
 
             var member = ClassifyField(field, ignored, ShardDim(field, _classShardDim, ref ok), ref ok);
             if (member is null) continue;
+            if (accessor is not null && !_compilation.IsSymbolAccessibleWithin(field, type, type))
+            {
+                member = member with { Accessor = accessor.Add(field) };
+            }
             if (byName.TryGetValue(member.Name, out var first))
             {
                 Report(DiagnosticDescriptors.DuplicateName, field.Locations.FirstOrDefault(), first, field.Name, display, member.Name);
@@ -122,6 +149,10 @@ internal sealed class TrackedClassParser
             }
             byName[member.Name] = field.Name;
             members.Add(member);
+        }
+        foreach (var accessor in accessors)
+        {
+            if (accessor.Spec() is { } spec) _accessors.Add(spec);
         }
         return ok ? members : null;
     }
@@ -165,15 +196,7 @@ internal sealed class TrackedClassParser
             return null;
         }
 
-        var module = moduleType is null ? null : ClassifyModule(moduleType);
-        if (module is null)
-        {
-            // An ignored member is still registered; it just has no known parameters to walk.
-            if (ignored) return Make(kind, null, shardDim);
-            Report(DiagnosticDescriptors.UnknownParameters, location, field.Name, displayType);
-            ok = false;
-            return null;
-        }
+        var module = moduleType is null ? null : ClassifyModule(moduleType, location);
         return Make(kind, module, shardDim);
     }
 
@@ -208,7 +231,7 @@ internal sealed class TrackedClassParser
         return null;
     }
 
-    private ModuleTypeSpec? ClassifyModule(ITypeSymbol type)
+    private ModuleTypeSpec ClassifyModule(ITypeSymbol type, Location? site)
     {
         var typeName = type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat);
         if (_known.HasAttribute(type, _known.EmaTracked))
@@ -220,15 +243,21 @@ internal sealed class TrackedClassParser
             var ns = t.ContainingNamespace?.ToDisplayString() ?? "";
             if (t.ContainingType is null && BuiltinModules.ByDeclaringType.TryGetValue(ns + "." + t.MetadataName, out var builtin))
             {
-                return new ModuleTypeSpec(ModuleKind.Builtin, typeName, builtin.ShadowType, builtin.Parameters.ToEquatableArray(), builtin.Buffers.ToEquatableArray());
+                return new ModuleTypeSpec(ModuleKind.Builtin, typeName, builtin.ShadowType, builtin.Parameters.ToEquatableArray(), builtin.Buffers.ToEquatableArray(),
+                    BuiltinModules.ReadFromRegisteredTree.Contains(ns + "." + t.MetadataName));
             }
             if (t.ContainingType is null && BuiltinModules.IsParameterlessBase(ns, t.Name))
             {
                 return new ModuleTypeSpec(ModuleKind.Parameterless, typeName, null, EquatableArray<string>.Empty, EquatableArray<string>.Empty);
             }
         }
-        return null;
+        // Sequential, ModuleDict, ParameterList, LSTM, MultiheadAttention, Transformer*, untracked classes: their
+        // registered tree is read at bind time; under NativeAOT their fields must survive for TorchSharp's reflection.
+        _roots.AddDynamic(type, site);
+        return new ModuleTypeSpec(ModuleKind.Dynamic, typeName, DynamicShadowType, EquatableArray<string>.Empty, EquatableArray<string>.Empty);
     }
+
+    private const string DynamicShadowType = "global::EmaGen.EmaDynamicShadow";
 
     private string? ComponentName(IFieldSymbol field)
     {
@@ -242,21 +271,6 @@ internal sealed class TrackedClassParser
             }
         }
         return null;
-    }
-
-    private bool CheckBaseClasses(INamedTypeSymbol type, Location location, string display)
-    {
-        bool ok = true;
-        for (var b = type.BaseType; b is not null && b.ContainingAssembly?.Name != "TorchSharp"; b = b.BaseType)
-        {
-            bool hasComponents = b.GetMembers().OfType<IFieldSymbol>().Any(f => !f.IsStatic && _known.IsComponent(f.Type));
-            if (hasComponents)
-            {
-                Report(DiagnosticDescriptors.BaseClassComponents, location, b.ToDisplayString(DisplayFormat), display);
-                ok = false;
-            }
-        }
-        return ok;
     }
 
     private bool CheckNoRegisterComponentsOverride(INamedTypeSymbol type, string display)

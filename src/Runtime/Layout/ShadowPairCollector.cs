@@ -32,6 +32,11 @@ internal struct ShadowPairCollector : IEmaParameterVisitor
 
     public void ExitModule() { }
 
+    public void DynamicModule(torch.nn.Module module, int shardDim)
+    {
+        foreach (var tensor in DynamicModuleContents.Read(module).Tensors) Add(tensor);
+    }
+
     public void Parameter(string name, Parameter? parameter, bool ignored, int shardDim) => Add(parameter);
 
     public void Buffer(string name, torch.Tensor? buffer, bool ignored) => Add(buffer);

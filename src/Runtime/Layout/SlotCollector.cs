@@ -16,9 +16,26 @@ internal struct SlotCollector : IEmaParameterVisitor
         _path = new List<string>();
         _ignoredStack = new List<bool>();
         Slots = new List<ParameterSlot>();
+        Groups = new List<DynamicGroup>();
     }
 
     public List<ParameterSlot> Slots { get; }
+
+    /// <summary>The dynamic modules met, in walk order.</summary>
+    public List<DynamicGroup> Groups { get; }
+
+    public void DynamicModule(TorchSharp.torch.nn.Module module, int shardDim)
+    {
+        var contents = DynamicModuleContents.Read(module);
+        int group = Groups.Count;
+        int start = Slots.Count;
+        for (int i = 0; i < contents.Names.Length; i++)
+        {
+            bool buffer = contents.IsBuffer(i);
+            Add(contents.Names[i], contents.Tensors[i], false, buffer, buffer ? ShardLayout.Replicated : shardDim, group);
+        }
+        Groups.Add(new DynamicGroup(string.Join(".", _path), _ignoredDepth > 0, start, Slots.Count));
+    }
 
     public void EnterModule(string name, bool ignored) => Push(name, ignored);
 
@@ -38,12 +55,12 @@ internal struct SlotCollector : IEmaParameterVisitor
     public void Buffer(string name, TorchSharp.torch.Tensor? buffer, bool ignored) =>
         Add(name, buffer, ignored, isBuffer: true, ShardLayout.Replicated);
 
-    private void Add(string name, TorchSharp.torch.Tensor? tensor, bool ignored, bool isBuffer, int shardDim)
+    private void Add(string name, TorchSharp.torch.Tensor? tensor, bool ignored, bool isBuffer, int shardDim, int dynamicGroup = -1)
     {
         var full = new StringBuilder();
         foreach (var segment in _path) full.Append(segment).Append('.');
         full.Append(name);
-        Slots.Add(new ParameterSlot(full.ToString(), name, tensor, ignored || _ignoredDepth > 0, isBuffer, shardDim));
+        Slots.Add(new ParameterSlot(full.ToString(), name, tensor, ignored || _ignoredDepth > 0, isBuffer, shardDim, dynamicGroup));
     }
 
     private void Push(string segment, bool ignored)

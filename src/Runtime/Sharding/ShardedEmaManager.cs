@@ -27,6 +27,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     private readonly bool _namedProfiles;
     private readonly double[] _currentDecay;
     private readonly torch.Tensor?[] _live;
+    private readonly DynamicModuleCache _dynamic = new();
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
     private Dictionary<Entry, torch.Tensor[]>? _staging;
@@ -211,7 +212,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             Step = step;
             return;
         }
-        var gather = new ShardedGatherVisitor(_slots, _slotNumel, _live);
+        var gather = new ShardedGatherVisitor(_slots, _slotNumel, _live, _dynamic);
         TModel.VisitParameters(model, ref gather);
         gather.EnsureComplete();
         // no_grad allocates a guard object; only the TorchSharp fallback needs it, so it is opened on first use.

@@ -13,14 +13,23 @@ internal struct ShardedGatherVisitor : IEmaParameterVisitor
     private readonly ParameterSlot[] _slots;
     private readonly long[] _slotNumel;
     private readonly torch.Tensor?[] _live;
+    private readonly DynamicModuleCache _dynamic;
     private int _cursor;
 
-    public ShardedGatherVisitor(ParameterSlot[] slots, long[] slotNumel, torch.Tensor?[] live)
+    public ShardedGatherVisitor(ParameterSlot[] slots, long[] slotNumel, torch.Tensor?[] live, DynamicModuleCache dynamic)
     {
         _slots = slots;
         _slotNumel = slotNumel;
         _live = live;
+        _dynamic = dynamic;
         _cursor = 0;
+        dynamic.Begin();
+    }
+
+    public void DynamicModule(torch.nn.Module module, int shardDim)
+    {
+        var contents = _dynamic.Next(module);
+        for (int i = 0; i < contents.Names.Length; i++) Visit(contents.Names[i], contents.Tensors[i]);
     }
 
     public void EnterModule(string name, bool ignored) { }

@@ -19,8 +19,14 @@ public enum EmaMemberKind
     ModuleArray,
     /// <summary>A <c>ModuleList&lt;T&gt;</c> of submodules.</summary>
     ModuleList,
-    /// <summary>An <see cref="EmaIgnoreAttribute"/> submodule whose parameters the generator cannot know; registered, never walked.</summary>
+    /// <summary>No longer emitted: submodules the generator cannot enumerate are now <see cref="DynamicModule"/>.</summary>
     UnknownModule,
+    /// <summary>
+    /// A submodule whose parameters only run time knows (a <c>Sequential</c>, <c>ModuleDict</c>, <c>ParameterList</c>,
+    /// <c>LSTM</c>, <c>MultiheadAttention</c>, a <c>Transformer*</c> module, a module class without
+    /// <see cref="EmaTrackedAttribute"/>): read from its registered <c>named_parameters()</c> when the manager binds.
+    /// </summary>
+    DynamicModule,
 }
 
 /// <summary>One member of a tracked class: its registered name, the C# member it comes from and how it is walked.</summary>

@@ -12,12 +12,28 @@ public sealed class EmaShadowBuilder
 {
     private readonly IReadOnlyList<EmaShadowEntry> _entries;
     private readonly IReadOnlyList<string> _localNames;
+    private readonly IReadOnlyList<EmaDynamicShadow> _dynamic;
     private int _next;
+    private int _nextDynamic;
 
-    internal EmaShadowBuilder(IReadOnlyList<EmaShadowEntry> entries, IReadOnlyList<string> localNames)
+    // entries/localNames: the slots the generated code names itself; dynamic: the shadows of the dynamic submodules
+    // that are not ignored, in walk order.
+    internal EmaShadowBuilder(IReadOnlyList<EmaShadowEntry> entries, IReadOnlyList<string> localNames, IReadOnlyList<EmaDynamicShadow> dynamic)
     {
         _entries = entries;
         _localNames = localNames;
+        _dynamic = dynamic;
+    }
+
+    /// <summary>The shadow of the next submodule whose parameters only run time knows; <paramref name="name"/> is its member name, for errors.</summary>
+    public EmaDynamicShadow NextDynamic(string name)
+    {
+        if (_nextDynamic >= _dynamic.Count)
+        {
+            throw new InvalidOperationException(
+                $"The model has more dynamic submodules than when the EMA manager was built (extra submodule '{name}').");
+        }
+        return _dynamic[_nextDynamic++];
     }
 
     /// <summary>The entry of the next parameter slot, which must be named <paramref name="localName"/>.</summary>
@@ -38,7 +54,7 @@ public sealed class EmaShadowBuilder
 
     internal void EnsureComplete()
     {
-        if (_next != _entries.Count)
+        if (_next != _entries.Count || _nextDynamic != _dynamic.Count)
         {
             throw new InvalidOperationException(
                 $"The typed shadow consumed {_next} of {_entries.Count} parameter slots; the model changed while the manager was built.");

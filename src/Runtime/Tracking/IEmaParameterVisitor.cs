@@ -1,3 +1,4 @@
+using TorchSharp;
 using TorchSharp.Modules;
 
 namespace EmaGen;
@@ -15,6 +16,15 @@ public interface IEmaParameterVisitor
 
     /// <summary>Enters the element at <paramref name="index"/> of an array or <c>ModuleList</c> of submodules.</summary>
     void EnterIndex(int index);
+
+    /// <summary>
+    /// The contents of the submodule or element entered last, when only run time knows them (a <c>Sequential</c>, a
+    /// <c>ModuleDict</c>, an <c>LSTM</c>, a <c>TransformerEncoder</c>, a module class without
+    /// <see cref="EmaTrackedAttribute"/>): the visitor reads its registered <c>named_parameters()</c> and
+    /// <c>named_buffers()</c> (see <c>DynamicModuleContents</c>). <paramref name="shardDim"/> is the shard map entry of the
+    /// member holding it, applied to its parameters; its buffers are replicated.
+    /// </summary>
+    void DynamicModule(torch.nn.Module module, int shardDim);
 
     /// <summary>Leaves the submodule or element entered last.</summary>
     void ExitModule();

@@ -121,7 +121,23 @@ internal sealed class UpdateEngine : IDisposable
     /// <summary>The decay last set for profile <paramref name="profile"/>.</summary>
     public double DecayOf(int profile) => _work.DecayOf(profile);
 
-    public void BeginGather() => _cursor = 0;
+    private readonly DynamicModuleCache _dynamic = new();
+
+    public void BeginGather()
+    {
+        _cursor = 0;
+        _dynamic.Begin();
+    }
+
+    /// <summary>Gathers the slots of a dynamic module: from the contents read before while it is the same module object.</summary>
+    public void GatherDynamic(torch.nn.Module module)
+    {
+        var contents = _dynamic.Next(module);
+        for (int i = 0; i < contents.Names.Length; i++) Gather(contents.Names[i], contents.Tensors[i]);
+    }
+
+    /// <summary>Makes the next gather read every dynamic module's registered tensors again.</summary>
+    public void RefreshDynamic() => _dynamic.Invalidate();
 
     /// <summary>Checks one visited slot against the recorded layout and remembers where its data is. Writes nothing.</summary>
     public void Gather(string name, torch.Tensor? parameter)
@@ -337,6 +353,8 @@ internal readonly struct GatherVisitor : IEmaParameterVisitor
     public void EnterIndex(int index) { }
 
     public void ExitModule() { }
+
+    public void DynamicModule(torch.nn.Module module, int shardDim) => _engine.GatherDynamic(module);
 
     public void Parameter(string name, Parameter? parameter, bool ignored, int shardDim) => _engine.Gather(name, parameter);
 

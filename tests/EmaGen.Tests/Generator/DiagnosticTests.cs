@@ -1,3 +1,4 @@
+using System.Linq;
 using EmaGen.Tests.Support;
 using Microsoft.CodeAnalysis;
 using Microsoft.CodeAnalysis.Diagnostics;
@@ -82,13 +83,19 @@ public sealed class DiagnosticTests
         Assert.Empty(r.Generated);
     }
 
+    // EMA005 is retired: members whose parameters only run time knows are read from TorchSharp's registered tree.
     [Theory]
-    [InlineData("nn.Module<Tensor, Tensor>", "TorchSharp.torch.nn.Module<TorchSharp.torch.Tensor, TorchSharp.torch.Tensor>")]
-    [InlineData("Sequential", "Sequential")]
-    [InlineData("MultiheadAttention", "MultiheadAttention")]
-    [InlineData("Untracked", "Untracked")]
-    [InlineData("Untracked[]", "Untracked[]")]
-    public void EMA005_UnknownParameters(string declaredType, string shownType)
+    [InlineData("nn.Module<Tensor, Tensor>", false)]
+    [InlineData("Sequential", false)]
+    [InlineData("ModuleDict<Linear>", false)]
+    [InlineData("ParameterList", false)]
+    [InlineData("MultiheadAttention", false)]
+    [InlineData("TransformerEncoder", false)]
+    [InlineData("LSTM", false)]
+    [InlineData("Untracked", true)]
+    [InlineData("Untracked[]", true)]
+    [InlineData("ModuleList<Untracked>", true)]
+    public void MembersOnlyRunTimeKnowsAreAccepted(string declaredType, bool untrackedClass)
     {
         var r = Run($$"""
             public class Untracked : nn.Module<Tensor, Tensor>
@@ -105,14 +112,58 @@ public sealed class DiagnosticTests
                 public override Tensor forward(Tensor x) => x;
             }
             """);
-        var d = AssertSingle(r, "EMA005", "mystery", FirstLine + 9, DiagnosticSeverity.Error);
-        Assert.Contains(shownType, d.GetMessage());
-        Assert.Contains("[EmaIgnore]", d.GetMessage());
-        Assert.Empty(r.Generated);
+        Assert.Single(r.Generated);
+        Assert.Empty(r.OutputErrorsAndWarnings);
+        Assert.Contains("visitor.DynamicModule(", r.Generated.Values.Single());
+        if (untrackedClass)
+        {
+            var d = AssertSingle(r, "EMA013", "mystery", FirstLine + 9, DiagnosticSeverity.Warning);
+            Assert.Contains("'Models.Untracked'", d.GetMessage());
+            Assert.Contains("typeof(global::Models.Untracked)", r.Generated.Values.Single());
+        }
+        else
+        {
+            Assert.Empty(r.GeneratorDiagnostics);
+        }
     }
 
     [Fact]
-    public void EMA005_IgnoredUnknownMemberIsAccepted()
+    public void EMA013_UntrackedClassesCreatedInTheClassAreReportedOnceAndRootedForNativeAot()
+    {
+        var r = Run("""
+            public class Inner : nn.Module<Tensor, Tensor>
+            {
+                private readonly Linear l = nn.Linear(2, 2);
+                public Inner() : base("i") => RegisterComponents();
+                public override Tensor forward(Tensor x) => l.call(x);
+            }
+
+            public class Block : nn.Module<Tensor, Tensor>
+            {
+                private readonly Inner inner = new Inner();
+                public Block() : base("b") => RegisterComponents();
+                public override Tensor forward(Tensor x) => inner.call(x);
+            }
+
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                private readonly nn.Module<Tensor, Tensor> layers = nn.Sequential(("a", new Block()), ("b", new Block()));
+                public Model() : base("m") => RegisterComponents();
+                public override Tensor forward(Tensor x) => layers.call(x);
+            }
+            """);
+        Assert.Empty(r.OutputErrorsAndWarnings);
+        var d = AssertSingle(r, "EMA013", "new Block()", FirstLine + 17, DiagnosticSeverity.Warning);
+        Assert.Contains("add [EmaTracked] and partial to 'Models.Block'", d.GetMessage());
+        // Block's fields, and those of the class it holds, are kept for TorchSharp's reflection in NativeAOT binaries.
+        Assert.Contains("typeof(global::Models.Block)", r.Generated.Values.Single());
+        Assert.Contains("typeof(global::Models.Inner)", r.Generated.Values.Single());
+        Assert.Contains("typeof(global::TorchSharp.torch.nn.Module<global::TorchSharp.torch.Tensor, global::TorchSharp.torch.Tensor>)", r.Generated.Values.Single());
+    }
+
+    [Fact]
+    public void IgnoredDynamicMemberIsAccepted()
     {
         var r = Run("""
             [EmaTracked]
@@ -179,25 +230,34 @@ public sealed class DiagnosticTests
         Assert.Empty(r.Generated);
     }
 
+    // EMA009 is retired: base-class fields are registered and walked, private ones through [UnsafeAccessor].
     [Fact]
-    public void EMA009_BaseClassComponents()
+    public void BaseClassFieldsAreTrackedIncludingPrivateAndGenericOnes()
     {
         var r = Run("""
-            public class Base : nn.Module<Tensor, Tensor>
+            public class Base<T> : nn.Module<Tensor, Tensor> where T : nn.Module<Tensor, Tensor>
             {
                 protected Linear shared = nn.Linear(2, 2);
-                public Base() : base("b") { }
-                public override Tensor forward(Tensor x) => x;
+                private T inner;
+                private readonly Tensor seen = torch.zeros(1);
+                public Base(T inner) : base("b") => this.inner = inner;
+                public override Tensor forward(Tensor x) => inner.call(x);
             }
 
             [EmaTracked]
-            public partial class Model : Base
+            public partial class Model : Base<Linear>
             {
+                private readonly Parameter own = new Parameter(torch.ones(1));
+                public Model() : base(nn.Linear(2, 2)) => RegisterComponents();
             }
             """);
-        var d = AssertSingle(r, "EMA009", "Model", FirstLine + 8, DiagnosticSeverity.Error);
-        Assert.Contains("Models.Base", d.GetMessage());
-        Assert.Empty(r.Generated);
+        Assert.Empty(r.GeneratorDiagnostics);
+        Assert.Empty(r.OutputErrorsAndWarnings);
+        var code = r.Generated.Values.Single();
+        Assert.Contains("private static class __EmaGenBase0<T> where T : global::TorchSharp.torch.nn.Module<global::TorchSharp.torch.Tensor, global::TorchSharp.torch.Tensor>", code);
+        Assert.Contains("public static extern ref T inner(global::Models.Base<T> self);", code);
+        Assert.Contains("__EmaGenBase0<global::TorchSharp.Modules.Linear>.inner(module)", code);
+        Assert.Contains("register_module(\"shared\", this.shared);", code);
     }
 
     [Fact]

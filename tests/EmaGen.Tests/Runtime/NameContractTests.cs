@@ -97,13 +97,14 @@ public sealed class NameContractTests
             d.Members.Select(m => m.Kind));
     }
 
-    private static void AssertContract<TModel>(Func<bool, TModel> create, params string[] expected)
+    internal static void AssertContract<TModel>(Func<bool, TModel> create, params string[] expected)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
         using var reflected = create(true);
         using var generated = create(false);
         var truth = reflected.named_parameters().Select(p => p.name).ToArray();
-        Assert.Equal(expected, truth);
+        // Long native-module lists are checked against the reflection truth only (plus spot checks by the caller).
+        if (expected.Length > 0) Assert.Equal(expected, truth);
         Assert.Equal(truth, generated.named_parameters().Select(p => p.name));
         Assert.Equal(reflected.named_buffers().Select(b => b.name), generated.named_buffers().Select(b => b.name));
 

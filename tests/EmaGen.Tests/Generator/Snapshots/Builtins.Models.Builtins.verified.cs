@@ -97,10 +97,7 @@ namespace Models
             if (module.cell is { } __cell)
             {
                 visitor.EnterModule("cell", false);
-                visitor.Parameter("weight_ih", __cell.weight_ih, false, 0);
-                visitor.Parameter("weight_hh", __cell.weight_hh, false, 0);
-                visitor.Parameter("bias_ih", __cell.bias_ih, false, 0);
-                visitor.Parameter("bias_hh", __cell.bias_hh, false, 0);
+                visitor.DynamicModule(__cell, 0);
                 visitor.ExitModule();
             }
         }
@@ -144,7 +141,7 @@ namespace Models
             global::EmaGen.Shadows.RecurrentCellShadow? __cellShadow = null;
             if (module.cell is not null)
             {
-                __cellShadow = new global::EmaGen.Shadows.RecurrentCellShadow(builder.Next("weight_ih"), builder.Next("weight_hh"), builder.Next("bias_ih"), builder.Next("bias_hh"));
+                __cellShadow = builder.NextDynamic("cell") is var __registered ? new global::EmaGen.Shadows.RecurrentCellShadow(__registered.Slot("weight_ih"), __registered.Slot("weight_hh"), __registered.Slot("bias_ih"), __registered.Slot("bias_hh")) : null!;
             }
             return new EmaShadow(__convShadow, __deconvShadow, __bnShadow, __gnShadow, __bilShadow, __preluShadow, __cellShadow);
         }

@@ -37,7 +37,7 @@ partial class Outer
             if (module.embed is { } __embed)
             {
                 visitor.EnterModule("embed", false);
-                visitor.Parameter("weight", __embed.weight, false, 0);
+                visitor.DynamicModule(__embed, 0);
                 visitor.ExitModule();
             }
         }
@@ -51,7 +51,7 @@ partial class Outer
             global::EmaGen.Shadows.WeightShadow? __embedShadow = null;
             if (module.embed is not null)
             {
-                __embedShadow = new global::EmaGen.Shadows.WeightShadow(builder.Next("weight"));
+                __embedShadow = builder.NextDynamic("embed") is var __registered ? new global::EmaGen.Shadows.WeightShadow(__registered.Slot("weight")) : null!;
             }
             return new EmaShadow(__embedShadow);
         }

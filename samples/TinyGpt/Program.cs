@@ -1,0 +1,53 @@
+using System;
+using System.Globalization;
+using EmaGen.Samples.TinyGpt;
+
+// Usage: TinyGpt --help
+var options = new TrainOptions();
+try
+{
+    for (int i = 0; i < args.Length; i++)
+    {
+        string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
+        int Int() => int.Parse(Value(), CultureInfo.InvariantCulture);
+        options = args[i] switch
+        {
+            "--steps" => options with { Steps = Int() },
+            "--arch" => options with { Architecture = Architecture(Value()) },
+            "--seed" => options with { Seed = Int() },
+            "--batch" => options with { BatchSize = Int() },
+            "--lr" => options with { LearningRate = double.Parse(Value(), CultureInfo.InvariantCulture) },
+            "--schedule" => options with { Schedule = Value() },
+            "--threads" => options with { Threads = Int() },
+            "--out" => options with { OutDir = Value() },
+            "--list-parameters" => options with { ListParameters = true },
+            "--help" or "-h" => throw new OperationCanceledException(),
+            _ => throw new ArgumentException($"unknown option '{args[i]}'"),
+        };
+    }
+    if (options.Steps < 1) throw new ArgumentException("--steps must be at least 1");
+    _ = EmaGen.EmaScheduleParser.Parse(options.Schedule);
+}
+catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
+{
+    if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
+    Console.Error.WriteLine("usage: TinyGpt [--steps N] [--arch gpt|encoder] [--seed S] [--batch B] [--lr LR] [--schedule SPEC] [--threads T] [--out DIR] [--list-parameters]");
+    Console.Error.WriteLine("  --arch gpt      own GPT blocks: MultiheadAttention + a Sequential MLP in a Module<Tensor, Tensor> field (default)");
+    Console.Error.WriteLine("  --arch encoder  TorchSharp's TransformerEncoder with a causal mask");
+    Console.Error.WriteLine("  --schedule S    EMA decay schedule (default power:0.10, EDM2's power function)");
+    Console.Error.WriteLine("  --threads T     LibTorch threads; equal T gives bit-equal runs (JIT and NativeAOT alike)");
+    Console.Error.WriteLine("  --out DIR       save the EMA as a PyTorch DCP checkpoint in DIR/ema and check that it reloads bit for bit");
+    return e is OperationCanceledException ? 0 : 2;
+}
+
+if (options.Architecture == "encoder")
+{
+    Trainer.Run(options, () => new EncoderGptModel(SyntheticLanguage.Vocabulary, options.Context), Console.Out);
+}
+else
+{
+    Trainer.Run(options, () => new GptModel(SyntheticLanguage.Vocabulary, options.Context), Console.Out);
+}
+return 0;
+
+static string Architecture(string value) => value is "gpt" or "encoder" ? value : throw new ArgumentException("--arch is gpt or encoder");

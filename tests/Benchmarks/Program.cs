@@ -21,7 +21,7 @@ if (args.Length > 0 && args[0] == "checkpoint-async")
 }
 if (args.Length == 0 || args[0] != "update")
 {
-    Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T | --model gpt] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--profiles K] [--world-size W --rank R] [--json]");
+    Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T | --model gpt|gpt-dynamic] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--profiles K] [--world-size W --rank R] [--json]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint [--bytes N] [--dir PATH]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint-async [--params N] [--dir PATH]");
     return 2;
@@ -46,7 +46,10 @@ for (int i = 1; i < args.Length; i++)
         case "--json": json = true; break;
         case "--threads": threadsOption = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--profiles": profiles = int.Parse(Next(), CultureInfo.InvariantCulture); break;
-        case "--model": modelShape = Next() == "gpt" ? "gpt" : throw new ArgumentException("--model takes gpt"); break;
+        case "--model":
+            modelShape = Next();
+            if (modelShape is not ("gpt" or "gpt-dynamic")) throw new ArgumentException("--model takes gpt or gpt-dynamic");
+            break;
         case "--world-size": worldSize = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--rank": rank = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--dtype":
@@ -63,7 +66,7 @@ for (int i = 1; i < args.Length; i++)
 
 const double Decay = 0.999;
 torch.manual_seed(0);
-var shapes = modelShape == "gpt" ? SyntheticModel.GptShapes() : SyntheticModel.Shapes(elements, tensors);
+var shapes = modelShape is "gpt" or "gpt-dynamic" ? SyntheticModel.GptShapes() : SyntheticModel.Shapes(elements, tensors);
 var report = profiles > 1
     ? new ProfilesBenchmark(elements, tensors, dtype, profiles, rounds, threadsOption).Run(Console.Error)
     : worldSize > 1
@@ -102,8 +105,9 @@ internal sealed unsafe class UpdateBenchmark
     public string Run(TextWriter log)
     {
         log.WriteLine($"building {_shapes.Count} tensors ({_modelName}), {_elements:N0} {_dtype} elements...");
-        using var model = new SyntheticModel(_shapes, _dtype);
-        using var packedModel = new SyntheticModel(_shapes, _dtype);
+        bool dynamic = _modelName == "gpt-dynamic";
+        using var model = new SyntheticModel(_shapes, _dtype, dynamic);
+        using var packedModel = new SyntheticModel(_shapes, _dtype, dynamic);
 
         var bindClock = Stopwatch.StartNew();
         if (_threads is { } fixedThreads) torch.set_num_threads(fixedThreads);

@@ -31,15 +31,23 @@ public sealed partial class Leaf : nn.Module<Tensor, Tensor>
 public sealed partial class SyntheticModel : nn.Module<Tensor, Tensor>
 {
     private readonly ModuleList<Leaf> leaves;
+    // With dynamic: the same parameters in a ParameterList, a member only run time knows (read from TorchSharp's
+    // registered tree at bind time), to measure that path against the typed one.
+    private readonly ParameterList list;
 
     public SyntheticModel(long elements, int tensors, ScalarType dtype) : this(Shapes(elements, tensors), dtype)
     {
     }
 
-    public SyntheticModel(IReadOnlyList<long[]> shapes, ScalarType dtype) : base(nameof(SyntheticModel))
+    public SyntheticModel(IReadOnlyList<long[]> shapes, ScalarType dtype, bool dynamic = false) : base(nameof(SyntheticModel))
     {
         leaves = new ModuleList<Leaf>();
-        foreach (var shape in shapes) leaves.Add(new Leaf(shape, dtype));
+        list = new ParameterList();
+        foreach (var shape in shapes)
+        {
+            if (dynamic) list.Add(new Parameter(torch.randn(shape).to_type(dtype)));
+            else leaves.Add(new Leaf(shape, dtype));
+        }
         RegisterComponents();
     }
 
@@ -76,6 +84,7 @@ public sealed partial class SyntheticModel : nn.Module<Tensor, Tensor>
         get
         {
             foreach (var leaf in leaves) yield return leaf.Weight;
+            foreach (var p in list) yield return p;
         }
     }
 

@@ -36,11 +36,17 @@ public sealed partial class GptModel : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         using var scope = torch.NewDisposeScope();
-        long time = input.shape[1];
-        var h = tokens.call(input) + positions.call(torch.arange(time, device: input.device));
-        var mask = causalMask[..(int)time, ..(int)time];
+        var (h, mask) = Embed(tokens, positions, causalMask, input);
         foreach (var block in blocks) h = block.call(h, mask);
         return head.call(finalNorm.call(h)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Token plus position embeddings of <paramref name="input"/>, and the causal mask cut to its length.</summary>
+    internal static (Tensor Embedded, Tensor Mask) Embed(Embedding tokens, Embedding positions, Tensor causalMask, Tensor input)
+    {
+        long time = input.shape[1];
+        var embedded = tokens.call(input) + positions.call(torch.arange(time, device: input.device));
+        return (embedded, causalMask[..(int)time, ..(int)time]);
     }
 
     /// <summary>-inf above the diagonal: position t attends to positions up to t.</summary>
@@ -107,9 +113,7 @@ public sealed partial class EncoderGptModel : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         using var scope = torch.NewDisposeScope();
-        long time = input.shape[1];
-        var h = tokens.call(input) + positions.call(torch.arange(time, device: input.device));
-        var mask = causalMask[..(int)time, ..(int)time];
+        var (h, mask) = GptModel.Embed(tokens, positions, causalMask, input);
         h = encoder.call(h.transpose(0, 1), mask, null).transpose(0, 1);
         return head.call(finalNorm.call(h)).MoveToOuterDisposeScope();
     }

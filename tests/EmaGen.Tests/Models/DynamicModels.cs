@@ -95,6 +95,8 @@ public sealed partial class TransformerModel : nn.Module<Tensor, Tensor>
     private readonly Embedding embed = nn.Embedding(11, 8);
     private readonly TransformerEncoder encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, 0.0), 2);
     private readonly TransformerDecoderLayer decoderLayer = nn.TransformerDecoderLayer(8, 2, 16, 0.0);
+    private readonly TransformerEncoderLayer encoderLayer = nn.TransformerEncoderLayer(8, 2, 16, 0.0);
+    private readonly TransformerDecoder decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(8, 2, 16, 0.0), 1);
     private readonly Transformer transformer = nn.Transformer(8, 2, 1, 1, 16, 0.0);
     private readonly Linear lmHead = nn.Linear(8, 11);
 
@@ -158,4 +160,16 @@ public sealed partial class TopLevelOnlyModel : nn.Module<Tensor, Tensor>
     }
 
     public override Tensor forward(Tensor x) => output.call(blocks.call(x));
+}
+
+/// <summary>An array of an untracked class: registered as a ModuleList, as for tracked element types (TorchSharp's reflection skips arrays).</summary>
+[EmaTracked]
+public sealed partial class UntrackedArrayModel : nn.Module<Tensor, Tensor>
+{
+    private readonly UntrackedBlock[] stages = { new UntrackedBlock(4), new UntrackedBlock(4) };
+    private readonly Linear head = nn.Linear(4, 2);
+
+    public UntrackedArrayModel() : base(nameof(UntrackedArrayModel)) => RegisterComponents();
+
+    public override Tensor forward(Tensor x) => head.call(stages[1].call(stages[0].call(x)));
 }

@@ -57,6 +57,8 @@ public sealed class DynamicModelTests
         Assert.Contains("encoder.layers.1.self_attn.in_proj_weight", ema.TrackedNames);
         Assert.Contains("decoderLayer.multihead_attn.out_proj.bias", ema.TrackedNames);
         Assert.Contains("transformer.decoder.norm.weight", ema.TrackedNames);
+        Assert.Contains("encoderLayer.linear2.bias", ema.TrackedNames);
+        Assert.Contains("decoder.layers.0.multihead_attn.in_proj_weight", ema.TrackedNames);
         Assert.Equal("lmHead.bias", ema.TrackedNames[^1]);
     }
 
@@ -69,6 +71,51 @@ public sealed class DynamicModelTests
         "blocks.b0.gain", "blocks.b0.proj.weight", "blocks.b0.proj.bias",
         "blocks.b1.gain", "blocks.b1.proj.weight", "blocks.b1.proj.bias",
         "output.weight", "output.bias");
+
+    [Fact]
+    public void ArraysOfUntrackedClassesAreRegisteredAsModuleLists()
+    {
+        using var model = new UntrackedArrayModel();
+        using var ema = new EmaManager<UntrackedArrayModel>(model);
+        var names = model.named_parameters().Select(p => p.name).ToArray();
+        Assert.Equal(new[] { "stages.0.gain", "stages.0.proj.weight", "stages.0.proj.bias", "stages.1.gain", "stages.1.proj.weight", "stages.1.proj.bias", "head.weight", "head.bias" }, names);
+        Assert.Equal(names, ema.TrackedNames);
+        Assert.Same(ema["stages.1.proj.bias"], ema.Shadow.stages[1]["proj.bias"]);
+    }
+
+    [Fact]
+    public void PostHocSnapshotsOfADynamicModelSynthesize()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        torch.manual_seed(17);
+        using var model = new SequentialModel(false);
+        using var ema = new EmaManager<SequentialModel>(model, new EmaOptions
+        {
+            Profiles = [new("a", EmaSchedule.PowerFunction(0.05)), new("b", EmaSchedule.PowerFunction(0.10))],
+        });
+        // Constant parameters: every profile, snapshot and synthesis must give each tensor back (coefficients sum to 1),
+        // so a tensor read or written under another's name would show.
+        for (int step = 1; step <= 40; step++)
+        {
+            ema.Update(model);
+            if (step % 10 == 0) PostHocEma.SaveSnapshot(ema, folder["snapshots"], ScalarType.Float32);
+        }
+        var result = PostHocEma.Synthesize(folder["snapshots"], 0.075, 40, folder["out"]);
+        Assert.Equal(8, result.Terms.Count);
+        using var other = new SequentialModel(false);
+        using var synthesized = new EmaManager<SequentialModel>(other, new EmaOptions { Schedule = EmaSchedule.PowerFunction(0.075) });
+        synthesized.Load(folder["out"]);
+        Assert.Equal(ema.TrackedNames, synthesized.TrackedNames);
+        foreach (var name in ema.TrackedNames)
+        {
+            var expected = model.get_parameter(name)!.data<float>().ToArray();
+            var actual = synthesized[name].data<float>().ToArray();
+            for (int i = 0; i < expected.Length; i++)
+            {
+                Assert.True(Math.Abs(actual[i] - expected[i]) <= 1e-4 * Math.Max(1, Math.Abs(expected[i])), $"{name}[{i}]: {actual[i]} vs {expected[i]}");
+            }
+        }
+    }
 
     [Fact]
     public void BuffersOfDynamicMembersFollowNamedBuffers()

@@ -102,8 +102,8 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         try
         {
             // Only the first arena packs: the parameters can alias one flat buffer, which every profile then reads.
-            for (int k = 0; k < _arenas.Length; k++) _arenas[k] = new ShadowArena(_all, sources, options.PackParameters && k == 0);
-            _engine = new UpdateEngine(_slots, _slotNumel, _parameterOfSlot, _all, _arenas, options.EffectiveThreads);
+            for (int k = 0; k < _arenas.Length; k++) _arenas[k] = new ShadowArena(_all, sources, (options.PackParameters ?? true) && k == 0);
+            _engine = new UpdateEngine(_slots, _slotNumel, _parameterOfSlot, _all, _arenas, options.EffectiveThreads, options.OnSlowPath);
             _shadowRoots = new object[_profiles.Length];
             for (int k = 0; k < _profiles.Length; k++) _shadowRoots[k] = BuildShadow(model, _arenas[k], collector.Groups);
         }
@@ -158,6 +158,13 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
 
     /// <summary>Bytes of shadow storage held by this manager (all profiles).</summary>
     public long ShadowBytes => _arenas.Sum(a => a.Bytes);
+
+    /// <summary>
+    /// How updates run, for a user checking that the fast path is taken: how many (device, dtype) groups are packed
+    /// into one flat buffer and still intact at the last update, how many tensors went one by one, and why a group is
+    /// not packed or fell back (see <see cref="EmaOptions.PackParameters"/>).
+    /// </summary>
+    public string UpdatePath => _engine.DescribePath();
 
     /// <summary>Threads a CPU update uses (1 for small models).</summary>
     public int UpdateThreads => _engine.Threads;

@@ -47,11 +47,25 @@ public sealed class EmaOptions
 
     /// <summary>
     /// Re-point the model's trainable parameters into one flat buffer per (device, dtype) group, laid out like the
-    /// shadow arena, so that an update is one fused operation per group on any device. The <c>Parameter</c> objects stay
-    /// the same (TorchSharp's <c>set_</c>), so optimizers built before or after keep working. If a parameter is later
-    /// re-pointed elsewhere, updates fall back to the per-tensor path and stay correct.
+    /// shadow arena, so that an update is one fused pass per group on any device (as FSDP flat parameters and apex's
+    /// multi-tensor apply do). The <c>Parameter</c> objects stay the same (TorchSharp's <c>set_</c>), so optimizers built
+    /// before or after, <c>state_dict</c>/<c>load_state_dict</c>, swaps and checkpoints keep working.
+    /// <para>
+    /// Default (null): on for <see cref="EmaManager{TModel}"/>, off for <see cref="ShardedEmaManager{TModel}"/>. A group is
+    /// left unpacked when any of its parameters shares storage with another tensor (a view of the trainer's own flat
+    /// buffer, tied weights): re-pointing it would break that aliasing. If a parameter is later re-pointed elsewhere
+    /// (say by <c>to(device)</c>), updates fall back to the per-tensor path and stay correct; the manager says so once,
+    /// in <see cref="EmaManager{TModel}.UpdatePath"/> and through <see cref="OnSlowPath"/>. <c>false</c> never packs.
+    /// </para>
     /// </summary>
-    public bool PackParameters { get; init; }
+    public bool? PackParameters { get; init; }
+
+    /// <summary>
+    /// Called once, on the updating thread, when a manager's update first runs slower than it was built to: a packed
+    /// group whose parameters no longer alias its flat buffer. The message names a parameter and what to do. Also
+    /// available afterwards as <see cref="EmaManager{TModel}.UpdatePath"/>.
+    /// </summary>
+    public Action<string>? OnSlowPath { get; init; }
 
     /// <summary>
     /// Threads the CPU update may use for large models (default: every processor). Updates below about a million

@@ -13,6 +13,8 @@ internal sealed class ArenaGroup
     public required torch.Tensor Shadow { get; init; }
     public required long Elements { get; init; }
     public torch.Tensor? PackedParameters { get; set; }
+    /// <summary>Why a group that packing was asked for is not packed (null when packed or not asked).</summary>
+    public string? NotPackedReason { get; set; }
     public KernelKind Kernel => KernelKinds.For(ShadowDType, ParameterDType);
 }
 
@@ -123,8 +125,32 @@ internal sealed class ShadowArena : IDisposable
 
     // set_ makes each Parameter object alias a slice of one flat buffer: the optimizer keeps the same objects, and its
     // writes land in the flat buffer that the fused update reads.
+    //
+    // Only tensors that own their storage alone are re-pointed: a parameter that is a view of a larger buffer (the
+    // trainer's own flat parameters, weights tied by sharing storage) must keep aliasing it, so its group stays unpacked.
     private void Pack(ArenaGroup group, List<int> indices, IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<torch.Tensor> sources)
     {
+        var seen = new HashSet<IntPtr>();
+        foreach (int index in indices)
+        {
+            var source = sources[index];
+            long bytes = parameters[index].Numel * source.ElementSize;
+            if (source.device_type != DeviceType.CPU && source.device_type != DeviceType.CUDA)
+            {
+                group.NotPackedReason = $"'{parameters[index].Name}' is on {source.device_type}";
+                return;
+            }
+            if (source.storage_offset() != 0 || !source.is_contiguous() || NativeTensor.StorageByteCount(source) != bytes)
+            {
+                group.NotPackedReason = $"'{parameters[index].Name}' shares its storage with other tensors (a view or a tied weight), which packing would break";
+                return;
+            }
+            if (bytes > 0 && !seen.Add(NativeTensor.DataPointer(source)))
+            {
+                group.NotPackedReason = $"'{parameters[index].Name}' is the same tensor as another parameter (tied weights)";
+                return;
+            }
+        }
         var flat = torch.zeros(group.Elements, group.ParameterDType, group.Device).DetachFromDisposeScope();
         foreach (int index in indices)
         {

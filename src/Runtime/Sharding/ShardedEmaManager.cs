@@ -63,7 +63,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         ArgumentNullException.ThrowIfNull(model);
         options ??= new EmaOptions();
         options.Validate();
-        if (options.PackParameters)
+        if (options.PackParameters == true)
         {
             throw new NotSupportedException("A sharded EMA does not support PackParameters yet.");
         }

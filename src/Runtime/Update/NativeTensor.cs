@@ -4,8 +4,8 @@ using System.Runtime.InteropServices;
 namespace EmaGen;
 
 /// <summary>
-/// The one LibTorchSharp export the CPU update path needs directly: a tensor's data pointer (storage base plus
-/// offset). TorchSharp exposes it only through <c>Tensor.bytes</c>, which also checks and builds a span per call; this
+/// The LibTorchSharp exports the CPU update path needs directly: a tensor's data pointer (storage base plus offset),
+/// and its storage size (whether it owns its storage alone, which packing requires). TorchSharp exposes it only through <c>Tensor.bytes</c>, which also checks and builds a span per call; this
 /// is a single call that allocates nothing, so the per-step pointer check stays free of managed allocations.
 /// </summary>
 internal static partial class NativeTensor
@@ -13,5 +13,11 @@ internal static partial class NativeTensor
     [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_data")]
     private static partial IntPtr TensorData(IntPtr tensor);
 
+    [LibraryImport("LibTorchSharp", EntryPoint = "THSStorage_nbytes")]
+    private static partial ulong StorageBytes(IntPtr tensor);
+
     public static IntPtr DataPointer(TorchSharp.torch.Tensor tensor) => TensorData(tensor.Handle);
+
+    /// <summary>Bytes of the storage behind <paramref name="tensor"/> (more than its own when it is a view of a larger tensor).</summary>
+    public static long StorageByteCount(TorchSharp.torch.Tensor tensor) => (long)StorageBytes(tensor.Handle);
 }

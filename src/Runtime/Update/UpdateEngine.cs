@@ -42,12 +42,17 @@ internal sealed class UpdateEngine : IDisposable
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
     private readonly Dictionary<(int, DeviceType, int, torch.ScalarType), (torch.Tensor Weight, double Decay)> _torchWeights = new();
+    private readonly Action<string>? _onSlowPath;
+    private string? _slowPathReason;
+    private int _lastIntactGroups;
+    private int _lastPerTensorItems;
     private int _cursor;
 
     // arenas: one per profile, built from the same parameters; only the first may pack them.
     public UpdateEngine(ParameterSlot[] slots, long[] slotNumel, int[] parameterOfSlot, EmaParameterInfo[] parameters,
-        ShadowArena[] arenas, int threads)
+        ShadowArena[] arenas, int threads, Action<string>? onSlowPath = null)
     {
+        _onSlowPath = onSlowPath;
         _slots = slots;
         _slotNumel = slotNumel;
         _arenas = arenas;
@@ -198,10 +203,55 @@ internal sealed class UpdateEngine : IDisposable
             int group = _groupOfItem[item];
             _groupIntact[group] &= _rawOk[item] && _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == _parameterPointer[item];
         }
+        if (_slowPathReason is null) NoteSlowPath();
         BuildWork();
         _work.Run(_pool);
         if (!allRaw) ApplyThroughTorch();
         Array.Clear(_current);
+    }
+
+    // The first time a packed group no longer aliases its flat buffer: say so once, naming a parameter.
+    private void NoteSlowPath()
+    {
+        var groups = _arenas[0].Groups;
+        int culprit = -1;
+        for (int item = 0; item < _items; item++)
+        {
+            int g = _groupOfItem[item];
+            // Off the CPU, packed groups go through TorchSharp ops on the flat buffer, not through pointer checks.
+            if (groups[g].PackedParameters is null || _groupIntact[g] || groups[g].Device.type != DeviceType.CPU) continue;
+            bool moved = _expectedPackedPointer[item] != _parameterPointer[item];
+            if (culprit < 0 || moved) culprit = item;
+            if (moved) break;
+        }
+        if (culprit < 0) return;
+        string name = "?";
+        for (int s = 0; s < _slots.Length; s++)
+        {
+            if (_itemOfSlot[s] == culprit) name = _slots[s].FullName;
+        }
+        var group = groups[_groupOfItem[culprit]];
+        _slowPathReason = _expectedPackedPointer[culprit] != _parameterPointer[culprit]
+            ? $"parameter '{name}' no longer aliases its packed flat buffer (re-pointed after the EMA manager was built, say by to() or set_()); its group of {group.ShadowDType} shadows is updated tensor by tensor from now on. Build a new manager to pack again."
+            : $"parameter '{name}' cannot take the raw CPU kernel (layout or dtype); its packed group is updated tensor by tensor.";
+        _onSlowPath?.Invoke(_slowPathReason);
+    }
+
+    /// <summary>A description of the update path (see <c>EmaManager.UpdatePath</c>).</summary>
+    public string DescribePath()
+    {
+        var groups = _arenas[0].Groups;
+        int packed = 0;
+        var notPacked = new List<string>();
+        foreach (var g in groups)
+        {
+            if (g.PackedParameters is not null) packed++;
+            else if (g.NotPackedReason is { } reason) notPacked.Add(reason);
+        }
+        var text = $"{groups.Count} group(s), {packed} packed; at the last update {_lastIntactGroups} packed group(s) ran as one pass each and {_lastPerTensorItems} tensor(s) one by one";
+        if (notPacked.Count > 0) text += "; not packed: " + string.Join("; ", notPacked);
+        if (_slowPathReason is not null) text += "; slow path: " + _slowPathReason;
+        return text;
     }
 
     // One entry per packed group whose parameters all still alias its flat buffer (padding between slices is zero in
@@ -209,9 +259,12 @@ internal sealed class UpdateEngine : IDisposable
     private void BuildWork()
     {
         var groups = _arenas[0].Groups;
+        _lastIntactGroups = 0;
+        _lastPerTensorItems = 0;
         for (int g = 0; g < groups.Count; g++)
         {
             if (!_groupIntact[g]) continue;
+            _lastIntactGroups++;
             var group = groups[g];
             for (int a = 0; a < _work.ActiveCount; a++)
             {
@@ -222,7 +275,9 @@ internal sealed class UpdateEngine : IDisposable
         }
         for (int item = 0; item < _items; item++)
         {
-            if (!_rawOk[item] || _groupIntact[_groupOfItem[item]]) continue;
+            if (_groupIntact[_groupOfItem[item]]) continue;
+            _lastPerTensorItems++;
+            if (!_rawOk[item]) continue;
             for (int a = 0; a < _work.ActiveCount; a++)
             {
                 int k = _work.ActiveProfile(a);

@@ -173,3 +173,19 @@ public sealed partial class UntrackedArrayModel : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x) => head.call(stages[1].call(stages[0].call(x)));
 }
+
+/// <summary>GPT-2 style tied embedding and output head (one Parameter object under two names).</summary>
+[EmaTracked]
+public sealed partial class TiedModel : nn.Module<Tensor, Tensor>
+{
+    private readonly Embedding embed = nn.Embedding(10, 4);
+    private readonly Linear head = nn.Linear(4, 10, hasBias: false);
+
+    public TiedModel() : base(nameof(TiedModel))
+    {
+        head.weight = embed.weight!;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => head.call(embed.call(x));
+}

@@ -116,7 +116,7 @@ public sealed class FastPathTests
         var values = objects.Select(p => p.data<float>().ToArray()).ToArray();
         using var optimizer = torch.optim.SGD(packedModel.parameters(), 0.5);
 
-        using var ema = new EmaManager<SizedModel>(plain, 0.8);
+        using var ema = new EmaManager<SizedModel>(plain, new EmaOptions { Decay = 0.8, PackParameters = false });
         using var packed = new EmaManager<SizedModel>(packedModel, new EmaOptions { Decay = 0.8, PackParameters = true });
         for (int i = 0; i < packedModel.Count; i++)
         {
@@ -214,8 +214,8 @@ public sealed class FastPathTests
         using var small = new SizedModel(ScalarType.Float32, OddSizes);
         using var large = new SizedModel(ScalarType.BFloat16, 1_500_001, 17);
         using var packedModel = new SizedModel(ScalarType.Float32, OddSizes);
-        using var a = new EmaManager<SizedModel>(small, 0.9);
-        using var b = new EmaManager<SizedModel>(large, new EmaOptions { Decay = 0.9, Threads = 2 });
+        using var a = new EmaManager<SizedModel>(small, new EmaOptions { Decay = 0.9, PackParameters = false });
+        using var b = new EmaManager<SizedModel>(large, new EmaOptions { Decay = 0.9, Threads = 2, PackParameters = false });
         using var c = new EmaManager<SizedModel>(packedModel, new EmaOptions { Decay = 0.9, PackParameters = true });
         for (int i = 0; i < 50; i++)
         {

@@ -1,0 +1,87 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using EmaGen.Tests.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace EmaGen.Tests.Runtime;
+
+/// <summary>
+/// Packing is the dense manager's default: parameters that own their storage are re-pointed into one flat buffer per
+/// group; parameters that share storage (a trainer's own flat buffer, tied weights) are left alone; a later re-point
+/// falls back to the per-tensor path, stays correct and is reported once.
+/// </summary>
+public sealed class DefaultPackingTests
+{
+    [Fact]
+    public void ANewManagerPacksByDefaultAndTheShardedOneDoesNot()
+    {
+        using var model = new SizedModel(ScalarType.Float32, 5, 300, 7);
+        using var ema = new EmaManager<SizedModel>(model);
+        ema.Update(model);
+        Assert.StartsWith("1 group(s), 1 packed; at the last update 1 packed group(s) ran as one pass each and 0 tensor(s) one by one", ema.UpdatePath);
+        // The three parameters now live in one buffer, in order, 64-byte aligned.
+        var pointers = Enumerable.Range(0, 3).Select(i => (long)NativeTensor.DataPointer(model[i])).ToArray();
+        Assert.True(pointers[1] - pointers[0] == 64 && pointers[2] - pointers[1] == 1216, string.Join(", ", pointers));
+
+        using var unpacked = new SizedModel(ScalarType.Float32, 5, 300, 7);
+        using var off = new EmaManager<SizedModel>(unpacked, new EmaOptions { PackParameters = false });
+        off.Update(unpacked);
+        Assert.StartsWith("1 group(s), 0 packed; at the last update 0 packed group(s) ran as one pass each and 3 tensor(s) one by one", off.UpdatePath);
+
+        using var sharded = new ShardedEmaManager<SizedModel>(new SizedModel(ScalarType.Float32, 8, 8), 0, 2);
+        Assert.Throws<NotSupportedException>(() => new ShardedEmaManager<SizedModel>(unpacked, 0, 2, new EmaOptions { PackParameters = true }));
+    }
+
+    [Fact]
+    public void ParametersThatShareStorageAreNotRepointed()
+    {
+        // A trainer that keeps its own flat parameter buffer (say for a fused optimizer): packing would cut the alias.
+        using var model = new SizedModel(ScalarType.Float32, 4, 6);
+        using var flat = torch.zeros(10);
+        using (torch.no_grad())
+        {
+            model[0].set_(flat.narrow(0, 0, 4));
+            model[1].set_(flat.narrow(0, 4, 6));
+        }
+        using var ema = new EmaManager<SizedModel>(model, 0.5);
+        Assert.Contains("not packed: 'leaves.0.w' shares its storage", ema.UpdatePath);
+        using (torch.no_grad()) flat.fill_(2f);
+        Assert.Equal(Enumerable.Repeat(2f, 6), model[1].data<float>().ToArray());
+        ema.Update(model);
+        Assert.Equal(Enumerable.Repeat(1f, 6), ema["leaves.1.w"].data<float>().ToArray());
+    }
+
+    [Fact]
+    public void TiedWeightsAreNotPacked()
+    {
+        using var model = new TiedModel();
+        using var ema = new EmaManager<TiedModel>(model, 0.5);
+        Assert.Contains("is the same tensor as another parameter (tied weights)", ema.UpdatePath);
+        // Still tied after binding: both names reach one storage.
+        Assert.Equal(NativeTensor.DataPointer(model.get_parameter("embed.weight")!), NativeTensor.DataPointer(model.get_parameter("head.weight")!));
+    }
+
+    [Fact]
+    public void ARepointedParameterIsReportedOnceAndStaysCorrect()
+    {
+        torch.manual_seed(4);
+        var messages = new List<string>();
+        using var model = new SizedModel(ScalarType.Float32, 5, 40);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, OnSlowPath = messages.Add });
+        var shadow = ema["leaves.1.w"].data<float>().ToArray();
+        using (torch.no_grad()) model[1].set_(torch.full(40, 4f));
+        ema.Update(model);
+        ema.Update(model);
+        var m = Assert.Single(messages);
+        Assert.Contains("'leaves.1.w' no longer aliases its packed flat buffer", m);
+        Assert.Contains("slow path: parameter 'leaves.1.w'", ema.UpdatePath);
+        Assert.Contains("0 packed group(s) ran as one pass each and 2 tensor(s) one by one", ema.UpdatePath);
+        var expected = shadow.Select(s => 0.25f * s + 0.75f * 4f).ToArray();
+        var actual = ema["leaves.1.w"].data<float>().ToArray();
+        for (int i = 0; i < 40; i++) Assert.Equal(expected[i], actual[i], 5);
+    }
+}

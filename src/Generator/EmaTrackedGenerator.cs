@@ -28,9 +28,12 @@ public sealed class EmaTrackedGenerator : IIncrementalGenerator
                 transform: TrackedClassParser.Parse)
             .WithTrackingName(TrackingNames.Parse);
 
-        context.RegisterSourceOutput(results.Select(static (r, _) => r.Diagnostics), static (spc, diagnostics) =>
+        // Only the reporting step sees the compilation (to locate diagnostics in their syntax trees, so #pragma applies);
+        // parsing and emission stay cached on the equatable specs.
+        context.RegisterSourceOutput(results.Select(static (r, _) => r.Diagnostics).Combine(context.CompilationProvider), static (spc, input) =>
         {
-            foreach (var d in diagnostics) spc.ReportDiagnostic(d.ToDiagnostic());
+            var (diagnostics, compilation) = input;
+            foreach (var d in diagnostics) spc.ReportDiagnostic(d.ToDiagnostic(compilation));
         });
 
         var specs = results

@@ -10,6 +10,8 @@ internal static class TrackedClassEmitter
     private const string Builder = "global::EmaGen.EmaShadowBuilder";
     private const string Entry = "global::EmaGen.EmaShadowEntry";
     private const string Tensor = "global::TorchSharp.torch.Tensor";
+    private static readonly string GeneratedCode =
+        $"[global::System.CodeDom.Compiler.GeneratedCode(\"EmaGen.Generator\", \"{typeof(TrackedClassEmitter).Assembly.GetName().Version}\")]";
 
     public static string HintName(TrackedClassSpec spec)
     {
@@ -175,7 +177,7 @@ internal static class TrackedClassEmitter
         w.Line("/// <summary>Builds the typed shadow over the manager's tensors, walking the model in <see cref=\"VisitParameters\"/> order.</summary>");
         w.Open($"public static EmaShadow CreateEmaShadow({spec.FullyQualifiedName} module, {Builder} builder)");
         var args = new System.Collections.Generic.List<string>();
-        foreach (var m in spec.Members.Where(m => m.Kind is MemberKind.Parameter or MemberKind.Buffer && !m.Ignored).OrderBy(m => m.Kind))
+        foreach (var m in OwnTensors(spec))
         {
             w.Line($"var {ShadowLocal(m)} = builder.Next({Literal(m.Name)});");
             args.Add(ShadowLocal(m));
@@ -231,6 +233,7 @@ internal static class TrackedClassEmitter
         {
             w.Line();
             w.Line("// Private fields of a base class, read without reflection (NativeAOT-safe).");
+            w.Line(GeneratedCode);
             w.Open($"private static class {accessor.ClassName}{(accessor.Constraints.Length > 0 ? " " + accessor.Constraints : "")}");
             foreach (var field in accessor.Fields)
             {
@@ -244,8 +247,9 @@ internal static class TrackedClassEmitter
     private static void EmitShadowClass(CodeWriter w, TrackedClassSpec spec)
     {
         w.Line($"/// <summary>EMA shadow of <see cref=\"{spec.Name}\"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>");
+        w.Line(GeneratedCode);
         w.Open("public sealed class EmaShadow");
-        var parameters = spec.Members.Where(m => m.Kind is MemberKind.Parameter or MemberKind.Buffer && !m.Ignored).OrderBy(m => m.Kind).ToList();
+        var parameters = OwnTensors(spec).ToList();
         var modules = spec.Members.Where(m => HasVisitableModules(m) && !m.Ignored).ToList();
         foreach (var m in parameters) w.Line($"private readonly {Entry} __{m.MemberName};");
         if (parameters.Count > 0) w.Line();
@@ -279,6 +283,7 @@ internal static class TrackedClassEmitter
         var className = string.Concat(spec.ContainingTypes.Select(c => c.Name + "_")) + spec.Name + "EmaExtensions";
         var shadow = spec.FullyQualifiedName + ".EmaShadow";
         w.Line($"/// <summary>Typed access to the EMA shadow of <see cref=\"{spec.FullyQualifiedName.Replace("global::", "")}\"/>.</summary>");
+        w.Line(GeneratedCode);
         w.Open($"{spec.ExtensionAccessibility} static class {className}");
         w.Open($"extension(global::EmaGen.EmaManager<{spec.FullyQualifiedName}> manager)");
         w.Line("/// <summary>The shadow tree, with the same member names as the model (views the manager owns).</summary>");
@@ -291,6 +296,11 @@ internal static class TrackedClassEmitter
         w.Close();
         w.Close();
     }
+
+    // The class's own averaged tensors in visit order: parameters (named_parameters() order), then buffers.
+    private static System.Collections.Generic.IEnumerable<MemberSpec> OwnTensors(TrackedClassSpec spec) =>
+        spec.Members.Where(m => m.Kind == MemberKind.Parameter && !m.Ignored)
+            .Concat(spec.Members.Where(m => m.Kind == MemberKind.Buffer && !m.Ignored));
 
     private static bool HasVisitableModules(MemberSpec m) =>
         m.Kind is MemberKind.Module or MemberKind.ModuleArray or MemberKind.ModuleList

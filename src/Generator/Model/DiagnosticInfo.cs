@@ -21,9 +21,28 @@ internal sealed record DiagnosticInfo(
         return new DiagnosticInfo(descriptor, lineSpan.Path ?? "", location.SourceSpan, lineSpan.Span, arguments.ToEquatableArray());
     }
 
-    public Diagnostic ToDiagnostic()
+    /// <summary>
+    /// The diagnostic, located in <paramref name="compilation"/>'s syntax tree of the same path when there is one: a
+    /// location in a source tree is what lets <c>#pragma warning disable</c> and <c>[SuppressMessage]</c> apply.
+    /// </summary>
+    public Diagnostic ToDiagnostic(Compilation? compilation = null)
     {
-        var location = FilePath.Length == 0 ? Location.None : Location.Create(FilePath, Span, LineSpan);
+        Location location = Location.None;
+        if (FilePath.Length > 0)
+        {
+            location = Location.Create(FilePath, Span, LineSpan);
+            if (compilation is not null)
+            {
+                foreach (var tree in compilation.SyntaxTrees)
+                {
+                    if (tree.FilePath == FilePath && Span.End <= tree.Length)
+                    {
+                        location = Location.Create(tree, Span);
+                        break;
+                    }
+                }
+            }
+        }
         var args = new object[Arguments.Length];
         for (int i = 0; i < args.Length; i++) args[i] = Arguments[i];
         return Diagnostic.Create(Descriptor, location, args);

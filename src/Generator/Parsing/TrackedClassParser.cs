@@ -163,7 +163,6 @@ internal sealed class TrackedClassParser
         var location = field.Locations.FirstOrDefault();
         string name = ComponentName(field) ?? field.Name;
         bool nullable = field.NullableAnnotation == NullableAnnotation.Annotated;
-        string typeName = type.ToDisplayString(QualifiedFormat);
         string displayType = type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(DisplayFormat);
 
         MemberSpec Make(MemberKind kind, ModuleTypeSpec? module, int dim) =>

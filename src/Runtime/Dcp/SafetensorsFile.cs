@@ -160,6 +160,4 @@ public static class SafetensorsFile
         }
     }
 
-    /// <summary>True when the file starts like a safetensors file (used to pick the conversion direction).</summary>
-    public static bool Looks(string path) => File.Exists(path) && path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase);
 }

@@ -1,4 +1,5 @@
 #pragma warning disable EMA011 // the reflection-based registration is the ground truth these tests compare against
+#pragma warning disable EMA013 // untracked module classes on purpose (the warning itself is asserted in DiagnosticTests)
 using System.Collections.Generic;
 using TorchSharp;
 using TorchSharp.Modules;

@@ -147,6 +147,7 @@ namespace Models
         }
 
         /// <summary>EMA shadow of <see cref="Builtins"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>
+        [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
             internal EmaShadow(global::EmaGen.Shadows.WeightBiasShadow? conv, global::EmaGen.Shadows.WeightBiasShadow? deconv, global::EmaGen.Shadows.NormShadow? bn, global::EmaGen.Shadows.WeightBiasShadow? gn, global::EmaGen.Shadows.WeightBiasShadow? bil, global::EmaGen.Shadows.WeightShadow? prelu, global::EmaGen.Shadows.RecurrentCellShadow? cell)
@@ -184,6 +185,7 @@ namespace Models
     }
 
     /// <summary>Typed access to the EMA shadow of <see cref="Models.Builtins"/>.</summary>
+    [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
     public static class BuiltinsEmaExtensions
     {
         extension(global::EmaGen.EmaManager<global::Models.Builtins> manager)

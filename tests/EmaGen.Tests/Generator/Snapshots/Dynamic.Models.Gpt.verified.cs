@@ -116,6 +116,7 @@ namespace Models
         }
 
         /// <summary>EMA shadow of <see cref="Gpt"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>
+        [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
             private readonly global::EmaGen.EmaShadowEntry __shift;
@@ -151,6 +152,7 @@ namespace Models
         }
 
         // Private fields of a base class, read without reflection (NativeAOT-safe).
+        [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         private static class __EmaGenBase0
         {
             [global::System.Runtime.CompilerServices.UnsafeAccessor(global::System.Runtime.CompilerServices.UnsafeAccessorKind.Field, Name = "norm")]
@@ -159,6 +161,7 @@ namespace Models
     }
 
     /// <summary>Typed access to the EMA shadow of <see cref="Models.Gpt"/>.</summary>
+    [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
     public static class GptEmaExtensions
     {
         extension(global::EmaGen.EmaManager<global::Models.Gpt> manager)

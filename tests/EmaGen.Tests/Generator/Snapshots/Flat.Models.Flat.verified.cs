@@ -66,6 +66,7 @@ namespace Models
         }
 
         /// <summary>EMA shadow of <see cref="Flat"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>
+        [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
             private readonly global::EmaGen.EmaShadowEntry __scale;
@@ -90,6 +91,7 @@ namespace Models
     }
 
     /// <summary>Typed access to the EMA shadow of <see cref="Models.Flat"/>.</summary>
+    [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
     public static class FlatEmaExtensions
     {
         extension(global::EmaGen.EmaManager<global::Models.Flat> manager)

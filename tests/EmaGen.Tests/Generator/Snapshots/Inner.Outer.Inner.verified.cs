@@ -57,6 +57,7 @@ partial class Outer
         }
 
         /// <summary>EMA shadow of <see cref="Inner"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>
+        [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
             internal EmaShadow(global::EmaGen.Shadows.WeightShadow? embed)
@@ -71,6 +72,7 @@ partial class Outer
 }
 
 /// <summary>Typed access to the EMA shadow of <see cref="Outer.Inner"/>.</summary>
+[global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
 internal static class Outer_InnerEmaExtensions
 {
     extension(global::EmaGen.EmaManager<global::Outer.Inner> manager)

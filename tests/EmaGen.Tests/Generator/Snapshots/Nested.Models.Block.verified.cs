@@ -72,6 +72,7 @@ namespace Models
         }
 
         /// <summary>EMA shadow of <see cref="Block"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>
+        [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
             internal EmaShadow(global::EmaGen.Shadows.WeightBiasShadow? norm, global::EmaGen.Shadows.WeightBiasShadow? proj)
@@ -89,6 +90,7 @@ namespace Models
     }
 
     /// <summary>Typed access to the EMA shadow of <see cref="Models.Block"/>.</summary>
+    [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
     public static class BlockEmaExtensions
     {
         extension(global::EmaGen.EmaManager<global::Models.Block> manager)

@@ -111,6 +111,7 @@ namespace Models
         }
 
         /// <summary>EMA shadow of <see cref="Stack"/>: one member per averaged parameter or submodule, named like the model's fields.</summary>
+        [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
             private readonly global::EmaGen.EmaShadowEntry __temp;
@@ -143,6 +144,7 @@ namespace Models
     }
 
     /// <summary>Typed access to the EMA shadow of <see cref="Models.Stack"/>.</summary>
+    [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
     public static class StackEmaExtensions
     {
         extension(global::EmaGen.EmaManager<global::Models.Stack> manager)

@@ -55,6 +55,11 @@ internal static class DiagnosticDescriptors
         "Module class '{0}' is not [EmaTracked]: TorchSharp registers its parameters by reflection. EmaGen reads them at bind time and keeps its fields for NativeAOT, but add [EmaTracked] and partial to '{0}' for reflection-free registration and a typed shadow.",
         Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema013");
 
+    public static readonly DiagnosticDescriptor ShardOnBuffer = new(
+        "EMA014", "[EmaShard] on a buffer has no effect",
+        "[EmaShard] on buffer '{0}' has no effect: sharded EMAs keep buffers whole on every rank, as FSDP does; remove it (or make the tensor a Parameter)",
+        Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema014");
+
     private static DiagnosticDescriptor Error(string id, string title, string message) =>
         new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true, helpLinkUri: HelpBase + id.ToLowerInvariant());
 }

@@ -169,8 +169,15 @@ internal sealed class TrackedClassParser
             new(name, field.Name, kind, type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat), displayType, ignored, nullable, module, dim);
 
         if (_known.IsParameter(type)) return Make(MemberKind.Parameter, null, shardDim);
-        // Buffers are replicated unless their own field says otherwise (FSDP2 does not shard buffers).
-        if (_known.IsTensor(type)) return Make(MemberKind.Buffer, null, HasShardAttribute(field) ? shardDim : Replicated);
+        // Buffers are replicated (FSDP2 does not shard them, nor does ShardedEmaManager): [EmaShard] on one is reported.
+        if (_known.IsTensor(type))
+        {
+            if (_known.HasAttribute(field, _known.EmaShard))
+            {
+                Report(DiagnosticDescriptors.ShardOnBuffer, location, field.Name);
+            }
+            return Make(MemberKind.Buffer, null, Replicated);
+        }
 
         MemberKind kind;
         ITypeSymbol? moduleType;
@@ -217,9 +224,6 @@ internal sealed class TrackedClassParser
         }
         return inherited;
     }
-
-    private bool HasShardAttribute(ISymbol symbol) =>
-        _known.HasAttribute(symbol, _known.EmaShard) || _known.HasAttribute(symbol, _known.EmaReplicate);
 
     private ITypeSymbol? ModuleListElement(INamedTypeSymbol type)
     {

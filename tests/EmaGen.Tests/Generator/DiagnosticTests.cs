@@ -278,6 +278,24 @@ public sealed class DiagnosticTests
     }
 
     [Fact]
+    public void EMA014_ShardOnABufferIsReportedAndTheBufferStaysReplicated()
+    {
+        var r = Run("""
+            [EmaTracked]
+            public partial class Model : nn.Module<Tensor, Tensor>
+            {
+                [EmaShard(0)] private Tensor mask = torch.ones(4, 4);
+                [EmaReplicate] private Tensor counter = torch.zeros(1);
+                public Model() : base("m") { }
+                public override Tensor forward(Tensor x) => x;
+            }
+            """);
+        var d = AssertSingle(r, "EMA014", "mask", FirstLine + 3, DiagnosticSeverity.Warning);
+        Assert.Contains("buffer 'mask'", d.GetMessage());
+        Assert.Contains("new(\"mask\", \"mask\", global::EmaGen.EmaMemberKind.Buffer, \"TorchSharp.torch.Tensor\", false, global::System.Array.Empty<string>(), -1)", r.Generated.Values.Single());
+    }
+
+    [Fact]
     public void EMA010_IgnoreWithoutEffectIsAWarningAndCodeIsStillEmitted()
     {
         var r = Run("""

@@ -103,7 +103,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         {
             // Only the first arena packs: the parameters can alias one flat buffer, which every profile then reads.
             for (int k = 0; k < _arenas.Length; k++) _arenas[k] = new ShadowArena(_all, sources, (options.PackParameters ?? true) && k == 0);
-            _engine = new UpdateEngine(_slots, _slotNumel, _parameterOfSlot, _all, _arenas, options.EffectiveThreads, options.OnSlowPath);
+            _engine = new UpdateEngine(_slots, _slotNumel, _parameterOfSlot, _all, _arenas, options.EffectiveThreads, options.OnSlowPath, options.ForceTorchOps);
             _shadowRoots = new object[_profiles.Length];
             for (int k = 0; k < _profiles.Length; k++) _shadowRoots[k] = BuildShadow(model, _arenas[k], collector.Groups);
         }

@@ -68,6 +68,12 @@ public sealed class EmaOptions
     public Action<string>? OnSlowPath { get; init; }
 
     /// <summary>
+    /// Test-only: every update goes through the TorchSharp-op path (what a CUDA run executes: one blend per packed
+    /// group, else per tensor) even on the CPU, so tests can prove it gives the raw kernels' bits.
+    /// </summary>
+    internal bool ForceTorchOps { get; init; }
+
+    /// <summary>
     /// Threads the CPU update may use for large models (default: every processor). Updates below about a million
     /// elements always run on the calling thread, where waking helpers would cost more than it saves.
     /// </summary>

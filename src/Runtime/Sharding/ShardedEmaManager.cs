@@ -259,14 +259,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
                 for (int a = 0; a < _work.ActiveCount; a++)
                 {
                     int k = _work.ActiveProfile(a);
-                    double decay = _work.DecayOf(k);
-                    if (!KernelKinds.IsFloatingPoint(e.Shadows[k].dtype))
-                    {
-                        InPlace.Release(e.Shadows[k].copy_(view), e.Shadows[k]); // integer and bool buffers are copied
-                        continue;
-                    }
-                    InPlace.Release(e.Shadows[k].mul_(decay), e.Shadows[k]);
-                    InPlace.Release(e.Shadows[k].add_(view, alpha: 1 - decay), e.Shadows[k]);
+                    TorchBlend.Apply(e.Shadows[k], view, _work.DecayOf(k));
                 }
             }
         }

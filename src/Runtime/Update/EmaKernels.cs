@@ -7,14 +7,35 @@ using System.Runtime.Intrinsics.X86;
 namespace EmaGen;
 
 /// <summary>
-/// CPU kernels for <c>ema = decay * ema + (1 - decay) * p</c> over raw memory, one pass, in place. Math is fp32 (fp64
-/// for fp64); low-precision inputs are widened in registers or in an L1-sized stack chunk, never through a
-/// full-size temporary. At decay 0 and 1 the result is exactly the parameter or the old shadow.
+/// CPU kernels for <c>ema = decay * ema + (1 - decay) * p</c> over raw memory, one pass, in place.
+/// <para>
+/// <b>One formula everywhere</b> (<see cref="Blend(float, float, float, float)"/>): <c>ema * d + p * w</c> with each
+/// product and the sum rounded in fp32 (fp64 for fp64), low-precision values widened exactly first and the result
+/// narrowed once, round to nearest even. No fused multiply-add: it is not available on every CPU a binary may run on
+/// (a NativeAOT build for baseline x64 has none), and TorchSharp ops cannot express it, so with it a shadow would
+/// depend on the machine and on which path ran. <see cref="TorchBlend"/> computes the same expression with TorchSharp
+/// ops, so every path (these kernels at any vector width, the pair kernels, the TorchSharp fallback, the sharded
+/// manager) gives the same bits. The update is bound by memory bandwidth, so the extra rounding step costs nothing.
+/// At decay 0 and 1 the result is exactly the parameter or the old shadow.
+/// </para>
 /// </summary>
 internal static unsafe class EmaKernels
 {
     // Elements per stack chunk for the fp16 paths: 2 KiB of floats, well inside L1.
     private const int Chunk = 512;
+
+    /// <summary>The update of one fp32 element; every kernel computes exactly this.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Blend(float ema, float p, float d, float w) => ema * d + p * w;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static double Blend(double ema, double p, double d, double w) => ema * d + p * w;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Blend(Vector256<float> ema, Vector256<float> p, Vector256<float> d, Vector256<float> w) => ema * d + p * w;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Blend(Vector128<float> ema, Vector128<float> p, Vector128<float> d, Vector128<float> w) => ema * d + p * w;
 
     public static void Run(KernelKind kind, void* ema, void* p, long count, double decay)
     {
@@ -29,19 +50,19 @@ internal static unsafe class EmaKernels
                     Float32((float*)ema, (float*)p, n, d, w);
                     break;
                 case KernelKind.Float64:
-                    TensorPrimitives.Lerp(new ReadOnlySpan<double>(ema, n), new ReadOnlySpan<double>(p, n), 1.0 - decay, new Span<double>(ema, n));
+                    Float64((double*)ema, (double*)p, n, decay, 1.0 - decay);
                     break;
                 case KernelKind.Float32FromBFloat16:
                     Float32FromBFloat16((float*)ema, (ushort*)p, n, d, w);
                     break;
                 case KernelKind.Float32FromFloat16:
-                    Float32FromFloat16((float*)ema, (Half*)p, n, w);
+                    Float32FromFloat16((float*)ema, (Half*)p, n, d, w);
                     break;
                 case KernelKind.BFloat16:
                     BFloat16((ushort*)ema, (ushort*)p, n, d, w);
                     break;
                 case KernelKind.Float16:
-                    Float16((Half*)ema, (Half*)p, n, w);
+                    Float16((Half*)ema, (Half*)p, n, d, w);
                     break;
                 case KernelKind.Copy1:
                 case KernelKind.Copy2:
@@ -90,6 +111,35 @@ internal static unsafe class EmaKernels
         }
     }
 
+    // 256-bit vectors on purpose: on the project's AVX-512 machine (Zen 5) the 256-bit loop streamed 10-20% faster than
+    // the 512-bit one and than TensorPrimitives.Lerp in the same run (tests/Benchmarks, probe_fma256 vs probe_fma vs
+    // probe_tensorprimitives). 128-bit where 256-bit vectors are not accelerated (baseline x64, Arm64).
+    private static void Float32(float* ema, float* p, int n, float d, float w)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var vd = Vector256.Create(d);
+            var vw = Vector256.Create(w);
+            for (; i <= n - 16; i += 16)
+            {
+                Blend(Vector256.Load(ema + i), Vector256.Load(p + i), vd, vw).Store(ema + i);
+                Blend(Vector256.Load(ema + i + 8), Vector256.Load(p + i + 8), vd, vw).Store(ema + i + 8);
+            }
+        }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            var vd = Vector128.Create(d);
+            var vw = Vector128.Create(w);
+            for (; i <= n - 8; i += 8)
+            {
+                Blend(Vector128.Load(ema + i), Vector128.Load(p + i), vd, vw).Store(ema + i);
+                Blend(Vector128.Load(ema + i + 4), Vector128.Load(p + i + 4), vd, vw).Store(ema + i + 4);
+            }
+        }
+        for (; i < n; i++) ema[i] = Blend(ema[i], p[i], d, w);
+    }
+
     private static void Float32Pair(float* ema0, float* ema1, float* p, int n, float d0, float w0, float d1, float w1)
     {
         int i = 0;
@@ -103,10 +153,10 @@ internal static unsafe class EmaKernels
             {
                 var p0 = Vector256.Load(p + i);
                 var p1 = Vector256.Load(p + i + 8);
-                Vector256.FusedMultiplyAdd(Vector256.Load(ema0 + i), vd0, p0 * vw0).Store(ema0 + i);
-                Vector256.FusedMultiplyAdd(Vector256.Load(ema0 + i + 8), vd0, p1 * vw0).Store(ema0 + i + 8);
-                Vector256.FusedMultiplyAdd(Vector256.Load(ema1 + i), vd1, p0 * vw1).Store(ema1 + i);
-                Vector256.FusedMultiplyAdd(Vector256.Load(ema1 + i + 8), vd1, p1 * vw1).Store(ema1 + i + 8);
+                Blend(Vector256.Load(ema0 + i), p0, vd0, vw0).Store(ema0 + i);
+                Blend(Vector256.Load(ema0 + i + 8), p1, vd0, vw0).Store(ema0 + i + 8);
+                Blend(Vector256.Load(ema1 + i), p0, vd1, vw1).Store(ema1 + i);
+                Blend(Vector256.Load(ema1 + i + 8), p1, vd1, vw1).Store(ema1 + i + 8);
             }
         }
         else
@@ -117,15 +167,58 @@ internal static unsafe class EmaKernels
         }
         for (; i < n; i++)
         {
-            ema0[i] = MathF.FusedMultiplyAdd(ema0[i], d0, p[i] * w0);
-            ema1[i] = MathF.FusedMultiplyAdd(ema1[i], d1, p[i] * w1);
+            ema0[i] = Blend(ema0[i], p[i], d0, w0);
+            ema1[i] = Blend(ema1[i], p[i], d1, w1);
         }
+    }
+
+    private static void Float64(double* ema, double* p, int n, double d, double w)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var vd = Vector256.Create(d);
+            var vw = Vector256.Create(w);
+            for (; i <= n - 4; i += 4) (Vector256.Load(ema + i) * vd + Vector256.Load(p + i) * vw).Store(ema + i);
+        }
+        for (; i < n; i++) ema[i] = Blend(ema[i], p[i], d, w);
+    }
+
+    // bf16 is the upper half of an fp32: widening is a 16-bit shift, done in registers. On AVX2 the zero-extending
+    // load (vpmovzxwd from memory) does half the work in the load itself.
+    private static void Float32FromBFloat16(float* ema, ushort* p, int n, float d, float w)
+    {
+        int i = 0;
+        if (Avx2.IsSupported)
+        {
+            var vd = Vector256.Create(d);
+            var vw = Vector256.Create(w);
+            for (; i <= n - 16; i += 16)
+            {
+                var p0 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i), 16).AsSingle();
+                var p1 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i + 8), 16).AsSingle();
+                Blend(Vector256.Load(ema + i), p0, vd, vw).Store(ema + i);
+                Blend(Vector256.Load(ema + i + 8), p1, vd, vw).Store(ema + i + 8);
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var vd = Vector256.Create(d);
+            var vw = Vector256.Create(w);
+            for (; i <= n - 16; i += 16)
+            {
+                var (lo, hi) = Vector256.Widen(Vector256.Load(p + i));
+                Blend(Vector256.Load(ema + i), Vector256.ShiftLeft(lo, 16).AsSingle(), vd, vw).Store(ema + i);
+                Blend(Vector256.Load(ema + i + 8), Vector256.ShiftLeft(hi, 16).AsSingle(), vd, vw).Store(ema + i + 8);
+            }
+        }
+        for (; i < n; i++) ema[i] = Blend(ema[i], FromBFloat16(p[i]), d, w);
     }
 
     private static void Float32FromBFloat16Pair(float* ema0, float* ema1, ushort* p, int n, float d0, float w0, float d1, float w1)
     {
         int i = 0;
-        if (Avx2.IsSupported && Fma.IsSupported)
+        if (Avx2.IsSupported)
         {
             var vd0 = Vector256.Create(d0);
             var vw0 = Vector256.Create(w0);
@@ -135,10 +228,10 @@ internal static unsafe class EmaKernels
             {
                 var p0 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i), 16).AsSingle();
                 var p1 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i + 8), 16).AsSingle();
-                Avx.Store(ema0 + i, Fma.MultiplyAdd(Avx.LoadVector256(ema0 + i), vd0, Avx.Multiply(p0, vw0)));
-                Avx.Store(ema0 + i + 8, Fma.MultiplyAdd(Avx.LoadVector256(ema0 + i + 8), vd0, Avx.Multiply(p1, vw0)));
-                Avx.Store(ema1 + i, Fma.MultiplyAdd(Avx.LoadVector256(ema1 + i), vd1, Avx.Multiply(p0, vw1)));
-                Avx.Store(ema1 + i + 8, Fma.MultiplyAdd(Avx.LoadVector256(ema1 + i + 8), vd1, Avx.Multiply(p1, vw1)));
+                Blend(Vector256.Load(ema0 + i), p0, vd0, vw0).Store(ema0 + i);
+                Blend(Vector256.Load(ema0 + i + 8), p1, vd0, vw0).Store(ema0 + i + 8);
+                Blend(Vector256.Load(ema1 + i), p0, vd1, vw1).Store(ema1 + i);
+                Blend(Vector256.Load(ema1 + i + 8), p1, vd1, vw1).Store(ema1 + i + 8);
             }
         }
         else
@@ -150,91 +243,19 @@ internal static unsafe class EmaKernels
         for (; i < n; i++)
         {
             float v = FromBFloat16(p[i]);
-            ema0[i] = MathF.FusedMultiplyAdd(ema0[i], d0, v * w0);
-            ema1[i] = MathF.FusedMultiplyAdd(ema1[i], d1, v * w1);
+            ema0[i] = Blend(ema0[i], v, d0, w0);
+            ema1[i] = Blend(ema1[i], v, d1, w1);
         }
     }
 
-    // ema*d + p*w with one rounding (FMA). 256-bit vectors on purpose: on the project's AVX-512 machine (Zen 5) the
-    // 256-bit loop streamed 10-20% faster than the 512-bit one and than TensorPrimitives.Lerp in the same run
-    // (tests/Benchmarks, probe_fma256 vs probe_fma vs probe_tensorprimitives). Exact at d = 0 and d = 1.
-    private static void Float32(float* ema, float* p, int n, float d, float w)
-    {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            var vd = Vector256.Create(d);
-            var vw = Vector256.Create(w);
-            for (; i <= n - 16; i += 16)
-            {
-                var e0 = Vector256.Load(ema + i);
-                var e1 = Vector256.Load(ema + i + 8);
-                var p0 = Vector256.Load(p + i);
-                var p1 = Vector256.Load(p + i + 8);
-                Vector256.FusedMultiplyAdd(e0, vd, p0 * vw).Store(ema + i);
-                Vector256.FusedMultiplyAdd(e1, vd, p1 * vw).Store(ema + i + 8);
-            }
-        }
-        else
-        {
-            var e = new Span<float>(ema, n);
-            TensorPrimitives.Lerp(e, new ReadOnlySpan<float>(p, n), w, e);
-            return;
-        }
-        for (; i < n; i++)
-        {
-            ema[i] = MathF.FusedMultiplyAdd(ema[i], d, p[i] * w);
-        }
-    }
-
-    // bf16 is the upper half of an fp32: widening is a 16-bit shift, done in registers. On AVX2 the zero-extending
-    // load (vpmovzxwd from memory) does half the work in the load itself.
-    private static void Float32FromBFloat16(float* ema, ushort* p, int n, float d, float w)
-    {
-        int i = 0;
-        if (Avx2.IsSupported && Fma.IsSupported)
-        {
-            var vd = Vector256.Create(d);
-            var vw = Vector256.Create(w);
-            for (; i <= n - 16; i += 16)
-            {
-                var p0 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i), 16).AsSingle();
-                var p1 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i + 8), 16).AsSingle();
-                var e0 = Avx.LoadVector256(ema + i);
-                var e1 = Avx.LoadVector256(ema + i + 8);
-                Avx.Store(ema + i, Fma.MultiplyAdd(e0, vd, Avx.Multiply(p0, vw)));
-                Avx.Store(ema + i + 8, Fma.MultiplyAdd(e1, vd, Avx.Multiply(p1, vw)));
-            }
-        }
-        else if (Vector256.IsHardwareAccelerated)
-        {
-            var vd = Vector256.Create(d);
-            var vw = Vector256.Create(w);
-            for (; i <= n - 16; i += 16)
-            {
-                var (lo, hi) = Vector256.Widen(Vector256.Load(p + i));
-                var e0 = Vector256.Load(ema + i);
-                var e1 = Vector256.Load(ema + i + 8);
-                Vector256.FusedMultiplyAdd(e0, vd, Vector256.ShiftLeft(lo, 16).AsSingle() * vw).Store(ema + i);
-                Vector256.FusedMultiplyAdd(e1, vd, Vector256.ShiftLeft(hi, 16).AsSingle() * vw).Store(ema + i + 8);
-            }
-        }
-        for (; i < n; i++)
-        {
-            ema[i] = MathF.FusedMultiplyAdd(ema[i], d, FromBFloat16(p[i]) * w);
-        }
-    }
-
-    private static void Float32FromFloat16(float* ema, Half* p, int n, float w)
+    private static void Float32FromFloat16(float* ema, Half* p, int n, float d, float w)
     {
         float* widened = stackalloc float[Chunk];
         for (int i = 0; i < n; i += Chunk)
         {
             int m = Math.Min(Chunk, n - i);
-            var wide = new Span<float>(widened, m);
-            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p + i, m), wide);
-            var e = new Span<float>(ema + i, m);
-            TensorPrimitives.Lerp(e, wide, w, e);
+            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p + i, m), new Span<float>(widened, m));
+            Float32(ema + i, widened, m, d, w);
         }
     }
 
@@ -242,23 +263,21 @@ internal static unsafe class EmaKernels
     {
         for (int i = 0; i < n; i++)
         {
-            ema[i] = ToBFloat16(MathF.FusedMultiplyAdd(FromBFloat16(ema[i]), d, FromBFloat16(p[i]) * w));
+            ema[i] = ToBFloat16(Blend(FromBFloat16(ema[i]), FromBFloat16(p[i]), d, w));
         }
     }
 
-    private static void Float16(Half* ema, Half* p, int n, float w)
+    private static void Float16(Half* ema, Half* p, int n, float d, float w)
     {
         float* a = stackalloc float[Chunk];
         float* b = stackalloc float[Chunk];
         for (int i = 0; i < n; i += Chunk)
         {
             int m = Math.Min(Chunk, n - i);
-            var sa = new Span<float>(a, m);
-            var sb = new Span<float>(b, m);
-            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(ema + i, m), sa);
-            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p + i, m), sb);
-            TensorPrimitives.Lerp(sa, sb, w, sa);
-            TensorPrimitives.ConvertToHalf(sa, new Span<Half>(ema + i, m));
+            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(ema + i, m), new Span<float>(a, m));
+            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p + i, m), new Span<float>(b, m));
+            Float32(a, b, m, d, w);
+            TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(a, m), new Span<Half>(ema + i, m));
         }
     }
 

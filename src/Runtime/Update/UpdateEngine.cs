@@ -42,7 +42,7 @@ internal sealed class UpdateEngine : IDisposable
 
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
-    private readonly Dictionary<(int, DeviceType, int, torch.ScalarType), (torch.Tensor Weight, double Decay)> _torchWeights = new();
+    private readonly bool _forceTorch;
     private readonly Action<string>? _onSlowPath;
     private string? _slowPathReason;
     private int _lastIntactGroups;
@@ -51,9 +51,10 @@ internal sealed class UpdateEngine : IDisposable
 
     // arenas: one per profile, built from the same parameters; only the first may pack them.
     public UpdateEngine(ParameterSlot[] slots, long[] slotNumel, int[] parameterOfSlot, EmaParameterInfo[] parameters,
-        ShadowArena[] arenas, int threads, Action<string>? onSlowPath = null)
+        ShadowArena[] arenas, int threads, Action<string>? onSlowPath = null, bool forceTorch = false)
     {
         _onSlowPath = onSlowPath;
+        _forceTorch = forceTorch;
         _slots = slots;
         _slotNumel = slotNumel;
         _arenas = arenas;
@@ -331,8 +332,8 @@ internal sealed class UpdateEngine : IDisposable
         }
     }
 
-    // Devices other than the CPU, non-contiguous parameters and dtype pairs without a kernel. No host synchronisation:
-    // the weight is a cached 0-dim tensor on the shadow's device, never read back.
+    // Devices other than the CPU, non-contiguous parameters and dtype pairs without a kernel (and everything, with
+    // EmaOptions.ForceTorchOps): the same expression as the kernels, through TorchSharp ops (TorchBlend).
     private void ApplyThroughTorch()
     {
         using var _ = torch.no_grad();
@@ -344,71 +345,27 @@ internal sealed class UpdateEngine : IDisposable
             for (int item = 0; item < _items; item++)
             {
                 if (_rawOk[item]) continue;
-                var shadow = _shadow[k][item];
-                var parameter = _current[item]!;
-                if (!KernelKinds.IsFloatingPoint(shadow.dtype))
-                {
-                    InPlace.Release(shadow.copy_(parameter), shadow);
-                }
-                else if (shadow.dtype == parameter.dtype)
-                {
-                    InPlace.Release(shadow.lerp_(parameter, WeightFor(k, shadow)), shadow);
-                }
-                else
-                {
-                    // Mixed dtypes: add_ promotes the lower-precision operand per element.
-                    InPlace.Release(shadow.mul_(decay), shadow);
-                    InPlace.Release(shadow.add_(parameter, alpha: 1.0 - decay), shadow);
-                }
+                TorchBlend.Apply(_shadow[k][item], _current[item]!, decay);
             }
         }
     }
 
+    // Off the CPU (or forced), a fully packed model is one TorchSharp blend per group: no per-tensor launches.
     private bool TryApplyPackedThroughTorch(int profile)
     {
         var packedGroups = _arenas[0].Groups;
         foreach (var group in packedGroups)
         {
-            if (group.PackedParameters is null || group.Device.type == DeviceType.CPU) return false;
+            if (group.PackedParameters is null || (group.Device.type == DeviceType.CPU && !_forceTorch)) return false;
         }
         // Off the CPU the data pointers are not compared; a packed model keeps its layout unless the user re-points
         // parameters, which EmaManager documents as unpacking (a new manager re-packs).
         double decay = _work.DecayOf(profile);
         for (int g = 0; g < packedGroups.Count; g++)
         {
-            var shadow = _arenas[profile].Groups[g].Shadow;
-            var flat = packedGroups[g].PackedParameters!;
-            if (shadow.dtype == flat.dtype)
-            {
-                InPlace.Release(shadow.lerp_(flat, WeightFor(profile, shadow)), shadow);
-            }
-            else
-            {
-                InPlace.Release(shadow.mul_(decay), shadow);
-                InPlace.Release(shadow.add_(flat, alpha: 1.0 - decay), shadow);
-            }
+            TorchBlend.Apply(_arenas[profile].Groups[g].Shadow, packedGroups[g].PackedParameters!, decay);
         }
         return true;
-    }
-
-    // lerp_ takes its weight as a tensor of the shadow's dtype and device; a double would build a new one per call.
-    // When a schedule changes the decay the cached tensor is refilled on its device: no new tensor, no host sync.
-    private torch.Tensor WeightFor(int profile, torch.Tensor shadow)
-    {
-        double decay = _work.DecayOf(profile);
-        var key = (profile, shadow.device_type, shadow.device_index, shadow.dtype);
-        if (!_torchWeights.TryGetValue(key, out var cached))
-        {
-            var created = torch.tensor(1.0 - decay, shadow.dtype, shadow.device).DetachFromDisposeScope();
-            _torchWeights[key] = (created, decay);
-            return created;
-        }
-        if (cached.Decay != decay)
-        {
-            InPlace.Release(cached.Weight.fill_(1.0 - decay), cached.Weight);
-            _torchWeights[key] = (cached.Weight, decay);
-        }
-        return cached.Weight;
     }
 
     private void Revalidate(int item, int slot, torch.Tensor parameter)
@@ -430,13 +387,12 @@ internal sealed class UpdateEngine : IDisposable
             throw new InvalidOperationException(
                 $"Parameter '{name}' is on {parameter.device_type}, but was on {_deviceType[item]} when the EMA manager was built; build a new manager after moving the model.");
         }
-        _rawOk[item] = _deviceType[item] == DeviceType.CPU && _kernel[item] != KernelKind.None && parameter.is_contiguous();
+        _rawOk[item] = !_forceTorch && _deviceType[item] == DeviceType.CPU && _kernel[item] != KernelKind.None && parameter.is_contiguous();
     }
 
     public void Dispose()
     {
         _pool?.Dispose();
-        foreach (var (w, _) in _torchWeights.Values) w.Dispose();
     }
 }
 

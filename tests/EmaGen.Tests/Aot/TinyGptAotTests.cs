@@ -50,11 +50,9 @@ public sealed class TinyGptAotTests
             Assert.True(expected.Count > 20, $"{arch}: only {expected.Count} parameters listed");
             Assert.Equal(expected, Lines(run.Output, "parameter "));
             Assert.Contains(arch == "gpt" ? "parameter blocks.1.mlp.proj.weight [64, 256]" : "parameter encoder.layers.1.self_attn.in_proj_weight [192, 64]", expected);
-            // The same losses: LibTorch computes both; only EmaGen's update kernels are compiled differently.
-            var (jitRaw, jitEma) = Exact(jit.ToString());
-            var (aotRaw, aotEma) = Exact(run.Output);
-            Assert.Equal(jitRaw, aotRaw);
-            Assert.True(Math.Abs(jitEma - aotEma) <= 1e-6 * Math.Abs(jitEma), $"{arch}: EMA loss {aotEma} (AOT) vs {jitEma} (JIT)");
+            // The same losses, bit for bit: LibTorch computes the training, and EmaGen's kernels compute one formula
+            // whatever the vector width the binary was compiled for.
+            Assert.Equal(Exact(jit.ToString()), Exact(run.Output));
             Assert.Contains($"reloaded the checkpoint: {expected.Count} of {expected.Count} shadows match bit for bit", run.Output);
         }
     }

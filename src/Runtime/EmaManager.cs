@@ -78,7 +78,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
                 : slot.IsBuffer ? (options.TrackBuffers ? EmaExclusion.None : EmaExclusion.BufferNotTracked)
                 : t.requires_grad ? EmaExclusion.None : EmaExclusion.Frozen;
             var dtype = t.dtype;
-            var shadowDType = KernelKinds.IsFloatingPoint(dtype) ? KernelKinds.ShadowDTypeFor(dtype, options.LowPrecisionShadow) : dtype;
+            var shadowDType = DTypes.IsFloatingPoint(dtype) ? DTypes.ShadowDTypeFor(dtype, options.LowPrecisionShadow) : dtype;
             _parameterOfSlot[s] = all.Count;
             all.Add(new EmaParameterInfo(slot.FullName, t.shape, dtype, shadowDType, t.device, exclusion, slot.IsBuffer, slot.ShardDim));
             _slotNumel[s] = all[^1].Numel;

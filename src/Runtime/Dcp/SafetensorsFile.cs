@@ -16,13 +16,6 @@ public static class SafetensorsFile
 {
     private const long MaxHeaderBytes = 100 << 20;
 
-    private static readonly Dictionary<torch.ScalarType, string> Codes = new()
-    {
-        [torch.ScalarType.Float64] = "F64", [torch.ScalarType.Float32] = "F32", [torch.ScalarType.Float16] = "F16",
-        [torch.ScalarType.BFloat16] = "BF16", [torch.ScalarType.Int64] = "I64", [torch.ScalarType.Int32] = "I32",
-        [torch.ScalarType.Int16] = "I16", [torch.ScalarType.Int8] = "I8", [torch.ScalarType.Byte] = "U8",
-        [torch.ScalarType.Bool] = "BOOL",
-    };
 
     /// <summary>A tensor of a safetensors file: where its bytes are.</summary>
     public sealed record Entry(string Name, torch.ScalarType DType, long[] Shape, long Begin, long End);
@@ -40,7 +33,7 @@ public static class SafetensorsFile
             json.WriteEndObject();
             foreach (var (name, t) in tensors)
             {
-                if (!Codes.TryGetValue(t.dtype, out var code)) throw new ArgumentException($"'{name}': safetensors has no dtype for {t.dtype}");
+                if (!DTypes.TryGet(t.dtype, out var row) || row.SafetensorsCode is not { } code) throw new ArgumentException($"'{name}': safetensors has no dtype for {t.dtype}");
                 long bytes = t.numel() * t.ElementSize;
                 json.WriteStartObject(name);
                 json.WriteString("dtype", code);
@@ -111,8 +104,7 @@ public static class SafetensorsFile
                 }
                 var v = property.Value;
                 string code = v.GetProperty("dtype").GetString() ?? "";
-                torch.ScalarType? dtype = null;
-                foreach (var (type, c) in Codes) if (c == code) dtype = type;
+                torch.ScalarType? dtype = DTypes.TryGetBySafetensorsCode(code, out var row) ? row.Type : null;
                 if (dtype is null) throw new CheckpointFormatException($"{path}: tensor '{property.Name}' has dtype '{code}', which TorchSharp does not support.");
                 var shape = new List<long>();
                 foreach (var d in v.GetProperty("shape").EnumerateArray()) shape.Add(d.GetInt64());

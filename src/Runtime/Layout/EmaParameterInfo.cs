@@ -29,7 +29,7 @@ public sealed record EmaParameterInfo(
     bool IsBuffer = false, int ShardDim = 0)
 {
     /// <summary>True when the shadow is a plain copy (integer and bool buffers are copied, never averaged).</summary>
-    public bool IsCopied => !KernelKinds.IsFloatingPoint(DType);
+    public bool IsCopied => !DTypes.IsFloatingPoint(DType);
 
     /// <summary>True when the parameter has a shadow.</summary>
     public bool Tracked => Exclusion == EmaExclusion.None;

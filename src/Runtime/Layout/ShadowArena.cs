@@ -62,7 +62,7 @@ internal sealed class ShadowArena : IDisposable
             var (deviceType, deviceIndex, shadowDType, parameterDType, isBuffer) = key;
             var device = new torch.Device(deviceType, deviceIndex);
             var indices = members[key];
-            long alignElements = Math.Max(1, AlignmentBytes / Math.Min(ElementSize(shadowDType), ElementSize(parameterDType)));
+            long alignElements = Math.Max(1, AlignmentBytes / Math.Min(DTypes.SizeOf(shadowDType), DTypes.SizeOf(parameterDType)));
             long total = 0;
             foreach (int index in indices)
             {
@@ -168,10 +168,4 @@ internal sealed class ShadowArena : IDisposable
     }
 
     private static long RoundUp(long n, long multiple) => (n + multiple - 1) / multiple * multiple;
-
-    internal static int ElementSize(torch.ScalarType dtype)
-    {
-        using var probe = torch.empty(0, dtype);
-        return (int)probe.ElementSize;
-    }
 }

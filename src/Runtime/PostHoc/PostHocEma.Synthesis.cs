@@ -34,7 +34,7 @@ public static partial class PostHocEma
         if (targets.Count == 0) throw new ArgumentException("Name at least one width to synthesise.", nameof(targets));
         foreach (var (_, dir) in targets) ArgumentNullException.ThrowIfNull(dir, nameof(targets));
         if (atStep < 1) throw new ArgumentOutOfRangeException(nameof(atStep), atStep, "The target step must be at least 1.");
-        if (!KernelKinds.IsFloatingPoint(dtype)) throw new ArgumentException($"The output is floating point; {dtype} is not.", nameof(dtype));
+        if (!DTypes.IsFloatingPoint(dtype)) throw new ArgumentException($"The output is floating point; {dtype} is not.", nameof(dtype));
         var gammas = targets.Select(t => PowerFunctionSchedule.GammaFromSigmaRel(t.SigmaRel)).ToArray();
         var all = PostHocSnapshot.List(snapshotsDir);
         var used = all.Where(s => s.Step <= atStep).ToList();
@@ -55,7 +55,7 @@ public static partial class PostHocEma
                 var state = new List<KeyValuePair<string, object?>>();
                 foreach (var (name, sum) in sums[t])
                 {
-                    state.Add(new(prefix + name, dtype == torch.ScalarType.Float32 ? sum : new DeferredTensor(() => sum.to_type(dtype, copy: true), sum.numel() * TorchDTypes.ElementSize(dtype))));
+                    state.Add(new(prefix + name, dtype == torch.ScalarType.Float32 ? sum : new DeferredTensor(() => sum.to_type(dtype, copy: true), sum.numel() * DTypes.SizeOf(dtype))));
                 }
                 // The decay value is the one the target profile applies at atStep, as a tracked profile would have stored.
                 state.AddRange(EmaCheckpoint.ProfileState(prefix, [], _ => throw new InvalidOperationException(), atStep, schedule.DecayAt(atStep), schedule.Describe()));

@@ -33,7 +33,7 @@ public static partial class PostHocEma
         {
             using var _ = torch.no_grad();
             return shadow.to_type(dtype, copy: true);
-        }, shadow.numel() * TorchDTypes.ElementSize(dtype)));
+        }, shadow.numel() * DTypes.SizeOf(dtype)));
         var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
         DcpWriter.Save(folder, state);
         return folder;
@@ -96,7 +96,7 @@ public static partial class PostHocEma
     private static List<(int Index, string Key, EmaSchedule Schedule)> SnapshotProfiles(long step, torch.ScalarType dtype,
         IReadOnlyList<string> names, Func<int, EmaSchedule> scheduleOf)
     {
-        if (!KernelKinds.IsFloatingPoint(dtype)) throw new ArgumentException($"Snapshots are floating point; {dtype} is not.", nameof(dtype));
+        if (!DTypes.IsFloatingPoint(dtype)) throw new ArgumentException($"Snapshots are floating point; {dtype} is not.", nameof(dtype));
         if (step <= 0) throw new InvalidOperationException("A post-hoc snapshot needs at least one update (step 0 has no profile).");
         var all = Enumerable.Range(0, names.Count).Select(k => (Index: k, Name: names[k], Schedule: scheduleOf(k))).ToList();
         var power = all

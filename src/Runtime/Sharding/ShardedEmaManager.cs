@@ -89,7 +89,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
                 var slot = _slots[s];
                 _slotNumel[s] = slot.Tensor?.numel() ?? -1;
                 if (slot.Tensor is not { } p || slot.Ignored || !(slot.IsBuffer ? options.TrackBuffers : p.requires_grad)) continue;
-                var shadowDType = KernelKinds.IsFloatingPoint(p.dtype) ? KernelKinds.ShadowDTypeFor(p.dtype, options.LowPrecisionShadow) : p.dtype;
+                var shadowDType = DTypes.IsFloatingPoint(p.dtype) ? DTypes.ShadowDTypeFor(p.dtype, options.LowPrecisionShadow) : p.dtype;
                 long[] globalShape = p.shape;
                 // Buffers are replicated (FSDP keeps them whole on every rank), so their own shape is the global one.
                 if (globalShapes is not null && !globalShapes.TryGetValue(slot.FullName, out globalShape!))

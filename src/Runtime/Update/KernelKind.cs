@@ -60,11 +60,4 @@ internal static class KernelKinds
         KernelKind.Copy1 => 1,
         _ => 2,
     };
-
-    public static bool IsFloatingPoint(torch.ScalarType dtype) => dtype is torch.ScalarType.Float16 or torch.ScalarType.BFloat16
-        or torch.ScalarType.Float32 or torch.ScalarType.Float64;
-
-    /// <summary>The default shadow dtype for a parameter dtype: fp32 for bf16/fp16 unless low precision is asked for.</summary>
-    public static torch.ScalarType ShadowDTypeFor(torch.ScalarType parameter, bool lowPrecision) =>
-        !lowPrecision && parameter is torch.ScalarType.BFloat16 or torch.ScalarType.Float16 ? torch.ScalarType.Float32 : parameter;
 }

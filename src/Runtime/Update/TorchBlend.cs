@@ -14,7 +14,7 @@ internal static class TorchBlend
     /// <summary>Updates <paramref name="shadow"/> from <paramref name="parameter"/> (same shape); integer and bool shadows are copied.</summary>
     public static void Apply(torch.Tensor shadow, torch.Tensor parameter, double decay)
     {
-        if (!KernelKinds.IsFloatingPoint(shadow.dtype))
+        if (!DTypes.IsFloatingPoint(shadow.dtype))
         {
             InPlace.Release(shadow.copy_(parameter), shadow);
             return;

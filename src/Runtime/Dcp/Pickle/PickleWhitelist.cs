@@ -12,24 +12,6 @@ internal static class PickleWhitelist
     private const string Dcp113 = "torch.distributed._shard.checkpoint.metadata";
     private const string Sharded = "torch.distributed._shard.sharded_tensor.metadata";
 
-    /// <summary>torch dtype constant names, and the element size TorchSharp needs for each (0 where TorchSharp lacks the dtype).</summary>
-    public static readonly IReadOnlyDictionary<string, int> DTypes = new Dictionary<string, int>
-    {
-        ["float32"] = 4, ["float64"] = 8, ["float16"] = 2, ["bfloat16"] = 2,
-        ["int64"] = 8, ["int32"] = 4, ["int16"] = 2, ["int8"] = 1, ["uint8"] = 1, ["bool"] = 1,
-        ["complex64"] = 8, ["complex128"] = 16,
-        ["float8_e5m2"] = 1, ["float8_e4m3fn"] = 1, ["float8_e5m2fnuz"] = 1, ["float8_e4m3fnuz"] = 1, ["float8_e8m0fnu"] = 1,
-        ["uint16"] = 2, ["uint32"] = 4, ["uint64"] = 8, ["complex32"] = 4,
-    };
-
-    /// <summary>Legacy typed storage classes (module torch) and the dtype each holds.</summary>
-    public static readonly IReadOnlyDictionary<string, string> StorageDTypes = new Dictionary<string, string>
-    {
-        ["FloatStorage"] = "float32", ["DoubleStorage"] = "float64", ["HalfStorage"] = "float16", ["BFloat16Storage"] = "bfloat16",
-        ["LongStorage"] = "int64", ["IntStorage"] = "int32", ["ShortStorage"] = "int16", ["CharStorage"] = "int8",
-        ["ByteStorage"] = "uint8", ["BoolStorage"] = "bool", ["ComplexFloatStorage"] = "complex64", ["ComplexDoubleStorage"] = "complex128",
-    };
-
     private static readonly Dictionary<(string, string), GlobalKind> Entries = Build();
 
     public static bool TryGet(string module, string name, out PickleGlobal global)
@@ -61,9 +43,12 @@ internal static class PickleWhitelist
         e[(Dcp2, "_MEM_FORMAT_ENCODING")] = GlobalKind.EnumClass;
         e[(Sharded, "MEM_FORMAT_ENCODING")] = GlobalKind.EnumClass;
 
-        foreach (var dtype in DTypes.Keys) e[("torch", dtype)] = GlobalKind.Constant;
+        foreach (var dtype in EmaGen.DTypes.All) e[("torch", dtype.TorchName)] = GlobalKind.Constant;
         e[("torch", "strided")] = GlobalKind.Constant;
-        foreach (var storage in StorageDTypes.Keys) e[("torch", storage)] = GlobalKind.Storage;
+        foreach (var dtype in EmaGen.DTypes.All)
+        {
+            if (dtype.StorageClass is { } storage) e[("torch", storage)] = GlobalKind.Storage;
+        }
         e[("torch.storage", "UntypedStorage")] = GlobalKind.Storage;
 
         e[("torch", "Size")] = GlobalKind.Function;

@@ -281,10 +281,14 @@ public static class SafePickleReader
         if (dtypeFromArgument)
         {
             var g = As<PickleGlobal>(args[6], s, "dtype");
-            if (g.Kind != GlobalKind.Constant || !PickleWhitelist.DTypes.ContainsKey(g.Name)) throw Error(s, $"'{g}' is not a dtype");
+            if (g.Kind != GlobalKind.Constant || !EmaGen.DTypes.TryGetByTorchName(g.Name, out _)) throw Error(s, $"'{g}' is not a dtype");
             dtype = g.Name;
         }
-        else if (!PickleWhitelist.StorageDTypes.TryGetValue(storage.StorageType.Name, out dtype!))
+        else if (EmaGen.DTypes.TryGetByStorageClass(storage.StorageType.Name, out var held))
+        {
+            dtype = held.TorchName;
+        }
+        else
         {
             throw Error(s, $"_rebuild_tensor_v2 with storage type '{storage.StorageType}' (a typed storage class was expected)");
         }

@@ -36,30 +36,29 @@ internal static class DiagnosticDescriptors
         "EMA008", "[EmaTracked] class overrides RegisterComponents",
         "'{0}' overrides RegisterComponents(), which EmaGen generates for [EmaTracked] classes (reflection-free, so NativeAOT works); remove the override and register anything extra in the constructor");
 
-    public static readonly DiagnosticDescriptor IgnoreHasNoEffect = new(
+    public static readonly DiagnosticDescriptor IgnoreHasNoEffect = Warning(
         "EMA010", "[EmaIgnore] has no effect",
-        "[EmaIgnore] on '{0}' has no effect: the member holds no parameters",
-        Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema010");
+        "[EmaIgnore] on '{0}' has no effect: the member holds no parameters");
 
-    public static readonly DiagnosticDescriptor ReflectionRegistration = new(
+    public static readonly DiagnosticDescriptor ReflectionRegistration = Warning(
         "EMA011", "base.RegisterComponents() registers by reflection",
-        "'{0}' calls base.RegisterComponents(), TorchSharp's reflection-based registration, which registers nothing in a NativeAOT binary; call RegisterComponents() (the generated override) instead",
-        Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema011");
+        "'{0}' calls base.RegisterComponents(), TorchSharp's reflection-based registration, which registers nothing in a NativeAOT binary; call RegisterComponents() (the generated override) instead");
 
     public static readonly DiagnosticDescriptor NegativeShardDim = Error(
         "EMA012", "Shard dimension must not be negative",
         "[EmaShard({1})] on '{0}': the shard dimension must be 0 or more (use [EmaReplicate] for a tensor every rank keeps whole)");
 
-    public static readonly DiagnosticDescriptor ReflectionRegisteredModule = new(
+    public static readonly DiagnosticDescriptor ReflectionRegisteredModule = Warning(
         "EMA013", "Module class registers its parameters by reflection",
-        "Module class '{0}' is not [EmaTracked]: TorchSharp registers its parameters by reflection. EmaGen reads them at bind time and keeps its fields for NativeAOT, but add [EmaTracked] and partial to '{0}' for reflection-free registration and a typed shadow.",
-        Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema013");
+        "Module class '{0}' is not [EmaTracked]: TorchSharp registers its parameters by reflection. EmaGen reads them at bind time and keeps its fields for NativeAOT, but add [EmaTracked] and partial to '{0}' for reflection-free registration and a typed shadow.");
 
-    public static readonly DiagnosticDescriptor ShardOnBuffer = new(
+    public static readonly DiagnosticDescriptor ShardOnBuffer = Warning(
         "EMA014", "[EmaShard] on a buffer has no effect",
-        "[EmaShard] on buffer '{0}' has no effect: sharded EMAs keep buffers whole on every rank, as FSDP does; remove it (or make the tensor a Parameter)",
-        Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + "ema014");
+        "[EmaShard] on buffer '{0}' has no effect: sharded EMAs keep buffers whole on every rank, as FSDP does; remove it (or make the tensor a Parameter)");
 
     private static DiagnosticDescriptor Error(string id, string title, string message) =>
         new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true, helpLinkUri: HelpBase + id.ToLowerInvariant());
+
+    private static DiagnosticDescriptor Warning(string id, string title, string message) =>
+        new(id, title, message, Category, DiagnosticSeverity.Warning, isEnabledByDefault: true, helpLinkUri: HelpBase + id.ToLowerInvariant());
 }

@@ -27,6 +27,12 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     private readonly bool _namedProfiles;
     private readonly double[] _currentDecay;
     private readonly torch.Tensor?[] _live;
+    // Per slot: the tensor and data pointer seen last, and whether the raw kernels take it (re-checked only when the
+    // tensor object or its data pointer changes, as in the dense engine).
+    private readonly torch.Tensor?[] _knownTensor;
+    private readonly IntPtr[] _knownPointer;
+    private readonly bool[] _rawOk;
+    private readonly IntPtr[] _warmHandles;
     private readonly DynamicModuleCache _dynamic = new();
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
@@ -45,6 +51,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         public required KernelKind Kernel { get; init; }
         public required long StartElement { get; init; } // where the box starts in the flattened parameter (dim-0 boxes)
         public required bool LocalParameter { get; init; } // the parameter already is the box
+        public required long ShadowNumel { get; init; } // elements of the box (read once, not per step)
         public bool Contiguous => LocalParameter || Info.ShardDim <= 0 || Info.Shape.Length == 0;
     }
 
@@ -81,6 +88,10 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         _slotNumel = new long[_slots.Length];
         _entryOfSlot = new Entry?[_slots.Length];
         _live = new torch.Tensor?[_slots.Length];
+        _knownTensor = new torch.Tensor?[_slots.Length];
+        _knownPointer = new IntPtr[_slots.Length];
+        _rawOk = new bool[_slots.Length];
+        _warmHandles = new IntPtr[_slots.Length];
         using var _ = torch.no_grad();
         try
         {
@@ -133,6 +144,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
                     Kernel = KernelKinds.For(shadowDType, p.dtype),
                     StartElement = !local && info.ShardDim == 0 && info.Shape.Length > 0 ? box.offsets[0] * rowElements : 0,
                     LocalParameter = local,
+                    ShadowNumel = shadows[0].numel(),
                 };
                 _entries.Add(entry);
                 _byName[slot.FullName] = entry;
@@ -212,6 +224,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             Step = step;
             return;
         }
+        TensorMetadataWarmer.Warm(_knownTensor, _warmHandles);
         var gather = new ShardedGatherVisitor(_slots, _slotNumel, _live, _dynamic);
         TModel.VisitParameters(model, ref gather);
         gather.EnsureComplete();
@@ -241,16 +254,23 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     {
         for (int s = 0; s < _live.Length; s++)
         {
-            if (_entryOfSlot[s] is not { } e || e.Shadow.numel() == 0) continue;
+            if (_entryOfSlot[s] is not { } e || e.ShadowNumel == 0) continue;
             var p = _live[s]!;
-            if (e.Contiguous && e.Kernel != KernelKind.None && p.device_type == DeviceType.CPU && p.is_contiguous())
+            var pointer = NativeTensor.DataPointer(p);
+            if (!ReferenceEquals(p, _knownTensor[s]) || pointer != _knownPointer[s])
+            {
+                _rawOk[s] = e.Contiguous && e.Kernel != KernelKind.None && p.device_type == DeviceType.CPU && p.is_contiguous();
+                _knownTensor[s] = p;
+                _knownPointer[s] = pointer;
+            }
+            if (_rawOk[s])
             {
                 for (int a = 0; a < _work.ActiveCount; a++)
                 {
                     int k = _work.ActiveProfile(a);
                     _work.SetShadow(k, e.ShadowPointers[k]);
                 }
-                _work.Add(NativeTensor.DataPointer(p) + (nint)(e.StartElement * KernelKinds.ParameterElementSize(e.Kernel)), e.Shadow.numel(), e.Kernel);
+                _work.Add(pointer + (nint)(e.StartElement * KernelKinds.ParameterElementSize(e.Kernel)), e.ShadowNumel, e.Kernel);
             }
             else
             {

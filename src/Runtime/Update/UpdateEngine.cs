@@ -135,48 +135,7 @@ internal sealed class UpdateEngine : IDisposable
     {
         _cursor = 0;
         _dynamic.Begin();
-        if (_items >= WarmPassMinimum) WarmTensorMetadata();
-    }
-
-    // Below this many tensors the walk's cache misses are too few to be worth a pass of their own.
-    private const int WarmPassMinimum = 64;
-
-    // Every step reads each parameter's data pointer from LibTorch (so a re-pointed parameter is never averaged from
-    // stale memory). On a cold cache that walk is a chain of dependent misses per tensor (the Parameter object, its
-    // native handle, the TensorImpl), taken one tensor at a time: 0.78 ms of a 4 ms update at 1,000 tensors. This pass
-    // touches the same lines for all tensors first, with loads that do not depend on each other, so the core keeps many
-    // misses in flight; the walk then finds them cached (measured at 5M/1000 from a cold cache: the walk took 0.78 ms
-    // before, 0.45-0.49 ms after). It only loads and prefetches: nothing is decided from it.
-    private unsafe void WarmTensorMetadata()
-    {
-        for (int item = 0; item < _items; item++)
-        {
-            var known = _knownTensor[item];
-            _warmHandles[item] = known is null || known.IsInvalid ? IntPtr.Zero : known.Handle;
-        }
-        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
-        for (int item = 0; item < _items; item++)
-        {
-            if (_warmHandles[item] != IntPtr.Zero) System.Runtime.Intrinsics.X86.Sse.Prefetch0((void*)_warmHandles[item]);
-        }
-        // LibTorchSharp's handle points at an at::Tensor, whose first word is its TensorImpl.
-        for (int item = 0; item < _items; item++)
-        {
-            if (_warmHandles[item] == IntPtr.Zero) continue;
-            byte* impl = *(byte**)_warmHandles[item];
-            _warmHandles[item] = (IntPtr)impl;
-            if (impl == null) continue;
-            System.Runtime.Intrinsics.X86.Sse.Prefetch0(impl);
-            System.Runtime.Intrinsics.X86.Sse.Prefetch0(impl + 64);
-            System.Runtime.Intrinsics.X86.Sse.Prefetch0(impl + 128);
-        }
-        // c10::TensorImpl keeps its StorageImpl pointer right after the 24-byte intrusive_ptr_target header; the data
-        // pointer lives in the StorageImpl. A wrong guess here would only prefetch a useless line.
-        for (int item = 0; item < _items; item++)
-        {
-            if (_warmHandles[item] == IntPtr.Zero) continue;
-            System.Runtime.Intrinsics.X86.Sse.Prefetch0(*(byte**)((byte*)_warmHandles[item] + 24));
-        }
+        TensorMetadataWarmer.Warm(_knownTensor, _warmHandles);
     }
 
     /// <summary>Gathers the slots of a dynamic module: from the contents read before while it is the same module object.</summary>

@@ -18,6 +18,8 @@ internal sealed unsafe class BandwidthProbe : IPartitionedWork, IDisposable
         Fma,
         Fma256,
         TensorPrimitivesLerp,
+        /// <summary>b holds bf16 (read 2 + 4 bytes, write 4): the limit for an fp32 shadow of a bf16 parameter.</summary>
+        WidenBFloat16,
     }
 
     // Same scheduling as the update: 1 MiB chunks taken from a shared counter.
@@ -65,6 +67,10 @@ internal sealed unsafe class BandwidthProbe : IPartitionedWork, IDisposable
             {
                 Fma(_a + lo, _b + lo, n, _d, _w, wide: false);
             }
+            else if (_loop == Loop.WidenBFloat16)
+            {
+                WidenBf16(_a + lo, (ushort*)_b + lo, n, _d, _w);
+            }
             else
             {
                 var a = new Span<float>(_a + lo, n);
@@ -74,6 +80,20 @@ internal sealed unsafe class BandwidthProbe : IPartitionedWork, IDisposable
     }
 
     public void Dispose() => _pool.Dispose();
+
+    private static void WidenBf16(float* a, ushort* b, int n, float d, float w)
+    {
+        int i = 0;
+        var vd = Vector256.Create(d);
+        var vw = Vector256.Create(w);
+        for (; i <= n - 16; i += 16)
+        {
+            var (lo, hi) = Vector256.Widen(Vector256.Load(b + i));
+            Vector256.FusedMultiplyAdd(Vector256.Load(a + i), vd, Vector256.ShiftLeft(lo, 16).AsSingle() * vw).Store(a + i);
+            Vector256.FusedMultiplyAdd(Vector256.Load(a + i + 8), vd, Vector256.ShiftLeft(hi, 16).AsSingle() * vw).Store(a + i + 8);
+        }
+        for (; i < n; i++) a[i] = a[i] * d + BitConverter.Int32BitsToSingle(b[i] << 16) * w;
+    }
 
     private static void Fma(float* a, float* b, int n, float d, float w, bool wide)
     {

@@ -15,7 +15,9 @@ internal sealed unsafe class InPlacePasses : IDisposable
     private readonly torch.Tensor _a;
     private readonly torch.Tensor _b;
     private readonly torch.Tensor _weight;
+    private readonly torch.Tensor _bf16;
     private readonly BandwidthProbe[] _probes;
+    private readonly BandwidthProbe _bf16Probe;
 
     public InPlacePasses(long elements, double decay, int threads)
     {
@@ -24,6 +26,8 @@ internal sealed unsafe class InPlacePasses : IDisposable
         _weight = torch.tensor((float)(1 - decay));
         var pa = (float*)NativeTensor.DataPointer(_a);
         var pb = (float*)NativeTensor.DataPointer(_b);
+        _bf16 = torch.randn(elements).to_type(torch.ScalarType.BFloat16);
+        _bf16Probe = new BandwidthProbe(pa, (float*)NativeTensor.DataPointer(_bf16), elements, (float)decay, threads, BandwidthProbe.Loop.WidenBFloat16);
         _probes = new[] { BandwidthProbe.Loop.Fma, BandwidthProbe.Loop.TensorPrimitivesLerp, BandwidthProbe.Loop.Fma256 }
             .Select(loop => new BandwidthProbe(pa, pb, elements, (float)decay, threads, loop)).ToArray();
     }
@@ -41,14 +45,19 @@ internal sealed unsafe class InPlacePasses : IDisposable
         });
     }
 
+    /// <summary>The limit for bf16 parameters with fp32 shadows: reads 2 + 4 bytes and writes 4 per element.</summary>
+    public (string Name, int Bytes, Action Step) BFloat16Variant() => ("probe_bf16_widen", 10, () => _bf16Probe.Run());
+
     /// <summary>The fastest pass of a run (lowest median time; all move 12 bytes per element).</summary>
     public static string Limit(IReadOnlyDictionary<string, List<double>> samples) =>
-        samples.Where(kv => kv.Key.StartsWith("probe_", StringComparison.Ordinal) || kv.Key == "libtorch_flat_lerp")
+        samples.Where(kv => (kv.Key.StartsWith("probe_", StringComparison.Ordinal) && kv.Key != "probe_bf16_widen") || kv.Key == "libtorch_flat_lerp")
             .OrderBy(kv => Timing.Median(kv.Value)).First().Key;
 
     public void Dispose()
     {
         foreach (var p in _probes) p.Dispose();
+        _bf16Probe.Dispose();
+        _bf16.Dispose();
         _a.Dispose();
         _b.Dispose();
         _weight.Dispose();

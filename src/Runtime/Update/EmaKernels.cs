@@ -94,11 +94,11 @@ internal static unsafe class EmaKernels
             int n = (int)Math.Min(count, 1 << 30);
             if (kind == KernelKind.Float32)
             {
-                Float32Pair((float*)ema0, (float*)ema1, (float*)p, n, (float)decay0, (float)(1.0 - decay0), (float)decay1, (float)(1.0 - decay1));
+                Pair<Float32Load>((float*)ema0, (float*)ema1, p, n, (float)decay0, (float)(1.0 - decay0), (float)decay1, (float)(1.0 - decay1));
             }
             else if (kind == KernelKind.Float32FromBFloat16)
             {
-                Float32FromBFloat16Pair((float*)ema0, (float*)ema1, (ushort*)p, n, (float)decay0, (float)(1.0 - decay0), (float)decay1, (float)(1.0 - decay1));
+                Pair<BFloat16Load>((float*)ema0, (float*)ema1, p, n, (float)decay0, (float)(1.0 - decay0), (float)decay1, (float)(1.0 - decay1));
             }
             else
             {
@@ -140,35 +140,59 @@ internal static unsafe class EmaKernels
         for (; i < n; i++) ema[i] = Blend(ema[i], p[i], d, w);
     }
 
-    private static void Float32Pair(float* ema0, float* ema1, float* p, int n, float d0, float w0, float d1, float w1)
+    // How a pair kernel reads parameters as fp32: 8 at a time (widened in registers) or one.
+    private interface IParameterLoad
     {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        static abstract Vector256<float> Load8(void* p, int i);
+        static abstract float Load1(void* p, int i);
+        static abstract void Single(float* ema, void* p, int n, float d, float w);
+    }
+
+    private readonly struct Float32Load : IParameterLoad
+    {
+        public static Vector256<float> Load8(void* p, int i) => Vector256.Load((float*)p + i);
+        public static float Load1(void* p, int i) => ((float*)p)[i];
+        public static void Single(float* ema, void* p, int n, float d, float w) => Float32(ema, (float*)p, n, d, w);
+    }
+
+    private readonly struct BFloat16Load : IParameterLoad
+    {
+        public static Vector256<float> Load8(void* p, int i) => Avx2.IsSupported
+            ? Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32((ushort*)p + i), 16).AsSingle()
+            : Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load((ushort*)p + i).ToVector256Unsafe()), 16).AsSingle();
+        public static float Load1(void* p, int i) => FromBFloat16(((ushort*)p)[i]);
+        public static void Single(float* ema, void* p, int n, float d, float w) => Float32FromBFloat16(ema, (ushort*)p, n, d, w);
+    }
+
+    // Two shadows of the same parameters: each parameter vector is loaded (and widened) once and feeds both.
+    private static void Pair<TLoad>(float* ema0, float* ema1, void* p, int n, float d0, float w0, float d1, float w1)
+        where TLoad : struct, IParameterLoad
+    {
+        if (!Vector256.IsHardwareAccelerated)
         {
-            var vd0 = Vector256.Create(d0);
-            var vw0 = Vector256.Create(w0);
-            var vd1 = Vector256.Create(d1);
-            var vw1 = Vector256.Create(w1);
-            for (; i <= n - 16; i += 16)
-            {
-                var p0 = Vector256.Load(p + i);
-                var p1 = Vector256.Load(p + i + 8);
-                Blend(Vector256.Load(ema0 + i), p0, vd0, vw0).Store(ema0 + i);
-                Blend(Vector256.Load(ema0 + i + 8), p1, vd0, vw0).Store(ema0 + i + 8);
-                Blend(Vector256.Load(ema1 + i), p0, vd1, vw1).Store(ema1 + i);
-                Blend(Vector256.Load(ema1 + i + 8), p1, vd1, vw1).Store(ema1 + i + 8);
-            }
-        }
-        else
-        {
-            Float32(ema0, p, n, d0, w0);
-            Float32(ema1, p, n, d1, w1);
+            TLoad.Single(ema0, p, n, d0, w0);
+            TLoad.Single(ema1, p, n, d1, w1);
             return;
+        }
+        int i = 0;
+        var vd0 = Vector256.Create(d0);
+        var vw0 = Vector256.Create(w0);
+        var vd1 = Vector256.Create(d1);
+        var vw1 = Vector256.Create(w1);
+        for (; i <= n - 16; i += 16)
+        {
+            var p0 = TLoad.Load8(p, i);
+            var p1 = TLoad.Load8(p, i + 8);
+            Blend(Vector256.Load(ema0 + i), p0, vd0, vw0).Store(ema0 + i);
+            Blend(Vector256.Load(ema0 + i + 8), p1, vd0, vw0).Store(ema0 + i + 8);
+            Blend(Vector256.Load(ema1 + i), p0, vd1, vw1).Store(ema1 + i);
+            Blend(Vector256.Load(ema1 + i + 8), p1, vd1, vw1).Store(ema1 + i + 8);
         }
         for (; i < n; i++)
         {
-            ema0[i] = Blend(ema0[i], p[i], d0, w0);
-            ema1[i] = Blend(ema1[i], p[i], d1, w1);
+            float v = TLoad.Load1(p, i);
+            ema0[i] = Blend(ema0[i], v, d0, w0);
+            ema1[i] = Blend(ema1[i], v, d1, w1);
         }
     }
 
@@ -213,39 +237,6 @@ internal static unsafe class EmaKernels
             }
         }
         for (; i < n; i++) ema[i] = Blend(ema[i], FromBFloat16(p[i]), d, w);
-    }
-
-    private static void Float32FromBFloat16Pair(float* ema0, float* ema1, ushort* p, int n, float d0, float w0, float d1, float w1)
-    {
-        int i = 0;
-        if (Avx2.IsSupported)
-        {
-            var vd0 = Vector256.Create(d0);
-            var vw0 = Vector256.Create(w0);
-            var vd1 = Vector256.Create(d1);
-            var vw1 = Vector256.Create(w1);
-            for (; i <= n - 16; i += 16)
-            {
-                var p0 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i), 16).AsSingle();
-                var p1 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i + 8), 16).AsSingle();
-                Blend(Vector256.Load(ema0 + i), p0, vd0, vw0).Store(ema0 + i);
-                Blend(Vector256.Load(ema0 + i + 8), p1, vd0, vw0).Store(ema0 + i + 8);
-                Blend(Vector256.Load(ema1 + i), p0, vd1, vw1).Store(ema1 + i);
-                Blend(Vector256.Load(ema1 + i + 8), p1, vd1, vw1).Store(ema1 + i + 8);
-            }
-        }
-        else
-        {
-            Float32FromBFloat16(ema0, p, n, d0, w0);
-            Float32FromBFloat16(ema1, p, n, d1, w1);
-            return;
-        }
-        for (; i < n; i++)
-        {
-            float v = FromBFloat16(p[i]);
-            ema0[i] = Blend(ema0[i], v, d0, w0);
-            ema1[i] = Blend(ema1[i], v, d1, w1);
-        }
     }
 
     private static void Float32FromFloat16(float* ema, Half* p, int n, float d, float w)

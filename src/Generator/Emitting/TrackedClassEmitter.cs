@@ -220,9 +220,13 @@ internal static class TrackedClassEmitter
         ModuleKind.Tracked => $"{member.Module.TypeName}.CreateEmaShadow({expression}, builder)",
         ModuleKind.Dynamic => $"builder.NextDynamic({Literal(member.Name)})",
         _ when member.Module.ReadFromRegisteredTree =>
-            $"builder.NextDynamic({Literal(member.Name)}) is var __registered ? new {member.Module.ShadowTypeName}({string.Join(", ", member.Module.ParameterNames.Concat(member.Module.BufferNames).Select(p => $"__registered.Slot({Literal(p)})"))}) : null!",
-        _ => $"new {member.Module.ShadowTypeName}({string.Join(", ", member.Module.ParameterNames.Concat(member.Module.BufferNames).Select(p => $"builder.Next({Literal(p)})"))})",
+            $"builder.NextDynamic({Literal(member.Name)}) is var __registered ? {NewBuiltinShadow(member.Module, "__registered.Slot")} : null!",
+        _ => NewBuiltinShadow(member.Module, "builder.Next"),
     };
+
+    // A built-in's typed shadow, one entry per parameter and buffer name, each taken with `entry(name)`.
+    private static string NewBuiltinShadow(ModuleTypeSpec module, string entry) =>
+        $"new {module.ShadowTypeName}({string.Join(", ", module.ParameterNames.Concat(module.BufferNames).Select(p => $"{entry}({Literal(p)})"))})";
 
     // A field of the class or an accessible base field by name; a private base field through its UnsafeAccessor.
     private static string Read(MemberSpec m, string self) => m.Accessor is null ? $"{self}.{m.MemberName}" : $"{m.Accessor}.{m.MemberName}({self})";

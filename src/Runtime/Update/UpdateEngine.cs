@@ -39,6 +39,7 @@ internal sealed class UpdateEngine : IDisposable
     private readonly IntPtr[] _parameterPointer;
     private readonly torch.Tensor?[] _current;
     private readonly IntPtr[] _warmHandles;
+    private readonly DynamicModuleCache _dynamic = new();
 
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
@@ -129,8 +130,6 @@ internal sealed class UpdateEngine : IDisposable
     /// <summary>The decay last set for profile <paramref name="profile"/>.</summary>
     public double DecayOf(int profile) => _work.DecayOf(profile);
 
-    private readonly DynamicModuleCache _dynamic = new();
-
     public void BeginGather()
     {
         _cursor = 0;
@@ -207,11 +206,23 @@ internal sealed class UpdateEngine : IDisposable
             int group = _groupOfItem[item];
             _groupIntact[group] &= _rawOk[item] && _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == _parameterPointer[item];
         }
-        if (_slowPathReason is null) NoteSlowPath();
+        if (_slowPathReason is null && AnyPackedCpuGroupBroken()) NoteSlowPath();
         BuildWork();
         _work.Run(_pool);
         if (!allRaw) ApplyThroughTorch();
         Array.Clear(_current);
+    }
+
+    // Per group, not per tensor: this runs every step until a slow path has been noted. Off the CPU, packed groups go
+    // through TorchSharp ops on the flat buffer, not through pointer checks.
+    private bool AnyPackedCpuGroupBroken()
+    {
+        var groups = _arenas[0].Groups;
+        for (int g = 0; g < groups.Count; g++)
+        {
+            if (groups[g].PackedParameters is not null && !_groupIntact[g] && groups[g].Device.type == DeviceType.CPU) return true;
+        }
+        return false;
     }
 
     // The first time a packed group no longer aliases its flat buffer: say so once, naming a parameter.
@@ -222,7 +233,6 @@ internal sealed class UpdateEngine : IDisposable
         for (int item = 0; item < _items; item++)
         {
             int g = _groupOfItem[item];
-            // Off the CPU, packed groups go through TorchSharp ops on the flat buffer, not through pointer checks.
             if (groups[g].PackedParameters is null || _groupIntact[g] || groups[g].Device.type != DeviceType.CPU) continue;
             bool moved = _expectedPackedPointer[item] != _parameterPointer[item];
             if (culprit < 0 || moved) culprit = item;

@@ -23,7 +23,6 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
 
     private readonly EmaParameterInfo[] _all;
     private readonly ParameterSlot[] _slots;
-    private readonly long[] _slotNumel;
     private readonly int[] _parameterOfSlot;
     private readonly Dictionary<string, int> _trackedIndex;
     private readonly ShadowArena[] _arenas;
@@ -63,7 +62,6 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
         _slots = collector.Slots.ToArray();
-        _slotNumel = new long[_slots.Length];
         _parameterOfSlot = new int[_slots.Length];
 
         var all = new List<EmaParameterInfo>();
@@ -72,7 +70,6 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         {
             var slot = _slots[s];
             _parameterOfSlot[s] = -1;
-            _slotNumel[s] = -1;
             if (slot.Tensor is not { } t) continue;
             var exclusion = slot.Ignored ? EmaExclusion.Ignored
                 : slot.IsBuffer ? (options.TrackBuffers ? EmaExclusion.None : EmaExclusion.BufferNotTracked)
@@ -81,7 +78,6 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
             var shadowDType = DTypes.IsFloatingPoint(dtype) ? DTypes.ShadowDTypeFor(dtype, options.LowPrecisionShadow) : dtype;
             _parameterOfSlot[s] = all.Count;
             all.Add(new EmaParameterInfo(slot.FullName, t.shape, dtype, shadowDType, t.device, exclusion, slot.IsBuffer, slot.ShardDim));
-            _slotNumel[s] = all[^1].Numel;
             sources.Add(t);
         }
         _all = all.ToArray();
@@ -103,7 +99,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         {
             // Only the first arena packs: the parameters can alias one flat buffer, which every profile then reads.
             for (int k = 0; k < _arenas.Length; k++) _arenas[k] = new ShadowArena(_all, sources, (options.PackParameters ?? true) && k == 0);
-            _engine = new UpdateEngine(_slots, _slotNumel, _parameterOfSlot, _all, _arenas, options.EffectiveThreads, options.OnSlowPath, options.ForceTorchOps);
+            _engine = new UpdateEngine(_slots, _parameterOfSlot, _all, _arenas, options.EffectiveThreads, options.OnSlowPath, options.ForceTorchOps);
             _shadowRoots = new object[_profiles.Length];
             for (int k = 0; k < _profiles.Length; k++) _shadowRoots[k] = BuildShadow(model, _arenas[k], collector.Groups);
         }
@@ -254,10 +250,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
     // Checks every slot of the model against the recorded layout before anything is written.
     private void Gather(TModel model)
     {
-        _engine.BeginGather();
-        var gather = new GatherVisitor(_engine);
-        TModel.VisitParameters(model, ref gather);
-        _engine.EndGather();
+        _engine.Check(model);
     }
 
     private object BuildShadow(TModel model, ShadowArena arena, IReadOnlyList<DynamicGroup> groups)

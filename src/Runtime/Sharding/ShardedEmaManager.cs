@@ -19,21 +19,13 @@ namespace EmaGen;
 public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel : torch.nn.Module, IEmaTracked<TModel>
 {
     private readonly ParameterSlot[] _slots;
-    private readonly long[] _slotNumel;
+    private readonly LiveSlots _live;
     private readonly Entry?[] _entryOfSlot;
     private readonly List<Entry> _entries = new();
     private readonly Dictionary<string, Entry> _byName = new(StringComparer.Ordinal);
     private readonly (string Name, EmaSchedule Schedule)[] _profiles;
     private readonly bool _namedProfiles;
     private readonly double[] _currentDecay;
-    private readonly torch.Tensor?[] _live;
-    // Per slot: the tensor and data pointer seen last, and whether the raw kernels take it (re-checked only when the
-    // tensor object or its data pointer changes, as in the dense engine).
-    private readonly torch.Tensor?[] _knownTensor;
-    private readonly IntPtr[] _knownPointer;
-    private readonly bool[] _rawOk;
-    private readonly IntPtr[] _warmHandles;
-    private readonly DynamicModuleCache _dynamic = new();
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
     private Dictionary<Entry, torch.Tensor[]>? _staging;
@@ -53,6 +45,8 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         public required bool LocalParameter { get; init; } // the parameter already is the box
         public required long ShadowNumel { get; init; } // elements of the box (read once, not per step)
         public bool Contiguous => LocalParameter || Info.ShardDim <= 0 || Info.Shape.Length == 0;
+        // Whether the raw kernels can take this box of a contiguous parameter.
+        public bool RawCapable => Contiguous && Kernel != KernelKind.None && Info.Device.type == DeviceType.CPU;
     }
 
     /// <summary>Binds this rank's shard of <paramref name="model"/>'s EMA.</summary>
@@ -85,20 +79,13 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
         _slots = collector.Slots.ToArray();
-        _slotNumel = new long[_slots.Length];
         _entryOfSlot = new Entry?[_slots.Length];
-        _live = new torch.Tensor?[_slots.Length];
-        _knownTensor = new torch.Tensor?[_slots.Length];
-        _knownPointer = new IntPtr[_slots.Length];
-        _rawOk = new bool[_slots.Length];
-        _warmHandles = new IntPtr[_slots.Length];
         using var _ = torch.no_grad();
         try
         {
             for (int s = 0; s < _slots.Length; s++)
             {
                 var slot = _slots[s];
-                _slotNumel[s] = slot.Tensor?.numel() ?? -1;
                 if (slot.Tensor is not { } p || slot.Ignored || !(slot.IsBuffer ? options.TrackBuffers : p.requires_grad)) continue;
                 var shadowDType = DTypes.IsFloatingPoint(p.dtype) ? DTypes.ShadowDTypeFor(p.dtype, options.LowPrecisionShadow) : p.dtype;
                 long[] globalShape = p.shape;
@@ -159,6 +146,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             }
             throw;
         }
+        _live = new LiveSlots(_slots, _entryOfSlot.Select(e => e is not null).ToArray());
         _work = new UpdateWorkList(_profiles.Length, _entries.Count);
         long localElements = _entries.Sum(e => e.Shadow.numel());
         int threads = options.EffectiveThreads;
@@ -224,10 +212,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             Step = step;
             return;
         }
-        TensorMetadataWarmer.Warm(_knownTensor, _warmHandles);
-        var gather = new ShardedGatherVisitor(_slots, _slotNumel, _live, _dynamic);
-        TModel.VisitParameters(model, ref gather);
-        gather.EnsureComplete();
+        _live.Check(model);
         // no_grad allocates a guard object; only the TorchSharp fallback needs it, so it is opened on first use.
         IDisposable? noGrad = null;
         try
@@ -244,7 +229,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             int k = _work.ActiveProfile(a);
             _currentDecay[k] = _work.DecayOf(k);
         }
-        Array.Clear(_live);
+        _live.Release();
         Step = step;
     }
 
@@ -252,18 +237,12 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     // through TorchSharp ops on their device.
     private void UpdateShards(ref IDisposable? noGrad)
     {
-        for (int s = 0; s < _live.Length; s++)
+        for (int s = 0; s < _slots.Length; s++)
         {
             if (_entryOfSlot[s] is not { } e || e.ShadowNumel == 0) continue;
-            var p = _live[s]!;
-            var pointer = NativeTensor.DataPointer(p);
-            if (!ReferenceEquals(p, _knownTensor[s]) || pointer != _knownPointer[s])
-            {
-                _rawOk[s] = e.Contiguous && e.Kernel != KernelKind.None && p.device_type == DeviceType.CPU && p.is_contiguous();
-                _knownTensor[s] = p;
-                _knownPointer[s] = pointer;
-            }
-            if (_rawOk[s])
+            var p = _live.Tensor(s)!;
+            var pointer = _live.Pointer(s);
+            if (e.RawCapable && _live.IsContiguous(s))
             {
                 for (int a = 0; a < _work.ActiveCount; a++)
                 {

@@ -18,6 +18,9 @@ internal static partial class NativeTensor
 
     public static IntPtr DataPointer(TorchSharp.torch.Tensor tensor) => TensorData(tensor.Handle);
 
+    /// <summary>The data pointer of the tensor behind a live handle (read once from <c>Tensor.Handle</c>).</summary>
+    public static IntPtr DataPointerOfHandle(IntPtr handle) => TensorData(handle);
+
     /// <summary>Bytes of the storage behind <paramref name="tensor"/> (more than its own when it is a view of a larger tensor).</summary>
     public static long StorageByteCount(TorchSharp.torch.Tensor tensor) => (long)StorageBytes(tensor.Handle);
 }

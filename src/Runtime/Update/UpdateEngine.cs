@@ -1,14 +1,13 @@
 using System;
 using System.Collections.Generic;
 using TorchSharp;
-using TorchSharp.Modules;
 
 namespace EmaGen;
 
 /// <summary>
-/// Executes updates for one manager. A step is two phases: <see cref="Gather"/> (called by <see cref="GatherVisitor"/>
-/// for each parameter slot of the live model) checks the slot and records the parameter's data pointer; only when every
-/// slot checked out does <see cref="Apply"/> write. On the CPU the writes are an <see cref="UpdateWorkList"/> of SIMD
+/// Executes updates for one manager. A step is two phases: <see cref="Check{TModel}"/> checks every slot of the live
+/// model against the recorded layout (<see cref="LiveSlots"/>, shared with the sharded manager) and learns each
+/// parameter's data pointer; only when every slot checked out does <see cref="Apply"/> write. On the CPU the writes are an <see cref="UpdateWorkList"/> of SIMD
 /// kernels over raw memory (one entry per intact packed group, else per parameter; every profile in one pass), split
 /// across threads for large models: no TorchSharp calls, no managed allocations. Parameters a kernel cannot take
 /// (other devices, non-contiguous, unusual dtypes) go through TorchSharp ops instead.
@@ -16,8 +15,9 @@ namespace EmaGen;
 internal sealed class UpdateEngine : IDisposable
 {
     private readonly ParameterSlot[] _slots;
-    private readonly long[] _slotNumel;
+    private readonly LiveSlots _live;
     private readonly int[] _itemOfSlot;
+    private readonly int[] _slotOfItem;
     private readonly ShadowArena[] _arenas;
     private readonly int _items;
 
@@ -28,18 +28,11 @@ internal sealed class UpdateEngine : IDisposable
     // Per averaged parameter ("item"), in visit order.
     private readonly long[] _count;
     private readonly KernelKind[] _kernel;
-    private readonly torch.ScalarType[] _parameterDType;
-    private readonly DeviceType[] _deviceType;
-    private readonly torch.Tensor?[] _knownTensor;
-    private readonly IntPtr[] _knownPointer;
+    private readonly bool[] _rawCapable; // before contiguity, which is learnt per step
     private readonly bool[] _rawOk;
     private readonly IntPtr[] _expectedPackedPointer;
     private readonly int[] _groupOfItem;
     private readonly bool[] _groupIntact;
-    private readonly IntPtr[] _parameterPointer;
-    private readonly torch.Tensor?[] _current;
-    private readonly IntPtr[] _warmHandles;
-    private readonly DynamicModuleCache _dynamic = new();
 
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
@@ -48,28 +41,30 @@ internal sealed class UpdateEngine : IDisposable
     private string? _slowPathReason;
     private int _lastIntactGroups;
     private int _lastPerTensorItems;
-    private int _cursor;
 
     // arenas: one per profile, built from the same parameters; only the first may pack them.
-    public UpdateEngine(ParameterSlot[] slots, long[] slotNumel, int[] parameterOfSlot, EmaParameterInfo[] parameters,
+    public UpdateEngine(ParameterSlot[] slots, int[] parameterOfSlot, EmaParameterInfo[] parameters,
         ShadowArena[] arenas, int threads, Action<string>? onSlowPath = null, bool forceTorch = false)
     {
         _onSlowPath = onSlowPath;
         _forceTorch = forceTorch;
         _slots = slots;
-        _slotNumel = slotNumel;
         _arenas = arenas;
         var arena = arenas[0];
         int profiles = arenas.Length;
 
         _itemOfSlot = new int[slots.Length];
+        var watched = new bool[slots.Length];
         int items = 0;
         for (int s = 0; s < slots.Length; s++)
         {
             int p = parameterOfSlot[s];
             _itemOfSlot[s] = p >= 0 && parameters[p].Tracked ? items++ : -1;
+            watched[s] = _itemOfSlot[s] >= 0;
         }
         _items = items;
+        _live = new LiveSlots(slots, watched);
+        _slotOfItem = new int[items];
         _shadow = new torch.Tensor[profiles][];
         _shadowPointer = new IntPtr[profiles][];
         for (int k = 0; k < profiles; k++)
@@ -79,17 +74,11 @@ internal sealed class UpdateEngine : IDisposable
         }
         _count = new long[items];
         _kernel = new KernelKind[items];
-        _parameterDType = new torch.ScalarType[items];
-        _deviceType = new DeviceType[items];
-        _knownTensor = new torch.Tensor?[items];
-        _knownPointer = new IntPtr[items];
+        _rawCapable = new bool[items];
         _rawOk = new bool[items];
         _expectedPackedPointer = new IntPtr[items];
         _groupOfItem = new int[items];
         _groupIntact = new bool[arena.Groups.Count];
-        _parameterPointer = new IntPtr[items];
-        _current = new torch.Tensor?[items];
-        _warmHandles = new IntPtr[items];
         for (int s = 0; s < slots.Length; s++)
         {
             int item = _itemOfSlot[s];
@@ -103,9 +92,9 @@ internal sealed class UpdateEngine : IDisposable
                 _shadowPointer[k][item] = info.Device.type == DeviceType.CPU ? NativeTensor.DataPointer(shadow) : IntPtr.Zero;
             }
             _count[item] = info.Numel;
+            _slotOfItem[item] = s;
             _kernel[item] = KernelKinds.For(info.ShadowDType, info.DType);
-            _parameterDType[item] = info.DType;
-            _deviceType[item] = info.Device.type;
+            _rawCapable[item] = !forceTorch && info.Device.type == DeviceType.CPU && _kernel[item] != KernelKind.None;
             _groupOfItem[item] = arena.GroupOf(p);
             var group = arena.Groups[_groupOfItem[item]];
             if (group.PackedParameters is { } packed && info.Device.type == DeviceType.CPU)
@@ -130,72 +119,25 @@ internal sealed class UpdateEngine : IDisposable
     /// <summary>The decay last set for profile <paramref name="profile"/>.</summary>
     public double DecayOf(int profile) => _work.DecayOf(profile);
 
-    public void BeginGather()
+    /// <summary>
+    /// Checks every slot of <paramref name="model"/> against the recorded layout and learns where each averaged
+    /// parameter's data is; throws, writing nothing, on a mismatch.
+    /// </summary>
+    public void Check<TModel>(TModel model) where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
-        _cursor = 0;
-        _dynamic.Begin();
-        TensorMetadataWarmer.Warm(_knownTensor, _warmHandles);
+        _live.Check(model);
+        for (int item = 0; item < _items; item++) _rawOk[item] = _rawCapable[item] && _live.IsContiguous(_slotOfItem[item]);
     }
 
-    /// <summary>Gathers the slots of a dynamic module: from the contents read before while it is the same module object.</summary>
-    public void GatherDynamic(torch.nn.Module module)
-    {
-        var contents = _dynamic.Next(module);
-        for (int i = 0; i < contents.Names.Length; i++) Gather(contents.Names[i], contents.Tensors[i]);
-    }
+    /// <summary>Makes the next check read every dynamic module's registered tensors again.</summary>
+    public void RefreshDynamic() => _live.RefreshDynamic();
 
-    /// <summary>Makes the next gather read every dynamic module's registered tensors again.</summary>
-    public void RefreshDynamic() => _dynamic.Invalidate();
-
-    /// <summary>Checks one visited slot against the recorded layout and remembers where its data is. Writes nothing.</summary>
-    public void Gather(string name, torch.Tensor? parameter)
-    {
-        int slot = _cursor++;
-        if (slot >= _slots.Length)
-        {
-            throw new InvalidOperationException(
-                $"The model has more parameter slots than the {_slots.Length} recorded when the EMA manager was built (extra slot '{name}').");
-        }
-        var recorded = _slots[slot];
-        if (!string.Equals(recorded.LocalName, name, StringComparison.Ordinal))
-        {
-            throw new InvalidOperationException(
-                $"The model's parameter slot {slot} is '{name}', but the EMA manager recorded '{recorded.FullName}' there; the module tree changed.");
-        }
-        if ((parameter is null) != (_slotNumel[slot] < 0))
-        {
-            throw new InvalidOperationException(
-                $"Parameter '{recorded.FullName}' is {(parameter is null ? "now null" : "now present")} in the model, unlike when the EMA manager was built.");
-        }
-        int item = _itemOfSlot[slot];
-        if (item < 0) return;
-
-        var pointer = NativeTensor.DataPointer(parameter!);
-        if (!ReferenceEquals(parameter, _knownTensor[item]) || pointer != _knownPointer[item])
-        {
-            Revalidate(item, slot, parameter!);
-            _knownTensor[item] = parameter;
-            _knownPointer[item] = pointer;
-        }
-        _parameterPointer[item] = pointer;
-        _current[item] = parameter;
-    }
-
-    public void EndGather()
-    {
-        if (_cursor != _slots.Length)
-        {
-            throw new InvalidOperationException(
-                $"The model has {_cursor} parameter slots, but had {_slots.Length} when the EMA manager was built.");
-        }
-    }
-
-    /// <summary>Writes the update for the slots gathered last.</summary>
+    /// <summary>Writes the update for the slots checked last.</summary>
     public void Apply()
     {
         if (_work.BeginStep() == 0)
         {
-            Array.Clear(_current);
+            _live.Release();
             return;
         }
         bool allRaw = true;
@@ -204,14 +146,16 @@ internal sealed class UpdateEngine : IDisposable
         {
             allRaw &= _rawOk[item];
             int group = _groupOfItem[item];
-            _groupIntact[group] &= _rawOk[item] && _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == _parameterPointer[item];
+            _groupIntact[group] &= _rawOk[item] && _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == PointerOf(item);
         }
         if (_slowPathReason is null && AnyPackedCpuGroupBroken()) NoteSlowPath();
         BuildWork();
         _work.Run(_pool);
         if (!allRaw) ApplyThroughTorch();
-        Array.Clear(_current);
+        _live.Release();
     }
+
+    private IntPtr PointerOf(int item) => _live.Pointer(_slotOfItem[item]);
 
     // Per group, not per tensor: this runs every step until a slow path has been noted. Off the CPU, packed groups go
     // through TorchSharp ops on the flat buffer, not through pointer checks.
@@ -234,18 +178,14 @@ internal sealed class UpdateEngine : IDisposable
         {
             int g = _groupOfItem[item];
             if (groups[g].PackedParameters is null || _groupIntact[g] || groups[g].Device.type != DeviceType.CPU) continue;
-            bool moved = _expectedPackedPointer[item] != _parameterPointer[item];
+            bool moved = _expectedPackedPointer[item] != PointerOf(item);
             if (culprit < 0 || moved) culprit = item;
             if (moved) break;
         }
         if (culprit < 0) return;
-        string name = "?";
-        for (int s = 0; s < _slots.Length; s++)
-        {
-            if (_itemOfSlot[s] == culprit) name = _slots[s].FullName;
-        }
+        string name = _slots[_slotOfItem[culprit]].FullName;
         var group = groups[_groupOfItem[culprit]];
-        _slowPathReason = _expectedPackedPointer[culprit] != _parameterPointer[culprit]
+        _slowPathReason = _expectedPackedPointer[culprit] != PointerOf(culprit)
             ? $"parameter '{name}' no longer aliases its packed flat buffer (re-pointed after the EMA manager was built, say by to() or set_()); its group of {group.ShadowDType} shadows is updated tensor by tensor from now on. Build a new manager to pack again."
             : $"parameter '{name}' cannot take the raw CPU kernel (layout or dtype); its packed group is updated tensor by tensor.";
         _onSlowPath?.Invoke(_slowPathReason);
@@ -297,7 +237,7 @@ internal sealed class UpdateEngine : IDisposable
                 int k = _work.ActiveProfile(a);
                 _work.SetShadow(k, _shadowPointer[k][item]);
             }
-            _work.Add(_parameterPointer[item], _count[item], _kernel[item]);
+            _work.Add(PointerOf(item), _count[item], _kernel[item]);
         }
     }
 
@@ -314,7 +254,7 @@ internal sealed class UpdateEngine : IDisposable
             for (int item = 0; item < _items; item++)
             {
                 if (_rawOk[item]) continue;
-                TorchBlend.Apply(_shadow[k][item], _current[item]!, decay);
+                TorchBlend.Apply(_shadow[k][item], _live.Tensor(_slotOfItem[item])!, decay);
             }
         }
     }
@@ -337,50 +277,8 @@ internal sealed class UpdateEngine : IDisposable
         return true;
     }
 
-    private void Revalidate(int item, int slot, torch.Tensor parameter)
-    {
-        var name = _slots[slot].FullName;
-        long numel = parameter.numel();
-        if (numel != _count[item])
-        {
-            throw new InvalidOperationException(
-                $"Parameter '{name}' has {numel} elements, but {_count[item]} when the EMA manager was built.");
-        }
-        if (parameter.dtype != _parameterDType[item])
-        {
-            throw new InvalidOperationException(
-                $"Parameter '{name}' is {parameter.dtype}, but was {_parameterDType[item]} when the EMA manager was built; build a new manager after changing dtypes.");
-        }
-        if (parameter.device_type != _deviceType[item])
-        {
-            throw new InvalidOperationException(
-                $"Parameter '{name}' is on {parameter.device_type}, but was on {_deviceType[item]} when the EMA manager was built; build a new manager after moving the model.");
-        }
-        _rawOk[item] = !_forceTorch && _deviceType[item] == DeviceType.CPU && _kernel[item] != KernelKind.None && parameter.is_contiguous();
-    }
-
     public void Dispose()
     {
         _pool?.Dispose();
     }
-}
-
-/// <summary>Hands each visited slot to <see cref="UpdateEngine.Gather"/>; names are never concatenated.</summary>
-internal readonly struct GatherVisitor : IEmaParameterVisitor
-{
-    private readonly UpdateEngine _engine;
-
-    public GatherVisitor(UpdateEngine engine) => _engine = engine;
-
-    public void EnterModule(string name, bool ignored) { }
-
-    public void EnterIndex(int index) { }
-
-    public void ExitModule() { }
-
-    public void DynamicModule(torch.nn.Module module, int shardDim) => _engine.GatherDynamic(module);
-
-    public void Parameter(string name, Parameter? parameter, bool ignored, int shardDim) => _engine.Gather(name, parameter);
-
-    public void Buffer(string name, torch.Tensor? buffer, bool ignored) => _engine.Gather(name, buffer);
 }

@@ -337,6 +337,30 @@ public sealed class ShardedEmaManagerTests
         Assert.Contains("slots", changed.Message);
     }
 
+    [Fact]
+    public void AParameterRePointedInPlaceIsCheckedAgainstTheLayoutBeforeAnythingIsWritten()
+    {
+        // The sharded manager shares the dense engine's per-step check (LiveSlots): a parameter whose data pointer
+        // changes is re-checked, so a set_() to another size throws, naming it, before any shard is written (the
+        // sharded manager used to compare element counts only, per tensor and step, through a LibTorch call).
+        torch.manual_seed(35);
+        using var model = new SizedModel(torch.ScalarType.Float32, 12, 20, 8);
+        using var rank = new ShardedEmaManager<SizedModel>(model, 0, 2, new EmaOptions { Decay = 0.5 });
+        rank.Update(model);
+        var before = rank[$"leaves.1.w"].clone();
+        using (torch.no_grad()) model[1].set_(torch.ones(21));
+        var size = Assert.Throws<InvalidOperationException>(() => rank.Update(model));
+        Assert.Contains("'leaves.1.w' has 21 elements", size.Message);
+        Assert.Equal(1, rank.Step);
+        Assert.True(before.bytes.SequenceEqual(rank["leaves.1.w"].bytes), "a failed update wrote the shard");
+
+        // Re-pointed to a same-shaped fp32 tensor, it is followed: the shard moves toward the new values.
+        using (torch.no_grad()) model[1].set_(torch.full(20, 3f));
+        rank.Update(model);
+        var expected = before * 0.5 + 3f * 0.5;
+        Assert.True(expected.allclose(rank["leaves.1.w"]), "the re-pointed parameter's shard was not updated from its new data");
+    }
+
     private static void AssertMatchesDense(ShardedEmaManager<SizedModel> rank, EmaManager<SizedModel> dense, int profile = 0)
     {
         foreach (var name in dense.TrackedNames)

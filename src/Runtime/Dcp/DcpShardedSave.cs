@@ -8,14 +8,6 @@ using TorchSharp;
 
 namespace EmaGen.Dcp;
 
-/// <summary>One rank's contribution to a sharded tensor: its local block, where the block sits in the global tensor.</summary>
-/// <param name="Key">Flattened key.</param>
-/// <param name="Local">The rank's block (CPU or any device; may be empty).</param>
-/// <param name="GlobalSize">Shape of the whole tensor.</param>
-/// <param name="Offsets">Where <paramref name="Local"/> starts in every dimension.</param>
-/// <param name="Replicated">Every rank holds the whole tensor; only rank 0 writes it, so it is stored once.</param>
-public sealed record DcpShard(string Key, torch.Tensor Local, long[] GlobalSize, long[] Offsets, bool Replicated = false);
-
 /// <summary>
 /// One DCP checkpoint written by all ranks without any collective: every rank writes its data file
 /// <c>__{rank}_0.distcp</c> and a small manifest into a staging folder named after the save id (so a re-used target
@@ -23,7 +15,7 @@ public sealed record DcpShard(string Key, torch.Tensor Local, long[] GlobalSize,
 /// <c>.metadata</c> (chunks in rank order, global sizes, replicated tensors once), writes it last and swaps the folder
 /// into place; the other ranks may wait for that commit. Only a shared file system is needed.
 /// </summary>
-public static class DcpShardedSave
+internal static class DcpShardedSave
 {
     private const string ManifestPrefix = ".manifest-";
 

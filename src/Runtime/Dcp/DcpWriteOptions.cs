@@ -12,8 +12,8 @@ public sealed class DcpWriteOptions
     public int FilesPerRank { get; init; } = 1;
 
     /// <summary>Write ZIP64 fields in every tensor archive (tests the large-archive path on small data).</summary>
-    public bool ForceZip64 { get; init; }
+    internal bool ForceZip64 { get; init; }
 
     /// <summary>Test hook: called with the name of each stage (<c>data</c>, <c>metadata</c>, <c>commit</c>); throwing simulates a crash there.</summary>
-    public Action<string>? OnStage { get; init; }
+    internal Action<string>? OnStage { get; init; }
 }

@@ -9,4 +9,4 @@ namespace EmaGen.Dcp;
 /// </summary>
 /// <param name="Make">Creates the tensor; the writer owns and disposes what it returns.</param>
 /// <param name="ByteCount">The size of the tensor <paramref name="Make"/> returns, for the writer's free-space check.</param>
-public sealed record DeferredTensor(Func<torch.Tensor> Make, long ByteCount = 0);
+internal sealed record DeferredTensor(Func<torch.Tensor> Make, long ByteCount = 0);

@@ -12,7 +12,7 @@ namespace EmaGen.Dcp;
 /// "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {str: str}}</c>) padded to 8 bytes, then the raw
 /// little-endian tensor bytes. Reading checks every offset, size and dtype against the file.
 /// </summary>
-public static class SafetensorsFile
+internal static class SafetensorsFile
 {
     private const long MaxHeaderBytes = 100 << 20;
 

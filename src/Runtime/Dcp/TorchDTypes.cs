@@ -4,7 +4,7 @@ using TorchSharp;
 namespace EmaGen.Dcp;
 
 /// <summary>PyTorch dtype names (as pickled: <c>torch float32</c>) and their TorchSharp types, element sizes and storage classes (a view of the internal dtype table).</summary>
-public static class TorchDTypes
+internal static class TorchDTypes
 {
     /// <summary>The PyTorch name of a TorchSharp dtype (<c>Float32</c> → <c>float32</c>).</summary>
     public static string NameOf(torch.ScalarType type) => DTypes.Of(type).TorchName;

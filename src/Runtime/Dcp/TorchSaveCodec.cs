@@ -9,13 +9,13 @@ using TorchSharp;
 namespace EmaGen.Dcp;
 
 /// <summary>A BYTE_IO value EmaGen could not decode safely: the raw pickle, never executed.</summary>
-public sealed record RawPickleValue(byte[] Pickle);
+internal sealed record RawPickleValue(byte[] Pickle);
 
 /// <summary>
 /// Encodes and decodes the items of a DCP data file: one torch.save archive per tensor chunk or non-tensor value
 /// (dcp-format.md §3.2-3.4). Tensor data is written from and read into the tensor's own memory.
 /// </summary>
-public static class TorchSaveCodec
+internal static class TorchSaveCodec
 {
     /// <summary>
     /// Writes a tensor as a torch.save archive: contiguous, storage offset 0, C-order strides, storage key "0"; with a

@@ -10,7 +10,7 @@ namespace EmaGen;
 /// (γ_r, t_r) is approximated by Σ x_i p_i, with x from the Gram system A x = b over the profiles' inner products
 /// (A_ij = ⟨p_i, p_j⟩, b_i = ⟨p_i, p_r⟩), then normalised to sum 1 so that constant weights are reproduced exactly.
 /// </summary>
-public static class PostHocSolver
+internal static class PostHocSolver
 {
     /// <summary>
     /// ⟨p_a, p_b⟩ for the normalised profiles p(τ) = (γ+1) τ^γ / t^(γ+1) on [0, t]:

@@ -7,14 +7,14 @@ namespace EmaGen.Dcp.Pickle;
 // (ints beyond 64 bits), double, string and byte[] map directly; lists are List<object?>.
 
 /// <summary>A Python tuple.</summary>
-public sealed record PickleTuple(object?[] Items)
+internal sealed record PickleTuple(object?[] Items)
 {
     public int Count => Items.Length;
     public object? this[int index] => Items[index];
 }
 
 /// <summary>A Python dict, in insertion order (keys may be objects, such as DCP's MetadataIndex).</summary>
-public sealed class PickleDict
+internal sealed class PickleDict
 {
     // Hashed, so a dict of n items costs O(n) to build: a linear scan per insert would let a large hostile metadata
     // file take quadratic time.
@@ -51,13 +51,13 @@ public sealed class PickleDict
 }
 
 /// <summary>A whitelisted global (class, function or constant), by module and name.</summary>
-public sealed record PickleGlobal(string Module, string Name, GlobalKind Kind)
+internal sealed record PickleGlobal(string Module, string Name, GlobalKind Kind)
 {
     public override string ToString() => Module + "." + Name;
 }
 
 /// <summary>What a whitelisted global is allowed to do.</summary>
-public enum GlobalKind
+internal enum GlobalKind
 {
     /// <summary>A DCP metadata class: may be instantiated with NEWOBJ (no constructor runs) and filled with BUILD.</summary>
     DataClass,
@@ -72,7 +72,7 @@ public enum GlobalKind
 }
 
 /// <summary>An instance of a DCP metadata class (NEWOBJ), with the state BUILD gave it (dict, tuple or null).</summary>
-public sealed class PickleObject
+internal sealed class PickleObject
 {
     public PickleObject(PickleGlobal type) => Type = type;
 
@@ -84,10 +84,10 @@ public sealed class PickleObject
 }
 
 /// <summary>An Enum member, as <c>EnumClass(value)</c> or <c>getattr(EnumClass, name)</c>.</summary>
-public sealed record PickleEnum(PickleGlobal Type, object? Value);
+internal sealed record PickleEnum(PickleGlobal Type, object? Value);
 
 /// <summary><c>torch.Size</c>.</summary>
-public sealed record TorchSize(long[] Dims)
+internal sealed record TorchSize(long[] Dims)
 {
     public bool Equals(TorchSize? other) => other is not null && Dims.AsSpan().SequenceEqual(other.Dims);
 
@@ -102,7 +102,7 @@ public sealed record TorchSize(long[] Dims)
 }
 
 /// <summary>A persistent id <c>("storage", storage_type, key, location, numel)</c>: a storage record of the archive.</summary>
-public sealed record StorageReference(PickleGlobal StorageType, string Key, string Location, long Numel);
+internal sealed record StorageReference(PickleGlobal StorageType, string Key, string Location, long Numel);
 
 /// <summary>The result of <c>torch._utils._rebuild_tensor_v2/_v3</c>: where a tensor's elements are and how they are laid out.</summary>
-public sealed record TensorReference(StorageReference Storage, long StorageOffset, long[] Size, long[] Stride, string DType);
+internal sealed record TensorReference(StorageReference Storage, long StorageOffset, long[] Size, long[] Stride, string DType);

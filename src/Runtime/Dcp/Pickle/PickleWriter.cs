@@ -10,7 +10,7 @@ namespace EmaGen.Dcp.Pickle;
 /// strings, bools, None, tuples, lists, dicts, GLOBAL, NEWOBJ/BUILD for dataclasses, REDUCE for the few callables the
 /// format uses, and BINPERSID for storages. No memo: values are written as often as they occur.
 /// </summary>
-public sealed class PickleWriter
+internal sealed class PickleWriter
 {
     private readonly MemoryStream _out = new();
 

@@ -14,7 +14,7 @@ namespace EmaGen.Dcp.Pickle;
 /// length checked against the bytes left, every container built from items already on the stack, so the work and the
 /// memory are bounded by a small multiple of the input. Any failure is a <see cref="CheckpointFormatException"/>.
 /// </summary>
-public static class SafePickleReader
+internal static class SafePickleReader
 {
     /// <summary>Deepest MARK nesting accepted; real checkpoints use a handful.</summary>
     public const int MaxMarkDepth = 256;

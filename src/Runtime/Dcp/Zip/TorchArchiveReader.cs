@@ -15,7 +15,7 @@ namespace EmaGen.Dcp.Zip;
 /// <param name="Size">Bytes after decompression.</param>
 /// <param name="Crc">CRC-32 from the central directory.</param>
 /// <param name="Method">0 stored (what PyTorch writes) or 8 deflate.</param>
-public sealed record ArchiveRecord(string Name, long DataOffset, long CompressedSize, long Size, uint Crc, ushort Method);
+internal sealed record ArchiveRecord(string Name, long DataOffset, long CompressedSize, long Size, uint Crc, ushort Method);
 
 /// <summary>
 /// Reads a torch.save archive that occupies <c>[offset, offset + length)</c> of a seekable stream (a DCP item inside a
@@ -23,7 +23,7 @@ public sealed record ArchiveRecord(string Name, long DataOffset, long Compressed
 /// descriptors, zero-length records and deflated records. Every offset and size is checked against the slice; a
 /// damaged archive is a <see cref="CheckpointFormatException"/> naming the source.
 /// </summary>
-public sealed class TorchArchiveReader
+internal sealed class TorchArchiveReader
 {
     private const int MaxSmallRecord = 64 << 20;
     private readonly Stream _stream;

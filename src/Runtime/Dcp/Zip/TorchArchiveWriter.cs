@@ -13,7 +13,7 @@ namespace EmaGen.Dcp.Zip;
 /// field), data descriptors with CRC-32, a central directory, and always the ZIP64 end record and locator before the
 /// classic end record. Record data can be streamed from native memory without a managed copy.
 /// </summary>
-public sealed class TorchArchiveWriter
+internal sealed class TorchArchiveWriter
 {
     private const int Alignment = 64;
     private const uint Zip64Marker = 0xFFFFFFFF;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Microsoft.CodeAnalysis;
 
 namespace EmaGen.Generator.Parsing;
@@ -28,7 +29,12 @@ internal sealed class KnownTypes
     public INamedTypeSymbol? EmaShard { get; }
     public INamedTypeSymbol? EmaReplicate { get; }
 
-    public static KnownTypes From(Compilation compilation) => new(compilation);
+    // Each [EmaTracked] class is parsed in its own transform call; the nine lookups by metadata name are done once per
+    // compilation, not once per class, and dropped with the compilation.
+    private static readonly ConditionalWeakTable<Compilation, KnownTypes> PerCompilation = new();
+
+    public static KnownTypes From(Compilation compilation) =>
+        PerCompilation.GetValue(compilation, static c => new KnownTypes(c));
 
     public bool IsModule(ITypeSymbol? type) => DerivesFrom(type, Module);
 

@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 using System.Linq;
 using EmaGen.Tests.Models;
 using TorchSharp;
@@ -260,6 +261,14 @@ public sealed class FastPathTests
         using var untracked = new EmaManager<NormModel>(model);
         var e = Assert.Throws<InvalidOperationException>(() => untracked.Shadow.bn.running_mean);
         Assert.Contains("TrackBuffers", e.Message);
+
+        // Built-in shadows find their slots by local name (the typed properties are the same entries).
+        var bn = untracked.Shadow.bn;
+        Assert.Equal(new[] { "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked" }, bn.Entries.Select(x => x.Name));
+        Assert.True(bn.Entry("weight").IsTracked);
+        Assert.False(bn.Entry("running_var").IsTracked);
+        Assert.Same(untracked["bn.bias"], bn.Entry("bias").Tensor);
+        Assert.Throws<KeyNotFoundException>(() => bn.Entry("ias"));
     }
 
     private static string Name(int i) => $"leaves.{i}.w";

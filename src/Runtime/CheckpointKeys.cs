@@ -12,7 +12,10 @@ internal static class CheckpointKeys
 
     public const string Format = "format";
     public const string Step = "step";
+    /// <summary>The configured constant decay (<c>EmaOptions.Decay</c>; NaN where there is none, as in a synthesised post-hoc EMA). Checkpoints written before <see cref="CurrentDecay"/> existed stored a named profile's current decay here.</summary>
     public const string Decay = "decay";
+    /// <summary>The decay the profile's last update applied (NaN before its first update); restored by a load.</summary>
+    public const string CurrentDecay = "current_decay";
     public const string Schedule = "schedule";
     public const string Profiles = "profiles";
     public const string Gamma = "gamma";

@@ -15,14 +15,15 @@ public static class EmaCheckpoint
     /// <summary>The value marking an EmaGen EMA checkpoint (key <c>{prefix}_emagen.format</c>).</summary>
     public const string Format = "emagen.ema/1";
 
-    /// <summary>One profile's keys: its shadows under <paramref name="prefix"/> plus its step, decay, schedule and format values.</summary>
+    /// <summary>One profile's keys: its shadows under <paramref name="prefix"/> plus its stored state and format.</summary>
     internal static IEnumerable<KeyValuePair<string, object?>> ProfileState(
-        string prefix, IReadOnlyList<string> names, Func<string, torch.Tensor> shadow, long step, double decay, string schedule)
+        string prefix, IReadOnlyList<string> names, Func<string, torch.Tensor> shadow, StoredState state)
     {
         foreach (var name in names) yield return new(prefix + name, shadow(name));
-        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Step), step);
-        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Decay), decay);
-        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Schedule), schedule);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Step), state.Step);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Decay), state.ConfiguredDecay);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.CurrentDecay), state.CurrentDecay);
+        yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Schedule), state.Schedule);
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Format), Format);
     }
 
@@ -82,8 +83,13 @@ public static class EmaCheckpoint
         return text.Split(',');
     }
 
-    /// <summary>The manager state one profile's subtree stores: its step, decay and schedule.</summary>
-    internal sealed record StoredState(long Step, double Decay, string Schedule);
+    /// <summary>
+    /// The manager state one profile's subtree stores: its step, the configured constant decay (NaN where there is none),
+    /// the decay its last update applied (NaN before the first, and in checkpoints written before it was stored), and
+    /// its schedule's canonical description. Both managers and the post-hoc synthesis write it through
+    /// <see cref="ProfileState"/>; loads read it through <see cref="ReadState"/>.
+    /// </summary>
+    internal sealed record StoredState(long Step, double ConfiguredDecay, double CurrentDecay, string Schedule);
 
     /// <summary>
     /// Reads the <c>{prefix}_emagen.*</c> values of one profile. An EmaGen checkpoint (one with
@@ -113,28 +119,40 @@ public static class EmaCheckpoint
         var scheduleKey = CheckpointKeys.Of(prefix, CheckpointKeys.Schedule);
         long step = ReadValue<long>(reader, directory, stepKey, "an integer");
         if (step < 0) throw new CheckpointFormatException($"{directory}: '{stepKey}' is {step}, expected a step count of at least 0.");
-        double decay = ReadValue<double>(reader, directory, decayKey, "a number");
-        // NaN is what a profile stores before its first update (an update-every profile that sat the steps out).
-        if (!double.IsNaN(decay) && !(decay >= 0 && decay <= 1)) throw new CheckpointFormatException($"{directory}: '{decayKey}' is {decay}, expected a decay in [0, 1].");
+        double decay = ReadDecay(reader, directory, decayKey);
+        var currentKey = CheckpointKeys.Of(prefix, CheckpointKeys.CurrentDecay);
+        double current = reader.Metadata.Find(currentKey) is null ? double.NaN : ReadDecay(reader, directory, currentKey);
         string schedule = reader.Metadata.Find(scheduleKey) is null
             ? EmaSchedule.Constant(decay).Describe()
             : ReadValue<string>(reader, directory, scheduleKey, "a string");
-        return new StoredState(step, decay, schedule);
+        return new StoredState(step, decay, current, schedule);
+    }
+
+    // NaN is what a profile stores before its first update (an update-every profile that sat the steps out) and where
+    // there is no constant decay.
+    private static double ReadDecay(DcpReader reader, string directory, string key)
+    {
+        double decay = ReadValue<double>(reader, directory, key, "a number");
+        if (!double.IsNaN(decay) && !(decay >= 0 && decay <= 1)) throw new CheckpointFormatException($"{directory}: '{key}' is {decay}, expected a decay in [0, 1].");
+        return decay;
     }
 
     /// <summary>
     /// Reads and checks the stored state of every profile a load fills (each under its own prefix): a named profile must
     /// have its values, its schedule must be the manager's unless <paramref name="allowScheduleMismatch"/>, and all must
     /// have been saved at one step, which is returned (null for a plain state dict, which keeps the manager's step). The
-    /// rules of the dense and the sharded manager's <c>Load</c>.
+    /// rules of the dense and the sharded manager's <c>Load</c>. <paramref name="states"/> receives each profile's stored
+    /// state (null for a plain state dict), in order, for the caller to apply once the load has succeeded.
     /// </summary>
     internal static long? ReadProfileStates(DcpReader reader, string directory,
-        IEnumerable<(string Prefix, string Name, EmaSchedule Schedule)> profiles, bool named, bool allowScheduleMismatch)
+        IEnumerable<(string Prefix, string Name, EmaSchedule Schedule)> profiles, bool named, bool allowScheduleMismatch,
+        List<StoredState?> states)
     {
         long? step = null;
         foreach (var (profilePrefix, name, schedule) in profiles)
         {
             var state = ReadState(reader, directory, profilePrefix);
+            states.Add(state);
             if (named && state is null)
             {
                 throw new CheckpointFormatException($"{directory}: profile '{name}' has no '{CheckpointKeys.Of(profilePrefix, CheckpointKeys.Format)}'; the checkpoint is damaged.");

@@ -86,17 +86,19 @@ public sealed partial class EmaManager<TModel>
     {
         if (!_namedProfiles)
         {
-            return EmaCheckpoint.ProfileState(prefix, TrackedNames, name => shadowOf(0, name), Step, Decay, Schedule.Describe());
+            return EmaCheckpoint.ProfileState(prefix, TrackedNames, name => shadowOf(0, name), StoredStateOf(_profiles[0]));
         }
         var state = EmaCheckpoint.ManagerState(prefix, Step, _profiles.Select(p => p.Name));
         foreach (var profile in _profiles)
         {
             var k = profile.Index;
-            state = state.Concat(EmaCheckpoint.ProfileState(ProfilePrefix(prefix, profile), TrackedNames, name => shadowOf(k, name),
-                Step, profile.CurrentDecay, profile.Schedule.Describe()));
+            state = state.Concat(EmaCheckpoint.ProfileState(ProfilePrefix(prefix, profile), TrackedNames, name => shadowOf(k, name), StoredStateOf(profile)));
         }
         return state;
     }
+
+    private EmaCheckpoint.StoredState StoredStateOf(EmaProfile<TModel> profile) =>
+        new(Step, Decay, profile.CurrentDecay, profile.Schedule.Describe());
 
     private string ProfilePrefix(string prefix, EmaProfile<TModel> profile) => _namedProfiles ? prefix + profile.Name + "." : prefix;
 
@@ -128,8 +130,9 @@ public sealed partial class EmaManager<TModel>
                 strict, nameof(directory));
             reads.Add((profile, entries.Select(e => e.Name).Where(_trackedIndex.ContainsKey).ToList()));
         }
+        var states = new List<EmaCheckpoint.StoredState?>();
         long? step = EmaCheckpoint.ReadProfileStates(reader, directory,
-            toLoad.Select(p => (ProfilePrefix(prefix, p), p.Name, p.Schedule)), named: stored is not null, allowScheduleMismatch);
+            toLoad.Select(p => (ProfilePrefix(prefix, p), p.Name, p.Schedule)), named: stored is not null, allowScheduleMismatch, states);
 
         var loaded = new List<Dictionary<string, torch.Tensor>>();
         try
@@ -143,6 +146,10 @@ public sealed partial class EmaManager<TModel>
             }
             foreach (var plan in plans) Commit(plan);
             Step = step ?? Step;
+            for (int i = 0; i < toLoad.Count; i++)
+            {
+                if (states[i] is { } state && !double.IsNaN(state.CurrentDecay)) toLoad[i].CurrentDecay = state.CurrentDecay;
+            }
         }
         finally
         {

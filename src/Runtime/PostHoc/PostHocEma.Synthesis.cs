@@ -57,8 +57,10 @@ public static partial class PostHocEma
                 {
                     state.Add(new(prefix + name, dtype == torch.ScalarType.Float32 ? sum : new DeferredTensor(() => sum.to_type(dtype, copy: true), sum.numel() * DTypes.SizeOf(dtype))));
                 }
-                // The decay value is the one the target profile applies at atStep, as a tracked profile would have stored.
-                state.AddRange(EmaCheckpoint.ProfileState(prefix, [], _ => throw new InvalidOperationException(), atStep, schedule.DecayAt(atStep), schedule.Describe()));
+                // The current decay is the one the target profile applies at atStep, as a tracked profile would have stored;
+                // a power-function profile has no configured constant decay.
+                var stored = new EmaCheckpoint.StoredState(atStep, double.NaN, schedule.DecayAt(atStep), schedule.Describe());
+                state.AddRange(EmaCheckpoint.ProfileState(prefix, [], _ => throw new InvalidOperationException(), stored));
                 var x = coefficients[t];
                 state.Add(new(CheckpointKeys.Of(prefix, CheckpointKeys.PostHoc),
                     string.Join("; ", used.Select((s, i) => $"{Path.GetFileName(s.Folder)}/{s.Profile} x {EmaSchedule.Number(x[i])}"))));

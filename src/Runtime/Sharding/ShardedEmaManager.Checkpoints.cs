@@ -92,9 +92,8 @@ public sealed partial class ShardedEmaManager<TModel>
             {
                 shards.Add(new DcpShard(profilePrefix + e.Info.Name, shadowOf(k, e), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
             }
-            // The dense manager's layout: a single profile stores its configured decay, named ones their current decay.
-            double decay = _namedProfiles ? _currentDecay[k] : Decay;
-            foreach (var (key, value) in EmaCheckpoint.ProfileState(profilePrefix, [], _ => throw new InvalidOperationException(), Step, decay, _profiles[k].Schedule.Describe()))
+            var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe());
+            foreach (var (key, value) in EmaCheckpoint.ProfileState(profilePrefix, [], _ => throw new InvalidOperationException(), stored))
             {
                 values[key] = value;
             }
@@ -168,9 +167,10 @@ public sealed partial class ShardedEmaManager<TModel>
                 }
             }
         }
+        var states = new List<EmaCheckpoint.StoredState?>();
         long? step = EmaCheckpoint.ReadProfileStates(reader, directory,
             Enumerable.Range(0, _profiles.Length).Select(k => (ProfilePrefix(prefix, k), _profiles[k].Name, _profiles[k].Schedule)),
-            named: _namedProfiles, allowScheduleMismatch);
+            named: _namedProfiles, allowScheduleMismatch, states);
 
         var staged = new List<(torch.Tensor Shadow, torch.Tensor Data)>();
         try
@@ -186,6 +186,10 @@ public sealed partial class ShardedEmaManager<TModel>
             using var _ = torch.no_grad();
             foreach (var (shadow, data) in staged) InPlace.Release(shadow.copy_(data), shadow);
             Step = step ?? Step;
+            for (int k = 0; k < _profiles.Length; k++)
+            {
+                if (states[k] is { } state && !double.IsNaN(state.CurrentDecay)) _currentDecay[k] = state.CurrentDecay;
+            }
         }
         finally
         {

@@ -210,6 +210,50 @@ public sealed class MultiProfileTests
     }
 
     [Fact]
+    public void CheckpointsStoreTheConfiguredAndTheCurrentDecayApartAndALoadRestoresTheCurrentOne()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        torch.manual_seed(4);
+        using var model = new BareParameters(reflection: false);
+        var options = new EmaOptions { Decay = 0.95, Profiles = FourProfiles() };
+        using var saved = new EmaManager<BareParameters>(model, options);
+        for (int i = 0; i < 5; i++) Step(model, saved, torch.randn(3).data<float>().ToArray());
+        saved.Save(folder["multi"]);
+
+        var reader = EmaGen.Dcp.DcpReader.Open(folder["multi"]);
+        foreach (var profile in saved.Profiles)
+        {
+            // Every profile subtree: the configured constant decay under 'decay', the last applied one under 'current_decay'.
+            Assert.Equal(0.95, reader.ReadValue($"ema.{profile.Name}._emagen.decay"));
+            Assert.False(double.IsNaN(profile.CurrentDecay));
+            Assert.Equal(profile.CurrentDecay, reader.ReadValue($"ema.{profile.Name}._emagen.current_decay"));
+        }
+
+        using var dense = new EmaManager<BareParameters>(model, options);
+        Assert.True(double.IsNaN(dense.Profiles[1].CurrentDecay));
+        dense.Load(folder["multi"]);
+        Assert.Equal(saved.Profiles.Select(p => p.CurrentDecay), dense.Profiles.Select(p => p.CurrentDecay));
+
+        // The sharded manager writes and restores the same values.
+        using var sharded = new ShardedEmaManager<BareParameters>(model, 0, 1, options);
+        sharded.Load(folder["multi"]);
+        Assert.Equal(saved.Profiles.Select(p => p.CurrentDecay), Enumerable.Range(0, 4).Select(sharded.CurrentDecayOf));
+        sharded.Save(folder["sharded"], "d1", TimeSpan.FromSeconds(30));
+        using var back = new EmaManager<BareParameters>(model, options);
+        back.Load(folder["sharded"]);
+        Assert.Equal(saved.Profiles.Select(p => p.CurrentDecay), back.Profiles.Select(p => p.CurrentDecay));
+
+        // A single profile with a schedule: 'decay' stays the configured constant, the applied decay is stored beside it.
+        using var single = new EmaManager<BareParameters>(model, new EmaOptions { Decay = 0.9, Schedule = EmaSchedule.PowerFunction(0.10) });
+        for (int i = 0; i < 3; i++) single.Update(model);
+        single.Save(folder["single"]);
+        var singleReader = EmaGen.Dcp.DcpReader.Open(folder["single"]);
+        Assert.Equal(0.9, singleReader.ReadValue("ema._emagen.decay"));
+        Assert.Equal(single.CurrentDecay, singleReader.ReadValue("ema._emagen.current_decay"));
+        Assert.NotEqual(0.9, single.CurrentDecay);
+    }
+
+    [Fact]
     public void MismatchedProfilesAreClearErrorsAndChangeNothing()
     {
         using var folder = TestPaths.NewTempFolder();

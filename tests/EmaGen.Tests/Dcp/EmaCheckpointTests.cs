@@ -106,6 +106,7 @@ public sealed class EmaCheckpointTests
         }
         expected["ema._emagen.step"] = new System.Text.Json.Nodes.JsonObject { ["value"] = 1 };
         expected["ema._emagen.decay"] = new System.Text.Json.Nodes.JsonObject { ["value"] = 0.9 };
+        expected["ema._emagen.current_decay"] = new System.Text.Json.Nodes.JsonObject { ["value"] = 0.9 };
         expected["ema._emagen.format"] = new System.Text.Json.Nodes.JsonObject { ["value"] = EmaCheckpoint.Format };
         expected["ema._emagen.schedule"] = new System.Text.Json.Nodes.JsonObject { ["value"] = "Constant(decay=0.9)" };
         File.WriteAllText(folder["expected.json"], expected.ToJsonString());
@@ -194,7 +195,8 @@ public sealed class EmaCheckpointTests
             var p = "ema." + profile.Name + ".";
             foreach (var name in ema.TrackedNames) expected[p + name] = Tensor(profile[name]);
             expected[p + "_emagen.step"] = Value(20);
-            expected[p + "_emagen.decay"] = Value(profile.CurrentDecay);
+            expected[p + "_emagen.decay"] = Value(ema.Decay);
+            expected[p + "_emagen.current_decay"] = Value(profile.CurrentDecay);
             expected[p + "_emagen.schedule"] = Value(profile.Schedule.Describe());
             expected[p + "_emagen.format"] = Value(EmaCheckpoint.Format);
         }
@@ -208,12 +210,13 @@ public sealed class EmaCheckpointTests
         {
             synthesized[entry.Key] = entry is EmaGen.Dcp.DcpTensorEntry ? Tensor(reader.ReadTensor(entry.Key)) : Value(reader.ReadValue(entry.Key));
         }
-        Assert.Equal(new PowerFunctionSchedule(result.Gamma).DecayAt(20), (double)reader.ReadValue("ema._emagen.decay")!);
+        Assert.Equal(new PowerFunctionSchedule(result.Gamma).DecayAt(20), (double)reader.ReadValue("ema._emagen.current_decay")!);
+        Assert.True(double.IsNaN((double)reader.ReadValue("ema._emagen.decay")!), "a synthesised power-function EMA has no configured constant decay");
         File.WriteAllText(folder["posthoc.json"], synthesized.ToJsonString());
         Assert.Contains($"OK {ema.Count} tensor records", PythonTorch.Run("load_with_torch.py", folder["posthoc"], folder["posthoc.json"]));
     }
 
-    private static System.Text.Json.Nodes.JsonObject Value(object? value) => new()
+    private static System.Text.Json.Nodes.JsonObject Value(object? value) => value is double.NaN ? new() { ["nan"] = true } : new()
     {
         ["value"] = value switch
         {

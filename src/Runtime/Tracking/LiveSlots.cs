@@ -15,6 +15,9 @@ namespace EmaGen;
 internal sealed class LiveSlots
 {
     private readonly ParameterSlot[] _slots;
+    // The recorded local names alone (the generated walk passes the same string objects, so most compares are one
+    // reference compare over an array of references rather than over the slot records).
+    private readonly string[] _localNames;
     private readonly long[] _numel;
     private readonly bool[] _watched;
     private readonly torch.ScalarType[] _dtype;
@@ -34,6 +37,8 @@ internal sealed class LiveSlots
     {
         _slots = slots;
         _watched = watched;
+        _localNames = new string[slots.Length];
+        for (int s = 0; s < slots.Length; s++) _localNames[s] = slots[s].LocalName;
         _numel = new long[slots.Length];
         _dtype = new torch.ScalarType[slots.Length];
         _device = new DeviceType[slots.Length];
@@ -116,16 +121,15 @@ internal sealed class LiveSlots
             throw new InvalidOperationException(
                 $"The model has more parameter slots than the {_slots.Length} recorded when the EMA manager was built (extra slot '{name}').");
         }
-        var recorded = _slots[slot];
-        if (!string.Equals(recorded.LocalName, name, StringComparison.Ordinal))
+        if (!string.Equals(_localNames[slot], name, StringComparison.Ordinal))
         {
             throw new InvalidOperationException(
-                $"The model's parameter slot {slot} is '{name}', but the EMA manager recorded '{recorded.FullName}' there; the module tree changed.");
+                $"The model's parameter slot {slot} is '{name}', but the EMA manager recorded '{_slots[slot].FullName}' there; the module tree changed.");
         }
         if ((tensor is null) != (_numel[slot] < 0))
         {
             throw new InvalidOperationException(
-                $"Parameter '{recorded.FullName}' is {(tensor is null ? "now null" : "now present")} in the model, unlike when the EMA manager was built.");
+                $"Parameter '{_slots[slot].FullName}' is {(tensor is null ? "now null" : "now present")} in the model, unlike when the EMA manager was built.");
         }
         _current[slot] = tensor;
     }

@@ -1,4 +1,5 @@
 using System;
+using System.Diagnostics;
 using System.Threading;
 
 namespace EmaGen;
@@ -12,16 +13,28 @@ internal interface IPartitionedWork
 /// <summary>
 /// A few dedicated helper threads for the CPU update. Unlike <c>Parallel.For</c> it allocates nothing per run
 /// (pre-made signals, one shared work reference), which keeps the steady-state update free of managed allocations.
+/// <para>
+/// Waking a sleeping helper is slow on a virtual machine: measured on this project's 2-core VM after the benchmark's
+/// cache sweep, a run of empty work costs 0.15-0.26 ms (tests/Benchmarks <c>overhead</c>: wake_threads_cold), a large share of a 1 ms update. So a manager
+/// calls <see cref="WakeAhead"/> when a step starts: the helpers wake while the caller checks the model, then spin
+/// (bounded by <see cref="WakeAheadSpin"/>) until <see cref="Run"/> hands them work. Idle helpers never spin beyond
+/// that bound, so they do not take a core from the trainer between updates.
+/// </para>
 /// </summary>
 internal sealed class CpuWorkerPool : IDisposable
 {
+    private const int Sleeping = 0, Awake = 1, Assigned = 2;
+
+    // Longer than a step's model check (0.3 ms at 1,000 tensors from a cold cache), short beside a training step.
+    private static readonly long WakeAheadSpin = Stopwatch.Frequency / 1000;
+    // How long the caller spins for the helpers' last chunks before blocking (a chunk streams in about 0.05 ms).
+    private static readonly long FinishSpin = Stopwatch.Frequency / 2000;
+
     private readonly Thread[] _threads;
-    // Short spins only (WorkerSignal): on SMT machines a spinning waiter steals issue slots from the sibling doing the
-    // real work, and idle helpers must not burn a core between updates. The parallel path is only taken for updates
-    // long enough (>= 1M elements) that a wake-up is small beside them.
     private readonly WorkerSignal[] _start;
+    private readonly int[] _state;
     private readonly WorkerSignal _done = new();
-    private IPartitionedWork? _work;
+    private volatile IPartitionedWork? _work;
     private int _parts;
     private int _remaining;
     private Exception? _failure;
@@ -32,6 +45,7 @@ internal sealed class CpuWorkerPool : IDisposable
         Parallelism = Math.Max(1, threads);
         _threads = new Thread[Parallelism - 1];
         _start = new WorkerSignal[Parallelism - 1];
+        _state = new int[Parallelism - 1];
         for (int i = 0; i < _threads.Length; i++)
         {
             _start[i] = new WorkerSignal();
@@ -44,6 +58,15 @@ internal sealed class CpuWorkerPool : IDisposable
     /// <summary>Threads a run uses, the caller's included.</summary>
     public int Parallelism { get; }
 
+    /// <summary>Wakes sleeping helpers now, so that they are running when the next <see cref="Run"/> comes.</summary>
+    public void WakeAhead()
+    {
+        for (int i = 0; i < _threads.Length; i++)
+        {
+            if (Interlocked.CompareExchange(ref _state[i], Awake, Sleeping) == Sleeping) _start[i].Set();
+        }
+    }
+
     /// <summary>Runs <paramref name="work"/> split into <see cref="Parallelism"/> parts and returns when all are done.</summary>
     public void Run(IPartitionedWork work)
     {
@@ -52,18 +75,24 @@ internal sealed class CpuWorkerPool : IDisposable
             work.Execute(0, 1);
             return;
         }
-        _work = work;
         _parts = Parallelism;
         _failure = null;
         _remaining = _threads.Length;
         _done.Reset();
-        foreach (var start in _start) start.Set();
+        _work = work;
+        for (int i = 0; i < _threads.Length; i++)
+        {
+            // A helper spinning after WakeAhead sees the work; a sleeping one (or one that gave up) is woken.
+            if (Interlocked.Exchange(ref _state[i], Assigned) == Sleeping) _start[i].Set();
+        }
         try
         {
             work.Execute(0, _parts);
         }
         finally
         {
+            long deadline = Stopwatch.GetTimestamp() + FinishSpin;
+            while (Volatile.Read(ref _remaining) != 0 && Stopwatch.GetTimestamp() < deadline) Thread.SpinWait(16);
             _done.Wait();
             _work = null;
         }
@@ -72,21 +101,38 @@ internal sealed class CpuWorkerPool : IDisposable
 
     private void Loop(int part)
     {
-        var start = _start[part - 1];
+        int index = part - 1;
+        var start = _start[index];
         while (true)
         {
             start.Wait();
             start.Reset();
             if (_stopping) return;
+            var work = WaitForWork(index);
+            if (work is null) continue;
             try
             {
-                _work!.Execute(part, _parts);
+                work.Execute(part, _parts);
             }
             catch (Exception e)
             {
                 _failure = e;
             }
+            Volatile.Write(ref _state[index], Sleeping);
             if (Interlocked.Decrement(ref _remaining) == 0) _done.Set();
+        }
+    }
+
+    // The work of the current run, or null when woken ahead and none came within the bound (back to sleep).
+    private IPartitionedWork? WaitForWork(int index)
+    {
+        long deadline = Stopwatch.GetTimestamp() + WakeAheadSpin;
+        while (true)
+        {
+            if (Volatile.Read(ref _state[index]) == Assigned && _work is { } work) return work;
+            if (_stopping) return null;
+            if (Stopwatch.GetTimestamp() >= deadline && Interlocked.CompareExchange(ref _state[index], Sleeping, Awake) == Awake) return null;
+            Thread.SpinWait(16);
         }
     }
 

@@ -8,7 +8,7 @@ namespace EmaGen;
 /// Reads the data pointers of the tensors a model held at the last step, so that a step's check costs a reference
 /// compare per unchanged tensor. Each read is a LibTorch call at the end of a chain of dependent cache misses (the
 /// Parameter object, its native handle, the TensorImpl, the StorageImpl); from a cold cache at 1,000 tensors
-/// (tests/Benchmarks <c>walk</c>) the reads one by one take 0.31 ms, and 0.21 ms when each block of tensors is first
+/// (tests/Benchmarks <c>overhead</c>) the reads one by one take 0.31 ms, and 0.21 ms when each block of tensors is first
 /// touched level by level with loads that do not depend on each other (many misses in flight). A helper thread reading
 /// half of them was measured slower (0.24-0.29 ms: waking it costs more than it saves), so this runs on the caller.
 /// Nothing is decided from the prefetches; a tensor whose object changed is read again by the caller.
@@ -59,7 +59,11 @@ internal static unsafe class KnownPointerPass
         {
             if (handles[i] == IntPtr.Zero) continue;
             byte* impl = *(byte**)handles[i];
-            if (impl != null) Sse.Prefetch0(*(byte**)(impl + 24));
+            if (impl == null) continue;
+            // data_ptr() reads the StorageImpl's data pointer and, on its second line, its access-check flags.
+            byte* storage = *(byte**)(impl + 24);
+            Sse.Prefetch0(storage);
+            Sse.Prefetch0(storage + 64);
         }
     }
 }

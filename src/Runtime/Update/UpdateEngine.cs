@@ -125,6 +125,8 @@ internal sealed class UpdateEngine : IDisposable
     /// </summary>
     public void Check<TModel>(TModel model) where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
+        // The helpers wake while the model is checked, not when the kernels are handed to them.
+        _pool?.WakeAhead();
         _live.Check(model);
         for (int item = 0; item < _items; item++) _rawOk[item] = _rawCapable[item] && _live.IsContiguous(_slotOfItem[item]);
     }

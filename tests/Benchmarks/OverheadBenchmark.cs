@@ -1,0 +1,85 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.IO;
+using System.Linq;
+using System.Text.Json;
+using TorchSharp;
+using TorchSharp.Modules;
+
+namespace EmaGen.Benchmarks;
+
+/// <summary>
+/// Where a step's time goes besides streaming memory, each part timed from a cold cache like the update benchmark:
+/// the generated walk alone, reading every averaged tensor's data pointer (<see cref="KnownPointerPass"/>), the whole
+/// per-step check (<see cref="LiveSlots"/>), one run of empty work on the update threads (waking them), and the update.
+/// <c>dotnet run -c Release --project tests/Benchmarks -- overhead --params 5000000 --tensors 1000</c>
+/// </summary>
+internal static class OverheadBenchmark
+{
+    public static int Run(string[] args)
+    {
+        long elements = 5_000_000;
+        int tensors = 1000;
+        for (int i = 0; i < args.Length; i++)
+        {
+            if (args[i] == "--params") elements = long.Parse(args[++i], CultureInfo.InvariantCulture);
+            else if (args[i] == "--tensors") tensors = int.Parse(args[++i], CultureInfo.InvariantCulture);
+            else throw new ArgumentException($"unknown option {args[i]}");
+        }
+        using var model = new SyntheticModel(elements, tensors, torch.ScalarType.Float32);
+        using var ema = new EmaManager<SyntheticModel>(model, 0.999);
+        var collector = new SlotCollector();
+        SyntheticModel.VisitParameters(model, ref collector);
+        var slots = collector.Slots.ToArray();
+        var live = new LiveSlots(slots, slots.Select(s => s.Tensor is not null).ToArray());
+        var known = slots.Select(s => s.Tensor).ToArray();
+        var pointers = new IntPtr[known.Length];
+        using var pool = new CpuWorkerPool(Math.Max(2, ema.UpdateThreads));
+        var nothing = new NoWork();
+
+        var variants = new List<(string, Action)>
+        {
+            ("walk_only", () => { var v = new CountingVisitor(); SyntheticModel.VisitParameters(model, ref v); }),
+            ("pointer_pass", () => KnownPointerPass.Read(known, pointers)),
+            ("model_check", () => { live.Check(model); live.Release(); }),
+            ("wake_threads_cold", () => pool.Run(nothing)),
+            ("wake_threads_ahead", () => { pool.WakeAhead(); live.Check(model); live.Release(); pool.Run(nothing); }),
+            ("update", () => ema.Update(model)),
+        };
+        Console.Error.WriteLine($"{tensors} tensors, {elements:N0} fp32 elements, {ema.UpdateThreads} update threads");
+        var samples = Timing.RoundRobin(variants, 31);
+        var stream = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        {
+            writer.WriteStartObject();
+            writer.WriteNumber("numel", elements);
+            writer.WriteNumber("tensors", tensors);
+            foreach (var (name, _) in variants)
+            {
+                double ms = Timing.Median(samples[name]);
+                writer.WriteNumber(name + "_ms", Math.Round(ms, 3));
+                Console.Error.WriteLine($"{name,-20} {ms,8:F3} ms");
+            }
+            writer.WriteEndObject();
+        }
+        Console.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
+        return 0;
+    }
+
+    private sealed class NoWork : IPartitionedWork
+    {
+        public void Execute(int part, int parts) { }
+    }
+
+    private struct CountingVisitor : IEmaParameterVisitor
+    {
+        public int Count;
+        public void EnterModule(string name, bool ignored) { }
+        public void EnterIndex(int index) { }
+        public void ExitModule() { }
+        public void DynamicModule(torch.nn.Module module, int shardDim) { }
+        public void Parameter(string name, Parameter? parameter, bool ignored, int shardDim) => Count++;
+        public void Buffer(string name, torch.Tensor? buffer, bool ignored) { }
+    }
+}

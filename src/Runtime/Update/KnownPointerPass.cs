@@ -7,10 +7,11 @@ namespace EmaGen;
 /// <summary>
 /// Reads the data pointers of the tensors a model held at the last step, so that a step's check costs a reference
 /// compare per unchanged tensor. Each read is a LibTorch call at the end of a chain of dependent cache misses (the
-/// Parameter object, its native handle, the TensorImpl, the StorageImpl); from a cold cache at 1,000 tensors
-/// (tests/Benchmarks <c>overhead</c>) the reads one by one take 0.31 ms, and 0.21 ms when each block of tensors is first
-/// touched level by level with loads that do not depend on each other (many misses in flight). A helper thread reading
-/// half of them was measured slower (0.24-0.29 ms: waking it costs more than it saves), so this runs on the caller.
+/// Parameter object, its native handle, the TensorImpl, the StorageImpl). So each block of tensors is first touched
+/// level by level with loads that do not depend on each other (many misses in flight): from a cold cache at 1,000
+/// tensors the pass takes 0.18-0.21 ms (tests/Benchmarks <c>overhead</c>, pointer_pass) where the same reads one by one
+/// took 0.28-0.33 ms when this was written. A helper thread reading half of them was slower then (0.24-0.29 ms: waking
+/// it cost more than it saved), so this runs on the caller.
 /// Nothing is decided from the prefetches; a tensor whose object changed is read again by the caller.
 /// </summary>
 internal static unsafe class KnownPointerPass

@@ -7,10 +7,10 @@ namespace EmaGen;
 /// <summary>
 /// Executes updates for one manager. A step is two phases: <see cref="Check{TModel}"/> checks every slot of the live
 /// model against the recorded layout (<see cref="LiveSlots"/>, shared with the sharded manager) and learns each
-/// parameter's data pointer; only when every slot checked out does <see cref="Apply"/> write. On the CPU the writes are an <see cref="UpdateWorkList"/> of SIMD
-/// kernels over raw memory (one entry per intact packed group, else per parameter; every profile in one pass), split
-/// across threads for large models: no TorchSharp calls, no managed allocations. Parameters a kernel cannot take
-/// (other devices, non-contiguous, unusual dtypes) go through TorchSharp ops instead.
+/// parameter's data pointer; only when every slot checked out does <see cref="Apply"/> write. Each arena group has a
+/// backend (<see cref="IUpdateBackend"/>): raw CPU kernels on the CPU, TorchSharp ops on other devices. A packed group
+/// whose parameters all still alias its flat buffer is one unit of work; otherwise each tensor is (and a tensor the raw
+/// kernels cannot take, say a non-contiguous one, goes to the TorchSharp-op backend).
 /// </summary>
 internal sealed class UpdateEngine : IDisposable
 {
@@ -32,22 +32,26 @@ internal sealed class UpdateEngine : IDisposable
     private readonly bool[] _rawOk;
     private readonly IntPtr[] _expectedPackedPointer;
     private readonly int[] _groupOfItem;
-    private readonly bool[] _groupIntact;
+
+    // Per group: its backend (TorchSharp ops or raw kernels), and per step whether it runs as one unit.
+    private readonly bool[] _torchGroup;
+    private readonly bool[] _aliasIntact;
+    private readonly bool[] _allRawOk;
+    private readonly bool[] _wholeGroup;
 
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
-    private readonly bool _forceTorch;
+    private readonly RawCpuBackend _raw;
+    private readonly TorchOpsBackend _torch;
     private readonly Action<string>? _onSlowPath;
     private string? _slowPathReason;
-    private int _lastIntactGroups;
-    private int _lastPerTensorItems;
+    private int _lastRawGroups, _lastRawTensors, _lastTorchGroups, _lastTorchTensors;
 
     // arenas: one per profile, built from the same parameters; only the first may pack them.
     public UpdateEngine(ParameterSlot[] slots, int[] parameterOfSlot, EmaParameterInfo[] parameters,
         ShadowArena[] arenas, int threads, Action<string>? onSlowPath = null, bool forceTorch = false)
     {
         _onSlowPath = onSlowPath;
-        _forceTorch = forceTorch;
         _slots = slots;
         _arenas = arenas;
         var arena = arenas[0];
@@ -78,7 +82,12 @@ internal sealed class UpdateEngine : IDisposable
         _rawOk = new bool[items];
         _expectedPackedPointer = new IntPtr[items];
         _groupOfItem = new int[items];
-        _groupIntact = new bool[arena.Groups.Count];
+        int groupCount = arena.Groups.Count;
+        _torchGroup = new bool[groupCount];
+        _aliasIntact = new bool[groupCount];
+        _allRawOk = new bool[groupCount];
+        _wholeGroup = new bool[groupCount];
+        for (int g = 0; g < groupCount; g++) _torchGroup[g] = forceTorch || arena.Groups[g].Device.type != DeviceType.CPU;
         for (int s = 0; s < slots.Length; s++)
         {
             int item = _itemOfSlot[s];
@@ -97,18 +106,21 @@ internal sealed class UpdateEngine : IDisposable
             _rawCapable[item] = !forceTorch && info.Device.type == DeviceType.CPU && _kernel[item] != KernelKind.None;
             _groupOfItem[item] = arena.GroupOf(p);
             var group = arena.Groups[_groupOfItem[item]];
-            if (group.PackedParameters is { } packed && info.Device.type == DeviceType.CPU)
+            // Where the parameter's data must be while its group is packed (device addresses compare the same way).
+            if (group.PackedParameters is { } packed)
             {
-                _expectedPackedPointer[item] = NativeTensor.DataPointer(packed)
-                    + (nint)(arena.OffsetOf(p) * KernelKinds.ParameterElementSize(group.Kernel));
+                _expectedPackedPointer[item] = NativeTensor.DataPointer(packed) + (nint)(arena.OffsetOf(p) * DTypes.SizeOf(info.DType));
             }
         }
 
-        _work = new UpdateWorkList(profiles, Math.Max(items, arena.Groups.Count));
+        _work = new UpdateWorkList(profiles, Math.Max(items, groupCount));
 
         long totalElements = 0;
         foreach (var c in _count) totalElements += c;
         if (threads > 1 && totalElements >= UpdateWorkList.ParallelThreshold) _pool = new CpuWorkerPool(threads);
+        var targets = new UpdateTargets(arenas, _shadow, _shadowPointer, _count, _kernel, _live, _slotOfItem);
+        _raw = new RawCpuBackend(targets, _work, _pool);
+        _torch = new TorchOpsBackend(targets, _work);
     }
 
     public int Threads => _pool?.Parallelism ?? 1;
@@ -142,36 +154,66 @@ internal sealed class UpdateEngine : IDisposable
             _live.Release();
             return;
         }
-        bool allRaw = true;
-        Array.Fill(_groupIntact, true);
+        var groups = _arenas[0].Groups;
+        for (int g = 0; g < groups.Count; g++)
+        {
+            _aliasIntact[g] = groups[g].PackedParameters is not null;
+            _allRawOk[g] = true;
+        }
         for (int item = 0; item < _items; item++)
         {
-            allRaw &= _rawOk[item];
-            int group = _groupOfItem[item];
-            _groupIntact[group] &= _rawOk[item] && _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == PointerOf(item);
+            int g = _groupOfItem[item];
+            _aliasIntact[g] &= _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == PointerOf(item);
+            _allRawOk[g] &= _rawOk[item];
         }
-        if (_slowPathReason is null && AnyPackedCpuGroupBroken()) NoteSlowPath();
-        BuildWork();
-        _work.Run(_pool);
-        if (!allRaw) ApplyThroughTorch();
-        _live.Release();
+        _lastRawGroups = _lastRawTensors = _lastTorchGroups = _lastTorchTensors = 0;
+        bool anyPackedBroken = false;
+        for (int g = 0; g < groups.Count; g++)
+        {
+            _wholeGroup[g] = _aliasIntact[g] && (_torchGroup[g] || _allRawOk[g]);
+            anyPackedBroken |= groups[g].PackedParameters is not null && !_wholeGroup[g];
+            if (!_wholeGroup[g]) continue;
+            if (_torchGroup[g])
+            {
+                _torch.QueueGroup(g);
+                _lastTorchGroups++;
+            }
+            else
+            {
+                _raw.QueueGroup(g);
+                _lastRawGroups++;
+            }
+        }
+        if (anyPackedBroken && _slowPathReason is null) NoteSlowPath();
+        for (int item = 0; item < _items; item++)
+        {
+            int g = _groupOfItem[item];
+            if (_wholeGroup[g]) continue;
+            if (!_torchGroup[g] && _rawOk[item])
+            {
+                _raw.QueueTensor(item);
+                _lastRawTensors++;
+            }
+            else
+            {
+                _torch.QueueTensor(item);
+                _lastTorchTensors++;
+            }
+        }
+        try
+        {
+            _raw.Run();
+            _torch.Run();
+        }
+        finally
+        {
+            _live.Release();
+        }
     }
 
     private IntPtr PointerOf(int item) => _live.Pointer(_slotOfItem[item]);
 
-    // Per group, not per tensor: this runs every step until a slow path has been noted. Off the CPU, packed groups go
-    // through TorchSharp ops on the flat buffer, not through pointer checks.
-    private bool AnyPackedCpuGroupBroken()
-    {
-        var groups = _arenas[0].Groups;
-        for (int g = 0; g < groups.Count; g++)
-        {
-            if (groups[g].PackedParameters is not null && !_groupIntact[g] && groups[g].Device.type == DeviceType.CPU) return true;
-        }
-        return false;
-    }
-
-    // The first time a packed group no longer aliases its flat buffer: say so once, naming a parameter.
+    // The first time a packed group does not run as one unit: say so once, naming a parameter.
     private void NoteSlowPath()
     {
         var groups = _arenas[0].Groups;
@@ -179,7 +221,7 @@ internal sealed class UpdateEngine : IDisposable
         for (int item = 0; item < _items; item++)
         {
             int g = _groupOfItem[item];
-            if (groups[g].PackedParameters is null || _groupIntact[g] || groups[g].Device.type != DeviceType.CPU) continue;
+            if (groups[g].PackedParameters is null || _wholeGroup[g]) continue;
             bool moved = _expectedPackedPointer[item] != PointerOf(item);
             if (culprit < 0 || moved) culprit = item;
             if (moved) break;
@@ -204,79 +246,11 @@ internal sealed class UpdateEngine : IDisposable
             if (g.PackedParameters is not null) packed++;
             else if (g.NotPackedReason is { } reason) notPacked.Add(reason);
         }
-        var text = $"{groups.Count} group(s), {packed} packed; at the last update {_lastIntactGroups} packed group(s) ran as one pass each and {_lastPerTensorItems} tensor(s) one by one";
+        var text = $"{groups.Count} group(s), {packed} packed; at the last update {_lastRawGroups} packed group(s) ran as one pass each and {_lastRawTensors} tensor(s) one by one";
+        if (_lastTorchGroups + _lastTorchTensors > 0) text += $"; through TorchSharp ops: {_lastTorchGroups} packed group(s) and {_lastTorchTensors} tensor(s)";
         if (notPacked.Count > 0) text += "; not packed: " + string.Join("; ", notPacked);
         if (_slowPathReason is not null) text += "; slow path: " + _slowPathReason;
         return text;
-    }
-
-    // One entry per packed group whose parameters all still alias its flat buffer (padding between slices is zero in
-    // both buffers and stays zero, so the group is one contiguous range), and one entry per remaining item.
-    private void BuildWork()
-    {
-        var groups = _arenas[0].Groups;
-        _lastIntactGroups = 0;
-        _lastPerTensorItems = 0;
-        for (int g = 0; g < groups.Count; g++)
-        {
-            if (!_groupIntact[g]) continue;
-            _lastIntactGroups++;
-            var group = groups[g];
-            for (int a = 0; a < _work.ActiveCount; a++)
-            {
-                int k = _work.ActiveProfile(a);
-                _work.SetShadow(k, NativeTensor.DataPointer(_arenas[k].Groups[g].Shadow));
-            }
-            _work.Add(NativeTensor.DataPointer(group.PackedParameters!), group.Elements, group.Kernel);
-        }
-        for (int item = 0; item < _items; item++)
-        {
-            if (_groupIntact[_groupOfItem[item]]) continue;
-            _lastPerTensorItems++;
-            if (!_rawOk[item]) continue;
-            for (int a = 0; a < _work.ActiveCount; a++)
-            {
-                int k = _work.ActiveProfile(a);
-                _work.SetShadow(k, _shadowPointer[k][item]);
-            }
-            _work.Add(PointerOf(item), _count[item], _kernel[item]);
-        }
-    }
-
-    // Devices other than the CPU, non-contiguous parameters and dtype pairs without a kernel (and everything, with
-    // EmaOptions.ForceTorchOps): the same expression as the kernels, through TorchSharp ops (TorchBlend).
-    private void ApplyThroughTorch()
-    {
-        using var _ = torch.no_grad();
-        for (int a = 0; a < _work.ActiveCount; a++)
-        {
-            int k = _work.ActiveProfile(a);
-            if (TryApplyPackedThroughTorch(k)) continue;
-            double decay = _work.DecayOf(k);
-            for (int item = 0; item < _items; item++)
-            {
-                if (_rawOk[item]) continue;
-                TorchBlend.Apply(_shadow[k][item], _live.Tensor(_slotOfItem[item])!, decay);
-            }
-        }
-    }
-
-    // Off the CPU (or forced), a fully packed model is one TorchSharp blend per group: no per-tensor launches.
-    private bool TryApplyPackedThroughTorch(int profile)
-    {
-        var packedGroups = _arenas[0].Groups;
-        foreach (var group in packedGroups)
-        {
-            if (group.PackedParameters is null || (group.Device.type == DeviceType.CPU && !_forceTorch)) return false;
-        }
-        // Off the CPU the data pointers are not compared; a packed model keeps its layout unless the user re-points
-        // parameters, which EmaManager documents as unpacking (a new manager re-packs).
-        double decay = _work.DecayOf(profile);
-        for (int g = 0; g < packedGroups.Count; g++)
-        {
-            TorchBlend.Apply(_arenas[profile].Groups[g].Shadow, packedGroups[g].PackedParameters!, decay);
-        }
-        return true;
     }
 
     public void Dispose()

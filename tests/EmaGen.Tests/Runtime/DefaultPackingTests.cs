@@ -84,4 +84,25 @@ public sealed class DefaultPackingTests
         var actual = ema["leaves.1.w"].data<float>().ToArray();
         for (int i = 0; i < 40; i++) Assert.Equal(expected[i], actual[i], 5);
     }
+
+    [Fact]
+    public void OnTheTorchOpBackendARepointedParameterIsFollowedToo()
+    {
+        // The TorchSharp-op backend (what a CUDA model runs; forced here on the CPU) blends a packed group as one flat
+        // tensor. It checks the same data pointers, so a re-pointed parameter is averaged from its new data, not from
+        // the stale flat buffer.
+        torch.manual_seed(5);
+        var messages = new List<string>();
+        using var model = new SizedModel(ScalarType.Float32, 5, 40);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, OnSlowPath = messages.Add, ForceTorchOps = true });
+        ema.Update(model);
+        Assert.Contains("through TorchSharp ops: 1 packed group(s) and 0 tensor(s)", ema.UpdatePath);
+        var shadow = ema["leaves.1.w"].data<float>().ToArray();
+        using (torch.no_grad()) model[1].set_(torch.full(40, 4f));
+        ema.Update(model);
+        Assert.Contains("'leaves.1.w' no longer aliases its packed flat buffer", Assert.Single(messages));
+        Assert.Contains("through TorchSharp ops: 0 packed group(s) and 2 tensor(s)", ema.UpdatePath);
+        var actual = ema["leaves.1.w"].data<float>().ToArray();
+        for (int i = 0; i < 40; i++) Assert.Equal(0.5f * shadow[i] + 0.5f * 4f, actual[i], 5);
+    }
 }

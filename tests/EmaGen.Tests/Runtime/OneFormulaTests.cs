@@ -75,6 +75,10 @@ public sealed class OneFormulaTests
                 Assert.Contains("1 packed", managers[2].UpdatePath);
                 Assert.Contains("0 packed group(s) ran as one pass each", managers[3].UpdatePath);
                 Assert.Contains("1 packed group(s) ran as one pass each", managers[0].UpdatePath);
+                // ...and went through the TorchSharp-op backend: one blend per packed group, or one per tensor.
+                Assert.Contains("through TorchSharp ops: 1 packed group(s) and 0 tensor(s)", managers[2].UpdatePath);
+                Assert.Contains($"through TorchSharp ops: 0 packed group(s) and {Sizes.Length} tensor(s)", managers[3].UpdatePath);
+                Assert.DoesNotContain("TorchSharp ops", managers[0].UpdatePath);
                 for (int i = 0; i < Sizes.Length; i++)
                 {
                     string name = $"leaves.{i}.w";

@@ -39,16 +39,8 @@ public sealed class EmaShadowBuilder
     /// <summary>The entry of the next parameter slot, which must be named <paramref name="localName"/>.</summary>
     public EmaShadowEntry Next(string localName)
     {
-        if (_next >= _entries.Count)
-        {
-            throw new InvalidOperationException(
-                $"The model has more parameter slots than when the EMA manager was built (extra slot '{localName}').");
-        }
-        if (!string.Equals(_localNames[_next], localName, StringComparison.Ordinal))
-        {
-            throw new InvalidOperationException(
-                $"The model's parameter slot {_next} is '{localName}', but the manager recorded '{_entries[_next].Name}'.");
-        }
+        SlotOrder.ThrowIfBeyond(_next, _entries.Count, localName);
+        SlotOrder.ThrowIfRenamed(_next, localName, _localNames[_next], _entries[_next].Name);
         return _entries[_next++];
     }
 

@@ -116,16 +116,9 @@ internal sealed class LiveSlots
     internal void Visit(string name, torch.Tensor? tensor)
     {
         int slot = _cursor++;
-        if (slot >= _slots.Length)
-        {
-            throw new InvalidOperationException(
-                $"The model has more parameter slots than the {_slots.Length} recorded when the EMA manager was built (extra slot '{name}').");
-        }
-        if (!string.Equals(_localNames[slot], name, StringComparison.Ordinal))
-        {
-            throw new InvalidOperationException(
-                $"The model's parameter slot {slot} is '{name}', but the EMA manager recorded '{_slots[slot].FullName}' there; the module tree changed.");
-        }
+        SlotOrder.ThrowIfBeyond(slot, _slots.Length, name);
+        // Most calls end at the reference compare inside string.Equals: the walk passes the recorded string objects.
+        if (!ReferenceEquals(_localNames[slot], name)) SlotOrder.ThrowIfRenamed(slot, name, _localNames[slot], _slots[slot].FullName);
         if ((tensor is null) != (_numel[slot] < 0))
         {
             throw new InvalidOperationException(

@@ -8,38 +8,25 @@ namespace EmaGen;
 /// for the first the packed parameters) and each averaged tensor's ("item's") shadow; per item its element count and
 /// kernel; and the live tensors and data pointers the step's check found (<see cref="LiveSlots"/>).
 /// </summary>
-internal sealed class UpdateTargets
+internal sealed class UpdateTargets(ShadowArena[] arenas, torch.Tensor[][] shadow, IntPtr[][] shadowPointer, long[] count,
+    KernelKind[] kernel, LiveSlots live, int[] slotOfItem)
 {
-    private readonly LiveSlots _live;
-    private readonly int[] _slotOfItem;
-
-    public UpdateTargets(ShadowArena[] arenas, torch.Tensor[][] shadow, IntPtr[][] shadowPointer, long[] count, KernelKind[] kernel, LiveSlots live, int[] slotOfItem)
-    {
-        Arenas = arenas;
-        Shadow = shadow;
-        ShadowPointer = shadowPointer;
-        Count = count;
-        Kernel = kernel;
-        _live = live;
-        _slotOfItem = slotOfItem;
-    }
-
     /// <summary>One arena per profile; only the first packs parameters.</summary>
-    public ShadowArena[] Arenas { get; }
+    public ShadowArena[] Arenas { get; } = arenas;
 
     /// <summary>Per profile, then per item: the shadow view.</summary>
-    public torch.Tensor[][] Shadow { get; }
+    public torch.Tensor[][] Shadow { get; } = shadow;
 
     /// <summary>Per profile, then per item: the shadow's data (CPU shadows; zero elsewhere). Shadows are never re-pointed.</summary>
-    public IntPtr[][] ShadowPointer { get; }
+    public IntPtr[][] ShadowPointer { get; } = shadowPointer;
 
-    public long[] Count { get; }
+    public long[] Count { get; } = count;
 
-    public KernelKind[] Kernel { get; }
+    public KernelKind[] Kernel { get; } = kernel;
 
     /// <summary>The live tensor of <paramref name="item"/> at the last check.</summary>
-    public torch.Tensor Tensor(int item) => _live.Tensor(_slotOfItem[item])!;
+    public torch.Tensor Tensor(int item) => live.Tensor(slotOfItem[item])!;
 
     /// <summary>The live data pointer of <paramref name="item"/> at the last check.</summary>
-    public IntPtr Pointer(int item) => _live.Pointer(_slotOfItem[item]);
+    public IntPtr Pointer(int item) => live.Pointer(slotOfItem[item]);
 }

@@ -151,7 +151,7 @@ public static class Trainer
         using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 1e-4);
         using var ema = new ShardedEmaManager<DenoiserModel>(model, rank.Rank, rank.WorldSize, options.EmaOptions);
         long denseBytes = model.parameters().Sum(p => p.numel() * 4);
-        log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB per profile); {string.Join("; ", ema.ProfileNames.Select((name, k) => (name.Length == 0 ? "" : name + ": ") + ema.ScheduleOf(k)))}; {options.Steps} steps of batch {options.BatchSize}");
+        log.WriteLine($"rank {rank.Rank} of {rank.WorldSize}: {ema.ShadowBytes / 1024.0:F1} KiB of EMA shadow (dense: {denseBytes / 1024.0:F1} KiB per profile); {string.Join("; ", ema.Profiles)}; {options.Steps} steps of batch {options.BatchSize}");
         var initial = Snapshot(model, options, log);
         var postHocDir = PostHocDirectory(options);
         var snapshots = new BackgroundSnapshots(options, postHocDir is null ? null : () => PostHocEma.SaveSnapshotAsync(ema, postHocDir, TimeSpan.FromMinutes(5)));

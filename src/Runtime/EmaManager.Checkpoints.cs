@@ -148,7 +148,7 @@ public sealed partial class EmaManager<TModel>
             Step = step ?? Step;
             for (int i = 0; i < toLoad.Count; i++)
             {
-                if (states[i] is { } state && !double.IsNaN(state.CurrentDecay)) toLoad[i].CurrentDecay = state.CurrentDecay;
+                if (states[i] is { } state && !double.IsNaN(state.CurrentDecay)) toLoad[i].SetCurrentDecay(state.CurrentDecay);
             }
         }
         finally

@@ -216,7 +216,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
             foreach (var profile in _profiles)
             {
                 // The decay was computed above; an UpdateEvery schedule's is a product over its interval.
-                if (profile.Schedule.UpdatesAt(step)) profile.CurrentDecay = _engine.DecayOf(profile.Index);
+                if (profile.Schedule.UpdatesAt(step)) profile.SetCurrentDecay(_engine.DecayOf(profile.Index));
             }
         }
         Step = step;

@@ -8,36 +8,27 @@ namespace EmaGen;
 /// every profile in one pass; a profile gives typed access (the generated <c>Shadow</c> property), export, swap and
 /// state dicts for its own shadows. A single-profile manager has one profile with an empty name.
 /// </summary>
-public sealed class EmaProfile<TModel> where TModel : torch.nn.Module, IEmaTracked<TModel>
+public sealed class EmaProfile<TModel> : EmaProfileBase where TModel : torch.nn.Module, IEmaTracked<TModel>
 {
     private readonly EmaManager<TModel> _manager;
+    private double _currentDecay = double.NaN;
 
     internal EmaProfile(EmaManager<TModel> manager, int index, string name, EmaSchedule schedule)
+        : base(index, name, schedule)
     {
         _manager = manager;
-        Index = index;
-        Name = name;
-        Schedule = schedule;
     }
 
     /// <summary>The manager this profile belongs to.</summary>
     public EmaManager<TModel> Manager => _manager;
 
-    /// <summary>The profile's name (<see cref="EmaProfileOptions.Name"/>; empty for a single-profile manager).</summary>
-    public string Name { get; }
+    public override double CurrentDecay => _currentDecay;
 
-    /// <summary>Position in <see cref="EmaManager{TModel}.Profiles"/>.</summary>
-    public int Index { get; }
-
-    /// <summary>The profile's decay schedule.</summary>
-    public EmaSchedule Schedule { get; }
-
-    /// <summary>The decay this profile's last update applied (NaN before the first), kept apart from any configured maximum.</summary>
-    public double CurrentDecay { get; internal set; } = double.NaN;
+    internal void SetCurrentDecay(double decay) => _currentDecay = decay;
 
     /// <summary>The shadow of parameter <paramref name="name"/> in this profile (a view the manager owns).</summary>
     /// <exception cref="KeyNotFoundException">No averaged parameter has that name.</exception>
-    public torch.Tensor this[string name] => _manager.ShadowOf(Index, name);
+    public override torch.Tensor this[string name] => _manager.ShadowOf(Index, name);
 
     /// <summary>The typed shadow tree of this profile (usually reached through the generated <c>Shadow</c> property).</summary>
     public TShadow GetShadow<TShadow>() where TShadow : class => _manager.GetShadow<TShadow>(Index);
@@ -53,6 +44,4 @@ public sealed class EmaProfile<TModel> where TModel : torch.nn.Module, IEmaTrack
 
     /// <summary>Copies <paramref name="state"/> into this profile's shadows, all entries checked before any is written.</summary>
     public void LoadStateDict(IReadOnlyDictionary<string, torch.Tensor> state, bool strict = true) => _manager.LoadStateDict(Index, state, strict);
-
-    public override string ToString() => Name.Length == 0 ? Schedule.Describe() : $"{Name}: {Schedule.Describe()}";
 }

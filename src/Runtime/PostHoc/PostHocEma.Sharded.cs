@@ -46,7 +46,7 @@ public static partial class PostHocEma
     {
         ArgumentNullException.ThrowIfNull(ema);
         ArgumentNullException.ThrowIfNull(snapshotsDir);
-        var profiles = SnapshotProfiles(ema.Step, dtype, ema.ProfileNames, ema.ScheduleOf);
+        var profiles = SnapshotProfiles(ema.Step, dtype, ema.Profiles);
         var values = new Dictionary<string, object?>();
         foreach (var (key, value) in SnapshotValues(ema.Step, profiles)) values[key] = value;
         var shards = new List<DcpShard>();

@@ -82,7 +82,7 @@ public static partial class PostHocEma
     private static List<KeyValuePair<string, object?>> SnapshotState<TModel>(EmaManager<TModel> ema, torch.ScalarType dtype, Func<torch.Tensor, object> tensor)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
-        var profiles = SnapshotProfiles(ema.Step, dtype, ema.Profiles.Select(p => p.Name).ToList(), k => ema.Profiles[k].Schedule);
+        var profiles = SnapshotProfiles(ema.Step, dtype, ema.Profiles);
         var state = SnapshotValues(ema.Step, profiles).ToList();
         foreach (var (index, key, _) in profiles)
         {
@@ -94,11 +94,11 @@ public static partial class PostHocEma
     // The power-function profiles of a manager (profile names and schedules) with their snapshot keys; throws when
     // there is none to snapshot, or no update has run yet.
     private static List<(int Index, string Key, EmaSchedule Schedule)> SnapshotProfiles(long step, torch.ScalarType dtype,
-        IReadOnlyList<string> names, Func<int, EmaSchedule> scheduleOf)
+        IEnumerable<EmaProfileBase> profiles)
     {
         if (!DTypes.IsFloatingPoint(dtype)) throw new ArgumentException($"Snapshots are floating point; {dtype} is not.", nameof(dtype));
         if (step <= 0) throw new InvalidOperationException("A post-hoc snapshot needs at least one update (step 0 has no profile).");
-        var all = Enumerable.Range(0, names.Count).Select(k => (Index: k, Name: names[k], Schedule: scheduleOf(k))).ToList();
+        var all = profiles.Select(p => (p.Index, p.Name, p.Schedule)).ToList();
         var power = all
             .Where(p => PostHocSolver.PowerFunctionGamma(p.Schedule) is not null)
             .Select(p => (p.Index, Key: p.Name.Length == 0 ? PostHocSnapshot.UnnamedProfile : p.Name, p.Schedule))

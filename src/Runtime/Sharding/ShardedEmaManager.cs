@@ -24,6 +24,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     private readonly List<Entry> _entries = new();
     private readonly Dictionary<string, Entry> _byName = new(StringComparer.Ordinal);
     private readonly (string Name, EmaSchedule Schedule)[] _profiles;
+    private readonly ShardedEmaProfile<TModel>[] _profileViews;
     private readonly bool _namedProfiles;
     private readonly double[] _currentDecay;
     private readonly UpdateWorkList _work;
@@ -75,6 +76,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         _namedProfiles = options.Profiles is not null;
         _profiles = options.Profiles?.Select(p => (p.Name, p.Schedule)).ToArray() ?? [("", options.EffectiveSchedule)];
         _currentDecay = Enumerable.Repeat(double.NaN, _profiles.Length).ToArray();
+        _profileViews = _profiles.Select((p, k) => new ShardedEmaProfile<TModel>(this, k, p.Name, p.Schedule)).ToArray();
 
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
@@ -160,14 +162,19 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     /// <summary>The decay schedule (of the first profile when there are several).</summary>
     public EmaSchedule Schedule => _profiles[0].Schedule;
 
-    /// <summary>The profile names, in <see cref="EmaOptions.Profiles"/> order (one empty name when that is not set).</summary>
-    public IReadOnlyList<string> ProfileNames => _profiles.Select(p => p.Name).ToArray();
+    /// <summary>The profiles, in <see cref="EmaOptions.Profiles"/> order (one unnamed profile when that is not set).</summary>
+    public IReadOnlyList<ShardedEmaProfile<TModel>> Profiles => _profileViews;
 
-    /// <summary>The schedule of profile <paramref name="profile"/>.</summary>
-    public EmaSchedule ScheduleOf(int profile) => _profiles[profile].Schedule;
+    /// <summary>The profile named <paramref name="name"/>.</summary>
+    /// <exception cref="KeyNotFoundException">No profile has that name.</exception>
+    public ShardedEmaProfile<TModel> Profile(string name) =>
+        _profileViews.FirstOrDefault(p => p.Name == name)
+        ?? throw new KeyNotFoundException($"No EMA profile is named '{name}'; the profiles are {string.Join(", ", _profileViews.Select(p => $"'{p.Name}'"))}.");
 
-    /// <summary>The decay the last update of profile <paramref name="profile"/> applied (NaN before the first).</summary>
-    public double CurrentDecayOf(int profile) => _currentDecay[profile];
+    /// <summary>The decay the last update of the first profile applied (NaN before the first update).</summary>
+    public double CurrentDecay => _currentDecay[0];
+
+    internal double CurrentDecayOf(int profile) => _currentDecay[profile];
 
     /// <summary>The configured constant decay (<see cref="EmaOptions.Decay"/>), saved as in a dense checkpoint.</summary>
     public double Decay { get; }
@@ -185,11 +192,10 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     /// <summary>Bytes of this rank's shadow storage (all profiles).</summary>
     public long ShadowBytes => _entries.Sum(e => e.Shadows.Sum(t => t.numel() * t.ElementSize));
 
-    /// <summary>This rank's shard of <paramref name="name"/> (a tensor the manager owns; first profile).</summary>
-    public torch.Tensor this[string name] => this[0, name];
+    /// <summary>This rank's shard of <paramref name="name"/> (a tensor the manager owns; first profile, see <see cref="Profiles"/>).</summary>
+    public torch.Tensor this[string name] => ShardOf(0, name);
 
-    /// <summary>This rank's shard of <paramref name="name"/> in profile <paramref name="profile"/>.</summary>
-    public torch.Tensor this[int profile, string name] =>
+    internal torch.Tensor ShardOf(int profile, string name) =>
         _byName.TryGetValue(name, out var e) ? e.Shadows[profile] : throw new KeyNotFoundException($"'{name}' is not an averaged parameter.");
 
     /// <summary>

@@ -72,7 +72,7 @@ public sealed class CheckpointCompatibilityTests
                     for (int i = 0; i < model.Count; i++)
                     {
                         var name = $"leaves.{i}.w";
-                        Assert.Equal(expected[r][k, name].bytes.ToArray(), rank[k, name].bytes.ToArray());
+                        Assert.Equal(expected[r].Profiles[k][name].bytes.ToArray(), rank.Profiles[k][name].bytes.ToArray());
                     }
                 }
             }
@@ -82,7 +82,7 @@ public sealed class CheckpointCompatibilityTests
             dense.Load(Fixture("sharded"));
             Assert.Equal(3, dense.Step);
             var full = dense.Profiles[1]["leaves.3.w"];
-            var firstHalf = expected[0][1, "leaves.3.w"];
+            var firstHalf = expected[0].Profiles[1]["leaves.3.w"];
             Assert.Equal(firstHalf.bytes.ToArray(), full.narrow(0, 0, firstHalf.shape[0]).contiguous().bytes.ToArray());
         }
         finally

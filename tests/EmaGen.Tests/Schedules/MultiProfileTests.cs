@@ -237,7 +237,7 @@ public sealed class MultiProfileTests
         // The sharded manager writes and restores the same values.
         using var sharded = new ShardedEmaManager<BareParameters>(model, 0, 1, options);
         sharded.Load(folder["multi"]);
-        Assert.Equal(saved.Profiles.Select(p => p.CurrentDecay), Enumerable.Range(0, 4).Select(sharded.CurrentDecayOf));
+        Assert.Equal(saved.Profiles.Select(p => p.CurrentDecay), sharded.Profiles.Select(p => p.CurrentDecay));
         sharded.Save(folder["sharded"], "d1", TimeSpan.FromSeconds(30));
         using var back = new EmaManager<BareParameters>(model, options);
         back.Load(folder["sharded"]);

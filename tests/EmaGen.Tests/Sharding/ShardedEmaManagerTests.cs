@@ -172,12 +172,19 @@ public sealed class ShardedEmaManagerTests
                 dense.Update(model);
                 foreach (var rank in ranks) rank.Update(model);
             }
-            Assert.Equal(["narrow", "wide", "every2"], ranks[0].ProfileNames);
+            Assert.Equal(["narrow", "wide", "every2"], ranks[0].Profiles.Select(p => p.Name));
+            Assert.Same(ranks[0].Profiles[1], ranks[0].Profile("wide"));
+            Assert.Throws<KeyNotFoundException>(() => ranks[0].Profile("medium"));
             for (int k = 0; k < profiles.Length; k++)
             {
-                Assert.Equal(dense.Profiles[k].CurrentDecay, ranks[1].CurrentDecayOf(k));
+                Assert.Equal(dense.Profiles[k].CurrentDecay, ranks[1].Profiles[k].CurrentDecay);
+                Assert.Equal(dense.Profiles[k].ToString(), ranks[1].Profiles[k].ToString());
                 foreach (var rank in ranks) AssertMatchesDense(rank, dense, k);
             }
+            // Code written against EmaProfileBase reads either manager's profiles: whole tensors or this rank's shards.
+            static long Elements(EmaProfileBase profile, string name) => profile[name].numel();
+            long whole = Elements(dense.Profiles[2], "leaves.0.w");
+            Assert.Equal(whole, ranks.Sum(rank => Elements(rank.Profiles[2], "leaves.0.w")));
 
             await Task.WhenAll(ranks.Select(rank => Task.Run(() => rank.Save(folder["ckpt"], "p1", TimeSpan.FromSeconds(30)))));
             using var other = new SizedModel(dtype, Sizes);
@@ -369,7 +376,7 @@ public sealed class ShardedEmaManagerTests
             var (offsets, sizes) = ShardLayout.Box(full.shape, 0, rank.WorldSize, rank.Rank);
             using var box = full.narrow(0, offsets[0], sizes[0]);
             var expected = box.numel() == 0 ? Array.Empty<float>() : box.contiguous().data<float>().ToArray();
-            var shard = rank[profile, name];
+            var shard = rank.Profiles[profile][name];
             var actual = shard.numel() == 0 ? Array.Empty<float>() : shard.data<float>().ToArray();
             Assert.Equal(expected, actual);
         }

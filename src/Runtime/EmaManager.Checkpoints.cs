@@ -47,37 +47,25 @@ public sealed partial class EmaManager<TModel>
         return _pendingSave;
     }
 
-    // Copies every profile's shadows into the staging arenas, creating them on first use.
-    private ShadowArena[] Stage()
+    // Copies every profile's shadows (a few large copies, one per group) into the staging buffers, and returns views
+    // of them shaped like the shadows, made once.
+    private torch.Tensor?[][] Stage()
     {
-        using var _ = torch.no_grad();
-        if (_staging is null)
+        _staging ??= new StagingCopies(_arenas.SelectMany(a => a.Groups.Select(g => g.Shadow)).ToList());
+        var copies = _staging.Refresh();
+        if (_stagedViews is null)
         {
-            var staging = new ShadowArena[_arenas.Length];
-            try
+            var views = new torch.Tensor?[_arenas.Length][];
+            int first = 0;
+            for (int k = 0; k < _arenas.Length; k++)
             {
-                for (int k = 0; k < _arenas.Length; k++)
-                {
-                    var arena = _arenas[k];
-                    staging[k] = new ShadowArena(_all, Enumerable.Range(0, _all.Length).Select(i => arena[i]!).ToList(), packParameters: false);
-                }
+                int groups = _arenas[k].Groups.Count;
+                views[k] = _arenas[k].ViewsIn(copies.Skip(first).Take(groups).ToList());
+                first += groups;
             }
-            catch
-            {
-                foreach (var a in staging) a?.Dispose();
-                throw;
-            }
-            return _staging = staging;
+            _stagedViews = views;
         }
-        for (int k = 0; k < _arenas.Length; k++)
-        {
-            for (int g = 0; g < _arenas[k].Groups.Count; g++)
-            {
-                var target = _staging[k].Groups[g].Shadow;
-                InPlace.Release(target.copy_(_arenas[k].Groups[g].Shadow), target);
-            }
-        }
-        return _staging;
+        return _stagedViews;
     }
 
     private IEnumerable<KeyValuePair<string, object?>> StateToSave(string prefix) => StateToSave(prefix, ShadowOf);

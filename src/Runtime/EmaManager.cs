@@ -1,4 +1,5 @@
 using System;
+using EmaGen.Dcp;
 using System.Collections.Generic;
 using System.Linq;
 using System.Threading.Tasks;
@@ -31,7 +32,8 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
     private readonly UpdateEngine _engine;
     private readonly object[] _shadowRoots;
     private EmaWeightSwap? _activeSwap;
-    private ShadowArena[]? _staging;
+    private StagingCopies? _staging;
+    private torch.Tensor?[][]? _stagedViews; // per profile, per parameter: views into the staging copies
     private Task? _pendingSave;
     private bool _disposed;
 
@@ -233,7 +235,11 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         EmaCheckpoint.WaitForWrite(ref _pendingSave);
         _engine.Dispose();
         foreach (var arena in _arenas) arena.Dispose();
-        foreach (var arena in _staging ?? []) arena.Dispose();
+        _staging?.Dispose();
+        foreach (var views in _stagedViews ?? [])
+        {
+            foreach (var v in views) v?.Dispose();
+        }
     }
 
     // Each averaged tensor of the model with its shadow, after the model's slots passed the layout check.

@@ -31,10 +31,12 @@ internal sealed class ShadowArena : IDisposable
     private readonly torch.Tensor?[] _views;
     private readonly int[] _groupOf;
     private readonly long[] _offsetOf;
+    private readonly IReadOnlyList<EmaParameterInfo> _parameters;
 
     /// <summary>Allocates shadows for the tracked entries of <paramref name="parameters"/> and copies the current values in.</summary>
     public ShadowArena(IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<torch.Tensor> sources, bool packParameters)
     {
+        _parameters = parameters;
         _views = new torch.Tensor?[parameters.Count];
         _groupOf = new int[parameters.Count];
         _offsetOf = new long[parameters.Count];
@@ -159,6 +161,20 @@ internal sealed class ShadowArena : IDisposable
             InPlace.Release(sources[index].set_(view), sources[index]);
         }
         group.PackedParameters = flat;
+    }
+
+    /// <summary>
+    /// Views shaped like this arena's shadows into <paramref name="groupBuffers"/> (one flat buffer per group, laid out
+    /// like <see cref="Groups"/>): null where a parameter has no shadow. The caller owns the views.
+    /// </summary>
+    public torch.Tensor?[] ViewsIn(IReadOnlyList<torch.Tensor> groupBuffers)
+    {
+        var views = new torch.Tensor?[_views.Length];
+        for (int i = 0; i < views.Length; i++)
+        {
+            if (_views[i] is not null) views[i] = Slice(groupBuffers[_groupOf[i]], _offsetOf[i], _parameters[i]);
+        }
+        return views;
     }
 
     private static torch.Tensor Slice(torch.Tensor flat, long offset, EmaParameterInfo p)

@@ -71,7 +71,7 @@ public sealed partial class ShardedEmaManager<TModel>
         // The staging tensors must not change under a write that is still reading them.
         EmaCheckpoint.WaitForWrite(ref _pendingSave);
         var staging = Stage();
-        var (shards, values) = StateToSave(prefix, (profile, e) => staging[e][profile]);
+        var (shards, values) = StateToSave(prefix, (profile, e) => staging[_entryIndex[e] * _profiles.Length + profile]);
         var me = new RankInfo(Rank, WorldSize);
         _pendingSave = Task.Run(() => DcpShardedSave.Save(directory, saveId, me, shards, values, timeout));
         return _pendingSave;
@@ -101,29 +101,11 @@ public sealed partial class ShardedEmaManager<TModel>
         return (shards, values);
     }
 
-    // Copies every shard of every profile into its staging tensor, creating them on first use.
-    private Dictionary<Entry, torch.Tensor[]> Stage()
+    // Copies every shard of every profile into its staging tensor (entry by entry, profile by profile).
+    private IReadOnlyList<torch.Tensor> Stage()
     {
-        using var _ = torch.no_grad();
-        if (_staging is null)
-        {
-            var staging = new Dictionary<Entry, torch.Tensor[]>();
-            try
-            {
-                foreach (var e in _entries) staging[e] = e.Shadows.Select(t => t.clone().DetachFromDisposeScope()).ToArray();
-            }
-            catch
-            {
-                foreach (var copies in staging.Values) foreach (var t in copies) t.Dispose();
-                throw;
-            }
-            return _staging = staging;
-        }
-        foreach (var (e, copies) in _staging)
-        {
-            for (int k = 0; k < copies.Length; k++) InPlace.Release(copies[k].copy_(e.Shadows[k]), copies[k]);
-        }
-        return _staging;
+        _staging ??= new StagingCopies(_entries.SelectMany(e => e.Shadows).ToList());
+        return _staging.Refresh();
     }
 
     // This rank's shards of one profile under keyPrefix, each tensor made by `local` from the shadow (a view or a copy).

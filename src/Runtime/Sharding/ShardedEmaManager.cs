@@ -1,4 +1,5 @@
 using System;
+using EmaGen.Dcp;
 using System.Collections.Generic;
 using System.Linq;
 using System.Threading.Tasks;
@@ -29,7 +30,8 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     private readonly double[] _currentDecay;
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
-    private Dictionary<Entry, torch.Tensor[]>? _staging;
+    private StagingCopies? _staging;
+    private readonly Dictionary<Entry, int> _entryIndex = new();
     private Task? _pendingSave;
     private bool _disposed;
 
@@ -135,6 +137,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
                     LocalParameter = local,
                     ShadowNumel = shadows[0].numel(),
                 };
+                _entryIndex[entry] = _entries.Count;
                 _entries.Add(entry);
                 _byName[slot.FullName] = entry;
                 _entryOfSlot[s] = entry;
@@ -277,10 +280,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         _disposed = true;
         EmaCheckpoint.WaitForWrite(ref _pendingSave);
         _pool?.Dispose();
-        foreach (var copies in _staging?.Values ?? Enumerable.Empty<torch.Tensor[]>())
-        {
-            foreach (var t in copies) t.Dispose();
-        }
+        _staging?.Dispose();
         foreach (var e in _entries)
         {
             foreach (var t in e.Shadows) t.Dispose();

@@ -163,7 +163,7 @@ public sealed partial class EmaManager<TModel>
         if (stored is null)
         {
             throw new ArgumentException(
-                $"{directory}: the checkpoint holds a single-profile EMA under '{prefix}' (no '{prefix}_emagen.profiles'), this manager has profiles {string.Join(", ", _profiles.Select(p => p.Name))}; load it into one profile with LoadStateDict or a single-profile manager.");
+                $"{directory}: the checkpoint holds a single-profile EMA under '{prefix}' (no '{CheckpointKeys.Of(prefix, CheckpointKeys.Profiles)}'), this manager has profiles {string.Join(", ", _profiles.Select(p => p.Name))}; load it into one profile with LoadStateDict or a single-profile manager.");
         }
         var present = _profiles.Where(p => stored.Contains(p.Name)).ToList();
         var missing = _profiles.Where(p => !stored.Contains(p.Name)).Select(p => p.Name).ToList();

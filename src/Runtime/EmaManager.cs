@@ -259,46 +259,18 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         _engine.Check(model);
     }
 
-    private object BuildShadow(TModel model, ShadowArena arena, IReadOnlyList<DynamicGroup> groups)
-    {
-        var entries = new List<EmaShadowEntry>();
-        var localNames = new List<string>();
-        var slotEntries = new EmaShadowEntry?[_slots.Length];
-        for (int s = 0; s < _slots.Length; s++)
+    private object BuildShadow(TModel model, ShadowArena arena, IReadOnlyList<DynamicGroup> groups) =>
+        TypedShadowTree.Build(model, _slots, groups, s =>
         {
-            var slot = _slots[s];
-            if (slot.Ignored) continue;
             int p = _parameterOfSlot[s];
-            string reason = p < 0 ? "the model holds no such tensor (null)" : _all[p].Exclusion switch
+            string reason = p < 0 ? TypedShadowTree.NullSlot : _all[p].Exclusion switch
             {
-                EmaExclusion.Frozen => "it was frozen (requires_grad false) when the EMA manager was built",
-                EmaExclusion.BufferNotTracked => "buffers are not tracked (set EmaOptions.TrackBuffers)",
+                EmaExclusion.Frozen => TypedShadowTree.Frozen,
+                EmaExclusion.BufferNotTracked => TypedShadowTree.BuffersNotTracked,
                 _ => "",
             };
-            var entry = new EmaShadowEntry(slot.FullName, p >= 0 ? arena[p] : null, reason);
-            slotEntries[s] = entry;
-            if (slot.DynamicGroup >= 0) continue;
-            entries.Add(entry);
-            localNames.Add(slot.LocalName);
-        }
-        var dynamic = new List<EmaDynamicShadow>();
-        foreach (var group in groups)
-        {
-            if (group.Ignored) continue;
-            var names = new string[group.End - group.Start];
-            var groupEntries = new EmaShadowEntry[names.Length];
-            for (int s = group.Start; s < group.End; s++)
-            {
-                names[s - group.Start] = _slots[s].LocalName;
-                groupEntries[s - group.Start] = slotEntries[s]!;
-            }
-            dynamic.Add(new EmaDynamicShadow(group.FullName, names, groupEntries));
-        }
-        var builder = new EmaShadowBuilder(entries, localNames, dynamic);
-        var root = TModel.CreateShadow(model, builder);
-        builder.EnsureComplete();
-        return root;
-    }
+            return (p >= 0 ? arena[p] : null, reason);
+        });
 
     private static string Sample(IReadOnlyList<string> items, string separator = ", ")
     {

@@ -298,6 +298,16 @@ internal static class TrackedClassEmitter
         w.Line("/// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>");
         w.Line($"public {shadow} Shadow => profile.GetShadow<{shadow}>();");
         w.Close();
+        w.Line();
+        w.Open($"extension(global::EmaGen.ShardedEmaManager<{spec.FullyQualifiedName}> manager)");
+        w.Line("/// <summary>The shadow tree over this rank's shards, with the same member names as the model (tensors the manager owns).</summary>");
+        w.Line($"public {shadow} Shadow => manager.GetShadow<{shadow}>();");
+        w.Close();
+        w.Line();
+        w.Open($"extension(global::EmaGen.ShardedEmaProfile<{spec.FullyQualifiedName}> profile)");
+        w.Line("/// <summary>This profile's shadow tree over this rank's shards, with the same member names as the model.</summary>");
+        w.Line($"public {shadow} Shadow => profile.GetShadow<{shadow}>();");
+        w.Close();
         w.Close();
     }
 

@@ -38,7 +38,7 @@ public sealed record PostHocSnapshot(string Folder, string Profile, long Step, d
             var named = Path.GetFileName(folder)[FolderPrefix.Length..];
             if (snapshots.Count > 0 && (!long.TryParse(named, NumberStyles.None, CultureInfo.InvariantCulture, out var step) || step != snapshots[0].Step))
             {
-                throw new CheckpointFormatException($"{folder}: the folder is named for step '{named}', but its '_emagen.step' is {snapshots[0].Step}.");
+                throw new CheckpointFormatException($"{folder}: the folder is named for step '{named}', but its '{CheckpointKeys.Of("", CheckpointKeys.Step)}' is {snapshots[0].Step}.");
             }
             result.AddRange(snapshots);
         }

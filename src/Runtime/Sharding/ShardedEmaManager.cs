@@ -30,6 +30,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     private readonly double[] _currentDecay;
     private readonly UpdateWorkList _work;
     private readonly CpuWorkerPool? _pool;
+    private readonly object[] _shadowRoots;
     private StagingCopies? _staging;
     private readonly Dictionary<Entry, int> _entryIndex = new();
     private Task? _pendingSave;
@@ -142,6 +143,12 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
                 _byName[slot.FullName] = entry;
                 _entryOfSlot[s] = entry;
             }
+            _shadowRoots = new object[_profiles.Length];
+            for (int k = 0; k < _profiles.Length; k++)
+            {
+                _shadowRoots[k] = TypedShadowTree.Build(model, _slots, collector.Groups, s =>
+                    _entryOfSlot[s] is { } e ? (e.Shadows[k], "") : (null, TypedShadowTree.MissingReason(_slots[s], options.TrackBuffers)));
+            }
         }
         catch
         {
@@ -197,6 +204,21 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
 
     /// <summary>This rank's shard of <paramref name="name"/> (a tensor the manager owns; first profile, see <see cref="Profiles"/>).</summary>
     public torch.Tensor this[string name] => ShardOf(0, name);
+
+    /// <summary>
+    /// The typed shadow tree of the first profile as the generated class <typeparamref name="TShadow"/>, over this rank's
+    /// shards (usually reached through the generated <c>Shadow</c> property: <c>rank.Shadow.fc1.weight</c> is this
+    /// rank's box of <c>fc1.weight</c>).
+    /// </summary>
+    public TShadow GetShadow<TShadow>() where TShadow : class => GetShadow<TShadow>(0);
+
+    internal TShadow GetShadow<TShadow>(int profile) where TShadow : class
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var root = _shadowRoots[profile];
+        return root as TShadow ?? throw new InvalidCastException(
+            $"The shadow of {typeof(TModel).FullName} is {root.GetType().FullName}, not {typeof(TShadow).FullName}.");
+    }
 
     internal torch.Tensor ShardOf(int profile, string name) =>
         _byName.TryGetValue(name, out var e) ? e.Shadows[profile] : throw new KeyNotFoundException($"'{name}' is not an averaged parameter.");

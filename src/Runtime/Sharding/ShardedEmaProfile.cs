@@ -26,4 +26,7 @@ public sealed class ShardedEmaProfile<TModel> : EmaProfileBase where TModel : to
     /// <summary>This rank's shard of parameter <paramref name="name"/> in this profile.</summary>
     /// <exception cref="KeyNotFoundException">No averaged parameter has that name.</exception>
     public override torch.Tensor this[string name] => _manager.ShardOf(Index, name);
+
+    /// <summary>This profile's typed shadow tree over this rank's shards (usually reached through the generated <c>Shadow</c> property).</summary>
+    public TShadow GetShadow<TShadow>() where TShadow : class => _manager.GetShadow<TShadow>(Index);
 }

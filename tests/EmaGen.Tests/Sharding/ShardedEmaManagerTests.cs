@@ -345,6 +345,26 @@ public sealed class ShardedEmaManagerTests
     }
 
     [Fact]
+    public void TheTypedShadowOfARankIsItsShards()
+    {
+        torch.manual_seed(36);
+        using var model = new NormModel();
+        using var rank = new ShardedEmaManager<NormModel>(model, 1, 2, new EmaOptions
+        {
+            Profiles = [new("fast", EmaSchedule.Constant(0.9)), new("slow", EmaSchedule.Constant(0.99))],
+        });
+        rank.Update(model);
+        // The generated Shadow property reads the same tensors as the name indexer: this rank's boxes.
+        Assert.Same(rank["fc.weight"], rank.Shadow.fc.weight);
+        Assert.Same(rank.Profiles[1]["fc.bias"], rank.Profiles[1].Shadow.fc.bias);
+        Assert.Same(rank.Profile("slow")["bn.weight"], rank.Profile("slow").Shadow.bn.weight);
+        Assert.Equal(new long[] { 2, 4 }, rank.Shadow.fc.weight.shape);
+        Assert.NotSame(rank.Profiles[0].Shadow.fc.weight, rank.Profiles[1].Shadow.fc.weight);
+        var buffer = Assert.Throws<InvalidOperationException>(() => rank.Shadow.bn.running_mean);
+        Assert.Contains("TrackBuffers", buffer.Message);
+    }
+
+    [Fact]
     public void AParameterRePointedInPlaceIsCheckedAgainstTheLayoutBeforeAnythingIsWritten()
     {
         // The sharded manager shares the dense engine's per-step check (LiveSlots): a parameter whose data pointer

@@ -199,5 +199,17 @@ namespace Models
             /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
             public global::Models.Builtins.EmaShadow Shadow => profile.GetShadow<global::Models.Builtins.EmaShadow>();
         }
+
+        extension(global::EmaGen.ShardedEmaManager<global::Models.Builtins> manager)
+        {
+            /// <summary>The shadow tree over this rank's shards, with the same member names as the model (tensors the manager owns).</summary>
+            public global::Models.Builtins.EmaShadow Shadow => manager.GetShadow<global::Models.Builtins.EmaShadow>();
+        }
+
+        extension(global::EmaGen.ShardedEmaProfile<global::Models.Builtins> profile)
+        {
+            /// <summary>This profile's shadow tree over this rank's shards, with the same member names as the model.</summary>
+            public global::Models.Builtins.EmaShadow Shadow => profile.GetShadow<global::Models.Builtins.EmaShadow>();
+        }
     }
 }

@@ -175,5 +175,17 @@ namespace Models
             /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
             public global::Models.Gpt.EmaShadow Shadow => profile.GetShadow<global::Models.Gpt.EmaShadow>();
         }
+
+        extension(global::EmaGen.ShardedEmaManager<global::Models.Gpt> manager)
+        {
+            /// <summary>The shadow tree over this rank's shards, with the same member names as the model (tensors the manager owns).</summary>
+            public global::Models.Gpt.EmaShadow Shadow => manager.GetShadow<global::Models.Gpt.EmaShadow>();
+        }
+
+        extension(global::EmaGen.ShardedEmaProfile<global::Models.Gpt> profile)
+        {
+            /// <summary>This profile's shadow tree over this rank's shards, with the same member names as the model.</summary>
+            public global::Models.Gpt.EmaShadow Shadow => profile.GetShadow<global::Models.Gpt.EmaShadow>();
+        }
     }
 }

@@ -105,5 +105,17 @@ namespace Models
             /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
             public global::Models.Flat.EmaShadow Shadow => profile.GetShadow<global::Models.Flat.EmaShadow>();
         }
+
+        extension(global::EmaGen.ShardedEmaManager<global::Models.Flat> manager)
+        {
+            /// <summary>The shadow tree over this rank's shards, with the same member names as the model (tensors the manager owns).</summary>
+            public global::Models.Flat.EmaShadow Shadow => manager.GetShadow<global::Models.Flat.EmaShadow>();
+        }
+
+        extension(global::EmaGen.ShardedEmaProfile<global::Models.Flat> profile)
+        {
+            /// <summary>This profile's shadow tree over this rank's shards, with the same member names as the model.</summary>
+            public global::Models.Flat.EmaShadow Shadow => profile.GetShadow<global::Models.Flat.EmaShadow>();
+        }
     }
 }

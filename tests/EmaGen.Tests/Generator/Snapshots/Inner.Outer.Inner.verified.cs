@@ -86,4 +86,16 @@ internal static class Outer_InnerEmaExtensions
         /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
         public global::Outer.Inner.EmaShadow Shadow => profile.GetShadow<global::Outer.Inner.EmaShadow>();
     }
+
+    extension(global::EmaGen.ShardedEmaManager<global::Outer.Inner> manager)
+    {
+        /// <summary>The shadow tree over this rank's shards, with the same member names as the model (tensors the manager owns).</summary>
+        public global::Outer.Inner.EmaShadow Shadow => manager.GetShadow<global::Outer.Inner.EmaShadow>();
+    }
+
+    extension(global::EmaGen.ShardedEmaProfile<global::Outer.Inner> profile)
+    {
+        /// <summary>This profile's shadow tree over this rank's shards, with the same member names as the model.</summary>
+        public global::Outer.Inner.EmaShadow Shadow => profile.GetShadow<global::Outer.Inner.EmaShadow>();
+    }
 }

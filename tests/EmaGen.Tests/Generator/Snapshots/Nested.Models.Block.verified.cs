@@ -104,5 +104,17 @@ namespace Models
             /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
             public global::Models.Block.EmaShadow Shadow => profile.GetShadow<global::Models.Block.EmaShadow>();
         }
+
+        extension(global::EmaGen.ShardedEmaManager<global::Models.Block> manager)
+        {
+            /// <summary>The shadow tree over this rank's shards, with the same member names as the model (tensors the manager owns).</summary>
+            public global::Models.Block.EmaShadow Shadow => manager.GetShadow<global::Models.Block.EmaShadow>();
+        }
+
+        extension(global::EmaGen.ShardedEmaProfile<global::Models.Block> profile)
+        {
+            /// <summary>This profile's shadow tree over this rank's shards, with the same member names as the model.</summary>
+            public global::Models.Block.EmaShadow Shadow => profile.GetShadow<global::Models.Block.EmaShadow>();
+        }
     }
 }

@@ -158,5 +158,17 @@ namespace Models
             /// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>
             public global::Models.Stack.EmaShadow Shadow => profile.GetShadow<global::Models.Stack.EmaShadow>();
         }
+
+        extension(global::EmaGen.ShardedEmaManager<global::Models.Stack> manager)
+        {
+            /// <summary>The shadow tree over this rank's shards, with the same member names as the model (tensors the manager owns).</summary>
+            public global::Models.Stack.EmaShadow Shadow => manager.GetShadow<global::Models.Stack.EmaShadow>();
+        }
+
+        extension(global::EmaGen.ShardedEmaProfile<global::Models.Stack> profile)
+        {
+            /// <summary>This profile's shadow tree over this rank's shards, with the same member names as the model.</summary>
+            public global::Models.Stack.EmaShadow Shadow => profile.GetShadow<global::Models.Stack.EmaShadow>();
+        }
     }
 }

@@ -289,27 +289,26 @@ internal static class TrackedClassEmitter
         w.Line($"/// <summary>Typed access to the EMA shadow of <see cref=\"{spec.FullyQualifiedName.Replace("global::", "")}\"/>.</summary>");
         w.Line(GeneratedCode);
         w.Open($"{spec.ExtensionAccessibility} static class {className}");
-        w.Open($"extension(global::EmaGen.EmaManager<{spec.FullyQualifiedName}> manager)");
-        w.Line("/// <summary>The shadow tree, with the same member names as the model (views the manager owns).</summary>");
-        w.Line($"public {shadow} Shadow => manager.GetShadow<{shadow}>();");
-        w.Close();
-        w.Line();
-        w.Open($"extension(global::EmaGen.EmaProfile<{spec.FullyQualifiedName}> profile)");
-        w.Line("/// <summary>This profile's shadow tree, with the same member names as the model (views the manager owns).</summary>");
-        w.Line($"public {shadow} Shadow => profile.GetShadow<{shadow}>();");
-        w.Close();
-        w.Line();
-        w.Open($"extension(global::EmaGen.ShardedEmaManager<{spec.FullyQualifiedName}> manager)");
-        w.Line("/// <summary>The shadow tree over this rank's shards, with the same member names as the model (tensors the manager owns).</summary>");
-        w.Line($"public {shadow} Shadow => manager.GetShadow<{shadow}>();");
-        w.Close();
-        w.Line();
-        w.Open($"extension(global::EmaGen.ShardedEmaProfile<{spec.FullyQualifiedName}> profile)");
-        w.Line("/// <summary>This profile's shadow tree over this rank's shards, with the same member names as the model.</summary>");
-        w.Line($"public {shadow} Shadow => profile.GetShadow<{shadow}>();");
-        w.Close();
+        for (int i = 0; i < ShadowReceivers.Length; i++)
+        {
+            var (type, parameter, summary) = ShadowReceivers[i];
+            if (i > 0) w.Line();
+            w.Open($"extension(global::EmaGen.{type}<{spec.FullyQualifiedName}> {parameter})");
+            w.Line($"/// <summary>{summary}</summary>");
+            w.Line($"public {shadow} Shadow => {parameter}.GetShadow<{shadow}>();");
+            w.Close();
+        }
         w.Close();
     }
+
+    // Every runtime type with a typed shadow: the managers (first profile) and their profiles.
+    private static readonly (string Type, string Parameter, string Summary)[] ShadowReceivers =
+    [
+        ("EmaManager", "manager", "The shadow tree, with the same member names as the model (views the manager owns)."),
+        ("EmaProfile", "profile", "This profile's shadow tree, with the same member names as the model (views the manager owns)."),
+        ("ShardedEmaManager", "manager", "The shadow tree over this rank's shards, with the same member names as the model (tensors the manager owns)."),
+        ("ShardedEmaProfile", "profile", "This profile's shadow tree over this rank's shards, with the same member names as the model."),
+    ];
 
     // The class's own averaged tensors in visit order: parameters (named_parameters() order), then buffers.
     private static System.Collections.Generic.IEnumerable<MemberSpec> OwnTensors(TrackedClassSpec spec) =>

@@ -73,9 +73,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
             var slot = _slots[s];
             _parameterOfSlot[s] = -1;
             if (slot.Tensor is not { } t) continue;
-            var exclusion = slot.Ignored ? EmaExclusion.Ignored
-                : slot.IsBuffer ? (options.TrackBuffers ? EmaExclusion.None : EmaExclusion.BufferNotTracked)
-                : t.requires_grad ? EmaExclusion.None : EmaExclusion.Frozen;
+            var exclusion = EmaExclusions.Of(slot, options.TrackBuffers);
             var dtype = t.dtype;
             var shadowDType = DTypes.IsFloatingPoint(dtype) ? DTypes.ShadowDTypeFor(dtype, options.LowPrecisionShadow) : dtype;
             _parameterOfSlot[s] = all.Count;
@@ -263,13 +261,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         TypedShadowTree.Build(model, _slots, groups, s =>
         {
             int p = _parameterOfSlot[s];
-            string reason = p < 0 ? TypedShadowTree.NullSlot : _all[p].Exclusion switch
-            {
-                EmaExclusion.Frozen => TypedShadowTree.Frozen,
-                EmaExclusion.BufferNotTracked => TypedShadowTree.BuffersNotTracked,
-                _ => "",
-            };
-            return (p >= 0 ? arena[p] : null, reason);
+            return p < 0 ? (null, EmaExclusions.Describe(null)) : (arena[p], EmaExclusions.Describe(_all[p].Exclusion));
         });
 
     private static string Sample(IReadOnlyList<string> items, string separator = ", ")

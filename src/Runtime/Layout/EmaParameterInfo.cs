@@ -15,6 +15,25 @@ public enum EmaExclusion
     BufferNotTracked,
 }
 
+/// <summary>The one rule both managers bind with: which slots are averaged, and why the others are not.</summary>
+internal static class EmaExclusions
+{
+    /// <summary>Why the (non-null) tensor in <paramref name="slot"/> is not averaged, or <see cref="EmaExclusion.None"/>.</summary>
+    public static EmaExclusion Of(in ParameterSlot slot, bool trackBuffers) =>
+        slot.Ignored ? EmaExclusion.Ignored
+        : slot.IsBuffer ? (trackBuffers ? EmaExclusion.None : EmaExclusion.BufferNotTracked)
+        : slot.Tensor!.requires_grad ? EmaExclusion.None : EmaExclusion.Frozen;
+
+    /// <summary>The words a typed shadow property throws with for a slot without a shadow (null: the model holds no tensor there).</summary>
+    public static string Describe(EmaExclusion? exclusion) => exclusion switch
+    {
+        null => "the model holds no such tensor (null)",
+        EmaExclusion.Frozen => "it was frozen (requires_grad false) when the EMA manager was built",
+        EmaExclusion.BufferNotTracked => "buffers are not tracked (set EmaOptions.TrackBuffers)",
+        _ => "",
+    };
+}
+
 /// <summary>One parameter or buffer of the bound model, as the manager saw it at construction.</summary>
 /// <param name="Name">Full dotted name, identical to TorchSharp's <c>named_parameters()</c> (or <c>named_buffers()</c>).</param>
 /// <param name="Shape">Shape at construction.</param>

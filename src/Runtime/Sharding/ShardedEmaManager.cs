@@ -91,7 +91,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             for (int s = 0; s < _slots.Length; s++)
             {
                 var slot = _slots[s];
-                if (slot.Tensor is not { } p || slot.Ignored || !(slot.IsBuffer ? options.TrackBuffers : p.requires_grad)) continue;
+                if (slot.Tensor is not { } p || EmaExclusions.Of(slot, options.TrackBuffers) != EmaExclusion.None) continue;
                 var shadowDType = DTypes.IsFloatingPoint(p.dtype) ? DTypes.ShadowDTypeFor(p.dtype, options.LowPrecisionShadow) : p.dtype;
                 long[] globalShape = p.shape;
                 // Buffers are replicated (FSDP keeps them whole on every rank), so their own shape is the global one.
@@ -147,7 +147,8 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             for (int k = 0; k < _profiles.Length; k++)
             {
                 _shadowRoots[k] = TypedShadowTree.Build(model, _slots, collector.Groups, s =>
-                    _entryOfSlot[s] is { } e ? (e.Shadows[k], "") : (null, TypedShadowTree.MissingReason(_slots[s], options.TrackBuffers)));
+                    _entryOfSlot[s] is { } e ? (e.Shadows[k], "")
+                    : (null, EmaExclusions.Describe(_slots[s].Tensor is null ? null : EmaExclusions.Of(_slots[s], options.TrackBuffers))));
             }
         }
         catch

@@ -23,7 +23,6 @@ internal sealed class LiveSlots
     private readonly torch.ScalarType[] _dtype;
     private readonly DeviceType[] _device;
     private readonly torch.Tensor?[] _current;
-    private readonly IntPtr[] _pointer;
     private readonly torch.Tensor?[] _known;
     private readonly IntPtr[] _knownPointer;
     private readonly bool[] _contiguous;
@@ -52,7 +51,6 @@ internal sealed class LiveSlots
             }
         }
         _current = new torch.Tensor?[slots.Length];
-        _pointer = new IntPtr[slots.Length];
         _known = new torch.Tensor?[slots.Length];
         _knownPointer = new IntPtr[slots.Length];
         _contiguous = new bool[slots.Length];
@@ -65,7 +63,7 @@ internal sealed class LiveSlots
     public torch.Tensor? Tensor(int slot) => _current[slot];
 
     /// <summary>The data pointer of a watched slot's tensor at the last check.</summary>
-    public IntPtr Pointer(int slot) => _pointer[slot];
+    public IntPtr Pointer(int slot) => _knownPointer[slot];
 
     /// <summary>Whether a watched slot's tensor was contiguous when its object or pointer last changed.</summary>
     public bool IsContiguous(int slot) => _contiguous[slot];
@@ -97,7 +95,6 @@ internal sealed class LiveSlots
                 _known[s] = tensor;
                 _knownPointer[s] = pointer;
             }
-            _pointer[s] = pointer;
         }
     }
 

@@ -51,14 +51,4 @@ internal static class TypedShadowTree
         builder.EnsureComplete();
         return root;
     }
-
-    /// <summary>Why a slot has no shadow, in the words a typed shadow property throws with.</summary>
-    public static string MissingReason(ParameterSlot slot, bool trackBuffers) =>
-        slot.Tensor is null ? NullSlot
-        : slot.IsBuffer ? (trackBuffers ? "" : BuffersNotTracked)
-        : slot.Tensor.requires_grad ? "" : Frozen;
-
-    public const string NullSlot = "the model holds no such tensor (null)";
-    public const string Frozen = "it was frozen (requires_grad false) when the EMA manager was built";
-    public const string BuffersNotTracked = "buffers are not tracked (set EmaOptions.TrackBuffers)";
 }

@@ -28,15 +28,12 @@ internal sealed class UpdateEngine : IDisposable
     // Per averaged parameter ("item"), in visit order.
     private readonly long[] _count;
     private readonly KernelKind[] _kernel;
-    private readonly bool[] _rawCapable; // before contiguity, which is learnt per step
-    private readonly bool[] _rawOk;
+    private readonly bool[] _rawCapable; // before contiguity, which the step's check learns
     private readonly IntPtr[] _expectedPackedPointer;
     private readonly int[] _groupOfItem;
 
     // Per group: its backend (TorchSharp ops or raw kernels), and per step whether it runs as one unit.
     private readonly bool[] _torchGroup;
-    private readonly bool[] _aliasIntact;
-    private readonly bool[] _allRawOk;
     private readonly bool[] _wholeGroup;
 
     private readonly UpdateWorkList _work;
@@ -79,13 +76,10 @@ internal sealed class UpdateEngine : IDisposable
         _count = new long[items];
         _kernel = new KernelKind[items];
         _rawCapable = new bool[items];
-        _rawOk = new bool[items];
         _expectedPackedPointer = new IntPtr[items];
         _groupOfItem = new int[items];
         int groupCount = arena.Groups.Count;
         _torchGroup = new bool[groupCount];
-        _aliasIntact = new bool[groupCount];
-        _allRawOk = new bool[groupCount];
         _wholeGroup = new bool[groupCount];
         for (int g = 0; g < groupCount; g++) _torchGroup[g] = forceTorch || arena.Groups[g].Device.type != DeviceType.CPU;
         for (int s = 0; s < slots.Length; s++)
@@ -140,7 +134,6 @@ internal sealed class UpdateEngine : IDisposable
         // The helpers wake while the model is checked, not when the kernels are handed to them.
         _pool?.WakeAhead();
         _live.Check(model);
-        for (int item = 0; item < _items; item++) _rawOk[item] = _rawCapable[item] && _live.IsContiguous(_slotOfItem[item]);
     }
 
     /// <summary>Makes the next check read every dynamic module's registered tensors again.</summary>
@@ -154,23 +147,20 @@ internal sealed class UpdateEngine : IDisposable
             _live.Release();
             return;
         }
+        // A packed group runs as one unit while every parameter still aliases its flat buffer and, for the raw kernels,
+        // can take them.
         var groups = _arenas[0].Groups;
-        for (int g = 0; g < groups.Count; g++)
-        {
-            _aliasIntact[g] = groups[g].PackedParameters is not null;
-            _allRawOk[g] = true;
-        }
+        for (int g = 0; g < groups.Count; g++) _wholeGroup[g] = groups[g].PackedParameters is not null;
         for (int item = 0; item < _items; item++)
         {
             int g = _groupOfItem[item];
-            _aliasIntact[g] &= _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == PointerOf(item);
-            _allRawOk[g] &= _rawOk[item];
+            _wholeGroup[g] &= _expectedPackedPointer[item] != IntPtr.Zero && _expectedPackedPointer[item] == PointerOf(item)
+                && (_torchGroup[g] || RawOk(item));
         }
         _lastRawGroups = _lastRawTensors = _lastTorchGroups = _lastTorchTensors = 0;
         bool anyPackedBroken = false;
         for (int g = 0; g < groups.Count; g++)
         {
-            _wholeGroup[g] = _aliasIntact[g] && (_torchGroup[g] || _allRawOk[g]);
             anyPackedBroken |= groups[g].PackedParameters is not null && !_wholeGroup[g];
             if (!_wholeGroup[g]) continue;
             if (_torchGroup[g])
@@ -189,7 +179,7 @@ internal sealed class UpdateEngine : IDisposable
         {
             int g = _groupOfItem[item];
             if (_wholeGroup[g]) continue;
-            if (!_torchGroup[g] && _rawOk[item])
+            if (!_torchGroup[g] && RawOk(item))
             {
                 _raw.QueueTensor(item);
                 _lastRawTensors++;
@@ -212,6 +202,8 @@ internal sealed class UpdateEngine : IDisposable
     }
 
     private IntPtr PointerOf(int item) => _live.Pointer(_slotOfItem[item]);
+
+    private bool RawOk(int item) => _rawCapable[item] && _live.IsContiguous(_slotOfItem[item]);
 
     // The first time a packed group does not run as one unit: say so once, naming a parameter.
     private void NoteSlowPath()

@@ -42,9 +42,9 @@ internal static class OverheadBenchmark
         {
             ("walk_only", () => { var v = new CountingVisitor(); SyntheticModel.VisitParameters(model, ref v); }),
             ("pointer_pass", () => KnownPointerPass.Read(known, pointers)),
-            ("model_check", () => { live.Check(model); live.Release(); }),
+            ("model_check", () => { live.Check(model); }),
             ("wake_threads_cold", () => pool.Run(nothing)),
-            ("wake_threads_ahead", () => { pool.WakeAhead(); live.Check(model); live.Release(); pool.Run(nothing); }),
+            ("wake_threads_ahead", () => { pool.WakeAhead(); live.Check(model); pool.Run(nothing); }),
             ("update", () => ema.Update(model)),
         };
         Console.Error.WriteLine($"{tensors} tensors, {elements:N0} fp32 elements, {ema.UpdateThreads} update threads");

@@ -262,7 +262,6 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             int k = _work.ActiveProfile(a);
             _currentDecay[k] = _work.DecayOf(k);
         }
-        _live.Release();
         Step = step;
     }
 

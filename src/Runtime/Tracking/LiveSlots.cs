@@ -22,8 +22,12 @@ internal sealed class LiveSlots
     private readonly bool[] _watched;
     private readonly torch.ScalarType[] _dtype;
     private readonly DeviceType[] _device;
-    private readonly torch.Tensor?[] _current;
+    // Per watched slot, the tensor of the last successful check; a walk that finds another object parks it in
+    // _changed until it is re-checked, so an unchanged slot costs the walk a reference compare and no store.
     private readonly torch.Tensor?[] _known;
+    private readonly torch.Tensor?[] _changed;
+    private readonly int[] _changedSlots;
+    private int _changedCount;
     private readonly IntPtr[] _knownPointer;
     private readonly bool[] _contiguous;
     private readonly IntPtr[] _read;
@@ -50,8 +54,9 @@ internal sealed class LiveSlots
                 _device[s] = t.device_type;
             }
         }
-        _current = new torch.Tensor?[slots.Length];
         _known = new torch.Tensor?[slots.Length];
+        _changed = new torch.Tensor?[slots.Length];
+        _changedSlots = new int[slots.Length];
         _knownPointer = new IntPtr[slots.Length];
         _contiguous = new bool[slots.Length];
         _read = new IntPtr[slots.Length];
@@ -59,8 +64,8 @@ internal sealed class LiveSlots
 
     public int Count => _slots.Length;
 
-    /// <summary>The tensor the last <see cref="Check{TModel}"/> found in slot <paramref name="slot"/>.</summary>
-    public torch.Tensor? Tensor(int slot) => _current[slot];
+    /// <summary>The tensor the last successful <see cref="Check{TModel}"/> found in watched slot <paramref name="slot"/>.</summary>
+    public torch.Tensor? Tensor(int slot) => _known[slot];
 
     /// <summary>The data pointer of a watched slot's tensor at the last check.</summary>
     public IntPtr Pointer(int slot) => _knownPointer[slot];
@@ -73,6 +78,9 @@ internal sealed class LiveSlots
     /// </summary>
     public void Check<TModel>(TModel model) where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
+        // A check that threw may have left tensors parked.
+        for (int c = 0; c < _changedCount; c++) _changed[_changedSlots[c]] = null;
+        _changedCount = 0;
         _cursor = 0;
         _dynamic.Begin();
         var visitor = new LiveSlotVisitor(this);
@@ -83,26 +91,31 @@ internal sealed class LiveSlots
                 $"The model has {_cursor} parameter slots, but had {_slots.Length} when the EMA manager was built.");
         }
         KnownPointerPass.Read(_known, _read);
+        for (int c = 0; c < _changedCount; c++)
+        {
+            int s = _changedSlots[c];
+            var tensor = _changed[s]!;
+            var pointer = NativeTensor.DataPointer(tensor);
+            Recheck(s, tensor);
+            _known[s] = tensor;
+            _knownPointer[s] = pointer;
+            _read[s] = pointer;
+            _changed[s] = null;
+        }
+        _changedCount = 0;
         for (int s = 0; s < _slots.Length; s++)
         {
-            if (!_watched[s]) continue;
-            var tensor = _current[s]!;
-            bool same = ReferenceEquals(tensor, _known[s]);
-            var pointer = same && _read[s] != IntPtr.Zero ? _read[s] : NativeTensor.DataPointer(tensor);
-            if (!same || pointer != _knownPointer[s])
-            {
-                Recheck(s, tensor);
-                _known[s] = tensor;
-                _knownPointer[s] = pointer;
-            }
+            if (!_watched[s] || _read[s] == _knownPointer[s]) continue;
+            // The same object at another address (set_, a storage swap), or one disposed since (zero: the call throws).
+            var tensor = _known[s]!;
+            var pointer = _read[s] != IntPtr.Zero ? _read[s] : NativeTensor.DataPointer(tensor);
+            Recheck(s, tensor);
+            _knownPointer[s] = pointer;
         }
     }
 
     /// <summary>Makes the next check read every dynamic module's registered tensors again.</summary>
     public void RefreshDynamic() => _dynamic.Invalidate();
-
-    /// <summary>Drops the references to the model's tensors taken by the last check.</summary>
-    public void Release() => Array.Clear(_current);
 
     internal void VisitDynamic(torch.nn.Module module)
     {
@@ -121,7 +134,11 @@ internal sealed class LiveSlots
             throw new InvalidOperationException(
                 $"Parameter '{_slots[slot].FullName}' is {(tensor is null ? "now null" : "now present")} in the model, unlike when the EMA manager was built.");
         }
-        _current[slot] = tensor;
+        if (_watched[slot] && !ReferenceEquals(tensor, _known[slot]))
+        {
+            _changed[slot] = tensor;
+            _changedSlots[_changedCount++] = slot;
+        }
     }
 
     private void Recheck(int slot, torch.Tensor tensor)

@@ -142,11 +142,7 @@ internal sealed class UpdateEngine : IDisposable
     /// <summary>Writes the update for the slots checked last.</summary>
     public void Apply()
     {
-        if (_work.BeginStep() == 0)
-        {
-            _live.Release();
-            return;
-        }
+        if (_work.BeginStep() == 0) return;
         // A packed group runs as one unit while every parameter still aliases its flat buffer and, for the raw kernels,
         // can take them.
         var groups = _arenas[0].Groups;
@@ -190,15 +186,8 @@ internal sealed class UpdateEngine : IDisposable
                 _lastTorchTensors++;
             }
         }
-        try
-        {
-            _raw.Run();
-            _torch.Run();
-        }
-        finally
-        {
-            _live.Release();
-        }
+        _raw.Run();
+        _torch.Run();
     }
 
     private IntPtr PointerOf(int item) => _live.Pointer(_slotOfItem[item]);

@@ -129,6 +129,45 @@ public sealed class UpdateNumericsTests
         Assert.NotEqual(before["heads.0.weight"], ema["heads.0.weight"].data<float>().ToArray());
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ReplacedParametersAreCheckedBeforeAnythingIsWrittenAndFollowedAfterwards(bool sharded)
+    {
+        using var model = new ListModel(reflection: false);
+        using IDisposable manager = sharded
+            ? new ShardedEmaManager<ListModel>(model, 0, 1, new EmaOptions { Decay = 0.5 })
+            : new EmaManager<ListModel>(model, 0.5);
+        Action update = sharded ? () => ((ShardedEmaManager<ListModel>)manager).Update(model) : () => ((EmaManager<ListModel>)manager).Update(model);
+        Func<string, float[]> shadow = sharded
+            ? n => ((ShardedEmaManager<ListModel>)manager)[n].data<float>().ToArray()
+            : n => ((EmaManager<ListModel>)manager)[n].data<float>().ToArray();
+        string[] names = { "heads.0.weight", "heads.2.weight", "blocks.1.scale" };
+        update();
+        var before = names.ToDictionary(n => n, shadow);
+
+        // A valid replacement early in the walk and an invalid one after it: the step refuses, writing nothing.
+        using var fresh = torch.full(2, 4, 3f);
+        model.Heads[0].weight = new TorchSharp.Modules.Parameter(fresh.clone());
+        model.Heads[2].weight = new TorchSharp.Modules.Parameter(torch.zeros(5, 4));
+        var e = Assert.Throws<InvalidOperationException>(update);
+        Assert.Contains("'heads.2.weight'", e.Message);
+        foreach (var n in names) Assert.Equal(before[n], shadow(n));
+
+        // Fix it (Linear's setter disposed the original): the next step averages both replacements.
+        model.Heads[2].weight = new TorchSharp.Modules.Parameter(torch.full(1, 4, -2f));
+        update();
+        Assert.Equal(before["heads.0.weight"].Select(v => v * 0.5f + 3f * 0.5f), shadow("heads.0.weight"));
+        Assert.Equal(before["heads.2.weight"].Select(v => v * 0.5f - 2f * 0.5f), shadow("heads.2.weight"));
+        Assert.Equal(before["blocks.1.scale"], shadow("blocks.1.scale"));
+
+        // The replacement is now the followed object: changing it in place moves the shadow again.
+        using (torch.no_grad()) model.Heads[0].weight!.fill_(1f);
+        var afterFirst = shadow("heads.0.weight");
+        update();
+        Assert.Equal(afterFirst.Select(v => v * 0.5f + 0.5f), shadow("heads.0.weight"));
+    }
+
     [Fact]
     public void UpdateRecordsNoGradient()
     {

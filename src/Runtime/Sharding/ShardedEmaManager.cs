@@ -244,8 +244,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             Step = step;
             return;
         }
-        _pool?.WakeAhead();
-        _live.Check(model);
+        _live.Check(model, _pool);
         // no_grad allocates a guard object; only the TorchSharp fallback needs it, so it is opened on first use.
         IDisposable? noGrad = null;
         try

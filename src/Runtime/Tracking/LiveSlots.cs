@@ -31,6 +31,7 @@ internal sealed class LiveSlots
     private readonly IntPtr[] _knownPointer;
     private readonly bool[] _contiguous;
     private readonly IntPtr[] _read;
+    private readonly KnownPointerPass _pointerPass;
     private readonly DynamicModuleCache _dynamic = new();
     private int _cursor;
 
@@ -60,6 +61,7 @@ internal sealed class LiveSlots
         _knownPointer = new IntPtr[slots.Length];
         _contiguous = new bool[slots.Length];
         _read = new IntPtr[slots.Length];
+        _pointerPass = new KnownPointerPass(_known, _read);
     }
 
     public int Count => _slots.Length;
@@ -75,9 +77,13 @@ internal sealed class LiveSlots
 
     /// <summary>
     /// Walks <paramref name="model"/> and checks every slot; throws, naming the slot, before the caller writes anything.
+    /// Wakes <paramref name="pool"/>'s helpers first: they share the pointer reads while the caller walks, and are
+    /// running when the update is handed to them.
     /// </summary>
-    public void Check<TModel>(TModel model) where TModel : torch.nn.Module, IEmaTracked<TModel>
+    public void Check<TModel>(TModel model, CpuWorkerPool? pool) where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
+        _pointerPass.Arm();
+        pool?.WakeAhead(_pointerPass);
         // A check that threw may have left tensors parked.
         for (int c = 0; c < _changedCount; c++) _changed[_changedSlots[c]] = null;
         _changedCount = 0;
@@ -90,7 +96,7 @@ internal sealed class LiveSlots
             throw new InvalidOperationException(
                 $"The model has {_cursor} parameter slots, but had {_slots.Length} when the EMA manager was built.");
         }
-        KnownPointerPass.Read(_known, _read);
+        _pointerPass.Complete();
         for (int c = 0; c < _changedCount; c++)
         {
             int s = _changedSlots[c];

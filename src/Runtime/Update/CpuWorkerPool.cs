@@ -16,9 +16,15 @@ internal interface IPartitionedWork
 /// <para>
 /// Waking a sleeping helper is slow on a virtual machine: measured on this project's 2-core VM after the benchmark's
 /// cache sweep, a run of empty work costs 0.15-0.26 ms (tests/Benchmarks <c>overhead</c>: wake_threads_cold), a large share of a 1 ms update. So a manager
-/// calls <see cref="WakeAhead"/> when a step starts: the helpers wake while the caller checks the model, then spin
-/// (bounded by <see cref="WakeAheadSpin"/>) until <see cref="Run"/> hands them work. Idle helpers never spin beyond
-/// that bound, so they do not take a core from the trainer between updates.
+/// calls <see cref="WakeAhead"/> when a step starts: the helpers wake while the caller checks the model, take a share of
+/// the check's pointer reads (<see cref="KnownPointerPass"/>), then spin (bounded by <see cref="WakeAheadSpin"/>) until
+/// <see cref="Run"/> hands them work. Idle helpers never spin beyond that bound, so they do not take a core from the
+/// trainer between updates. With the shared reads, check plus wake-up went from 0.30-0.36 ms to 0.26-0.28 ms at 1,000
+/// tensors (<c>overhead</c>: model_check_shared).
+/// </para>
+/// <para>
+/// What this pool cannot help: right after a LibTorch op, LibTorch's OpenMP workers busy-wait for 5-10 ms and hold the
+/// cores the helpers need (the update benchmark's <c>after_libtorch_op_ratio_to_limit</c>; see the README).
 /// </para>
 /// </summary>
 internal sealed class CpuWorkerPool : IDisposable
@@ -35,6 +41,7 @@ internal sealed class CpuWorkerPool : IDisposable
     private readonly int[] _state;
     private readonly WorkerSignal _done = new();
     private volatile IPartitionedWork? _work;
+    private volatile IAheadWork? _ahead;
     private int _parts;
     private int _remaining;
     private Exception? _failure;
@@ -58,9 +65,13 @@ internal sealed class CpuWorkerPool : IDisposable
     /// <summary>Threads a run uses, the caller's included.</summary>
     public int Parallelism { get; }
 
-    /// <summary>Wakes sleeping helpers now, so that they are running when the next <see cref="Run"/> comes.</summary>
-    public void WakeAhead()
+    /// <summary>
+    /// Wakes sleeping helpers now, so that they are running when the next <see cref="Run"/> comes; until then they
+    /// share <paramref name="ahead"/> (the step's pointer reads) with the caller.
+    /// </summary>
+    public void WakeAhead(IAheadWork? ahead = null)
     {
+        _ahead = ahead;
         for (int i = 0; i < _threads.Length; i++)
         {
             if (Interlocked.CompareExchange(ref _state[i], Awake, Sleeping) == Sleeping) _start[i].Set();
@@ -131,6 +142,7 @@ internal sealed class CpuWorkerPool : IDisposable
         {
             if (Volatile.Read(ref _state[index]) == Assigned && _work is { } work) return work;
             if (_stopping) return null;
+            _ahead?.Help();
             if (Stopwatch.GetTimestamp() >= deadline && Interlocked.CompareExchange(ref _state[index], Sleeping, Awake) == Awake) return null;
             Thread.SpinWait(16);
         }

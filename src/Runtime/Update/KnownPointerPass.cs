@@ -1,39 +1,87 @@
 using System;
 using System.Runtime.Intrinsics.X86;
+using System.Threading;
 using TorchSharp;
 
 namespace EmaGen;
+
+/// <summary>Work a woken update helper can share before it is handed the update itself.</summary>
+internal interface IAheadWork
+{
+    /// <summary>Takes pieces of the work until none are left; returns at once when there is none.</summary>
+    void Help();
+}
 
 /// <summary>
 /// Reads the data pointers of the tensors a model held at the last step, so that a step's check costs a reference
 /// compare per unchanged tensor. Each read is a LibTorch call at the end of a chain of dependent cache misses (the
 /// Parameter object, its native handle, the TensorImpl, the StorageImpl). So each block of tensors is first touched
-/// level by level with loads that do not depend on each other (many misses in flight): from a cold cache at 1,000
-/// tensors the pass takes 0.18-0.21 ms (tests/Benchmarks <c>overhead</c>, pointer_pass) where the same reads one by one
-/// took 0.28-0.33 ms when this was written. A helper thread reading half of them was slower then (0.24-0.29 ms: waking
-/// it cost more than it saved), so this runs on the caller.
+/// level by level with loads that do not depend on each other (many misses in flight), and the blocks are shared with
+/// the update helpers woken at the start of the step (<see cref="CpuWorkerPool.WakeAhead"/>): a second core keeps
+/// its own misses in flight. From a cold cache at 1,000 tensors the pass took 0.17-0.22 ms on the caller alone
+/// (tests/Benchmarks <c>overhead</c>, pointer_pass), where the same reads one by one took 0.28-0.33 ms.
 /// Nothing is decided from the prefetches; a tensor whose object changed is read again by the caller.
 /// </summary>
-internal static unsafe class KnownPointerPass
+internal sealed unsafe class KnownPointerPass : IAheadWork
 {
     private const int BlockSize = 64;
 
-    /// <summary>Reads into <paramref name="read"/>[i] the data pointer of <paramref name="known"/>[i] (zero for none or a disposed tensor).</summary>
-    public static void Read(torch.Tensor?[] known, IntPtr[] read)
+    private readonly torch.Tensor?[] _known;
+    private readonly IntPtr[] _read;
+    private readonly int _blocks;
+    private int _next;
+    private int _finished;
+
+    /// <param name="known">The tensors to read (read again at every <see cref="Arm"/>ed pass).</param>
+    /// <param name="read">Receives, per tensor, its data pointer (zero for none or a disposed tensor).</param>
+    public KnownPointerPass(torch.Tensor?[] known, IntPtr[] read)
     {
-        for (int from = 0; from < known.Length; from += BlockSize)
+        _known = known;
+        _read = read;
+        _blocks = (known.Length + BlockSize - 1) / BlockSize;
+        _next = _blocks;
+        _finished = _blocks;
+    }
+
+    /// <summary>Makes the blocks available to <see cref="Help"/> and <see cref="Complete"/>.</summary>
+    public void Arm()
+    {
+        // Finished before next: a helper still leaving the last pass either finds no block or takes one of this pass,
+        // which then counts toward this pass.
+        Volatile.Write(ref _finished, 0);
+        Volatile.Write(ref _next, 0);
+    }
+
+    public void Help()
+    {
+        int block;
+        // The read first: a helper polls this while it waits, and must not move the counter once the blocks are out.
+        while (Volatile.Read(ref _next) < _blocks && (block = Interlocked.Increment(ref _next) - 1) < _blocks)
         {
-            int to = Math.Min(known.Length, from + BlockSize);
-            for (int i = from; i < to; i++)
-            {
-                var tensor = known[i];
-                read[i] = tensor is null || tensor.IsInvalid ? IntPtr.Zero : tensor.Handle;
-            }
-            if (Sse.IsSupported) Prefetch(read, from, to);
-            for (int i = from; i < to; i++)
-            {
-                if (read[i] != IntPtr.Zero) read[i] = NativeTensor.DataPointerOfHandle(read[i]);
-            }
+            ReadBlock(block * BlockSize, Math.Min(_known.Length, (block + 1) * BlockSize));
+            Interlocked.Increment(ref _finished);
+        }
+    }
+
+    /// <summary>Reads the blocks nobody has taken, then waits for those the helpers took (a block is microseconds).</summary>
+    public void Complete()
+    {
+        Help();
+        var spinner = new SpinWait();
+        while (Volatile.Read(ref _finished) < _blocks) spinner.SpinOnce(sleep1Threshold: -1);
+    }
+
+    private void ReadBlock(int from, int to)
+    {
+        for (int i = from; i < to; i++)
+        {
+            var tensor = _known[i];
+            _read[i] = tensor is null || tensor.IsInvalid ? IntPtr.Zero : tensor.Handle;
+        }
+        if (Sse.IsSupported) Prefetch(_read, from, to);
+        for (int i = from; i < to; i++)
+        {
+            if (_read[i] != IntPtr.Zero) _read[i] = NativeTensor.DataPointerOfHandle(_read[i]);
         }
     }
 

@@ -132,8 +132,7 @@ internal sealed class UpdateEngine : IDisposable
     public void Check<TModel>(TModel model) where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
         // The helpers wake while the model is checked, not when the kernels are handed to them.
-        _pool?.WakeAhead();
-        _live.Check(model);
+        _live.Check(model, _pool);
     }
 
     /// <summary>Makes the next check read every dynamic module's registered tensors again.</summary>

@@ -185,6 +185,49 @@ public sealed class FastPathTests
     }
 
     [Fact]
+    public void PointerReadsSharedWithTheUpdateThreadsStillCatchRepointedParameters()
+    {
+        // 300 tensors: several blocks of pointer reads for the woken helper to share; 1.2M elements: threaded.
+        torch.manual_seed(11);
+        long[] sizes = Enumerable.Repeat(4096L, 300).ToArray();
+        using var a = new SizedModel(ScalarType.Float32, sizes);
+        using var b = new SizedModel(ScalarType.Float32, sizes);
+        CopyParameters(a, b);
+        using var threaded = new EmaManager<SizedModel>(a, new EmaOptions { Decay = 0.75, Threads = 2 });
+        using var single = new EmaManager<SizedModel>(b, new EmaOptions { Decay = 0.75, Threads = 1 });
+        Assert.Equal(2, threaded.UpdateThreads);
+        for (int step = 0; step < 6; step++)
+        {
+            UpdateNumericsTests.RandomizeParameters(a);
+            CopyParameters(a, b);
+            if (step == 3)
+            {
+                // Re-point one tensor in the first block and one in the last, as set_() would after binding.
+                using var _ = torch.no_grad();
+                foreach (var model in new[] { a, b })
+                {
+                    model[7].set_(torch.full(4096, 2f));
+                    model[290].set_(torch.full(4096, -1f));
+                }
+            }
+            var before7 = threaded[Name(7)].data<float>().ToArray();
+            var before290 = threaded[Name(290)].data<float>().ToArray();
+            threaded.Update(a);
+            single.Update(b);
+            if (step == 3)
+            {
+                Assert.Equal(before7.Select(e => e * 0.75f + 2f * 0.25f), threaded[Name(7)].data<float>().ToArray());
+                Assert.Equal(before290.Select(e => e * 0.75f - 1f * 0.25f), threaded[Name(290)].data<float>().ToArray());
+                Assert.Contains("slow path", threaded.UpdatePath);
+            }
+        }
+        foreach (var name in threaded.TrackedNames)
+        {
+            Assert.Equal(single[name].data<float>().ToArray(), threaded[name].data<float>().ToArray());
+        }
+    }
+
+    [Fact]
     public void NonContiguousParameterTakesTheTorchPath()
     {
         torch.manual_seed(8);

@@ -41,31 +41,10 @@ public sealed partial class EmaManager<TModel>
         ThrowIfSwapped();
         // The staging buffers must not change under a write that is still reading them.
         EmaCheckpoint.WaitForWrite(ref _pendingSave);
-        var staging = Stage();
+        var staging = (_staging ??= new StagingCopies(_arenas)).Refresh();
         var state = StateToSave(prefix, (profile, name) => staging[profile][_trackedIndex[name]]!).ToList();
         _pendingSave = Task.Run(() => DcpWriter.Save(directory, state, options));
         return _pendingSave;
-    }
-
-    // Copies every profile's shadows (a few large copies, one per group) into the staging buffers, and returns views
-    // of them shaped like the shadows, made once.
-    private torch.Tensor?[][] Stage()
-    {
-        _staging ??= new StagingCopies(_arenas.SelectMany(a => a.Groups.Select(g => g.Shadow)).ToList());
-        var copies = _staging.Refresh();
-        if (_stagedViews is null)
-        {
-            var views = new torch.Tensor?[_arenas.Length][];
-            int first = 0;
-            for (int k = 0; k < _arenas.Length; k++)
-            {
-                int groups = _arenas[k].Groups.Count;
-                views[k] = _arenas[k].ViewsIn(copies.Skip(first).Take(groups).ToList());
-                first += groups;
-            }
-            _stagedViews = views;
-        }
-        return _stagedViews;
     }
 
     private IEnumerable<KeyValuePair<string, object?>> StateToSave(string prefix) => StateToSave(prefix, ShadowOf);

@@ -33,7 +33,6 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
     private readonly object[] _shadowRoots;
     private EmaWeightSwap? _activeSwap;
     private StagingCopies? _staging;
-    private torch.Tensor?[][]? _stagedViews; // per profile, per parameter: views into the staging copies
     private Task? _pendingSave;
     private bool _disposed;
 
@@ -234,10 +233,6 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
         _engine.Dispose();
         foreach (var arena in _arenas) arena.Dispose();
         _staging?.Dispose();
-        foreach (var views in _stagedViews ?? [])
-        {
-            foreach (var v in views) v?.Dispose();
-        }
     }
 
     // Each averaged tensor of the model with its shadow, after the model's slots passed the layout check.

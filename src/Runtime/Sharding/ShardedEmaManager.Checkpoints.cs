@@ -70,8 +70,8 @@ public sealed partial class ShardedEmaManager<TModel>
         ObjectDisposedException.ThrowIf(_disposed, this);
         // The staging tensors must not change under a write that is still reading them.
         EmaCheckpoint.WaitForWrite(ref _pendingSave);
-        var staging = Stage();
-        var (shards, values) = StateToSave(prefix, (profile, e) => staging[_entryIndex[e] * _profiles.Length + profile]);
+        var staging = (_staging ??= new StagingCopies(_arenas)).Refresh();
+        var (shards, values) = StateToSave(prefix, (profile, e) => staging[profile][_entryIndex[e]]!);
         var me = new RankInfo(Rank, WorldSize);
         _pendingSave = Task.Run(() => DcpShardedSave.Save(directory, saveId, me, shards, values, timeout));
         return _pendingSave;
@@ -99,13 +99,6 @@ public sealed partial class ShardedEmaManager<TModel>
             }
         }
         return (shards, values);
-    }
-
-    // Copies every shard of every profile into its staging tensor (entry by entry, profile by profile).
-    private IReadOnlyList<torch.Tensor> Stage()
-    {
-        _staging ??= new StagingCopies(_entries.SelectMany(e => e.Shadows).ToList());
-        return _staging.Refresh();
     }
 
     // This rank's shards of one profile under keyPrefix, each tensor made by `local` from the shadow (a view or a copy).

@@ -32,18 +32,30 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     private readonly CpuWorkerPool? _pool;
     private readonly object[] _shadowRoots;
     private readonly ShadowArena[] _arenas; // one per profile; every shadow is a view into one
+    private readonly StepEntry[] _steps;
+    private readonly IntPtr[][] _shadowPointers; // per profile, per entry: CPU shadows' data (shadows are never re-pointed)
     private StagingCopies? _staging;
     private readonly Dictionary<Entry, int> _entryIndex = new();
     private Task? _pendingSave;
     private bool _disposed;
 
+    // Per entry, what an update step reads (see UpdateShards).
+    private readonly struct StepEntry
+    {
+        public required int Slot { get; init; }
+        public required long ParameterOffsetBytes { get; init; } // where the box starts in its parameter's data
+        public required long Numel { get; init; }
+        public required KernelKind Kernel { get; init; }
+        public required bool RawCapable { get; init; } // before contiguity, which the step's check learns
+    }
+
     private sealed class Entry
     {
+        public required int Slot { get; init; }
         public required EmaParameterInfo Info { get; init; }
         public required long[] Offsets { get; init; }
         public required long[] Sizes { get; init; }
         public required torch.Tensor[] Shadows { get; init; } // one per profile
-        public required IntPtr[] ShadowPointers { get; init; } // CPU shadows' data; shadows are never re-pointed
         public torch.Tensor Shadow => Shadows[0];
         public required KernelKind Kernel { get; init; }
         public required long StartElement { get; init; } // where the box starts in the flattened parameter (dim-0 boxes)
@@ -136,11 +148,11 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
                 for (int d = 1; d < info.Shape.Length; d++) rowElements *= info.Shape[d];
                 var entry = new Entry
                 {
+                    Slot = s,
                     Info = info,
                     Offsets = box.Offsets,
                     Sizes = box.Sizes,
                     Shadows = shadows,
-                    ShadowPointers = shadows.Select(t => t.device_type == DeviceType.CPU ? NativeTensor.DataPointer(t) : IntPtr.Zero).ToArray(),
                     Kernel = KernelKinds.For(info.ShadowDType, info.DType),
                     StartElement = !local && info.ShardDim == 0 && info.Shape.Length > 0 ? box.Offsets[0] * rowElements : 0,
                     LocalParameter = local,
@@ -168,6 +180,15 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         {
             foreach (var source in sources) source.Dispose();
         }
+        _steps = _entries.Select((e, i) => new StepEntry
+        {
+            Slot = e.Slot,
+            ParameterOffsetBytes = e.StartElement * KernelKinds.ParameterElementSize(e.Kernel),
+            Numel = e.ShadowNumel,
+            Kernel = e.Kernel,
+            RawCapable = e.RawCapable,
+        }).ToArray();
+        _shadowPointers = _arenas.Select((_, k) => _entries.Select(e => e.Shadows[k].device_type == DeviceType.CPU ? NativeTensor.DataPointer(e.Shadows[k]) : IntPtr.Zero).ToArray()).ToArray();
         _live = new LiveSlots(_slots, _entryOfSlot.Select(e => e is not null).ToArray());
         _work = new UpdateWorkList(_profiles.Length, _entries.Count);
         long localElements = _entries.Sum(e => e.Shadow.numel());
@@ -274,26 +295,27 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     }
 
     // Contiguous CPU shards become work-list entries (run after the loop, threaded for large shards); the rest go
-    // through TorchSharp ops on their device.
+    // through TorchSharp ops on their device. What a step needs per entry sits in one array of structs, read in order.
     private void UpdateShards(ref IDisposable? noGrad)
     {
-        for (int s = 0; s < _slots.Length; s++)
+        for (int i = 0; i < _steps.Length; i++)
         {
-            if (_entryOfSlot[s] is not { } e || e.ShadowNumel == 0) continue;
-            var p = _live.Tensor(s)!;
-            var pointer = _live.Pointer(s);
-            if (e.RawCapable && _live.IsContiguous(s))
+            ref readonly var step = ref _steps[i];
+            if (step.Numel == 0) continue;
+            if (step.RawCapable && _live.IsContiguous(step.Slot))
             {
                 for (int a = 0; a < _work.ActiveCount; a++)
                 {
                     int k = _work.ActiveProfile(a);
-                    _work.SetShadow(k, e.ShadowPointers[k]);
+                    _work.SetShadow(k, _shadowPointers[k][i]);
                 }
-                _work.Add(pointer + (nint)(e.StartElement * KernelKinds.ParameterElementSize(e.Kernel)), e.ShadowNumel, e.Kernel);
+                _work.Add(_live.Pointer(step.Slot) + (nint)step.ParameterOffsetBytes, step.Numel, step.Kernel);
             }
             else
             {
+                var e = _entries[i];
                 noGrad ??= torch.no_grad();
+                var p = _live.Tensor(step.Slot)!;
                 using var view = e.LocalParameter ? p.alias() : Narrow(p, e.Info.ShardDim, e.Offsets, e.Sizes);
                 for (int a = 0; a < _work.ActiveCount; a++)
                 {

@@ -13,8 +13,8 @@ namespace EmaGen.Benchmarks;
 /// Where a step's time goes besides streaming memory, each part timed from a cold cache like the update benchmark:
 /// the generated walk alone, reading every averaged tensor's data pointer (<see cref="KnownPointerPass"/>), the whole
 /// per-step check (<see cref="LiveSlots"/>) on the caller alone, the check with the update threads woken ahead and
-/// sharing its pointer reads (then handed empty work: what a step costs before it streams), one run of empty work on
-/// sleeping update threads (waking them), and the update.
+/// sharing its pointer reads (then handed empty work: what a step costs before it streams), the same with the threads
+/// woken ahead but not sharing the reads, one run of empty work on sleeping update threads (waking them), and the update.
 /// <c>dotnet run -c Release --project tests/Benchmarks -- overhead --params 5000000 --tensors 1000</c>
 /// </summary>
 internal static class OverheadBenchmark
@@ -47,6 +47,7 @@ internal static class OverheadBenchmark
             ("pointer_pass", () => { pass.Arm(); pass.Complete(); }),
             ("model_check", () => live.Check(model, null)),
             ("model_check_shared", () => { live.Check(model, pool); pool.Run(nothing); }),
+            ("model_check_unshared", () => { pool.WakeAhead(); live.Check(model, null); pool.Run(nothing); }),
             ("wake_threads_cold", () => pool.Run(nothing)),
             
             ("update", () => ema.Update(model)),

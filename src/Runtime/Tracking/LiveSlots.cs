@@ -87,16 +87,23 @@ internal sealed class LiveSlots
         // A check that threw may have left tensors parked.
         for (int c = 0; c < _changedCount; c++) _changed[_changedSlots[c]] = null;
         _changedCount = 0;
-        _cursor = 0;
-        _dynamic.Begin();
-        var visitor = new LiveSlotVisitor(this);
-        TModel.VisitParameters(model, ref visitor);
-        if (_cursor != _slots.Length)
+        try
         {
-            throw new InvalidOperationException(
-                $"The model has {_cursor} parameter slots, but had {_slots.Length} when the EMA manager was built.");
+            _cursor = 0;
+            _dynamic.Begin();
+            var visitor = new LiveSlotVisitor(this);
+            TModel.VisitParameters(model, ref visitor);
+            if (_cursor != _slots.Length)
+            {
+                throw new InvalidOperationException(
+                    $"The model has {_cursor} parameter slots, but had {_slots.Length} when the EMA manager was built.");
+            }
         }
-        _pointerPass.Complete();
+        finally
+        {
+            // Also when the walk threw: no helper may still be reading a block when the next check arms the pass.
+            _pointerPass.Complete();
+        }
         for (int c = 0; c < _changedCount; c++)
         {
             int s = _changedSlots[c];

@@ -19,8 +19,8 @@ internal interface IPartitionedWork
 /// calls <see cref="WakeAhead"/> when a step starts: the helpers wake while the caller checks the model, take a share of
 /// the check's pointer reads (<see cref="KnownPointerPass"/>), then spin (bounded by <see cref="WakeAheadSpin"/>) until
 /// <see cref="Run"/> hands them work. Idle helpers never spin beyond that bound, so they do not take a core from the
-/// trainer between updates. With the shared reads, check plus wake-up went from 0.30-0.36 ms to 0.26-0.28 ms at 1,000
-/// tensors (<c>overhead</c>: model_check_shared).
+/// trainer between updates. Sharing the reads took check plus wake-up from 0.415-0.42 ms to 0.32-0.37 ms at 1,000
+/// tensors, paired in three runs (<c>overhead</c>: model_check_unshared against model_check_shared).
 /// </para>
 /// <para>
 /// What this pool cannot help: right after a LibTorch op, LibTorch's OpenMP workers busy-wait for 5-10 ms and hold the

@@ -18,7 +18,7 @@ internal interface IAheadWork
 /// Parameter object, its native handle, the TensorImpl, the StorageImpl). So each block of tensors is first touched
 /// level by level with loads that do not depend on each other (many misses in flight), and the blocks are shared with
 /// the update helpers woken at the start of the step (<see cref="CpuWorkerPool.WakeAhead"/>): a second core keeps
-/// its own misses in flight. From a cold cache at 1,000 tensors the pass took 0.17-0.22 ms on the caller alone
+/// its own misses in flight. From a cold cache at 1,000 tensors the pass took 0.17-0.27 ms on the caller alone
 /// (tests/Benchmarks <c>overhead</c>, pointer_pass), where the same reads one by one took 0.28-0.33 ms.
 /// Nothing is decided from the prefetches; a tensor whose object changed is read again by the caller.
 /// </summary>
@@ -43,7 +43,10 @@ internal sealed unsafe class KnownPointerPass : IAheadWork
         _finished = _blocks;
     }
 
-    /// <summary>Makes the blocks available to <see cref="Help"/> and <see cref="Complete"/>.</summary>
+    /// <summary>
+    /// Makes the blocks available to <see cref="Help"/> and <see cref="Complete"/>. Every pass armed must be completed
+    /// before the next is armed, so that no helper is still inside a block of the old pass.
+    /// </summary>
     public void Arm()
     {
         // Finished before next: a helper still leaving the last pass either finds no block or takes one of this pass,

@@ -228,6 +228,44 @@ public sealed class FastPathTests
     }
 
     [Fact]
+    public void AThreadedUpdateWhoseWalkThrowsWritesNothingAndTheNextStepsAreExact()
+    {
+        // A 1024x1024 head makes the update threaded, so its pointer reads are shared with the woken helper.
+        torch.manual_seed(12);
+        using var model = new ListModel(reflection: false);
+        model.Heads.Add(nn.Linear(1024, 1024));
+        using var ema = new EmaManager<ListModel>(model, new EmaOptions { Decay = 0.5, Threads = 2 });
+        Assert.Equal(2, ema.UpdateThreads);
+        ema.Update(model);
+        var before = ema.TrackedNames.ToDictionary(n => n, n => ema[n].data<float>().ToArray());
+
+        model.Heads[3].bias = null;
+        var e = Assert.Throws<InvalidOperationException>(() => ema.Update(model));
+        Assert.Contains("'heads.3.bias'", e.Message);
+        foreach (var (name, values) in before) Assert.Equal(values, ema[name].data<float>().ToArray());
+
+        model.Heads[3].bias = new TorchSharp.Modules.Parameter(torch.zeros(1024));
+        for (int step = 0; step < 4; step++)
+        {
+            // The head added after construction is not in TorchSharp's registered tree; the generated walk reads it.
+            var live = model.named_parameters().ToDictionary(p => p.name, p => (torch.Tensor)p.parameter);
+            live["heads.3.weight"] = model.Heads[3].weight!;
+            live["heads.3.bias"] = model.Heads[3].bias!;
+            using (torch.no_grad())
+            {
+                foreach (var t in live.Values) t.copy_(torch.randn_like(t));
+            }
+            var shadows = ema.TrackedNames.ToDictionary(n => n, n => ema[n].data<float>().ToArray());
+            var parameters = live.ToDictionary(kv => kv.Key, kv => kv.Value.data<float>().ToArray());
+            ema.Update(model);
+            foreach (var name in ema.TrackedNames)
+            {
+                Assert.Equal(shadows[name].Zip(parameters[name], (s, p) => s * 0.5f + p * 0.5f), ema[name].data<float>().ToArray());
+            }
+        }
+    }
+
+    [Fact]
     public void NonContiguousParameterTakesTheTorchPath()
     {
         torch.manual_seed(8);

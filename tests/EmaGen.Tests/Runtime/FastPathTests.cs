@@ -163,14 +163,8 @@ public sealed class FastPathTests
     public void MultiThreadedUpdateMatchesSingleThreadedBitwise()
     {
         torch.manual_seed(7);
-        long[] sizes = { 700_001, 3, 400_003, 65, 262_145 };
-        using var a = new SizedModel(ScalarType.Float32, sizes);
-        using var b = new SizedModel(ScalarType.Float32, sizes);
-        CopyParameters(a, b);
-        using var threaded = new EmaManager<SizedModel>(a, new EmaOptions { Decay = 0.9, Threads = 2 });
-        using var single = new EmaManager<SizedModel>(b, new EmaOptions { Decay = 0.9, Threads = 1 });
-        Assert.Equal(2, threaded.UpdateThreads);
-        Assert.Equal(1, single.UpdateThreads);
+        using var pair = new ThreadedAndSingle(new long[] { 700_001, 3, 400_003, 65, 262_145 }, 0.9);
+        var (a, b, threaded, single) = (pair.A, pair.B, pair.Threaded, pair.Single);
         for (int step = 0; step < 3; step++)
         {
             UpdateNumericsTests.RandomizeParameters(a);
@@ -189,13 +183,8 @@ public sealed class FastPathTests
     {
         // 300 tensors: several blocks of pointer reads for the woken helper to share; 1.2M elements: threaded.
         torch.manual_seed(11);
-        long[] sizes = Enumerable.Repeat(4096L, 300).ToArray();
-        using var a = new SizedModel(ScalarType.Float32, sizes);
-        using var b = new SizedModel(ScalarType.Float32, sizes);
-        CopyParameters(a, b);
-        using var threaded = new EmaManager<SizedModel>(a, new EmaOptions { Decay = 0.75, Threads = 2 });
-        using var single = new EmaManager<SizedModel>(b, new EmaOptions { Decay = 0.75, Threads = 1 });
-        Assert.Equal(2, threaded.UpdateThreads);
+        using var pair = new ThreadedAndSingle(Enumerable.Repeat(4096L, 300).ToArray(), 0.75);
+        var (a, b, threaded, single) = (pair.A, pair.B, pair.Threaded, pair.Single);
         for (int step = 0; step < 6; step++)
         {
             UpdateNumericsTests.RandomizeParameters(a);
@@ -353,6 +342,34 @@ public sealed class FastPathTests
     }
 
     private static string Name(int i) => $"leaves.{i}.w";
+
+    // Two models with equal parameters, one averaged on two threads and one on the calling thread alone.
+    private sealed class ThreadedAndSingle : IDisposable
+    {
+        public ThreadedAndSingle(long[] sizes, double decay)
+        {
+            A = new SizedModel(ScalarType.Float32, sizes);
+            B = new SizedModel(ScalarType.Float32, sizes);
+            CopyParameters(A, B);
+            Threaded = new EmaManager<SizedModel>(A, new EmaOptions { Decay = decay, Threads = 2 });
+            Single = new EmaManager<SizedModel>(B, new EmaOptions { Decay = decay, Threads = 1 });
+            Assert.Equal(2, Threaded.UpdateThreads);
+            Assert.Equal(1, Single.UpdateThreads);
+        }
+
+        public SizedModel A { get; }
+        public SizedModel B { get; }
+        public EmaManager<SizedModel> Threaded { get; }
+        public EmaManager<SizedModel> Single { get; }
+
+        public void Dispose()
+        {
+            Threaded.Dispose();
+            Single.Dispose();
+            A.Dispose();
+            B.Dispose();
+        }
+    }
 
     private static float[][] Values(EmaManager<SizedModel> ema) =>
         ema.TrackedNames.Select(n => ema[n].data<float>().ToArray()).ToArray();

@@ -54,7 +54,7 @@ public sealed partial class ShardedEmaManager<TModel>
     public void Save(string directory, string saveId, TimeSpan timeout, string prefix = EmaCheckpoint.DefaultPrefix)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var (shards, values) = StateToSave(prefix, (profile, e) => e.Shadows[profile]);
+        var (shards, values) = StateToSave(prefix, (profile, i) => _entries[i].Shadows[profile]);
         DcpShardedSave.Save(directory, saveId, new RankInfo(Rank, WorldSize), shards, values, timeout);
     }
 
@@ -71,13 +71,13 @@ public sealed partial class ShardedEmaManager<TModel>
         // The staging tensors must not change under a write that is still reading them.
         EmaCheckpoint.WaitForWrite(ref _pendingSave);
         var staging = (_staging ??= new StagingCopies(_arenas)).Refresh();
-        var (shards, values) = StateToSave(prefix, (profile, e) => staging[profile][_entryIndex[e]]!);
+        var (shards, values) = StateToSave(prefix, (profile, i) => staging[profile][i]!);
         var me = new RankInfo(Rank, WorldSize);
         _pendingSave = Task.Run(() => DcpShardedSave.Save(directory, saveId, me, shards, values, timeout));
         return _pendingSave;
     }
 
-    private (List<DcpShard> Shards, Dictionary<string, object?> Values) StateToSave(string prefix, Func<int, Entry, torch.Tensor> shadowOf)
+    private (List<DcpShard> Shards, Dictionary<string, object?> Values) StateToSave(string prefix, Func<int, int, torch.Tensor> shadowOf)
     {
         var shards = new List<DcpShard>();
         var values = new Dictionary<string, object?>();
@@ -88,9 +88,10 @@ public sealed partial class ShardedEmaManager<TModel>
         for (int k = 0; k < _profiles.Length; k++)
         {
             var profilePrefix = ProfilePrefix(prefix, k);
-            foreach (var e in _entries)
+            for (int i = 0; i < _entries.Count; i++)
             {
-                shards.Add(new DcpShard(profilePrefix + e.Info.Name, shadowOf(k, e), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
+                var e = _entries[i];
+                shards.Add(new DcpShard(profilePrefix + e.Info.Name, shadowOf(k, i), e.Info.Shape, e.Offsets, e.Info.ShardDim == ShardLayout.Replicated));
             }
             var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe());
             foreach (var (key, value) in EmaCheckpoint.ProfileState(profilePrefix, [], _ => throw new InvalidOperationException(), stored))

@@ -35,7 +35,6 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     private readonly StepEntry[] _steps;
     private readonly IntPtr[][] _shadowPointers; // per profile, per entry: CPU shadows' data (shadows are never re-pointed)
     private StagingCopies? _staging;
-    private readonly Dictionary<Entry, int> _entryIndex = new();
     private Task? _pendingSave;
     private bool _disposed;
 
@@ -49,21 +48,15 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         public required bool RawCapable { get; init; } // before contiguity, which the step's check learns
     }
 
+    // Per entry, what checkpoints, typed access and the TorchSharp-op fallback need (in _steps' order).
     private sealed class Entry
     {
-        public required int Slot { get; init; }
         public required EmaParameterInfo Info { get; init; }
         public required long[] Offsets { get; init; }
         public required long[] Sizes { get; init; }
         public required torch.Tensor[] Shadows { get; init; } // one per profile
         public torch.Tensor Shadow => Shadows[0];
-        public required KernelKind Kernel { get; init; }
-        public required long StartElement { get; init; } // where the box starts in the flattened parameter (dim-0 boxes)
         public required bool LocalParameter { get; init; } // the parameter already is the box
-        public required long ShadowNumel { get; init; } // elements of the box (read once, not per step)
-        public bool Contiguous => LocalParameter || Info.ShardDim <= 0 || Info.Shape.Length == 0;
-        // Whether the raw kernels can take this box of a contiguous parameter.
-        public bool RawCapable => Contiguous && Kernel != KernelKind.None && Info.Device.type == DeviceType.CPU;
     }
 
     /// <summary>Binds this rank's shard of <paramref name="model"/>'s EMA.</summary>
@@ -140,25 +133,32 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         try
         {
             for (int k = 0; k < _arenas.Length; k++) _arenas[k] = new ShadowArena(boxInfos, sources, packParameters: false);
+            _steps = new StepEntry[boxes.Count];
             for (int i = 0; i < boxes.Count; i++)
             {
                 var (s, info, box, local) = boxes[i];
-                var shadows = _arenas.Select(a => a[i]!).ToArray();
-                long rowElements = 1;
-                for (int d = 1; d < info.Shape.Length; d++) rowElements *= info.Shape[d];
                 var entry = new Entry
                 {
-                    Slot = s,
                     Info = info,
                     Offsets = box.Offsets,
                     Sizes = box.Sizes,
-                    Shadows = shadows,
-                    Kernel = KernelKinds.For(info.ShadowDType, info.DType),
-                    StartElement = !local && info.ShardDim == 0 && info.Shape.Length > 0 ? box.Offsets[0] * rowElements : 0,
+                    Shadows = _arenas.Select(a => a[i]!).ToArray(),
                     LocalParameter = local,
-                    ShadowNumel = boxInfos[i].Numel,
                 };
-                _entryIndex[entry] = _entries.Count;
+                long rowElements = 1;
+                for (int d = 1; d < info.Shape.Length; d++) rowElements *= info.Shape[d];
+                var kernel = KernelKinds.For(info.ShadowDType, info.DType);
+                // A dim-0 box of a whole parameter is one contiguous range of it; so is a parameter that is its box.
+                bool contiguous = local || info.ShardDim <= 0 || info.Shape.Length == 0;
+                long startElement = !local && info.ShardDim == 0 && info.Shape.Length > 0 ? box.Offsets[0] * rowElements : 0;
+                _steps[i] = new StepEntry
+                {
+                    Slot = s,
+                    ParameterOffsetBytes = startElement * KernelKinds.ParameterElementSize(kernel),
+                    Numel = boxInfos[i].Numel,
+                    Kernel = kernel,
+                    RawCapable = contiguous && kernel != KernelKind.None && info.Device.type == DeviceType.CPU,
+                };
                 _entries.Add(entry);
                 _byName[info.Name] = entry;
                 _entryOfSlot[s] = entry;
@@ -180,18 +180,10 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
         {
             foreach (var source in sources) source.Dispose();
         }
-        _steps = _entries.Select((e, i) => new StepEntry
-        {
-            Slot = e.Slot,
-            ParameterOffsetBytes = e.StartElement * KernelKinds.ParameterElementSize(e.Kernel),
-            Numel = e.ShadowNumel,
-            Kernel = e.Kernel,
-            RawCapable = e.RawCapable,
-        }).ToArray();
-        _shadowPointers = _arenas.Select((_, k) => _entries.Select(e => e.Shadows[k].device_type == DeviceType.CPU ? NativeTensor.DataPointer(e.Shadows[k]) : IntPtr.Zero).ToArray()).ToArray();
+        _shadowPointers = _arenas.Select((_, k) => _entries.Select(e => NativeTensor.CpuDataPointer(e.Shadows[k])).ToArray()).ToArray();
         _live = new LiveSlots(_slots, _entryOfSlot.Select(e => e is not null).ToArray());
         _work = new UpdateWorkList(_profiles.Length, _entries.Count);
-        long localElements = _entries.Sum(e => e.Shadow.numel());
+        long localElements = _steps.Sum(e => e.Numel);
         int threads = options.EffectiveThreads;
         if (threads > 1 && localElements >= UpdateWorkList.ParallelThreshold) _pool = new CpuWorkerPool(threads);
     }
@@ -304,12 +296,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
             if (step.Numel == 0) continue;
             if (step.RawCapable && _live.IsContiguous(step.Slot))
             {
-                for (int a = 0; a < _work.ActiveCount; a++)
-                {
-                    int k = _work.ActiveProfile(a);
-                    _work.SetShadow(k, _shadowPointers[k][i]);
-                }
-                _work.Add(_live.Pointer(step.Slot) + (nint)step.ParameterOffsetBytes, step.Numel, step.Kernel);
+                _work.Add(_shadowPointers, i, _live.Pointer(step.Slot) + (nint)step.ParameterOffsetBytes, step.Numel, step.Kernel);
             }
             else
             {

@@ -84,7 +84,7 @@ internal sealed class LiveSlots
     {
         _pointerPass.Arm();
         pool?.WakeAhead(_pointerPass);
-        // A check that threw may have left tensors parked.
+        // The last check's parked tensors (re-checked then, or left by a check that threw).
         for (int c = 0; c < _changedCount; c++) _changed[_changedSlots[c]] = null;
         _changedCount = 0;
         try
@@ -113,9 +113,7 @@ internal sealed class LiveSlots
             _known[s] = tensor;
             _knownPointer[s] = pointer;
             _read[s] = pointer;
-            _changed[s] = null;
         }
-        _changedCount = 0;
         for (int s = 0; s < _slots.Length; s++)
         {
             if (!_watched[s] || _read[s] == _knownPointer[s]) continue;

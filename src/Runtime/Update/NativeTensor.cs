@@ -21,6 +21,10 @@ internal static partial class NativeTensor
 
     public static IntPtr DataPointer(TorchSharp.torch.Tensor tensor) => TensorData(tensor.Handle);
 
+    /// <summary>The data pointer of a CPU tensor, zero for a tensor on another device (which the raw kernels never touch).</summary>
+    public static IntPtr CpuDataPointer(TorchSharp.torch.Tensor tensor) =>
+        tensor.device_type == TorchSharp.DeviceType.CPU ? DataPointer(tensor) : IntPtr.Zero;
+
     /// <summary>The data pointer of the tensor behind a live handle (read once from <c>Tensor.Handle</c>).</summary>
     public static IntPtr DataPointerOfHandle(IntPtr handle) => TensorData(handle);
 

@@ -26,39 +26,23 @@ internal sealed class RawCpuBackend : IUpdateBackend
         for (int k = 0; k < targets.Arenas.Length; k++)
         {
             _groupShadow[k] = new IntPtr[groups.Count];
-            for (int g = 0; g < groups.Count; g++)
-            {
-                var shadow = targets.Arenas[k].Groups[g].Shadow;
-                if (shadow.device_type == DeviceType.CPU) _groupShadow[k][g] = NativeTensor.DataPointer(shadow);
-            }
+            for (int g = 0; g < groups.Count; g++) _groupShadow[k][g] = NativeTensor.CpuDataPointer(targets.Arenas[k].Groups[g].Shadow);
         }
         _groupParameters = new IntPtr[groups.Count];
         for (int g = 0; g < groups.Count; g++)
         {
-            if (groups[g].PackedParameters is { } packed && packed.device_type == DeviceType.CPU) _groupParameters[g] = NativeTensor.DataPointer(packed);
+            if (groups[g].PackedParameters is { } packed) _groupParameters[g] = NativeTensor.CpuDataPointer(packed);
         }
     }
 
     public void QueueGroup(int group)
     {
-        for (int a = 0; a < _work.ActiveCount; a++)
-        {
-            int k = _work.ActiveProfile(a);
-            _work.SetShadow(k, _groupShadow[k][group]);
-        }
         var g = _targets.Arenas[0].Groups[group];
-        _work.Add(_groupParameters[group], g.Elements, g.Kernel);
+        _work.Add(_groupShadow, group, _groupParameters[group], g.Elements, g.Kernel);
     }
 
-    public void QueueTensor(int item)
-    {
-        for (int a = 0; a < _work.ActiveCount; a++)
-        {
-            int k = _work.ActiveProfile(a);
-            _work.SetShadow(k, _targets.ShadowPointer[k][item]);
-        }
-        _work.Add(_targets.Pointer(item), _targets.Count[item], _targets.Kernel[item]);
-    }
+    public void QueueTensor(int item) =>
+        _work.Add(_targets.ShadowPointer, item, _targets.Pointer(item), _targets.Count[item], _targets.Kernel[item]);
 
     public void Run() => _work.Run(_pool);
 }

@@ -92,7 +92,7 @@ internal sealed class UpdateEngine : IDisposable
             {
                 var shadow = arenas[k][p]!;
                 _shadow[k][item] = shadow;
-                _shadowPointer[k][item] = info.Device.type == DeviceType.CPU ? NativeTensor.DataPointer(shadow) : IntPtr.Zero;
+                _shadowPointer[k][item] = NativeTensor.CpuDataPointer(shadow);
             }
             _count[item] = info.Numel;
             _slotOfItem[item] = s;

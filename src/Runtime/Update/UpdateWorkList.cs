@@ -77,12 +77,18 @@ internal sealed unsafe class UpdateWorkList : IPartitionedWork
         return _activeCount;
     }
 
-    /// <summary>The shadow of profile <paramref name="profile"/> for the entry the next <see cref="Add"/> appends.</summary>
-    public void SetShadow(int profile, IntPtr shadow) => _shadow[profile][_length] = shadow;
-
-    /// <summary>Appends an entry: <paramref name="count"/> elements at <paramref name="parameter"/>, shadows set just before.</summary>
-    public void Add(IntPtr parameter, long count, KernelKind kind)
+    /// <summary>
+    /// Appends an entry: <paramref name="count"/> elements at <paramref name="parameter"/>, written into
+    /// <paramref name="shadows"/>[k][<paramref name="index"/>] for every active profile k (the callers keep their shadow
+    /// pointers per profile, then per group, tensor or box).
+    /// </summary>
+    public void Add(IntPtr[][] shadows, int index, IntPtr parameter, long count, KernelKind kind)
     {
+        for (int a = 0; a < _activeCount; a++)
+        {
+            int k = _activeProfiles[a];
+            _shadow[k][_length] = shadows[k][index];
+        }
         _parameter[_length] = parameter;
         _count[_length] = count;
         _start[_length] = _elements;

@@ -71,6 +71,8 @@ public static class Amplification
     }
 
     // The action returns a description when it ends normally with an acceptable result, null when it loaded what it should not.
+    // Every input (the folders, the model and its manager, whose shadows are copies) is built, so written and resident,
+    // before the baseline: the figure is what reading adds, on any kernel (docs/checkpoint-trust.md, "Measuring memory").
     private static (string, string, long, double) Measure(string name, Func<string?> action, string? note)
     {
         GC.Collect();

@@ -61,6 +61,8 @@ public sealed class CaseRunner : IDisposable
             what.Add("(now identical to the later save)");
         }
         string detail = entry.Name + ": " + string.Join("; ", what);
+        // The fingerprint reads every shadow, so a load's manager is resident before the baseline (docs/checkpoint-trust.md,
+        // "Measuring memory"): the budget bounds what the read adds.
         Fingerprint? before = _reading.StateFor(entry.Read);
         GC.Collect();
         long baseline = Memory.ResetPeak();
@@ -139,26 +141,4 @@ public sealed class CaseRunner : IDisposable
     }
 
     public void Dispose() => _reading.Dispose();
-}
-
-/// <summary>Peak resident memory of this process, resettable (Linux: <c>/proc/self/clear_refs</c>).</summary>
-public static class Memory
-{
-    /// <summary>Resets the peak to the current resident size and returns that size.</summary>
-    public static long ResetPeak()
-    {
-        File.WriteAllText("/proc/self/clear_refs", "5");
-        return Read("VmRSS:");
-    }
-
-    public static long Peak() => Read("VmHWM:");
-
-    private static long Read(string field)
-    {
-        foreach (var line in File.ReadLines("/proc/self/status"))
-        {
-            if (line.StartsWith(field, StringComparison.Ordinal)) return long.Parse(line[field.Length..].Trim().Split(' ')[0]) * 1024;
-        }
-        return 0;
-    }
 }

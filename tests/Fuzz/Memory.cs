@@ -1,0 +1,42 @@
+using System;
+using System.IO;
+using TorchSharp;
+
+namespace EmaGen.Fuzz;
+
+/// <summary>
+/// Peak resident memory of this process, resettable (Linux: <c>/proc/self/clear_refs</c>), for figures that bound what
+/// EmaGen's code adds. An untouched allocation is not a free input: on some kernels reading an untouched anonymous page
+/// maps the shared zero page (no growth), on others (the machines this project runs on) it makes the page resident, and
+/// transparent huge pages round a touch up to 2 MiB. So a measurement makes its inputs resident first
+/// (<see cref="MakeResident"/>), then takes the baseline, and no verdict depends on the kernel's memory settings
+/// (docs/checkpoint-trust.md, "Measuring memory").
+/// </summary>
+public static class Memory
+{
+    /// <summary>Resets the peak to the current resident size and returns that size.</summary>
+    public static long ResetPeak()
+    {
+        File.WriteAllText("/proc/self/clear_refs", "5");
+        return Read("VmRSS:");
+    }
+
+    /// <summary>The peak resident size since the last <see cref="ResetPeak"/>.</summary>
+    public static long Peak() => Read("VmHWM:");
+
+    /// <summary>Writes every page of a CPU tensor's storage (with <paramref name="value"/>), so reading it later adds nothing.</summary>
+    public static void MakeResident(torch.Tensor tensor, double value = 0)
+    {
+        if (tensor.device_type != DeviceType.CPU) throw new ArgumentException($"MakeResident needs a CPU tensor, got {tensor.device}.", nameof(tensor));
+        tensor.fill_(value);
+    }
+
+    private static long Read(string field)
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+        {
+            if (line.StartsWith(field, StringComparison.Ordinal)) return long.Parse(line[field.Length..].Trim().Split(' ')[0]) * 1024;
+        }
+        return 0;
+    }
+}

@@ -55,7 +55,7 @@ public sealed class EmaOptions
     /// left unpacked when any of its parameters shares storage with another tensor (a view of the trainer's own flat
     /// buffer, tied weights): re-pointing it would break that aliasing. If a parameter is later re-pointed elsewhere
     /// (say by <c>to(device)</c>), updates fall back to the per-tensor path and stay correct; the manager says so once,
-    /// in <see cref="EmaManager{TModel}.UpdatePath"/> and through <see cref="OnSlowPath"/>. <c>false</c> never packs.
+    /// in <see cref="EmaManagerBase{TModel}.UpdatePath"/> and through <see cref="OnSlowPath"/>. <c>false</c> never packs.
     /// </para>
     /// </summary>
     public bool? PackParameters { get; init; }
@@ -63,7 +63,7 @@ public sealed class EmaOptions
     /// <summary>
     /// Called once, on the updating thread, when a manager's update first runs slower than it was built to: a packed
     /// group whose parameters no longer alias its flat buffer. The message names a parameter and what to do. Also
-    /// available afterwards as <see cref="EmaManager{TModel}.UpdatePath"/>.
+    /// available afterwards as <see cref="EmaManagerBase{TModel}.UpdatePath"/>.
     /// </summary>
     public Action<string>? OnSlowPath { get; init; }
 

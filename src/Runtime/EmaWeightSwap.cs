@@ -20,7 +20,7 @@ public sealed class EmaWeightSwap : IDisposable
     private readonly Action _onDispose;
     private bool _disposed;
 
-    internal EmaWeightSwap(List<(torch.Tensor Target, torch.Tensor Shadow)> pairs, Action onDispose)
+    internal EmaWeightSwap((torch.Tensor Target, torch.Tensor Shadow)[] pairs, Action onDispose)
     {
         _onDispose = onDispose;
         using var _ = torch.no_grad();

@@ -12,7 +12,7 @@ public static partial class PostHocEma
     /// <summary>
     /// Reconstructs the power-function EMA of width <paramref name="sigmaRel"/> at step <paramref name="atStep"/> from
     /// the snapshots in <paramref name="snapshotsDir"/> taken at or before it (later ones are ignored), and writes it to
-    /// <paramref name="outputDir"/> as an EMA checkpoint that <see cref="EmaManager{TModel}.Load"/> reads (schedule
+    /// <paramref name="outputDir"/> as an EMA checkpoint that <see cref="EmaManagerBase{TModel}.Load"/> reads (schedule
     /// <c>PowerFunction(σ_rel)</c>, step <paramref name="atStep"/>). Sums are taken in fp32 over one snapshot tensor at a
     /// time: memory is the output plus one tensor. <paramref name="atStep"/> is best a snapshot step, as in EDM2.
     /// </summary>

@@ -1,36 +1,41 @@
+using System;
 using TorchSharp;
 
 namespace EmaGen;
 
 /// <summary>
-/// The backend for tensors on other devices, tensors the raw kernels do not take (non-contiguous layouts, dtype pairs
+/// The backend for tensors on other devices, boxes the raw kernels do not take (non-contiguous layouts, dtype pairs
 /// without a kernel) and everything with <see cref="EmaOptions.ForceTorchOps"/>: <see cref="TorchBlend"/> per queued
-/// unit and active profile, on the tensors' own device. A packed group is one blend over its flat buffers, so a CUDA
+/// unit and written profile, on the tensors' own device. A packed group is one blend over its flat buffers, so a CUDA
 /// model pays a few launches per (device, dtype) group and profile, not per tensor; the decay is a scalar argument,
 /// never read back, so there is no host synchronisation.
 /// </summary>
 internal sealed class TorchOpsBackend : IUpdateBackend
 {
-    private readonly UpdateTargets _targets;
-    private readonly UpdateWorkList _steps;
+    private readonly ShadowArena[] _arenas;
+    private readonly ShadowItem[] _items;
+    private readonly LiveSlots _live;
+    private readonly double[] _decays;
     private readonly int[] _groups;
-    private readonly int[] _items;
+    private readonly int[] _queued;
     private int _groupCount;
     private int _itemCount;
 
-    /// <param name="targets">The shadows and live tensors, in the engine's numbering.</param>
-    /// <param name="steps">The step's active profiles and decays (shared with the raw backend's work list).</param>
-    public TorchOpsBackend(UpdateTargets targets, UpdateWorkList steps)
+    public TorchOpsBackend(ShadowArena[] arenas, ShadowItem[] items, LiveSlots live)
     {
-        _targets = targets;
-        _steps = steps;
-        _groups = new int[targets.Arenas[0].Groups.Count];
-        _items = new int[targets.Count.Length];
+        _arenas = arenas;
+        _items = items;
+        _live = live;
+        _decays = new double[arenas.Length];
+        _groups = new int[arenas[0].Groups.Count];
+        _queued = new int[items.Length];
     }
+
+    public void Begin(ReadOnlySpan<double> decays) => decays.CopyTo(_decays);
 
     public void QueueGroup(int group) => _groups[_groupCount++] = group;
 
-    public void QueueTensor(int item) => _items[_itemCount++] = item;
+    public void QueueTensor(int item) => _queued[_itemCount++] = item;
 
     public void Run()
     {
@@ -39,19 +44,24 @@ internal sealed class TorchOpsBackend : IUpdateBackend
         {
             // no_grad allocates a guard object, so it is only opened when there is something to blend.
             using var _ = torch.no_grad();
-            for (int a = 0; a < _steps.ActiveCount; a++)
+            for (int i = 0; i < _groupCount; i++)
             {
-                int k = _steps.ActiveProfile(a);
-                double decay = _steps.DecayOf(k);
-                for (int i = 0; i < _groupCount; i++)
+                int g = _groups[i];
+                var parameters = _arenas[0].Groups[g].PackedParameters!;
+                for (int k = 0; k < _decays.Length; k++)
                 {
-                    int g = _groups[i];
-                    TorchBlend.Apply(_targets.Arenas[k].Groups[g].Shadow, _targets.Arenas[0].Groups[g].PackedParameters!, decay);
+                    if (!double.IsNaN(_decays[k])) TorchBlend.Apply(_arenas[k].Groups[g].Shadow, parameters, _decays[k]);
                 }
-                for (int i = 0; i < _itemCount; i++)
+            }
+            for (int i = 0; i < _itemCount; i++)
+            {
+                int item = _queued[i];
+                var live = _live.Tensor(_items[item].Slot)!;
+                // A shard's box is a view made for this step; a whole tensor is blended as it is.
+                using var view = _items[item].LiveIsBox ? null : _items[item].BoxOf(live);
+                for (int k = 0; k < _decays.Length; k++)
                 {
-                    int item = _items[i];
-                    TorchBlend.Apply(_targets.Shadow[k][item], _targets.Tensor(item), decay);
+                    if (!double.IsNaN(_decays[k])) TorchBlend.Apply(_arenas[k][item]!, view ?? live, _decays[k]);
                 }
             }
         }

@@ -13,7 +13,7 @@ namespace EmaGen.Tests.Dcp;
 /// (a named profile's <c>_emagen.decay</c> then held its current decay). Today's code runs the same training again: the
 /// loaded shadows must be those bits, the step restored, and the decay left unknown where the file does not say it.
 /// </summary>
-[Collection(SeededRandom.Name)]
+[Collection(ProcessWideState.Name)]
 public sealed class CheckpointCompatibilityTests
 {
     private static string Fixture(string name) => TestPaths.Fixture(System.IO.Path.Combine("emagen-ema-1-before-current-decay", name));

@@ -1,0 +1,214 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using System.Threading.Tasks;
+using EmaGen.Dcp;
+using TorchSharp;
+
+namespace EmaGen;
+
+// Shadows in and out, for both managers: checkpoint state, load, state dicts. A dense manager's boxes are whole.
+public abstract partial class EmaManagerBase<TModel>
+{
+    /// <summary>
+    /// Loads shadows and step from a DCP folder written by either manager's <c>Save</c> (or any with these keys, at any
+    /// chunking: dense, another world size, PyTorch's), reading only the chunks that overlap this manager's boxes. Names,
+    /// dtypes, shapes, profiles and schedules are checked from the metadata before any tensor is read; everything is
+    /// read before anything is written, so a failed load changes nothing.
+    /// </summary>
+    /// <param name="directory">The checkpoint folder.</param>
+    /// <param name="strict">When true, the checkpoint must hold exactly the averaged names (and profiles) under <paramref name="prefix"/>; otherwise the names and profiles both sides have are loaded.</param>
+    /// <param name="prefix">Key prefix used when saving.</param>
+    /// <param name="allowScheduleMismatch">Load even when the checkpoint was written with another decay schedule.</param>
+    /// <exception cref="CheckpointFormatException">The folder is not a readable checkpoint.</exception>
+    /// <exception cref="ArgumentException">Names, shapes, dtypes, profiles or schedules do not fit.</exception>
+    public void Load(string directory, bool strict = true, string prefix = EmaCheckpoint.DefaultPrefix, bool allowScheduleMismatch = false)
+    {
+        ThrowIfDisposed();
+        ThrowIfSwapped();
+        var reader = DcpReader.Open(directory);
+        var stored = EmaCheckpoint.ReadProfileNames(reader, directory, prefix);
+        var toLoad = ProfilesToLoad(directory, prefix, stored, strict);
+
+        var reads = new List<(int Profile, List<int> Items)>();
+        foreach (var profile in toLoad)
+        {
+            var entries = EmaCheckpoint.TensorEntries(reader, ProfilePrefix(prefix, profile));
+            CheckFits(entries.Select(e => (e.Name, TorchDTypes.TryGet(e.Entry.DType, out var t, out _) ? t : (torch.ScalarType?)null, e.Entry.Size)),
+                strict, global: true, nameof(directory));
+            reads.Add((profile, entries.Where(e => _itemIndex.ContainsKey(e.Name)).Select(e => _itemIndex[e.Name]).Order().ToList()));
+        }
+        var states = new List<EmaCheckpoint.StoredState?>();
+        long? step = EmaCheckpoint.ReadProfileStates(reader, directory,
+            toLoad.Select(k => (ProfilePrefix(prefix, k), _profiles[k].Name, _profiles[k].Schedule)), named: stored is not null, allowScheduleMismatch, states);
+
+        var staged = new List<(torch.Tensor Shadow, torch.Tensor Data)>();
+        try
+        {
+            foreach (var (profile, items) in reads)
+            {
+                var profilePrefix = ProfilePrefix(prefix, profile);
+                foreach (int i in items)
+                {
+                    staged.Add((_arenas[profile][i]!, reader.ReadSlice(profilePrefix + _items[i].Info.Name, _items[i].Offsets, _items[i].Sizes)));
+                }
+            }
+            Commit(staged);
+            Step = step ?? Step;
+            for (int n = 0; n < toLoad.Count; n++)
+            {
+                if (states[n] is { } state && !double.IsNaN(state.CurrentDecay)) _currentDecay[toLoad[n]] = state.CurrentDecay;
+            }
+        }
+        finally
+        {
+            foreach (var (_, data) in staged) data.Dispose();
+        }
+    }
+
+    // Which profiles a checkpoint with profiles `stored` (null: a single-profile checkpoint) can fill.
+    private List<int> ProfilesToLoad(string directory, string prefix, IReadOnlyList<string>? stored, bool strict)
+    {
+        if (!NamedProfiles)
+        {
+            if (stored is not null)
+            {
+                throw new ArgumentException(
+                    $"{directory}: the checkpoint holds EMA profiles {string.Join(", ", stored)} under '{prefix}'; build the manager with EmaOptions.Profiles, or load one profile with prefix '{prefix}{stored[0]}.'.");
+            }
+            return [0];
+        }
+        var names = _profiles.Select(p => p.Name).ToList();
+        if (stored is null)
+        {
+            throw new ArgumentException(
+                $"{directory}: the checkpoint holds a single-profile EMA under '{prefix}' (no '{CheckpointKeys.Of(prefix, CheckpointKeys.Profiles)}'), this manager has profiles {string.Join(", ", names)}; load it into one profile with LoadStateDict or a single-profile manager.");
+        }
+        var present = Enumerable.Range(0, names.Count).Where(k => stored.Contains(names[k])).ToList();
+        bool missing = present.Count < names.Count, extra = stored.Any(n => !names.Contains(n));
+        if ((strict && (missing || extra)) || present.Count == 0)
+        {
+            throw new ArgumentException(
+                $"{directory}: the checkpoint's EMA profiles ({string.Join(", ", stored)}) do not match this manager's ({string.Join(", ", names)}).");
+        }
+        return present;
+    }
+
+    private string ProfilePrefix(string prefix, int profile) => NamedProfiles ? prefix + _profiles[profile].Name + "." : prefix;
+
+    /// <summary>
+    /// Every key a checkpoint of this manager holds, in order: each profile's boxes (<see cref="DcpShard"/>: a dense
+    /// manager's are whole) taken from <paramref name="shadowOf"/> (profile, item), and the stored values.
+    /// </summary>
+    private protected List<KeyValuePair<string, object?>> StateToSave(string prefix, Func<int, int, torch.Tensor>? shadowOf = null)
+    {
+        shadowOf ??= (k, i) => _arenas[k][i]!;
+        var state = new List<KeyValuePair<string, object?>>();
+        if (NamedProfiles) state.AddRange(EmaCheckpoint.ManagerState(prefix, Step, _profiles.Select(p => p.Name)));
+        for (int k = 0; k < _profiles.Length; k++)
+        {
+            var profilePrefix = ProfilePrefix(prefix, k);
+            for (int i = 0; i < _items.Length; i++)
+            {
+                var item = _items[i];
+                state.Add(new(profilePrefix + item.Info.Name,
+                    new DcpShard(profilePrefix + item.Info.Name, shadowOf(k, i), item.Info.Shape, item.Offsets, item.Info.ShardDim == ShardLayout.Replicated)));
+            }
+            var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe());
+            state.AddRange(EmaCheckpoint.ProfileState(profilePrefix, [], _ => throw new InvalidOperationException(), stored));
+        }
+        return state;
+    }
+
+    /// <summary>
+    /// Stages the shadows (copies kept for the next call) and runs <paramref name="write"/> over that state on a
+    /// background task; a call made while the previous write still runs first waits for it.
+    /// </summary>
+    private protected Task SaveInBackground(string prefix, Action<List<KeyValuePair<string, object?>>> write)
+    {
+        ThrowIfDisposed();
+        ThrowIfSwapped();
+        // The staging copies must not change under a write that is still reading them.
+        EmaCheckpoint.WaitForWrite(ref _pendingSave);
+        var staging = (_staging ??= new StagingCopies(_arenas)).Refresh();
+        var state = StateToSave(prefix, (k, i) => staging[k][i]!);
+        _pendingSave = Task.Run(() => write(state));
+        return _pendingSave;
+    }
+
+    /// <summary>This rank's boxes of profile <paramref name="profile"/> under <paramref name="keyPrefix"/>, each tensor made by <paramref name="local"/> from the shadow.</summary>
+    internal List<DcpShard> ShardsOf(int profile, string keyPrefix, Func<torch.Tensor, torch.Tensor> local)
+    {
+        ThrowIfDisposed();
+        return _items.Select((item, i) => new DcpShard(keyPrefix + item.Info.Name, local(_arenas[profile][i]!), item.Info.Shape, item.Offsets,
+            item.Info.ShardDim == ShardLayout.Replicated)).ToList();
+    }
+
+    Dictionary<string, torch.Tensor> IProfileHost.StateDict(int profile)
+    {
+        ThrowIfDisposed();
+        ThrowIfSwapped();
+        using var _ = torch.no_grad();
+        var state = new Dictionary<string, torch.Tensor>(_items.Length, StringComparer.Ordinal);
+        for (int i = 0; i < _items.Length; i++) state.Add(_items[i].Info.Name, _arenas[profile][i]!.clone());
+        return state;
+    }
+
+    void IProfileHost.LoadStateDict(int profile, IReadOnlyDictionary<string, torch.Tensor> state, bool strict)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        ThrowIfDisposed();
+        ThrowIfSwapped();
+        foreach (var (name, tensor) in state)
+        {
+            if (tensor is null) throw new ArgumentException($"EMA state dict does not fit {typeof(TModel).Name}: '{name}': value is null.", nameof(state));
+        }
+        CheckFits(state.Select(kv => (kv.Key, (torch.ScalarType?)kv.Value.dtype, kv.Value.shape)), strict, global: false, nameof(state));
+        var plan = new List<(torch.Tensor, torch.Tensor)>();
+        foreach (var (name, tensor) in state.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            if (_itemIndex.TryGetValue(name, out int i)) plan.Add((_arenas[profile][i]!, tensor));
+        }
+        Commit(plan);
+    }
+
+    // The rules of a load, applied to names, dtypes and shapes alone: to a state dict (this manager's box shapes), or to
+    // a checkpoint's metadata (global shapes) before any of its tensors is read, so a checkpoint that cannot fit costs
+    // no memory. A null dtype is one that TorchSharp cannot represent.
+    private void CheckFits(IEnumerable<(string Name, torch.ScalarType? DType, long[] Shape)> entries, bool strict, bool global, string parameter)
+    {
+        var list = entries.ToList();
+        if (strict)
+        {
+            var present = new HashSet<string>(list.Select(e => e.Name), StringComparer.Ordinal);
+            var missing = TrackedNames.Where(n => !present.Contains(n)).Order(StringComparer.Ordinal).ToList();
+            var unexpected = present.Where(n => !_itemIndex.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
+            if (missing.Count > 0 || unexpected.Count > 0)
+            {
+                var parts = new List<string>();
+                if (missing.Count > 0) parts.Add($"{missing.Count} missing ({Sample(missing)})");
+                if (unexpected.Count > 0) parts.Add($"{unexpected.Count} unexpected ({Sample(unexpected)})");
+                throw new ArgumentException($"EMA state dict does not match {typeof(TModel).Name}: {string.Join("; ", parts)}.", parameter);
+            }
+        }
+        var problems = new List<string>();
+        foreach (var (name, dtype, shape) in list.OrderBy(e => e.Name, StringComparer.Ordinal))
+        {
+            if (!_itemIndex.TryGetValue(name, out int i)) continue;
+            var item = _items[i];
+            if (dtype != item.Info.ShadowDType) problems.Add($"'{name}': dtype {dtype?.ToString() ?? "unsupported"}, expected {item.Info.ShadowDType}");
+            var expected = global ? item.Info.Shape : item.Sizes;
+            if (!shape.AsSpan().SequenceEqual(expected)) problems.Add($"'{name}': shape [{string.Join(", ", shape)}], expected [{string.Join(", ", expected)}]");
+        }
+        if (problems.Count > 0)
+        {
+            throw new ArgumentException($"EMA state dict does not fit {typeof(TModel).Name}: {problems.Count} mismatch(es): {Sample(problems, "; ")}.", parameter);
+        }
+    }
+
+    private static void Commit(List<(torch.Tensor Target, torch.Tensor Source)> plan)
+    {
+        using var _ = torch.no_grad();
+        foreach (var (target, source) in plan) InPlace.Release(target.copy_(source), target);
+    }
+}

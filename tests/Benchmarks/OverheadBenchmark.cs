@@ -11,7 +11,7 @@ namespace EmaGen.Benchmarks;
 
 /// <summary>
 /// Where a step's time goes besides streaming memory, each part timed from a cold cache like the update benchmark:
-/// the generated walk alone, reading every averaged tensor's data pointer (<see cref="KnownPointerPass"/>), the whole
+/// the generated walk alone, reading every averaged tensor's data pointer (<see cref="LiveSlots.ReadKnownPointers"/>), the whole
 /// per-step check (<see cref="LiveSlots"/>) on the caller alone, the check with the update threads woken ahead and
 /// sharing its pointer reads (then handed empty work: what a step costs before it streams), the same with the threads
 /// woken ahead but not sharing the reads, one run of empty work on sleeping update threads (waking them), and the update.
@@ -35,21 +35,18 @@ internal static class OverheadBenchmark
         SyntheticModel.VisitParameters(model, ref collector);
         var slots = collector.Slots.ToArray();
         var live = new LiveSlots(slots, slots.Select(s => s.Tensor is not null).ToArray());
-        var known = slots.Select(s => s.Tensor).ToArray();
-        var pointers = new IntPtr[known.Length];
-        var pass = new KnownPointerPass(known, pointers);
+        live.Check(model, null);
         using var pool = new CpuWorkerPool(Math.Max(2, ema.UpdateThreads));
         var nothing = new NoWork();
 
         var variants = new List<(string, Action)>
         {
             ("walk_only", () => { var v = new CountingVisitor(); SyntheticModel.VisitParameters(model, ref v); }),
-            ("pointer_pass", () => { pass.Arm(); pass.Complete(); }),
+            ("pointer_pass", () => live.ReadKnownPointers()),
             ("model_check", () => live.Check(model, null)),
             ("model_check_shared", () => { live.Check(model, pool); pool.Run(nothing); }),
             ("model_check_unshared", () => { pool.WakeAhead(); live.Check(model, null); pool.Run(nothing); }),
             ("wake_threads_cold", () => pool.Run(nothing)),
-            
             ("update", () => ema.Update(model)),
         };
         Console.Error.WriteLine($"{tensors} tensors, {elements:N0} fp32 elements, {ema.UpdateThreads} update threads");

@@ -1,14 +1,72 @@
 using System;
+using System.Collections.Generic;
+using System.Linq;
 using TorchSharp;
 
 namespace EmaGen;
 
-// The step: decays computed once, handed down as values; check, blend, advance.
+// The step, one way: the profiles' decays computed once and handed down as values; check the live model's slots
+// (LiveSlots), queue every unit of work into its backend, run the backends, advance. What a step needs is decided at
+// bind: which backend each arena group takes, and where each packed parameter must be. A unit is a whole packed group
+// while every parameter still aliases its flat buffer, otherwise one averaged box (a whole tensor when dense, this
+// rank's box when sharded). Raw CPU kernels take what they can (RawCpuBackend); the rest, and every group off the CPU,
+// go through TorchSharp ops (TorchOpsBackend).
 public abstract partial class EmaManagerBase<TModel>
 {
-    private readonly StepPipeline _steps;
-    private double[]? _stepDecays;
+    private LiveSlots _live = null!;
+    private CpuWorkerPool? _pool;
+    private RawCpuBackend _raw = null!;
+    private TorchOpsBackend _torch = null!;
+    private Action<string>? _onSlowPath;
+    // Per item: its group and where its parameter's data must be while the group is packed (zero when unpacked).
+    private int[] _groupOfItem = null!;
+    private IntPtr[] _packedPointer = null!;
+    private bool[] _rawCapable = null!;
+    // Per group: whether it takes TorchSharp ops, and per step whether it runs as one unit.
+    private bool[] _torchGroup = null!;
+    private bool[] _packedGroup = null!;
+    private EmaSchedule[] _schedules = null!;
+    private bool[] _wholeGroup = null!;
+    private double[] _stepDecays = null!;
+    private string? _slowPathReason;
+    private int _lastRawGroups, _lastRawTensors, _lastTorchGroups, _lastTorchTensors;
     private EmaWeightSwap? _activeSwap;
+
+    // Decides, once, how every step runs (called at the end of binding, when the arenas exist).
+    private void PlanSteps(EmaOptions options)
+    {
+        _onSlowPath = options.OnSlowPath;
+        var arena = _arenas[0];
+        var groups = arena.Groups;
+        var watched = new bool[_slots.Length];
+        foreach (var item in _items) watched[item.Slot] = true;
+        _live = new LiveSlots(_slots, watched);
+        _groupOfItem = new int[_items.Length];
+        _packedPointer = new IntPtr[_items.Length];
+        _rawCapable = new bool[_items.Length];
+        long elements = 0;
+        for (int i = 0; i < _items.Length; i++)
+        {
+            _groupOfItem[i] = arena.GroupOf(i);
+            _rawCapable[i] = _items[i].RawCapable && !options.ForceTorchOps;
+            elements += _items[i].Numel;
+            // Device addresses compare the same way as host ones.
+            if (groups[_groupOfItem[i]].PackedParameters is { } packed)
+            {
+                _packedPointer[i] = LiveSlots.DataPointer(packed) + (nint)(arena.OffsetOf(i) * DTypes.SizeOf(_items[i].Info.DType));
+            }
+        }
+        _schedules = _profiles.Select(p => p.Schedule).ToArray();
+        _packedGroup = groups.Select(g => g.PackedParameters is not null).ToArray();
+        _torchGroup = new bool[groups.Count];
+        _wholeGroup = new bool[groups.Count];
+        for (int g = 0; g < groups.Count; g++) _torchGroup[g] = options.ForceTorchOps || groups[g].Device.type != DeviceType.CPU;
+        _stepDecays = new double[_profiles.Length];
+        int threads = options.EffectiveThreads;
+        if (threads > 1 && elements >= RawCpuBackend.ParallelThreshold) _pool = new CpuWorkerPool(threads);
+        _raw = new RawCpuBackend(_arenas, _items, _live, _pool);
+        _torch = new TorchOpsBackend(_arenas, _items, _live);
+    }
 
     /// <summary>
     /// Applies <c>ema = decay * ema + (1 - decay) * param</c> to every averaged tensor (this rank's box of it when
@@ -22,17 +80,17 @@ public abstract partial class EmaManagerBase<TModel>
         ThrowIfDisposed();
         ThrowIfSwapped();
         long step = Step + 1;
-        var decays = _stepDecays ??= new double[_profiles.Length];
+        var decays = _stepDecays;
         bool any = false;
         for (int k = 0; k < _profiles.Length; k++)
         {
-            var schedule = _profiles[k].Schedule;
+            var schedule = _schedules[k];
             decays[k] = schedule.UpdatesAt(step) ? schedule.DecayAt(step) : double.NaN;
             any |= !double.IsNaN(decays[k]);
         }
         if (any)
         {
-            _steps.Run(model, decays);
+            RunStep(model, decays);
             for (int k = 0; k < decays.Length; k++)
             {
                 if (!double.IsNaN(decays[k])) _currentDecay[k] = decays[k];
@@ -41,25 +99,121 @@ public abstract partial class EmaManagerBase<TModel>
         Step = step;
     }
 
+    // Checks the model, then blends every averaged box into each profile whose decay is a number; throws, writing
+    // nothing, when a slot does not match.
+    private void RunStep(TModel model, double[] decays)
+    {
+        // The helpers wake while the model is checked, not when the kernels are handed to them.
+        _live.Check(model, _pool);
+        int groups = _packedGroup.Length;
+        for (int g = 0; g < groups; g++) _wholeGroup[g] = _packedGroup[g];
+        for (int i = 0; i < _items.Length; i++)
+        {
+            int g = _groupOfItem[i];
+            _wholeGroup[g] &= _packedPointer[i] != IntPtr.Zero && _packedPointer[i] == _live.Pointer(_items[i].Slot) && (_torchGroup[g] || RawOk(i));
+        }
+        _lastRawGroups = _lastRawTensors = _lastTorchGroups = _lastTorchTensors = 0;
+        bool anyPackedBroken = false;
+        for (int g = 0; g < groups; g++)
+        {
+            anyPackedBroken |= _packedGroup[g] && !_wholeGroup[g];
+            if (!_wholeGroup[g]) continue;
+            if (_torchGroup[g])
+            {
+                _torch.QueueGroup(g);
+                _lastTorchGroups++;
+            }
+            else
+            {
+                _raw.QueueGroup(g);
+                _lastRawGroups++;
+            }
+        }
+        if (anyPackedBroken && _slowPathReason is null) NoteSlowPath();
+        for (int i = 0; i < _items.Length; i++)
+        {
+            int g = _groupOfItem[i];
+            if (_wholeGroup[g] || _items[i].Numel == 0) continue;
+            if (!_torchGroup[g] && RawOk(i))
+            {
+                _raw.QueueTensor(i);
+                _lastRawTensors++;
+            }
+            else
+            {
+                _torch.QueueTensor(i);
+                _lastTorchTensors++;
+            }
+        }
+        _raw.Run(decays);
+        // TorchSharp ops only run when something was queued for them (on the CPU, usually nothing).
+        if (_lastTorchGroups + _lastTorchTensors > 0) _torch.Run(decays);
+    }
+
+    private bool RawOk(int item) => _rawCapable[item] && _live.IsContiguous(_items[item].Slot);
+
+    // The first time a packed group does not run as one unit: say so once, naming a parameter.
+    private void NoteSlowPath()
+    {
+        var groups = _arenas[0].Groups;
+        int culprit = -1;
+        for (int i = 0; i < _items.Length; i++)
+        {
+            int g = _groupOfItem[i];
+            if (groups[g].PackedParameters is null || _wholeGroup[g]) continue;
+            bool moved = _packedPointer[i] != _live.Pointer(_items[i].Slot);
+            if (culprit < 0 || moved) culprit = i;
+            if (moved) break;
+        }
+        if (culprit < 0) return;
+        string name = _items[culprit].Info.Name;
+        var group = groups[_groupOfItem[culprit]];
+        _slowPathReason = _packedPointer[culprit] != _live.Pointer(_items[culprit].Slot)
+            ? $"parameter '{name}' no longer aliases its packed flat buffer (re-pointed after the EMA manager was built, say by to() or set_()); its group of {group.ShadowDType} shadows is updated tensor by tensor from now on. Build a new manager to pack again."
+            : $"parameter '{name}' cannot take the raw CPU kernel (layout or dtype); its packed group is updated tensor by tensor.";
+        _onSlowPath?.Invoke(_slowPathReason);
+    }
+
     /// <summary>Threads a CPU update uses (1 for small models or shards).</summary>
-    public int UpdateThreads => _steps.Threads;
+    public int UpdateThreads => _pool?.Parallelism ?? 1;
 
     /// <summary>
     /// How updates run, for a user checking that the fast path is taken: how many (device, dtype) groups are packed
     /// into one flat buffer and still intact at the last update, how many tensors went one by one, and why a group is
     /// not packed or fell back (see <see cref="EmaOptions.PackParameters"/>).
     /// </summary>
-    public string UpdatePath => _steps.Describe();
+    public string UpdatePath
+    {
+        get
+        {
+            var groups = _arenas[0].Groups;
+            int packed = 0;
+            var notPacked = new List<string>();
+            foreach (var g in groups)
+            {
+                if (g.PackedParameters is not null) packed++;
+                else if (g.NotPackedReason is { } reason) notPacked.Add(reason);
+            }
+            var text = $"{groups.Count} group(s), {packed} packed; at the last update {_lastRawGroups} packed group(s) ran as one pass each and {_lastRawTensors} tensor(s) one by one";
+            if (_lastTorchGroups + _lastTorchTensors > 0) text += $"; through TorchSharp ops: {_lastTorchGroups} packed group(s) and {_lastTorchTensors} tensor(s)";
+            if (notPacked.Count > 0) text += "; not packed: " + string.Join("; ", notPacked);
+            if (_slowPathReason is not null) text += "; slow path: " + _slowPathReason;
+            return text;
+        }
+    }
 
-    // Each averaged tensor of `model` (checked against the layout) with profile `profile`'s shadow, for copies and swaps.
+    // Each averaged tensor of `model` (checked against the layout, without waking the update threads) with profile
+    // `profile`'s shadow, for copies and swaps.
     private protected (torch.Tensor Target, torch.Tensor Shadow)[] ShadowPairs(TModel model, int profile)
     {
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
         ThrowIfSwapped();
-        var live = _steps.LiveTensors(model);
-        var pairs = new (torch.Tensor, torch.Tensor)[live.Length];
-        for (int i = 0; i < live.Length; i++) pairs[i] = (live[i], _arenas[profile][i]!);
+        // Dynamic submodules are read afresh, so a parameter re-pointed inside one is followed (or reported).
+        _live.RefreshDynamic();
+        _live.Check(model, pool: null);
+        var pairs = new (torch.Tensor, torch.Tensor)[_items.Length];
+        for (int i = 0; i < _items.Length; i++) pairs[i] = (_live.Tensor(_items[i].Slot)!, _arenas[profile][i]!);
         return pairs;
     }
 

@@ -97,7 +97,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
                     _itemOfSlot[s] is var i and >= 0 ? (arena[i], "")
                     : (null, EmaExclusions.Describe(_slots[s].Tensor is null ? null : EmaExclusions.Of(_slots[s], options.TrackBuffers))));
             }
-            _steps = new StepPipeline(_slots, _items, _arenas, options);
+            PlanSteps(options);
         }
         catch
         {
@@ -142,7 +142,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
                 "globalShapes");
         }
         bool whole = box.Sizes.AsSpan().SequenceEqual(info.Shape);
-        var kernel = KernelKinds.For(info.ShadowDType, info.DType);
+        var kernel = RawCpuBackend.KernelFor(info.ShadowDType, info.DType);
         long rowElements = 1;
         for (int d = 1; d < info.Shape.Length; d++) rowElements *= info.Shape[d];
         // A dim-0 box of a whole parameter is one contiguous range of it; so is a parameter that is its box.
@@ -151,18 +151,8 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
         long startElement = liveIsBox ? 0 : box.Offsets[0] * rowElements;
         long numel = 1;
         foreach (var size in box.Sizes) numel *= size;
-        return new ShadowItem
-        {
-            Slot = slot,
-            Info = info,
-            Offsets = box.Offsets,
-            Sizes = box.Sizes,
-            LiveIsBox = liveIsBox,
-            ParameterOffsetBytes = startElement * KernelKinds.ParameterElementSize(kernel),
-            Numel = numel,
-            Kernel = kernel,
-            RawCapable = contiguous && kernel != KernelKind.None && info.Device.type == DeviceType.CPU,
-        };
+        return new ShadowItem(slot, info, box.Offsets, box.Sizes, liveIsBox, startElement * RawCpuBackend.ParameterElementSize(kernel), numel, kernel,
+            rawCapable: contiguous && kernel != KernelKind.None && info.Device.type == DeviceType.CPU);
     }
 
     /// <summary>This rank and the world size (rank 0 of 1 for a dense manager).</summary>
@@ -240,7 +230,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
         if (_disposed) return;
         _disposed = true;
         EmaCheckpoint.WaitForWrite(ref _pendingSave);
-        _steps.Dispose();
+        _pool?.Dispose();
         foreach (var arena in _arenas) arena.Dispose();
         _staging?.Dispose();
     }

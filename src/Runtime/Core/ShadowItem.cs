@@ -10,31 +10,45 @@ namespace EmaGen;
 /// </summary>
 internal readonly struct ShadowItem
 {
+    public ShadowItem(int slot, EmaParameterInfo info, long[] offsets, long[] sizes, bool liveIsBox, long parameterOffsetBytes, long numel,
+        KernelKind kernel, bool rawCapable)
+    {
+        Slot = slot;
+        Info = info;
+        Offsets = offsets;
+        Sizes = sizes;
+        LiveIsBox = liveIsBox;
+        ParameterOffsetBytes = parameterOffsetBytes;
+        Numel = numel;
+        Kernel = kernel;
+        RawCapable = rawCapable;
+    }
+
     /// <summary>Index of the slot in the model walk.</summary>
-    public required int Slot { get; init; }
+    public readonly int Slot;
 
     /// <summary>The averaged parameter or buffer, with its global shape.</summary>
-    public required EmaParameterInfo Info { get; init; }
+    public readonly EmaParameterInfo Info;
 
     /// <summary>Where the box starts in the global tensor, per dimension.</summary>
-    public required long[] Offsets { get; init; }
+    public readonly long[] Offsets;
 
     /// <summary>The box's shape (the shadow's shape).</summary>
-    public required long[] Sizes { get; init; }
+    public readonly long[] Sizes;
 
     /// <summary>The live tensor is the box itself (a whole tensor, or an FSDP-style local shard): no view is needed.</summary>
-    public required bool LiveIsBox { get; init; }
+    public readonly bool LiveIsBox;
 
     /// <summary>Where the box starts in the live tensor's data, in bytes (a dim-0 box is one contiguous range).</summary>
-    public required long ParameterOffsetBytes { get; init; }
+    public readonly long ParameterOffsetBytes;
 
     /// <summary>Elements in the box.</summary>
-    public required long Numel { get; init; }
+    public readonly long Numel;
 
-    public required KernelKind Kernel { get; init; }
+    public readonly KernelKind Kernel;
 
     /// <summary>The raw CPU kernels can take the box, as far as bind can tell (contiguity is learnt each step).</summary>
-    public required bool RawCapable { get; init; }
+    public readonly bool RawCapable;
 
     /// <summary>The box of <paramref name="live"/> this item averages, as a new view (or alias) the caller disposes.</summary>
     public torch.Tensor BoxOf(torch.Tensor live) =>

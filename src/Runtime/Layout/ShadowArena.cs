@@ -15,7 +15,6 @@ internal sealed class ArenaGroup
     public torch.Tensor? PackedParameters { get; set; }
     /// <summary>Why a group that packing was asked for is not packed (null when packed or not asked).</summary>
     public string? NotPackedReason { get; set; }
-    public KernelKind Kernel => KernelKinds.For(ShadowDType, ParameterDType);
 }
 
 /// <summary>

@@ -51,35 +51,3 @@ internal sealed class DynamicModuleContents
         return new DynamicModuleContents(module, names.ToArray(), tensors.ToArray(), parameters);
     }
 }
-
-/// <summary>
-/// The contents of each dynamic module met in one walk of a model, by the order they are met, so that the per-step
-/// walk reads no <c>named_parameters()</c> (which allocates) while the module object is the one read before. A new
-/// module object in the same place is read afresh; <see cref="Invalidate"/> forces every module to be read again
-/// (saves, copies and swaps do, so a parameter re-pointed inside a dynamic module is seen there at the latest).
-/// </summary>
-internal sealed class DynamicModuleCache
-{
-    private readonly List<DynamicModuleContents> _contents = new();
-    private int _cursor;
-
-    /// <summary>Starts a walk of the model.</summary>
-    public void Begin() => _cursor = 0;
-
-    /// <summary>The contents of the next dynamic module of the walk.</summary>
-    public DynamicModuleContents Next(torch.nn.Module module)
-    {
-        int i = _cursor++;
-        if (i < _contents.Count)
-        {
-            if (ReferenceEquals(_contents[i].Module, module)) return _contents[i];
-            return _contents[i] = DynamicModuleContents.Read(module);
-        }
-        var read = DynamicModuleContents.Read(module);
-        _contents.Add(read);
-        return read;
-    }
-
-    /// <summary>Makes the next walk read every dynamic module again.</summary>
-    public void Invalidate() => _contents.Clear();
-}

@@ -1,19 +1,33 @@
 using System;
+using System.Collections.Generic;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
+using System.Threading;
 using TorchSharp;
 using TorchSharp.Modules;
 
 namespace EmaGen;
 
 /// <summary>
-/// The per-step check of a live model against the slots a manager recorded when it was built, shared by the dense
-/// engine and the sharded manager: each visited slot must have the recorded local name and presence, and each watched
-/// (averaged) slot's tensor is followed by object and data pointer. A tensor seen before at the same pointer costs a
-/// reference compare; a new object or pointer is re-checked (elements, dtype, device, contiguity) before anything is
-/// written, so a re-pointed parameter is never averaged from stale memory. The data pointers of the tensors seen last
-/// step are read in one pass (<see cref="KnownPointerPass"/>) rather than one by one during the walk.
+/// The per-step check of a live model against the slots a manager recorded when it was built: each visited slot must
+/// have the recorded local name and presence, and each watched (averaged) slot's tensor is followed by object and data
+/// pointer. A tensor seen before at the same pointer costs a reference compare; a new object or pointer is re-checked
+/// (elements, dtype, device, contiguity) before anything is written, so a re-pointed parameter is never averaged from
+/// stale memory. A fix to slot checking goes here and nowhere else.
+/// <para>
+/// The data pointers of the tensors seen last step are read in one pass rather than one by one during the walk. Each
+/// read is a LibTorch call at the end of a chain of dependent cache misses (the Parameter object, its native handle,
+/// the TensorImpl, the StorageImpl), so each block of tensors is first touched level by level with loads that do not
+/// depend on each other (many misses in flight), and the blocks are shared with the update helpers woken at the start
+/// of the step (<see cref="CpuWorkerPool.WakeAhead"/>): a second core keeps its own misses in flight. Nothing is decided
+/// from the prefetches; a tensor whose object changed is read again by the caller.
+/// </para>
 /// </summary>
-internal sealed class LiveSlots
+internal sealed unsafe partial class LiveSlots : IAheadWork
 {
+    private const int BlockSize = 64;
+
     private readonly ParameterSlot[] _slots;
     // The recorded local names alone (the generated walk passes the same string objects, so most compares are one
     // reference compare over an array of references rather than over the slot records).
@@ -31,8 +45,13 @@ internal sealed class LiveSlots
     private readonly IntPtr[] _knownPointer;
     private readonly bool[] _contiguous;
     private readonly IntPtr[] _read;
-    private readonly KnownPointerPass _pointerPass;
-    private readonly DynamicModuleCache _dynamic = new();
+    private readonly int _blocks;
+    private int _nextBlock;
+    private int _finishedBlocks;
+    // The contents of each dynamic module met in one walk, by the order they are met, so that the per-step walk reads no
+    // named_parameters() (which allocates) while the module object is the one read before.
+    private readonly List<DynamicModuleContents> _dynamic = new();
+    private int _dynamicCursor;
     private int _cursor;
 
     /// <param name="slots">The slots recorded at bind, with the tensors they held then.</param>
@@ -61,7 +80,9 @@ internal sealed class LiveSlots
         _knownPointer = new IntPtr[slots.Length];
         _contiguous = new bool[slots.Length];
         _read = new IntPtr[slots.Length];
-        _pointerPass = new KnownPointerPass(_known, _read);
+        _blocks = (slots.Length + BlockSize - 1) / BlockSize;
+        _nextBlock = _blocks;
+        _finishedBlocks = _blocks;
     }
 
     public int Count => _slots.Length;
@@ -82,15 +103,15 @@ internal sealed class LiveSlots
     /// </summary>
     public void Check<TModel>(TModel model, CpuWorkerPool? pool) where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
-        _pointerPass.Arm();
-        pool?.WakeAhead(_pointerPass);
+        ArmPointerPass();
+        pool?.WakeAhead(this);
         // The last check's parked tensors (re-checked then, or left by a check that threw).
         for (int c = 0; c < _changedCount; c++) _changed[_changedSlots[c]] = null;
         _changedCount = 0;
         try
         {
             _cursor = 0;
-            _dynamic.Begin();
+            _dynamicCursor = 0;
             var visitor = new LiveSlotVisitor(this);
             TModel.VisitParameters(model, ref visitor);
             if (_cursor != _slots.Length)
@@ -102,13 +123,13 @@ internal sealed class LiveSlots
         finally
         {
             // Also when the walk threw: no helper may still be reading a block when the next check arms the pass.
-            _pointerPass.Complete();
+            CompletePointerPass();
         }
         for (int c = 0; c < _changedCount; c++)
         {
             int s = _changedSlots[c];
             var tensor = _changed[s]!;
-            var pointer = NativeTensor.DataPointer(tensor);
+            var pointer = DataPointer(tensor);
             Recheck(s, tensor);
             _known[s] = tensor;
             _knownPointer[s] = pointer;
@@ -119,25 +140,29 @@ internal sealed class LiveSlots
             if (!_watched[s] || _read[s] == _knownPointer[s]) continue;
             // The same object at another address (set_, a storage swap), or one disposed since (zero: the call throws).
             var tensor = _known[s]!;
-            var pointer = _read[s] != IntPtr.Zero ? _read[s] : NativeTensor.DataPointer(tensor);
+            var pointer = _read[s] != IntPtr.Zero ? _read[s] : DataPointer(tensor);
             Recheck(s, tensor);
             _knownPointer[s] = pointer;
         }
     }
 
     /// <summary>Makes the next check read every dynamic module's registered tensors again.</summary>
-    public void RefreshDynamic() => _dynamic.Invalidate();
+    public void RefreshDynamic() => _dynamic.Clear();
 
     internal void VisitDynamic(torch.nn.Module module)
     {
-        var contents = _dynamic.Next(module);
+        // A new module object in the same place is read afresh.
+        int at = _dynamicCursor++;
+        if (at == _dynamic.Count) _dynamic.Add(DynamicModuleContents.Read(module));
+        else if (!ReferenceEquals(_dynamic[at].Module, module)) _dynamic[at] = DynamicModuleContents.Read(module);
+        var contents = _dynamic[at];
         for (int i = 0; i < contents.Names.Length; i++) Visit(contents.Names[i], contents.Tensors[i]);
     }
 
     internal void Visit(string name, torch.Tensor? tensor)
     {
         int slot = _cursor++;
-        SlotOrder.ThrowIfBeyond(slot, _slots.Length, name);
+        if (slot >= _slots.Length) SlotOrder.ThrowIfBeyond(slot, _slots.Length, name);
         // Most calls end at the reference compare inside string.Equals: the walk passes the recorded string objects.
         if (!ReferenceEquals(_localNames[slot], name)) SlotOrder.ThrowIfRenamed(slot, name, _localNames[slot], _slots[slot].FullName);
         if ((tensor is null) != (_numel[slot] < 0))
@@ -173,6 +198,100 @@ internal sealed class LiveSlots
         }
         _contiguous[slot] = tensor.is_contiguous();
     }
+
+    /// <summary>One pointer pass over the tensors of the last check, on the caller alone (what the overhead benchmark times).</summary>
+    internal void ReadKnownPointers()
+    {
+        ArmPointerPass();
+        CompletePointerPass();
+    }
+
+    /// <summary>
+    /// Makes the blocks available to <see cref="Help"/> and <see cref="CompletePointerPass"/>. Every pass armed must be completed
+    /// before the next is armed, so that no helper is still inside a block of the old pass.
+    /// </summary>
+    private void ArmPointerPass()
+    {
+        // Finished before next: a helper still leaving the last pass either finds no block or takes one of this pass,
+        // which then counts toward this pass.
+        Volatile.Write(ref _finishedBlocks, 0);
+        Volatile.Write(ref _nextBlock, 0);
+    }
+
+    /// <summary>Reads blocks of the armed pointer pass until none are left (the caller, or a helper woken ahead).</summary>
+    public void Help()
+    {
+        int block;
+        // The read first: a helper polls this while it waits, and must not move the counter once the blocks are out.
+        while (Volatile.Read(ref _nextBlock) < _blocks && (block = Interlocked.Increment(ref _nextBlock) - 1) < _blocks)
+        {
+            ReadBlock(block * BlockSize, Math.Min(_known.Length, (block + 1) * BlockSize));
+            Interlocked.Increment(ref _finishedBlocks);
+        }
+    }
+
+    /// <summary>Reads the blocks nobody has taken, then waits for those the helpers took (a block is microseconds).</summary>
+    private void CompletePointerPass()
+    {
+        Help();
+        var spinner = new SpinWait();
+        while (Volatile.Read(ref _finishedBlocks) < _blocks) spinner.SpinOnce(sleep1Threshold: -1);
+    }
+
+    private void ReadBlock(int from, int to)
+    {
+        for (int i = from; i < to; i++)
+        {
+            var tensor = _known[i];
+            _read[i] = tensor is null || tensor.IsInvalid ? IntPtr.Zero : tensor.Handle;
+        }
+        if (Sse.IsSupported) Prefetch(_read, from, to);
+        for (int i = from; i < to; i++)
+        {
+            if (_read[i] != IntPtr.Zero) _read[i] = TensorData(_read[i]);
+        }
+    }
+
+    // Level by level over a block of handles; only loads and prefetches, so a wrong guess about LibTorch's layout costs
+    // a useless line, never a wrong answer.
+    private static void Prefetch(IntPtr[] handles, int from, int to)
+    {
+        for (int i = from; i < to; i++)
+        {
+            if (handles[i] != IntPtr.Zero) Sse.Prefetch0((void*)handles[i]);
+        }
+        // LibTorchSharp's handle points at an at::Tensor, whose only member is its TensorImpl pointer; c10::TensorImpl
+        // keeps its StorageImpl pointer right after the 24-byte intrusive_ptr_target header.
+        for (int i = from; i < to; i++)
+        {
+            if (handles[i] == IntPtr.Zero) continue;
+            byte* impl = *(byte**)handles[i];
+            if (impl == null) continue;
+            Sse.Prefetch0(impl);
+            Sse.Prefetch0(impl + 64);
+            Sse.Prefetch0(impl + 128);
+        }
+        for (int i = from; i < to; i++)
+        {
+            if (handles[i] == IntPtr.Zero) continue;
+            byte* impl = *(byte**)handles[i];
+            if (impl == null) continue;
+            // data_ptr() reads the StorageImpl's data pointer and, on its second line, its access-check flags.
+            byte* storage = *(byte**)(impl + 24);
+            Sse.Prefetch0(storage);
+            Sse.Prefetch0(storage + 64);
+        }
+    }
+
+    /// <summary>The data pointer of <paramref name="tensor"/> (storage base plus offset).</summary>
+    public static IntPtr DataPointer(torch.Tensor tensor) => TensorData(tensor.Handle);
+
+    // TorchSharp exposes the data pointer only through Tensor.bytes, which also checks and builds a span per call; this
+    // export is one call that allocates nothing. It is read for every averaged tensor on every step, returns at once
+    // and never calls back into .NET (a failure is caught inside LibTorchSharp), so the GC transition is skipped.
+    [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_data")]
+    [SuppressGCTransition]
+    private static partial IntPtr TensorData(IntPtr tensor);
 }
 
 /// <summary>Hands each visited slot to <see cref="LiveSlots"/>; names are never concatenated.</summary>

@@ -4,6 +4,13 @@ using System.Threading;
 
 namespace EmaGen;
 
+/// <summary>Work a woken update helper can share before it is handed the update itself.</summary>
+internal interface IAheadWork
+{
+    /// <summary>Takes pieces of the work until none are left; returns at once when there is none.</summary>
+    void Help();
+}
+
 /// <summary>Work that can be split into <c>parts</c> independent pieces; piece 0 runs on the calling thread.</summary>
 internal interface IPartitionedWork
 {
@@ -11,20 +18,20 @@ internal interface IPartitionedWork
 }
 
 /// <summary>
-/// A few dedicated helper threads for the CPU update. Unlike <c>Parallel.For</c> it allocates nothing per run
-/// (pre-made signals, one shared work reference), which keeps the steady-state update free of managed allocations.
+/// A few dedicated helper threads for the CPU update. Unlike <c>Parallel.For</c> it allocates nothing per run (one lock
+/// object per signal made up front, one shared work reference), which keeps the steady-state update free of managed
+/// allocations; <c>ManualResetEventSlim</c> would create its lock and kernel event lazily on the first wait that blocks,
+/// making the allocation count depend on thread timing.
 /// <para>
-/// Waking a sleeping helper is slow on a virtual machine: measured on this project's 2-core VM after the benchmark's
-/// cache sweep, a run of empty work costs 0.15-0.26 ms (tests/Benchmarks <c>overhead</c>: wake_threads_cold), a large share of a 1 ms update. So a manager
-/// calls <see cref="WakeAhead"/> when a step starts: the helpers wake while the caller checks the model, take a share of
-/// the check's pointer reads (<see cref="KnownPointerPass"/>), then spin (bounded by <see cref="WakeAheadSpin"/>) until
+/// Waking a sleeping helper is slow on a virtual machine, a large share of a small update. So a manager calls
+/// <see cref="WakeAhead"/> when a step starts: the helpers wake while the caller checks the model, take a share of the
+/// check's pointer reads (<see cref="LiveSlots"/>), then spin (bounded by <see cref="WakeAheadSpin"/>) until
 /// <see cref="Run"/> hands them work. Idle helpers never spin beyond that bound, so they do not take a core from the
-/// trainer between updates. Sharing the reads took check plus wake-up from 0.415-0.42 ms to 0.32-0.37 ms at 1,000
-/// tensors, paired in three runs (<c>overhead</c>: model_check_unshared against model_check_shared).
+/// trainer between updates. The measured costs are in docs/performance.md.
 /// </para>
 /// <para>
-/// What this pool cannot help: right after a LibTorch op, LibTorch's OpenMP workers busy-wait for 5-10 ms and hold the
-/// cores the helpers need (the update benchmark's <c>after_libtorch_op_ratio_to_limit</c>; see the README).
+/// What this pool cannot help: right after a LibTorch op, LibTorch's OpenMP workers busy-wait for some milliseconds and
+/// hold the cores the helpers need (the update benchmark's <c>after_libtorch_op_ratio_to_limit</c>; see the README).
 /// </para>
 /// </summary>
 internal sealed class CpuWorkerPool : IDisposable
@@ -37,9 +44,12 @@ internal sealed class CpuWorkerPool : IDisposable
     private static readonly long FinishSpin = Stopwatch.Frequency / 2000;
 
     private readonly Thread[] _threads;
-    private readonly WorkerSignal[] _start;
+    private const int SignalSpins = 20;
+    // Manual-reset signals: one per helper (start), and the last for the caller (done). A short spin, then Monitor.Wait
+    // on a lock object made up front.
+    private readonly object[] _signalLock;
+    private readonly bool[] _signalSet;
     private readonly int[] _state;
-    private readonly WorkerSignal _done = new();
     private volatile IPartitionedWork? _work;
     private volatile IAheadWork? _ahead;
     private int _parts;
@@ -51,11 +61,12 @@ internal sealed class CpuWorkerPool : IDisposable
     {
         Parallelism = Math.Max(1, threads);
         _threads = new Thread[Parallelism - 1];
-        _start = new WorkerSignal[Parallelism - 1];
+        _signalLock = new object[Parallelism];
+        _signalSet = new bool[Parallelism];
+        for (int i = 0; i < _signalLock.Length; i++) _signalLock[i] = new object();
         _state = new int[Parallelism - 1];
         for (int i = 0; i < _threads.Length; i++)
         {
-            _start[i] = new WorkerSignal();
             int part = i + 1;
             _threads[i] = new Thread(() => Loop(part)) { IsBackground = true, Name = $"EmaGen update {part}" };
             _threads[i].Start();
@@ -74,7 +85,7 @@ internal sealed class CpuWorkerPool : IDisposable
         _ahead = ahead;
         for (int i = 0; i < _threads.Length; i++)
         {
-            if (Interlocked.CompareExchange(ref _state[i], Awake, Sleeping) == Sleeping) _start[i].Set();
+            if (Interlocked.CompareExchange(ref _state[i], Awake, Sleeping) == Sleeping) Set(i);
         }
     }
 
@@ -89,12 +100,12 @@ internal sealed class CpuWorkerPool : IDisposable
         _parts = Parallelism;
         _failure = null;
         _remaining = _threads.Length;
-        _done.Reset();
+        Reset(Done);
         _work = work;
         for (int i = 0; i < _threads.Length; i++)
         {
             // A helper spinning after WakeAhead sees the work; a sleeping one (or one that gave up) is woken.
-            if (Interlocked.Exchange(ref _state[i], Assigned) == Sleeping) _start[i].Set();
+            if (Interlocked.Exchange(ref _state[i], Assigned) == Sleeping) Set(i);
         }
         try
         {
@@ -104,7 +115,7 @@ internal sealed class CpuWorkerPool : IDisposable
         {
             long deadline = Stopwatch.GetTimestamp() + FinishSpin;
             while (Volatile.Read(ref _remaining) != 0 && Stopwatch.GetTimestamp() < deadline) Thread.SpinWait(16);
-            _done.Wait();
+            Wait(Done);
             _work = null;
         }
         if (_failure is { } failure) throw new InvalidOperationException("An EMA update thread failed.", failure);
@@ -113,11 +124,10 @@ internal sealed class CpuWorkerPool : IDisposable
     private void Loop(int part)
     {
         int index = part - 1;
-        var start = _start[index];
         while (true)
         {
-            start.Wait();
-            start.Reset();
+            Wait(index);
+            Reset(index);
             if (_stopping) return;
             var work = WaitForWork(index);
             if (work is null) continue;
@@ -130,7 +140,7 @@ internal sealed class CpuWorkerPool : IDisposable
                 _failure = e;
             }
             Volatile.Write(ref _state[index], Sleeping);
-            if (Interlocked.Decrement(ref _remaining) == 0) _done.Set();
+            if (Interlocked.Decrement(ref _remaining) == 0) Set(Done);
         }
     }
 
@@ -151,7 +161,31 @@ internal sealed class CpuWorkerPool : IDisposable
     public void Dispose()
     {
         _stopping = true;
-        foreach (var start in _start) start.Set();
+        for (int i = 0; i < _threads.Length; i++) Set(i);
         foreach (var thread in _threads) thread.Join();
+    }
+
+    private int Done => _signalLock.Length - 1;
+
+    private void Set(int signal)
+    {
+        lock (_signalLock[signal])
+        {
+            Volatile.Write(ref _signalSet[signal], true);
+            Monitor.PulseAll(_signalLock[signal]);
+        }
+    }
+
+    private void Reset(int signal) => Volatile.Write(ref _signalSet[signal], false);
+
+    private void Wait(int signal)
+    {
+        var spinner = new SpinWait();
+        for (int i = 0; i < SignalSpins && !Volatile.Read(ref _signalSet[signal]); i++) spinner.SpinOnce(sleep1Threshold: -1);
+        if (Volatile.Read(ref _signalSet[signal])) return;
+        lock (_signalLock[signal])
+        {
+            while (!Volatile.Read(ref _signalSet[signal])) Monitor.Wait(_signalLock[signal]);
+        }
     }
 }

@@ -1,5 +1,3 @@
-using TorchSharp;
-
 namespace EmaGen;
 
 /// <summary>The (shadow dtype, parameter dtype) pairs the CPU kernels handle.</summary>
@@ -22,42 +20,4 @@ internal enum KernelKind : byte
     Copy2,
     Copy4,
     Copy8,
-}
-
-internal static class KernelKinds
-{
-    public static KernelKind For(torch.ScalarType shadow, torch.ScalarType parameter) => (shadow, parameter) switch
-    {
-        (torch.ScalarType.Float32, torch.ScalarType.Float32) => KernelKind.Float32,
-        (torch.ScalarType.Float64, torch.ScalarType.Float64) => KernelKind.Float64,
-        (torch.ScalarType.Float32, torch.ScalarType.BFloat16) => KernelKind.Float32FromBFloat16,
-        (torch.ScalarType.Float32, torch.ScalarType.Float16) => KernelKind.Float32FromFloat16,
-        (torch.ScalarType.BFloat16, torch.ScalarType.BFloat16) => KernelKind.BFloat16,
-        (torch.ScalarType.Float16, torch.ScalarType.Float16) => KernelKind.Float16,
-        _ when shadow == parameter => parameter switch
-        {
-            torch.ScalarType.Bool or torch.ScalarType.Byte or torch.ScalarType.Int8 => KernelKind.Copy1,
-            torch.ScalarType.Int16 => KernelKind.Copy2,
-            torch.ScalarType.Int32 => KernelKind.Copy4,
-            torch.ScalarType.Int64 => KernelKind.Copy8,
-            _ => KernelKind.None,
-        },
-        _ => KernelKind.None,
-    };
-
-    public static int ShadowElementSize(KernelKind kind) => kind switch
-    {
-        KernelKind.Float64 or KernelKind.Copy8 => 8,
-        KernelKind.BFloat16 or KernelKind.Float16 or KernelKind.Copy2 => 2,
-        KernelKind.Copy1 => 1,
-        _ => 4,
-    };
-
-    public static int ParameterElementSize(KernelKind kind) => kind switch
-    {
-        KernelKind.Float32 or KernelKind.Copy4 => 4,
-        KernelKind.Float64 or KernelKind.Copy8 => 8,
-        KernelKind.Copy1 => 1,
-        _ => 2,
-    };
 }

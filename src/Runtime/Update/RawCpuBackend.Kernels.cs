@@ -6,20 +6,16 @@ using System.Runtime.Intrinsics.X86;
 
 namespace EmaGen;
 
-/// <summary>
-/// CPU kernels for <c>ema = decay * ema + (1 - decay) * p</c> over raw memory, one pass, in place.
-/// <para>
-/// <b>One formula everywhere</b> (<see cref="Blend(float, float, float, float)"/>): <c>ema * d + p * w</c> with each
-/// product and the sum rounded in fp32 (fp64 for fp64), low-precision values widened exactly first and the result
-/// narrowed once, round to nearest even. No fused multiply-add: it is not available on every CPU a binary may run on
-/// (a NativeAOT build for baseline x64 has none), and TorchSharp ops cannot express it, so with it a shadow would
-/// depend on the machine and on which path ran. <see cref="TorchBlend"/> computes the same expression with TorchSharp
-/// ops, so every path (these kernels at any vector width, the pair kernels, the TorchSharp fallback, the sharded
-/// manager) gives the same bits. The update is bound by memory bandwidth, so the extra rounding step costs nothing.
-/// At decay 0 and 1 the result is exactly the parameter or the old shadow.
-/// </para>
-/// </summary>
-internal static unsafe class EmaKernels
+// CPU kernels for ema = decay * ema + (1 - decay) * p over raw memory, one pass, in place.
+// One formula everywhere (Blend): ema * d + p * w with each
+// product and the sum rounded in fp32 (fp64 for fp64), low-precision values widened exactly first and the result
+// narrowed once, round to nearest even. No fused multiply-add: it is not available on every CPU a binary may run on
+// (a NativeAOT build for baseline x64 has none), and TorchSharp ops cannot express it, so with it a shadow would
+// depend on the machine and on which path ran. TorchOpsBackend.Blend computes the same expression with TorchSharp
+// ops, so every path (these kernels at any vector width, the pair kernels, the TorchSharp fallback, the sharded
+// manager) gives the same bits. The update is bound by memory bandwidth, so the extra rounding step costs nothing.
+// At decay 0 and 1 the result is exactly the parameter or the old shadow.
+internal sealed unsafe partial class RawCpuBackend
 {
     // Elements per stack chunk for the fp16 paths: 2 KiB of floats, well inside L1.
     private const int Chunk = 512;
@@ -37,7 +33,7 @@ internal static unsafe class EmaKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector128<float> Blend(Vector128<float> ema, Vector128<float> p, Vector128<float> d, Vector128<float> w) => ema * d + p * w;
 
-    public static void Run(KernelKind kind, void* ema, void* p, long count, double decay)
+    public static void RunKernel(KernelKind kind, void* ema, void* p, long count, double decay)
     {
         float w = (float)(1.0 - decay);
         float d = (float)decay;
@@ -68,26 +64,26 @@ internal static unsafe class EmaKernels
                 case KernelKind.Copy2:
                 case KernelKind.Copy4:
                 case KernelKind.Copy8:
-                    long bytes = (long)n * KernelKinds.ShadowElementSize(kind);
+                    long bytes = (long)n * ShadowElementSize(kind);
                     Buffer.MemoryCopy(p, ema, bytes, bytes);
                     break;
                 default:
                     throw new InvalidOperationException($"No CPU kernel for {kind}.");
             }
-            ema = (byte*)ema + (long)n * KernelKinds.ShadowElementSize(kind);
-            p = (byte*)p + (long)n * KernelKinds.ParameterElementSize(kind);
+            ema = (byte*)ema + (long)n * ShadowElementSize(kind);
+            p = (byte*)p + (long)n * ParameterElementSize(kind);
             count -= n;
         }
     }
 
-    /// <summary>Whether <see cref="RunPair"/> has a fused kernel for <paramref name="kind"/> (the dtype pairs that matter for size).</summary>
+    /// <summary>Whether <see cref="RunPairKernel"/> has a fused kernel for <paramref name="kind"/> (the dtype pairs that matter for size).</summary>
     public static bool HasPairKernel(KernelKind kind) => kind is KernelKind.Float32 or KernelKind.Float32FromBFloat16;
 
     /// <summary>
     /// Two shadows of the same parameters in one pass: each parameter vector is loaded (and widened) once and feeds
-    /// both. Per element the arithmetic is exactly <see cref="Run"/>'s, so the result is bitwise the same as two runs.
+    /// both. Per element the arithmetic is exactly <see cref="RunKernel"/>'s, so the result is bitwise the same as two runs.
     /// </summary>
-    public static void RunPair(KernelKind kind, void* ema0, void* ema1, void* p, long count, double decay0, double decay1)
+    public static void RunPairKernel(KernelKind kind, void* ema0, void* ema1, void* p, long count, double decay0, double decay1)
     {
         while (count > 0)
         {
@@ -106,7 +102,7 @@ internal static unsafe class EmaKernels
             }
             ema0 = (float*)ema0 + n;
             ema1 = (float*)ema1 + n;
-            p = (byte*)p + (long)n * KernelKinds.ParameterElementSize(kind);
+            p = (byte*)p + (long)n * ParameterElementSize(kind);
             count -= n;
         }
     }

@@ -104,6 +104,36 @@ public sealed class OneCoreTests
         Assert.Equal(stateError.Message, shardedStateError.Message);
     }
 
+    [Fact]
+    public void TheShardedManagersTorchSharpOpPathRunsOnTheCpuWithTheKernelsBits()
+    {
+        // The device path (TorchSharp ops on boxes, what a CUDA rank runs) forced on the CPU, against the raw kernels.
+        using var model = new SizedModel(torch.ScalarType.Float32, Sizes);
+        var options = new EmaOptions { Profiles = Profiles() };
+        for (int rank = 0; rank < 2; rank++)
+        {
+            using var raw = new ShardedEmaManager<SizedModel>(model, rank, 2, options);
+            using var ops = new ShardedEmaManager<SizedModel>(model, rank, 2, new EmaOptions { Profiles = Profiles(), ForceTorchOps = true });
+            for (int step = 0; step < 4; step++)
+            {
+                UpdateNumericsTests.RandomizeParameters(model);
+                raw.Update(model);
+                ops.Update(model);
+            }
+            Assert.DoesNotContain("TorchSharp ops", raw.UpdatePath);
+            // Every box with elements went through TorchSharp ops (rank 1's box of the one-row tensor is empty).
+            int boxes = raw.TrackedNames.Count(n => raw[n].numel() > 0);
+            Assert.Contains($"through TorchSharp ops: 0 packed group(s) and {boxes} tensor(s)", ops.UpdatePath);
+            for (int k = 0; k < options.Profiles!.Count; k++)
+            {
+                foreach (var name in raw.TrackedNames)
+                {
+                    Assert.True(raw.Profiles[k][name].bytes.SequenceEqual(ops.Profiles[k][name].bytes), $"rank {rank} {raw.Profiles[k].Name}/{name}");
+                }
+            }
+        }
+    }
+
     private static void AssertSameShadows(EmaManager<SizedModel> dense, ShardedEmaManager<SizedModel> sharded)
     {
         Assert.Equal(dense.Step, sharded.Step);

@@ -30,7 +30,7 @@ public sealed class ShardedCheckpointTests
         await Task.WhenAll(Enumerable.Range(0, world).Select(rank => Task.Run(() =>
         {
             var me = new RankInfo(rank, world);
-            var shards = new List<DcpShard> { Slice("w", w, 0, me), Slice("v", v, 0, me), new DcpShard("r", r, r.shape, new long[1], Replicated: true) };
+            var shards = new List<DcpShard> { Slice("w", w, 0, me), Slice("v", v, 0, me), new DcpShard("r", r, r.shape, new long[1], replicated: true) };
             DcpShardedSave.Save(target, "save1", me, shards, new Dictionary<string, object?> { ["step"] = 9L }, Patience);
         })));
 

@@ -107,10 +107,10 @@ public sealed class ShardedCheckpointTests
     {
         Assert.Equal(new RankInfo(2, 4), RankInfo.Resolve(2, 4, _ => null));
         var torchrun = new Dictionary<string, string> { ["RANK"] = "1", ["WORLD_SIZE"] = "3", ["SLURM_PROCID"] = "5", ["SLURM_NTASKS"] = "8" };
-        Assert.Equal(new RankInfo(1, 3), RankInfo.Resolve(environment: k => torchrun.GetValueOrDefault(k)));
+        Assert.Equal(new RankInfo(1, 3), RankInfo.Resolve(null, null, k => torchrun.GetValueOrDefault(k)));
         var slurm = new Dictionary<string, string> { ["SLURM_PROCID"] = "5", ["SLURM_NTASKS"] = "8" };
-        Assert.Equal(new RankInfo(5, 8), RankInfo.Resolve(environment: k => slurm.GetValueOrDefault(k)));
-        var none = Assert.Throws<InvalidOperationException>(() => RankInfo.Resolve(environment: _ => null));
+        Assert.Equal(new RankInfo(5, 8), RankInfo.Resolve(null, null, k => slurm.GetValueOrDefault(k)));
+        var none = Assert.Throws<InvalidOperationException>(() => RankInfo.Resolve(null, null, _ => null));
         Assert.Contains("RANK, WORLD_SIZE", none.Message);
         Assert.Contains("SLURM_PROCID", none.Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => RankInfo.Resolve(4, 4));

@@ -23,8 +23,8 @@ internal static class ScheduleCommand
             throw new ArgumentException("Give a schedule either as SPEC (e.g. power:0.10) or with --kind (constant, warmup, halflife, power), not both.");
         }
         var schedule = spec is not null ? EmaScheduleParser.Parse(spec) : kind.Build();
-        if (startAfter is { } n) schedule = new StartAfterSchedule(schedule, n);
-        if (every is { } k) schedule = new UpdateEverySchedule(schedule, k, perCall);
+        if (startAfter is { } n) schedule = EmaSchedule.StartAfter(n, schedule);
+        if (every is { } k) schedule = EmaSchedule.UpdateEvery(k, schedule, perCall);
         else if (perCall) throw new ArgumentException("--per-call only applies with --every K.");
 
         var at = (steps ?? DefaultSteps)

@@ -74,8 +74,6 @@ internal static class DTypes
 
     public static bool TryGetBySafetensorsCode(string code, out DTypeInfo info) => BySafetensorsCode.TryGetValue(code, out info!);
 
-    public static bool IsStorageClass(string name) => ByStorageClass.ContainsKey(name);
-
     /// <summary>Bytes per element.</summary>
     public static int SizeOf(torch.ScalarType type) => Of(type).Size;
 

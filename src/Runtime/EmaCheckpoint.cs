@@ -7,7 +7,7 @@ using TorchSharp;
 namespace EmaGen;
 
 /// <summary>The key layout of an EMA checkpoint: <c>{prefix}{parameter name}</c> tensors plus <c>{prefix}_emagen.*</c> values.</summary>
-public static class EmaCheckpoint
+internal static class EmaCheckpoint
 {
     /// <summary>The default key prefix: the EMA's shadows under <c>ema.</c>, as PyTorch trainers name an EMA submodule.</summary>
     public const string DefaultPrefix = "ema.";

@@ -51,7 +51,7 @@ public sealed class EmaWeightSwap : IDisposable
     }
 
     /// <summary>Number of tensors re-pointed at their shadow (no copy) and number restored from a saved copy.</summary>
-    public (int Repointed, int Copied) Counts => (_repointed.Count, _copied.Count);
+    internal (int Repointed, int Copied) Counts => (_repointed.Count, _copied.Count);
 
     /// <summary>Restores the model's own weights.</summary>
     public void Dispose()

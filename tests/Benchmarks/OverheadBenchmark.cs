@@ -4,6 +4,7 @@ using System.Globalization;
 using System.IO;
 using System.Linq;
 using System.Text.Json;
+using EmaGen.CompilerServices;
 using TorchSharp;
 using TorchSharp.Modules;
 

@@ -172,7 +172,7 @@ public static class Amplification
         for (char c = 'a'; c <= 'z'; c++)
         {
             var key = "ema.alias_" + c;
-            metadata.Entries.Add(bigEntry with { Key = key });
+            metadata.Entries.Add(bigEntry.With(key: key));
             metadata.Storage[(key, bigEntry.Chunks[0].OffsetsKey)] = bigLocation with { RelativePath = "__1_0.distcp" };
         }
         File.WriteAllBytes(path, DcpMetadataWriter.Write(metadata));

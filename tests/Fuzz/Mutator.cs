@@ -293,9 +293,9 @@ public static class Mutator
                     var chunk = t.Chunks[random.Next(t.Chunks.Count)];
                     if (chunk.Offsets.Length == 0) goto default;
                     int d = random.Next(chunk.Offsets.Length);
-                    var moved = chunk with { Offsets = chunk.Offsets.Select((o, k) => k == d ? o + random.Next(-3, 4) : o).ToArray() };
+                    var moved = chunk.WithOffsets(chunk.Offsets.Select((o, k) => k == d ? o + random.Next(-3, 4) : o).ToArray());
                     metadata.Storage[(t.Key, moved.OffsetsKey)] = metadata.Storage[(t.Key, chunk.OffsetsKey)];
-                    metadata.Entries[i] = t with { Chunks = t.Chunks.Select(c => ReferenceEquals(c, chunk) ? moved : c).ToArray() };
+                    metadata.Entries[i] = t.With(chunks: t.Chunks.Select(c => ReferenceEquals(c, chunk) ? moved : c).ToArray());
                     what = $"chunk of '{t.Key}' moved to ({moved.OffsetsKey})";
                     break;
                 }
@@ -306,7 +306,7 @@ public static class Mutator
                     if (t.Size.Length == 0) goto default;
                     var size = (long[])t.Size.Clone();
                     size[random.Next(size.Length)] += random.Next(1, 3);
-                    metadata.Entries[i] = t with { Size = size };
+                    metadata.Entries[i] = t.With(size: size);
                     what = $"'{t.Key}' shape ({string.Join(",", size)})";
                     break;
                 }
@@ -314,7 +314,7 @@ public static class Mutator
                 {
                     var (e, i) = tensors[random.Next(tensors.Count)];
                     var dtype = new[] { "float16", "bfloat16", "float64", "int32", "uint8", "float8_e4m3fn" }[random.Next(6)];
-                    metadata.Entries[i] = (DcpTensorEntry)e with { DType = dtype };
+                    metadata.Entries[i] = ((DcpTensorEntry)e).With(dType: dtype);
                     what = $"'{e.Key}' dtype {dtype}";
                     break;
                 }
@@ -336,7 +336,7 @@ public static class Mutator
                     for (char c = 'a'; c <= 'z'; c++)
                     {
                         var alias = e.Key + "_alias_" + c;
-                        metadata.Entries.Add(t with { Key = alias });
+                        metadata.Entries.Add(t.With(key: alias));
                         foreach (var chunk in t.Chunks) metadata.Storage[(alias, chunk.OffsetsKey)] = location;
                     }
                     what = $"26 aliases of '{t.Key}'";
@@ -354,7 +354,7 @@ public static class Mutator
                     int i = random.Next(metadata.Entries.Count);
                     var old = metadata.Entries[i];
                     var renamed = old.Key.Length > 1 ? old.Key[..^1] + (char)(old.Key[^1] ^ 1) : old.Key + "x";
-                    metadata.Entries[i] = old with { Key = renamed };
+                    metadata.Entries[i] = old.WithKey(renamed);
                     foreach (var k in storage.Where(k => k.Key == old.Key))
                     {
                         metadata.Storage[(renamed, k.Offsets)] = metadata.Storage[k];

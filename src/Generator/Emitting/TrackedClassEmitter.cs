@@ -6,9 +6,9 @@ namespace EmaGen.Generator.Emitting;
 /// <summary>Turns a <see cref="TrackedClassSpec"/> into the source of the generated partial class and its Shadow extension.</summary>
 internal static class TrackedClassEmitter
 {
-    private const string Visitor = "global::EmaGen.IEmaParameterVisitor";
-    private const string Builder = "global::EmaGen.EmaShadowBuilder";
-    private const string Entry = "global::EmaGen.EmaShadowEntry";
+    private const string Visitor = "global::EmaGen.CompilerServices.IEmaParameterVisitor";
+    private const string Builder = "global::EmaGen.CompilerServices.EmaShadowBuilder";
+    private const string Entry = "global::EmaGen.CompilerServices.EmaShadowEntry";
     private const string Tensor = "global::TorchSharp.torch.Tensor";
     private static readonly string GeneratedCode =
         $"[global::System.CodeDom.Compiler.GeneratedCode(\"EmaGen.Generator\", \"{typeof(TrackedClassEmitter).Assembly.GetName().Version}\")]";
@@ -29,8 +29,6 @@ internal static class TrackedClassEmitter
 
         w.Open($"partial class {spec.Name} : global::EmaGen.IEmaTracked<{spec.FullyQualifiedName}>");
         EmitRegisterComponents(w, spec);
-        w.Line();
-        EmitDescription(w, spec);
         w.Line();
         EmitVisitParameters(w, spec);
         w.Line();
@@ -83,28 +81,6 @@ internal static class TrackedClassEmitter
         w.Line();
         w.Line("private bool __EmaGenIsRegistered(string name) =>");
         w.Line("    _internal_submodules.ContainsKey(name) || _internal_params.ContainsKey(name) || _internal_buffers.ContainsKey(name);");
-    }
-
-    private static void EmitDescription(CodeWriter w, TrackedClassSpec spec)
-    {
-        w.Line("/// <summary>The members EmaGen found in this class, in field order.</summary>");
-        w.Line("public static global::EmaGen.EmaModelDescription EmaDescription { get; } = new(");
-        w.Line($"    {Literal(spec.DisplayName)},");
-        if (spec.Members.Length == 0)
-        {
-            w.Line("    global::System.Array.Empty<global::EmaGen.EmaMemberDescription>());");
-            return;
-        }
-        w.Line("    new global::EmaGen.EmaMemberDescription[]");
-        w.Line("    {");
-        foreach (var m in spec.Members)
-        {
-            var names = m.Module is { Kind: ModuleKind.Builtin } b
-                ? "new[] { " + string.Join(", ", b.ParameterNames.Select(Literal)) + " }"
-                : "global::System.Array.Empty<string>()";
-            w.Line($"        new({Literal(m.Name)}, {Literal(m.MemberName)}, global::EmaGen.EmaMemberKind.{DescriptionKind(m)}, {Literal(m.DisplayTypeName)}, {Bool(m.Ignored)}, {names}, {m.ShardDim}),");
-        }
-        w.Line("    });");
     }
 
     private static void EmitVisitParameters(CodeWriter w, TrackedClassSpec spec)
@@ -203,7 +179,7 @@ internal static class TrackedClassEmitter
                 w.Open($"if ({Read(m, "module")} is {{ }} {local})");
                 w.Line($"var __items = new {m.Module!.ShadowTypeName}[{local}.{count}];");
                 w.Line($"for (int __i = 0; __i < __items.Length; __i++) __items[__i] = {CreateModuleShadow(m, local + "[__i]")};");
-                w.Line($"{ShadowLocal(m)} = new {shadowType}(__items);");
+                w.Line($"{ShadowLocal(m)} = global::System.Array.AsReadOnly(__items);");
             }
             w.Close();
             args.Add(ShadowLocal(m));
@@ -321,26 +297,10 @@ internal static class TrackedClassEmitter
 
     private static string ShadowMemberType(MemberSpec m) => m.Kind == MemberKind.Module
         ? m.Module!.ShadowTypeName!
-        : $"global::EmaGen.EmaShadowList<{m.Module!.ShadowTypeName}>";
+        : $"global::System.Collections.Generic.IReadOnlyList<{m.Module!.ShadowTypeName}>";
 
     // TypeName of an array member is "<element>[]"; the element type also serves when its parameters are unknown (ignored).
     private static string ElementType(MemberSpec m) => m.TypeName.Substring(0, m.TypeName.Length - 2);
-
-    private static string DescriptionKind(MemberSpec m) => m.Kind switch
-    {
-        MemberKind.Parameter => "Parameter",
-        MemberKind.Buffer => "Buffer",
-        MemberKind.ModuleArray => "ModuleArray",
-        MemberKind.ModuleList => "ModuleList",
-        _ => m.Module?.Kind switch
-        {
-            ModuleKind.Tracked => "TrackedModule",
-            ModuleKind.Builtin => "BuiltinModule",
-            ModuleKind.Parameterless => "ParameterlessModule",
-            ModuleKind.Dynamic => "DynamicModule",
-            _ => "UnknownModule",
-        },
-    };
 
     private static string Literal(string value) =>
         Microsoft.CodeAnalysis.CSharp.SymbolDisplay.FormatLiteral(value, quote: true);

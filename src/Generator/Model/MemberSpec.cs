@@ -1,6 +1,6 @@
 namespace EmaGen.Generator.Model;
 
-/// <summary>How a member holds components (mirrors the runtime's <c>EmaMemberKind</c>).</summary>
+/// <summary>How a member holds components.</summary>
 internal enum MemberKind
 {
     Parameter,
@@ -39,7 +39,6 @@ internal sealed record ModuleTypeSpec(
 /// <param name="MemberName">The C# field name.</param>
 /// <param name="Kind">How it holds components.</param>
 /// <param name="TypeName">The declared type, fully qualified.</param>
-/// <param name="DisplayTypeName">The declared type for descriptions, without <c>global::</c>.</param>
 /// <param name="Ignored">Marked [EmaIgnore].</param>
 /// <param name="IsNullable">Declared with a nullable annotation.</param>
 /// <param name="Module">For module members, lists and arrays: the (element) module type.</param>
@@ -51,7 +50,6 @@ internal sealed record MemberSpec(
     string MemberName,
     MemberKind Kind,
     string TypeName,
-    string DisplayTypeName,
     bool Ignored,
     bool IsNullable,
     ModuleTypeSpec? Module,

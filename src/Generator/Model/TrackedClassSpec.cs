@@ -5,7 +5,6 @@ namespace EmaGen.Generator.Model;
 /// <param name="Name">The class name.</param>
 /// <param name="ContainingTypes">Enclosing types, outermost first.</param>
 /// <param name="FullyQualifiedName">The <c>global::</c> qualified name.</param>
-/// <param name="DisplayName">Namespace-qualified name without <c>global::</c>, for messages and descriptions.</param>
 /// <param name="ExtensionAccessibility">"public" or "internal" for the typed <c>Shadow</c> extension, or null when the class is not reachable from a top-level type.</param>
 /// <param name="Members">Members that hold components: the class's own fields in declaration order, then each base class's.</param>
 /// <param name="Accessors">UnsafeAccessor classes for private base-class fields.</param>
@@ -15,7 +14,6 @@ internal sealed record TrackedClassSpec(
     string Name,
     EquatableArray<ContainingTypeSpec> ContainingTypes,
     string FullyQualifiedName,
-    string DisplayName,
     string? ExtensionAccessibility,
     EquatableArray<MemberSpec> Members,
     EquatableArray<AccessorClassSpec> Accessors,

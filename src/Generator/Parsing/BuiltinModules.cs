@@ -10,10 +10,10 @@ namespace EmaGen.Generator.Parsing;
 /// </summary>
 internal static class BuiltinModules
 {
-    private const string WeightBias = "global::EmaGen.Shadows.WeightBiasShadow";
-    private const string Norm = "global::EmaGen.Shadows.NormShadow";
-    private const string Weight = "global::EmaGen.Shadows.WeightShadow";
-    private const string RecurrentCell = "global::EmaGen.Shadows.RecurrentCellShadow";
+    private const string WeightBias = "global::EmaGen.CompilerServices.WeightBiasShadow";
+    private const string Norm = "global::EmaGen.CompilerServices.NormShadow";
+    private const string Weight = "global::EmaGen.CompilerServices.WeightShadow";
+    private const string RecurrentCell = "global::EmaGen.CompilerServices.RecurrentCellShadow";
 
     private static readonly ImmutableArray<string> None = ImmutableArray<string>.Empty;
     private static readonly ImmutableArray<string> WeightAndBias = ImmutableArray.Create("weight", "bias");

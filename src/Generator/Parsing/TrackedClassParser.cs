@@ -93,7 +93,6 @@ internal sealed class TrackedClassParser
             type.Name,
             containing.ToEquatableArray(),
             type.ToDisplayString(QualifiedFormat),
-            display,
             ExtensionAccessibility(type),
             members.ToEquatableArray(),
             _accessors.ToEquatableArray(),
@@ -163,10 +162,9 @@ internal sealed class TrackedClassParser
         var location = field.Locations.FirstOrDefault();
         string name = ComponentName(field) ?? field.Name;
         bool nullable = field.NullableAnnotation == NullableAnnotation.Annotated;
-        string displayType = type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(DisplayFormat);
 
         MemberSpec Make(MemberKind kind, ModuleTypeSpec? module, int dim) =>
-            new(name, field.Name, kind, type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat), displayType, ignored, nullable, module, dim);
+            new(name, field.Name, kind, type.WithNullableAnnotation(NullableAnnotation.NotAnnotated).ToDisplayString(QualifiedFormat), ignored, nullable, module, dim);
 
         if (_known.IsParameter(type)) return Make(MemberKind.Parameter, null, shardDim);
         // Buffers are replicated (FSDP2 does not shard them, nor does ShardedEmaManager): [EmaShard] on one is reported.
@@ -260,7 +258,7 @@ internal sealed class TrackedClassParser
         return new ModuleTypeSpec(ModuleKind.Dynamic, typeName, DynamicShadowType, EquatableArray<string>.Empty, EquatableArray<string>.Empty);
     }
 
-    private const string DynamicShadowType = "global::EmaGen.EmaDynamicShadow";
+    private const string DynamicShadowType = "global::EmaGen.CompilerServices.EmaDynamicShadow";
 
     private string? ComponentName(IFieldSymbol field)
     {

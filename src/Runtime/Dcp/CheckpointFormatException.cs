@@ -9,11 +9,11 @@ namespace EmaGen.Dcp;
 /// </summary>
 public sealed class CheckpointFormatException : IOException
 {
-    public CheckpointFormatException(string message) : base(message)
+    internal CheckpointFormatException(string message) : base(message)
     {
     }
 
-    public CheckpointFormatException(string message, System.Exception inner) : base(message, inner)
+    internal CheckpointFormatException(string message, System.Exception inner) : base(message, inner)
     {
     }
 }

@@ -2,7 +2,7 @@ using EmaGen.Dcp.Pickle;
 
 namespace EmaGen.Dcp;
 
-/// <summary>Pickles a <see cref="DcpMetadata"/> as PyTorch's <c>FileSystemWriter</c> does (dcp-format.md §2, §7 items 8-11).</summary>
+/// <summary>Pickles a <see cref="DcpMetadata"/> as PyTorch's <c>FileSystemWriter</c> does (docs/dcp-format.md §2, §6 items 8-11).</summary>
 internal static class DcpMetadataWriter
 {
     private const string Metadata = "torch.distributed.checkpoint.metadata";

@@ -30,7 +30,7 @@ public sealed class DcpReader
     public IReadOnlyList<DcpEntry> Entries => Metadata.Entries;
 
     /// <summary>Tensor data bytes read so far (a slice of a saved chunk reads only its rows' bytes).</summary>
-    public long BytesRead { get; private set; }
+    internal long BytesRead { get; private set; }
 
     /// <summary>Reads the <c>.metadata</c> of <paramref name="directory"/>.</summary>
     public static DcpReader Open(string directory)

@@ -13,7 +13,7 @@ internal sealed record RawPickleValue(byte[] Pickle);
 
 /// <summary>
 /// Encodes and decodes the items of a DCP data file: one torch.save archive per tensor chunk or non-tensor value
-/// (dcp-format.md §3.2-3.4). Tensor data is written from and read into the tensor's own memory.
+/// (docs/dcp-format.md §3.2-3.4). Tensor data is written from and read into the tensor's own memory.
 /// </summary>
 internal static class TorchSaveCodec
 {

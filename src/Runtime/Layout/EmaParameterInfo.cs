@@ -1,3 +1,4 @@
+using System;
 using TorchSharp;
 
 namespace EmaGen;
@@ -34,35 +35,61 @@ internal static class EmaExclusions
     };
 }
 
-/// <summary>One parameter or buffer of the bound model, as the manager saw it at construction.</summary>
-/// <param name="Name">Full dotted name, identical to TorchSharp's <c>named_parameters()</c> (or <c>named_buffers()</c>).</param>
-/// <param name="Shape">Shape at construction.</param>
-/// <param name="DType">Element type of the parameter.</param>
-/// <param name="ShadowDType">Element type of its shadow: fp32 for bf16/fp16 parameters unless <see cref="EmaOptions.LowPrecisionShadow"/>, else the parameter's.</param>
-/// <param name="Device">Device of the parameter (and of its shadow).</param>
-/// <param name="Exclusion">Why it is not averaged, or <see cref="EmaExclusion.None"/>.</param>
-/// <param name="IsBuffer">True for a buffer (a registered tensor that is not a parameter).</param>
-/// <param name="ShardDim">From the generated shard map: the dimension a sharded EMA splits across ranks, or <see cref="ShardLayout.Replicated"/>.</param>
-public sealed record EmaParameterInfo(
-    string Name, long[] Shape, torch.ScalarType DType, torch.ScalarType ShadowDType, torch.Device Device, EmaExclusion Exclusion,
-    bool IsBuffer = false, int ShardDim = 0)
+/// <summary>
+/// One parameter or buffer of the bound model, as the manager saw it at construction. Two infos are equal when every
+/// property is (the shape element by element).
+/// </summary>
+public sealed record EmaParameterInfo
 {
-    /// <summary>True when the shadow is a plain copy (integer and bool buffers are copied, never averaged).</summary>
-    public bool IsCopied => !DTypes.IsFloatingPoint(DType);
+    internal EmaParameterInfo(
+        string name, long[] shape, torch.ScalarType dType, torch.ScalarType shadowDType, torch.Device device, EmaExclusion exclusion,
+        bool isBuffer = false, int shardDim = 0)
+    {
+        (Name, Shape, DType, ShadowDType, Device, Exclusion, IsBuffer, ShardDim) = (name, shape, dType, shadowDType, device, exclusion, isBuffer, shardDim);
+    }
 
-    /// <summary>True when the parameter has a shadow.</summary>
+    /// <summary>Full dotted name, identical to TorchSharp's <c>named_parameters()</c> (or <c>named_buffers()</c>).</summary>
+    public string Name { get; internal init; }
+
+    /// <summary>Shape at construction.</summary>
+    public long[] Shape { get; internal init; }
+
+    /// <summary>Element type of the parameter.</summary>
+    public torch.ScalarType DType { get; internal init; }
+
+    /// <summary>Element type of its shadow: fp32 for bf16/fp16 parameters unless <see cref="EmaOptions.LowPrecisionShadow"/>, else the parameter's.</summary>
+    public torch.ScalarType ShadowDType { get; internal init; }
+
+    /// <summary>Device of the parameter (and of its shadow).</summary>
+    public torch.Device Device { get; internal init; }
+
+    /// <summary>Why it is not averaged, or <see cref="EmaExclusion.None"/>.</summary>
+    public EmaExclusion Exclusion { get; internal init; }
+
+    /// <summary>True for a buffer (a registered tensor that is not a parameter).</summary>
+    public bool IsBuffer { get; internal init; }
+
+    /// <summary>From the generated shard map: the dimension a sharded EMA splits across ranks, or <see cref="ShardLayout.Replicated"/>.</summary>
+    public int ShardDim { get; internal init; }
+
+    /// <summary>True when the parameter has a shadow (integer and bool buffers' shadows are copies, never averaged).</summary>
     public bool Tracked => Exclusion == EmaExclusion.None;
 
     /// <summary>Number of elements.</summary>
-    public long Numel
-    {
-        get
-        {
-            long n = 1;
-            foreach (var d in Shape) n = checked(n * d);
-            return n;
-        }
-    }
+    public long Numel => Shapes.Numel(Shape);
 
-    internal string ShapeText => "[" + string.Join(", ", Shape) + "]";
+    internal string ShapeText => Shapes.Text(Shape);
+
+    public bool Equals(EmaParameterInfo? other) =>
+        other is not null && Name == other.Name && Shapes.Equal(Shape, other.Shape) && DType == other.DType && ShadowDType == other.ShadowDType
+        && Device.type == other.Device.type && Device.index == other.Device.index && Exclusion == other.Exclusion && IsBuffer == other.IsBuffer
+        && ShardDim == other.ShardDim;
+
+    public override int GetHashCode() => HashCode.Combine(Name, Shapes.Hash(Shape), DType, ShadowDType, Device.type, Device.index, Exclusion, HashCode.Combine(IsBuffer, ShardDim));
+
+    private bool PrintMembers(System.Text.StringBuilder builder)
+    {
+        builder.Append($"Name = {Name}, Shape = {ShapeText}, DType = {DType}, ShadowDType = {ShadowDType}, Device = {Device}, Exclusion = {Exclusion}, IsBuffer = {IsBuffer}, ShardDim = {ShardDim}");
+        return true;
+    }
 }

@@ -5,18 +5,24 @@ namespace EmaGen;
 
 /// <summary>
 /// A decay schedule: a pure function of the update step (1 for the first update after the manager was built or
-/// loaded from step 0). Implementations are small immutable records; <see cref="Describe"/> is their canonical text,
-/// stored in checkpoints so that resuming with a different schedule is caught.
+/// loaded from step 0), made by the factories below or <see cref="EmaScheduleParser"/>. <see cref="Describe"/> is its
+/// canonical text, stored in checkpoints so that resuming with a different schedule is caught; two schedules are equal
+/// when they are of one type and describe themselves alike.
 /// </summary>
-public abstract record EmaSchedule
+public abstract class EmaSchedule
 {
+    /// <summary>For a schedule of your own: immutable, a pure function of the step, with a <see cref="Describe"/> that names every setting.</summary>
+    protected EmaSchedule()
+    {
+    }
+
     /// <summary>The decay for update number <paramref name="step"/> (≥ 1): weight of the old average, in [0, 1].</summary>
     public abstract double DecayAt(long step);
 
-    /// <summary>Whether the update at <paramref name="step"/> runs at all (only <see cref="UpdateEverySchedule"/> skips steps).</summary>
+    /// <summary>Whether the update at <paramref name="step"/> runs at all (only <see cref="UpdateEvery"/> skips steps).</summary>
     public virtual bool UpdatesAt(long step) => true;
 
-    /// <summary>How many steps the update at <paramref name="step"/> stands for (the interval of <see cref="UpdateEverySchedule"/>, else 1).</summary>
+    /// <summary>How many steps the update at <paramref name="step"/> stands for (the interval of <see cref="UpdateEvery"/>, else 1).</summary>
     public virtual int StepsPerUpdate(long step) => 1;
 
     /// <summary>
@@ -36,6 +42,14 @@ public abstract record EmaSchedule
 
     public sealed override string ToString() => Describe();
 
+    public sealed override bool Equals(object? obj) => obj is EmaSchedule other && other.GetType() == GetType() && other.Describe() == Describe();
+
+    public sealed override int GetHashCode() => Describe().GetHashCode(StringComparison.Ordinal);
+
+    public static bool operator ==(EmaSchedule? left, EmaSchedule? right) => left is null ? right is null : left.Equals(right);
+
+    public static bool operator !=(EmaSchedule? left, EmaSchedule? right) => !(left == right);
+
     /// <summary>A constant decay.</summary>
     public static EmaSchedule Constant(double decay) => new ConstantSchedule(decay);
 
@@ -49,6 +63,16 @@ public abstract record EmaSchedule
     /// <summary>EDM2's power-function EMA <c>β = (1 − 1/t)^(γ+1)</c> for relative standard deviation σ_rel.</summary>
     public static EmaSchedule PowerFunction(double sigmaRel) => new PowerFunctionSchedule(PowerFunctionSchedule.GammaFromSigmaRel(sigmaRel));
 
+    /// <summary>Copies the parameters (decay 0) until step <paramref name="steps"/>, then runs <paramref name="inner"/> counting from there.</summary>
+    public static EmaSchedule StartAfter(long steps, EmaSchedule inner) => new StartAfterSchedule(inner, steps);
+
+    /// <summary>
+    /// Updates every <paramref name="interval"/> steps with the product of <paramref name="inner"/>'s per-step decays
+    /// over the skipped steps, so the averaging horizon does not change; <paramref name="perCall"/> applies the inner
+    /// decay of the current step unchanged instead, as ema-pytorch does (for reproducing old runs).
+    /// </summary>
+    public static EmaSchedule UpdateEvery(int interval, EmaSchedule inner, bool perCall = false) => new UpdateEverySchedule(inner, interval, perCall);
+
     internal static string Number(double value) => value.ToString("R", CultureInfo.InvariantCulture);
 
     internal static void CheckDecay(double decay, string name)
@@ -58,7 +82,7 @@ public abstract record EmaSchedule
 }
 
 /// <summary><c>decay</c> at every step.</summary>
-public sealed record ConstantSchedule : EmaSchedule
+internal sealed class ConstantSchedule : EmaSchedule
 {
     public ConstantSchedule(double decay)
     {
@@ -78,7 +102,7 @@ public sealed record ConstantSchedule : EmaSchedule
 /// decay is 0 (a copy) while s ≤ 0, else <c>1 − (1 + s/invGamma)^−power</c> clamped to [minDecay, maxDecay].
 /// <see cref="MaxDecay"/> is the configured ceiling; the decay actually applied is <c>EmaManager.CurrentDecay</c>.
 /// </summary>
-public sealed record WarmupSchedule : EmaSchedule
+internal sealed class WarmupSchedule : EmaSchedule
 {
     public WarmupSchedule(double invGamma, double power, double minDecay, double maxDecay, long updateAfterStep)
     {
@@ -113,7 +137,7 @@ public sealed record WarmupSchedule : EmaSchedule
 /// Half-life in update steps: <c>0.5^(1/h)</c>. With EDM's ramp-up (Karras et al. 2022) the half-life grows with
 /// training, <c>h = min(halfLife, rampUpRatio × step)</c>, so early weights are forgotten quickly.
 /// </summary>
-public sealed record HalfLifeSchedule : EmaSchedule
+internal sealed class HalfLifeSchedule : EmaSchedule
 {
     public HalfLifeSchedule(double steps, double? rampUpRatio)
     {
@@ -138,7 +162,7 @@ public sealed record HalfLifeSchedule : EmaSchedule
 /// EDM2's power-function EMA (Karras et al. 2024): <c>β_t = (1 − Δt/t)^(γ+1)</c> with t the update step and Δt = 1
 /// per update, so the average weighs iterate τ in proportion to τ^γ. σ_rel and γ are two names for the same width.
 /// </summary>
-public sealed record PowerFunctionSchedule : EmaSchedule
+internal sealed class PowerFunctionSchedule : EmaSchedule
 {
     public PowerFunctionSchedule(double gamma)
     {
@@ -177,7 +201,7 @@ public sealed record PowerFunctionSchedule : EmaSchedule
 }
 
 /// <summary>Copies the parameters (decay 0) until step <see cref="Steps"/>, then runs <see cref="Inner"/> counting from there.</summary>
-public sealed record StartAfterSchedule : EmaSchedule
+internal sealed class StartAfterSchedule : EmaSchedule
 {
     public StartAfterSchedule(EmaSchedule inner, long steps)
     {
@@ -204,7 +228,7 @@ public sealed record StartAfterSchedule : EmaSchedule
 /// telescopes). <see cref="PerCall"/> instead applies the inner decay of the current step unchanged, as ema-pytorch
 /// does, for users reproducing old runs (each update then forgets only what one step should, so the horizon in steps grows k-fold).
 /// </summary>
-public sealed record UpdateEverySchedule : EmaSchedule
+internal sealed class UpdateEverySchedule : EmaSchedule
 {
     public UpdateEverySchedule(EmaSchedule inner, int interval, bool perCall = false)
     {

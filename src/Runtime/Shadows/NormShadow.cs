@@ -1,6 +1,7 @@
+using System.ComponentModel;
 using TorchSharp;
 
-namespace EmaGen.Shadows;
+namespace EmaGen.CompilerServices;
 
 /// <summary>
 /// Shadow of a normalization module with running statistics (BatchNorm*, InstanceNorm*): the affine <c>weight</c> and
@@ -8,6 +9,7 @@ namespace EmaGen.Shadows;
 /// <see cref="EmaOptions.TrackBuffers"/>; the counter is copied, never averaged). Each property throws, naming the
 /// slot, when it has no shadow; <see cref="BuiltinModuleShadow.Entry"/> says whether it has one.
 /// </summary>
+[EditorBrowsable(EditorBrowsableState.Never)]
 public sealed class NormShadow : BuiltinModuleShadow
 {
     /// <summary>Built by generated code, in TorchSharp's registration order.</summary>

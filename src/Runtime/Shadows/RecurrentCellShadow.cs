@@ -1,12 +1,14 @@
+using System.ComponentModel;
 using TorchSharp;
 
-namespace EmaGen.Shadows;
+namespace EmaGen.CompilerServices;
 
 /// <summary>
 /// Shadow of a recurrent cell (RNNCell, LSTMCell, GRUCell): <c>weight_ih</c>, <c>weight_hh</c>, <c>bias_ih</c>,
 /// <c>bias_hh</c>. Each property throws, naming the slot, when it has no shadow; <see cref="BuiltinModuleShadow.Entry"/>
 /// says whether it has one.
 /// </summary>
+[EditorBrowsable(EditorBrowsableState.Never)]
 public sealed class RecurrentCellShadow : BuiltinModuleShadow
 {
     /// <summary>Built by generated code, in TorchSharp's registration order.</summary>

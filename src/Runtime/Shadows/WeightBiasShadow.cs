@@ -1,8 +1,10 @@
+using System.ComponentModel;
 using TorchSharp;
 
-namespace EmaGen.Shadows;
+namespace EmaGen.CompilerServices;
 
 /// <summary>Shadow of a built-in module with <c>weight</c> and optional <c>bias</c> (Linear, Bilinear, Conv*, ConvTranspose*, LayerNorm, GroupNorm, BatchNorm*, InstanceNorm*).</summary>
+[EditorBrowsable(EditorBrowsableState.Never)]
 public sealed class WeightBiasShadow : BuiltinModuleShadow
 {
     /// <summary>Built by generated code.</summary>
@@ -10,12 +12,6 @@ public sealed class WeightBiasShadow : BuiltinModuleShadow
         : base(weight, bias)
     {
     }
-
-    /// <summary>The <c>weight</c> slot (tracked or not).</summary>
-    public EmaShadowEntry WeightEntry => Entries[0];
-
-    /// <summary>The <c>bias</c> slot (tracked or not).</summary>
-    public EmaShadowEntry BiasEntry => Entries[1];
 
     /// <summary>Shadow of <c>weight</c>.</summary>
     public torch.Tensor weight => At(0);

@@ -1,8 +1,10 @@
+using System.ComponentModel;
 using TorchSharp;
 
-namespace EmaGen.Shadows;
+namespace EmaGen.CompilerServices;
 
 /// <summary>Shadow of a built-in module with a single <c>weight</c> (Embedding, EmbeddingBag, PReLU).</summary>
+[EditorBrowsable(EditorBrowsableState.Never)]
 public sealed class WeightShadow : BuiltinModuleShadow
 {
     /// <summary>Built by generated code.</summary>
@@ -10,9 +12,6 @@ public sealed class WeightShadow : BuiltinModuleShadow
         : base(weight)
     {
     }
-
-    /// <summary>The <c>weight</c> slot (tracked or not).</summary>
-    public EmaShadowEntry WeightEntry => Entries[0];
 
     /// <summary>Shadow of <c>weight</c>.</summary>
     public torch.Tensor weight => At(0);

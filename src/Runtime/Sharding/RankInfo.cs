@@ -4,12 +4,20 @@ using System.Globalization;
 namespace EmaGen;
 
 /// <summary>This process's rank and the world size: from explicit values, else torchrun's RANK/WORLD_SIZE, else SLURM's SLURM_PROCID/SLURM_NTASKS.</summary>
-public readonly record struct RankInfo(int Rank, int WorldSize)
+public readonly struct RankInfo
 {
+    internal RankInfo(int rank, int worldSize) => (Rank, WorldSize) = (rank, worldSize);
+
+    public int Rank { get; }
+
+    public int WorldSize { get; }
+
     /// <summary>Resolves rank and world size; throws naming the variables looked at when nothing is set.</summary>
-    public static RankInfo Resolve(int? rank = null, int? worldSize = null, Func<string, string?>? environment = null)
+    public static RankInfo Resolve(int? rank = null, int? worldSize = null) => Resolve(rank, worldSize, Environment.GetEnvironmentVariable);
+
+    /// <summary><see cref="Resolve(int?, int?)"/> reading the variables through <paramref name="environment"/>.</summary>
+    internal static RankInfo Resolve(int? rank, int? worldSize, Func<string, string?> environment)
     {
-        environment ??= Environment.GetEnvironmentVariable;
         RankInfo info;
         if (rank is not null || worldSize is not null)
         {

@@ -1,9 +1,10 @@
 using System;
 using System.Collections.Generic;
+using System.ComponentModel;
 using System.Linq;
 using TorchSharp;
 
-namespace EmaGen;
+namespace EmaGen.CompilerServices;
 
 /// <summary>
 /// The shadow of a submodule whose parameters only run time knows (a <c>Sequential</c>, <c>ModuleDict</c>,
@@ -12,6 +13,7 @@ namespace EmaGen;
 /// <c>ema.Shadow.layers["0.weight"]</c>, <c>ema.Shadow.encoder["layers.1.self_attn.in_proj_weight"]</c>. Buffers are
 /// listed after the parameters, by their <c>named_buffers()</c> names.
 /// </summary>
+[EditorBrowsable(EditorBrowsableState.Never)]
 public sealed class EmaDynamicShadow
 {
     private readonly Dictionary<string, EmaShadowEntry> _byName;

@@ -1,13 +1,15 @@
 using System;
 using System.Collections.Generic;
+using System.ComponentModel;
 
-namespace EmaGen;
+namespace EmaGen.CompilerServices;
 
 /// <summary>
 /// Feeds the generated <c>CreateShadow</c> the shadow entries in visit order. The generated code walks the model in the
 /// same order as <c>VisitParameters</c>; every call names the local parameter, and a mismatch (the model changed shape
 /// between the two walks) is an error instead of a silently misplaced tensor.
 /// </summary>
+[EditorBrowsable(EditorBrowsableState.Never)]
 public sealed class EmaShadowBuilder
 {
     private readonly IReadOnlyList<EmaShadowEntry> _entries;

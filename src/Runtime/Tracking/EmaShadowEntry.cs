@@ -1,12 +1,14 @@
 using System;
+using System.ComponentModel;
 using TorchSharp;
 
-namespace EmaGen;
+namespace EmaGen.CompilerServices;
 
 /// <summary>
 /// One parameter slot of a typed shadow: the shadow tensor when the parameter is averaged, otherwise the reason it is
 /// not. Generated shadow properties read <see cref="Tensor"/>, which names the parameter when there is nothing to return.
 /// </summary>
+[EditorBrowsable(EditorBrowsableState.Never)]
 public sealed class EmaShadowEntry
 {
     private readonly torch.Tensor? _tensor;

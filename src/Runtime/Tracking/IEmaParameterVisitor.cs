@@ -1,7 +1,8 @@
+using System.ComponentModel;
 using TorchSharp;
 using TorchSharp.Modules;
 
-namespace EmaGen;
+namespace EmaGen.CompilerServices;
 
 /// <summary>
 /// Receives a tracked model's parameters and buffers from the generated <c>VisitParameters</c>. Parameters arrive in the
@@ -9,6 +10,7 @@ namespace EmaGen;
 /// order) and buffers in the order of <c>named_buffers()</c>; the two kinds interleave per module. Names arrive as
 /// path segments so that a visitor that does not need full names (the per-step update) never builds a string.
 /// </summary>
+[EditorBrowsable(EditorBrowsableState.Never)]
 public interface IEmaParameterVisitor
 {
     /// <summary>Enters a named submodule (a field) or, with <paramref name="ignored"/>, one excluded by <see cref="EmaIgnoreAttribute"/>.</summary>

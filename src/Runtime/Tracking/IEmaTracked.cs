@@ -1,3 +1,4 @@
+using EmaGen.CompilerServices;
 using TorchSharp;
 
 namespace EmaGen;
@@ -8,9 +9,6 @@ namespace EmaGen;
 /// </summary>
 public interface IEmaTracked<TSelf> where TSelf : torch.nn.Module, IEmaTracked<TSelf>
 {
-    /// <summary>The members the generator found, in field order (compile-time facts only: no shapes or dtypes).</summary>
-    static abstract EmaModelDescription EmaDescription { get; }
-
     /// <summary>Hands every parameter slot of <paramref name="module"/> to <paramref name="visitor"/>, in <c>named_parameters()</c> order.</summary>
     static abstract void VisitParameters<TVisitor>(TSelf module, ref TVisitor visitor) where TVisitor : struct, IEmaParameterVisitor;
 

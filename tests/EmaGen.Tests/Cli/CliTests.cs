@@ -119,7 +119,7 @@ public sealed class CliTests
         WriteSample(folder["ckpt"]);
         var metadata = DcpReader.Open(folder["ckpt"]).Metadata;
         var w = (DcpTensorEntry)metadata.Find("w")!;
-        metadata.Entries[metadata.Entries.IndexOf(w)] = w with { Size = new long[] { 3, 3 } };
+        metadata.Entries[metadata.Entries.IndexOf(w)] = w.With(size: new long[] { 3, 3 });
         File.WriteAllBytes(Path.Combine(folder["ckpt"], ".metadata"), DcpMetadataWriterProxy.Write(metadata));
         var (code, stdout, _) = Run("verify", folder["ckpt"]);
         Assert.Equal(1, code);

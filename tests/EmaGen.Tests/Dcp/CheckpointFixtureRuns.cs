@@ -16,7 +16,7 @@ internal static class CheckpointFixtureRuns
     [
         new("fast", EmaSchedule.Constant(0.9)),
         new("power", EmaSchedule.PowerFunction(0.10)),
-        new("every2", new UpdateEverySchedule(EmaSchedule.Constant(0.8), 2)),
+        new("every2", EmaSchedule.UpdateEvery(2, EmaSchedule.Constant(0.8))),
     ];
 
     /// <summary>A single-profile manager with a schedule: 4 updates.</summary>

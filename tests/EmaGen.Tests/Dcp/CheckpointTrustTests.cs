@@ -110,9 +110,9 @@ public sealed class CheckpointTrustTests
         var metadata = DcpMetadataReader.Read(File.ReadAllBytes(Path.Combine(copy, ".metadata")), "fixture");
         var index = metadata.Entries.FindIndex(e => e is DcpTensorEntry { Chunks.Count: 2 });
         var entry = (DcpTensorEntry)metadata.Entries[index];
-        var moved = entry.Chunks[1] with { Offsets = entry.Chunks[1].Offsets.Select((o, d) => d == 0 ? o - 1 : o).ToArray() };
+        var moved = entry.Chunks[1].WithOffsets(entry.Chunks[1].Offsets.Select((o, d) => d == 0 ? o - 1 : o).ToArray());
         metadata.Storage[(entry.Key, moved.OffsetsKey)] = metadata.Storage[(entry.Key, entry.Chunks[1].OffsetsKey)];
-        metadata.Entries[index] = entry with { Chunks = new[] { entry.Chunks[0], moved } };
+        metadata.Entries[index] = entry.With(chunks: new[] { entry.Chunks[0], moved });
         File.WriteAllBytes(Path.Combine(copy, ".metadata"), DcpMetadataWriter.Write(metadata));
 
         var e = Assert.Throws<CheckpointFormatException>(() => DcpReader.Open(copy));
@@ -246,7 +246,7 @@ public sealed class CheckpointTrustTests
         var path = Path.Combine(folder["ckpt"], ".metadata");
         var metadata = DcpMetadataReader.Read(File.ReadAllBytes(path), "ckpt");
         var entry = (DcpTensorEntry)metadata.Entries[0];
-        metadata.Entries[0] = entry with { DType = "float64" };
+        metadata.Entries[0] = entry.With(dType: "float64");
         File.WriteAllBytes(path, DcpMetadataWriter.Write(metadata));
         var e = Assert.Throws<CheckpointFormatException>(() => DcpReader.Open(folder["ckpt"]).ReadTensor("w"));
         Assert.Contains("float32 (2, 3), the metadata declares float64 (2, 3)", e.Message);
@@ -307,7 +307,7 @@ public sealed class CheckpointTrustTests
         File.WriteAllBytes(data, File.ReadAllBytes(data).Concat(new byte[26 * 100]).ToArray());
         for (char c = 'a'; c <= 'z'; c++)
         {
-            metadata.Entries.Add(alpha with { Key = "ema.alias_" + c });
+            metadata.Entries.Add(alpha.With(key: "ema.alias_" + c));
             metadata.Storage[("ema.alias_" + c, alpha.Chunks[0].OffsetsKey)] = new DcpStorageLocation("__0_0.distcp", end + (c - 'a') * 100, 100, Array.Empty<string>());
         }
         File.WriteAllBytes(path, DcpMetadataWriter.Write(metadata));
@@ -370,7 +370,7 @@ public sealed class CheckpointTrustTests
         var metadata = DcpMetadataReader.Read(File.ReadAllBytes(path), dir);
         int i = metadata.Entries.FindIndex(e => e.Key == from);
         Assert.True(i >= 0, $"no key {from}");
-        metadata.Entries[i] = metadata.Entries[i] with { Key = to };
+        metadata.Entries[i] = metadata.Entries[i].WithKey(to);
         var location = metadata.Storage[(from, null)];
         metadata.Storage.Remove((from, null));
         metadata.Storage[(to, null)] = location;

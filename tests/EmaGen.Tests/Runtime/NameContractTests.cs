@@ -1,5 +1,7 @@
 using System;
+using System.Collections.Generic;
 using System.Linq;
+using EmaGen.CompilerServices;
 using EmaGen.Tests.Models;
 using TorchSharp;
 using Xunit;
@@ -87,14 +89,27 @@ public sealed class NameContractTests
     }
 
     [Fact]
-    public void GeneratedDescriptionListsMembersInFieldOrder()
+    public void GeneratedWalkVisitsEachMemberByKindInFieldOrder()
     {
-        var d = NestedModel.EmaDescription;
-        Assert.Equal("EmaGen.Tests.Models.NestedModel", d.TypeName);
-        Assert.Equal(new[] { "first", "middle", "second", "bias", "counter", "act" }, d.Members.Select(m => m.Name));
+        // Own parameters, then buffers, then submodules in field order: a tracked class through its own walk, a built-in
+        // by its parameter names; the parameterless 'act' is not visited.
+        using var model = new NestedModel(reflection: false);
+        var visitor = new RecordingVisitor(new());
+        NestedModel.VisitParameters(model, ref visitor);
+        string[] inner = ["parameter scale", "enter proj", "parameter weight", "parameter bias", "exit"];
         Assert.Equal(
-            new[] { EmaMemberKind.TrackedModule, EmaMemberKind.BuiltinModule, EmaMemberKind.TrackedModule, EmaMemberKind.Parameter, EmaMemberKind.Buffer, EmaMemberKind.ParameterlessModule },
-            d.Members.Select(m => m.Kind));
+            ["parameter bias", "buffer counter", "enter first", .. inner, "exit", "enter middle", "parameter weight", "parameter bias", "exit", "enter second", .. inner, "exit"],
+            visitor.Events);
+    }
+
+    private readonly record struct RecordingVisitor(List<string> Events) : IEmaParameterVisitor
+    {
+        public void EnterModule(string name, bool ignored) => Events.Add("enter " + name);
+        public void EnterIndex(int index) => Events.Add("index " + index);
+        public void DynamicModule(torch.nn.Module module, int shardDim) => Events.Add("dynamic");
+        public void ExitModule() => Events.Add("exit");
+        public void Parameter(string name, TorchSharp.Modules.Parameter? parameter, bool ignored, int shardDim) => Events.Add("parameter " + name);
+        public void Buffer(string name, torch.Tensor? buffer, bool ignored) => Events.Add("buffer " + name);
     }
 
     internal static void AssertContract<TModel>(Func<bool, TModel> create, params string[] expected)

@@ -37,7 +37,7 @@ public sealed class TypedShadowTests
         using var ema2 = new EmaManager<ListModel>(lists);
         Assert.Same(ema2["heads.2.bias"], ema2.Shadow.heads[2].bias);
         Assert.Same(ema2["blocks.1.scale"], ema2.Shadow.blocks[1].scale);
-        Assert.False(ema2.Shadow.heads[1].BiasEntry.IsTracked);
+        Assert.False(ema2.Shadow.heads[1].Entry("bias").IsTracked);
     }
 
     [Fact]

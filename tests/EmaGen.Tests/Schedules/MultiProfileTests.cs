@@ -18,7 +18,7 @@ public sealed class MultiProfileTests
         new("sigma050", EmaSchedule.PowerFunction(0.05)),
         new("sigma100", EmaSchedule.PowerFunction(0.10)),
         new("slow", EmaSchedule.Constant(0.999)),
-        new("every3", new UpdateEverySchedule(EmaSchedule.Constant(0.9), 3)),
+        new("every3", EmaSchedule.UpdateEvery(3, EmaSchedule.Constant(0.9))),
     ];
 
     [Theory]

@@ -57,10 +57,10 @@ public sealed class ScheduleTests
     [Fact]
     public void StartAfterCopiesThenCountsFromTheStart()
     {
-        var s = new StartAfterSchedule(EmaSchedule.Constant(0.9), 5);
+        var s = EmaSchedule.StartAfter(5, EmaSchedule.Constant(0.9));
         Assert.All(Enumerable.Range(1, 5), step => Assert.Equal(0.0, s.DecayAt(step)));
         Assert.Equal(0.9, s.DecayAt(6));
-        var p = new StartAfterSchedule(new PowerFunctionSchedule(3), 10);
+        var p = EmaSchedule.StartAfter(10, new PowerFunctionSchedule(3));
         Assert.Equal(0.0, p.DecayAt(11));                          // inner step 1: the power function starts by copying
         Assert.Equal(Math.Pow(0.5, 4), p.DecayAt(12));             // inner step 2: (1 - 1/2)^(3+1)
     }
@@ -68,13 +68,13 @@ public sealed class ScheduleTests
     [Fact]
     public void UpdateEveryRescalesToThePerStepHorizon()
     {
-        var constant = new UpdateEverySchedule(EmaSchedule.Constant(0.99), 10);
+        var constant = EmaSchedule.UpdateEvery(10, EmaSchedule.Constant(0.99));
         Assert.False(constant.UpdatesAt(9));
         Assert.True(constant.UpdatesAt(10));
         Assert.Equal(Math.Pow(0.99, 10), constant.DecayAt(10), 14);
-        var power = new UpdateEverySchedule(new PowerFunctionSchedule(6.94), 100);
+        var power = EmaSchedule.UpdateEvery(100, new PowerFunctionSchedule(6.94));
         Assert.Equal(Math.Pow(1 - 100.0 / 5000, 7.94), power.DecayAt(5000), 12); // EDM2's Δt = k form
-        var legacy = new UpdateEverySchedule(EmaSchedule.Constant(0.99), 10, perCall: true);
+        var legacy = EmaSchedule.UpdateEvery(10, EmaSchedule.Constant(0.99), perCall: true);
         Assert.Equal(0.99, legacy.DecayAt(10));
     }
 
@@ -86,8 +86,8 @@ public sealed class ScheduleTests
         // For the parameter trajectory p_t = t the EMA value is the profile's centre of mass.
         var gamma = PowerFunctionSchedule.GammaFromSigmaRel(0.10);
         double reference = Average(new PowerFunctionSchedule(gamma), 100_000);
-        double every = Average(new UpdateEverySchedule(new PowerFunctionSchedule(gamma), k), 100_000);
-        double perCall = Average(new UpdateEverySchedule(new PowerFunctionSchedule(gamma), k, perCall: true), 100_000);
+        double every = Average(EmaSchedule.UpdateEvery(k, new PowerFunctionSchedule(gamma)), 100_000);
+        double perCall = Average(EmaSchedule.UpdateEvery(k, new PowerFunctionSchedule(gamma), perCall: true), 100_000);
         Assert.True(Math.Abs(every - reference) / reference < 0.01, $"k={k}: {every} vs {reference}");
         Assert.True(Math.Abs(perCall - reference) / reference > 0.01, $"k={k}: the per-call form should drift ({perCall} vs {reference})");
     }
@@ -97,13 +97,33 @@ public sealed class ScheduleTests
     {
         Assert.Equal(500, EmaSchedule.HalfLife(500).HalfLifeAt(7), 9);
         Assert.Equal(Math.Log(0.5) / Math.Log(0.99), EmaSchedule.Constant(0.99).HalfLifeAt(1), 9);
-        Assert.Equal(Math.Log(0.5) / Math.Log(0.99), new UpdateEverySchedule(EmaSchedule.Constant(0.99), 25).HalfLifeAt(50), 6);
+        Assert.Equal(Math.Log(0.5) / Math.Log(0.99), EmaSchedule.UpdateEvery(25, EmaSchedule.Constant(0.99)).HalfLifeAt(50), 6);
         // Per-call semantics stretch the horizon k-fold: the unscaled decay now covers k steps.
-        Assert.Equal(25 * Math.Log(0.5) / Math.Log(0.99), new UpdateEverySchedule(EmaSchedule.Constant(0.99), 25, perCall: true).HalfLifeAt(50), 6);
+        Assert.Equal(25 * Math.Log(0.5) / Math.Log(0.99), EmaSchedule.UpdateEvery(25, EmaSchedule.Constant(0.99), perCall: true).HalfLifeAt(50), 6);
         Assert.Equal(0, EmaSchedule.PowerFunction(0.1).HalfLifeAt(1));
         Assert.Equal(double.PositiveInfinity, EmaSchedule.Constant(1).HalfLifeAt(3));
-        Assert.Equal(1, new StartAfterSchedule(new UpdateEverySchedule(EmaSchedule.Constant(0.9), 4), 10).StepsPerUpdate(5));
-        Assert.Equal(4, new StartAfterSchedule(new UpdateEverySchedule(EmaSchedule.Constant(0.9), 4), 10).StepsPerUpdate(14));
+        Assert.Equal(1, EmaSchedule.StartAfter(10, EmaSchedule.UpdateEvery(4, EmaSchedule.Constant(0.9))).StepsPerUpdate(5));
+        Assert.Equal(4, EmaSchedule.StartAfter(10, EmaSchedule.UpdateEvery(4, EmaSchedule.Constant(0.9))).StepsPerUpdate(14));
+    }
+
+    [Fact]
+    public void SchedulesAreEqualWhenOfOneTypeAndDescribedAlike()
+    {
+        Assert.Equal(EmaSchedule.UpdateEvery(3, EmaSchedule.PowerFunction(0.05)), EmaSchedule.UpdateEvery(3, EmaSchedule.PowerFunction(0.05)));
+        Assert.True(EmaSchedule.Constant(0.9) == EmaScheduleParser.Parse("constant:0.9"));
+        Assert.Equal(EmaSchedule.Constant(0.9).GetHashCode(), EmaScheduleParser.Parse("constant:0.9").GetHashCode());
+        Assert.True(EmaSchedule.Constant(0.9) != EmaSchedule.Constant(0.99));
+        Assert.NotEqual(EmaSchedule.StartAfter(3, EmaSchedule.Constant(0.9)), EmaSchedule.StartAfter(4, EmaSchedule.Constant(0.9)));
+        Assert.NotEqual<EmaSchedule>(new OwnSchedule("Constant(decay=0.9)"), EmaSchedule.Constant(0.9));
+        Assert.Equal<EmaSchedule>(new OwnSchedule("mine"), new OwnSchedule("mine"));
+    }
+
+    // A schedule of the user's own, with a chosen description.
+    private sealed class OwnSchedule(string text) : EmaSchedule
+    {
+        public override double DecayAt(long step) => 0.9;
+
+        public override string Describe() => text;
     }
 
     [Fact]
@@ -248,8 +268,8 @@ public sealed class SwapAndResumeTests
         new object[] { EmaSchedule.Warmup(invGamma: 1, power: 0.75, maxDecay: 0.99, updateAfterStep: 2) },
         new object[] { EmaSchedule.HalfLife(3, rampUpRatio: 0.5) },
         new object[] { EmaSchedule.PowerFunction(0.10) },
-        new object[] { new StartAfterSchedule(EmaSchedule.Constant(0.8), 3) },
-        new object[] { new UpdateEverySchedule(EmaSchedule.PowerFunction(0.05), 3) },
+        new object[] { EmaSchedule.StartAfter(3, EmaSchedule.Constant(0.8)) },
+        new object[] { EmaSchedule.UpdateEvery(3, EmaSchedule.PowerFunction(0.05)) },
     };
 
     [Theory]

@@ -69,7 +69,6 @@ public sealed class ShardLayoutTests
         Assert.Equal(ShardLayout.Replicated, dims["scale"]);
         Assert.Equal(0, dims["vector"]);
         Assert.Equal(ShardLayout.Replicated, dims["counter"]);
-        Assert.Equal(1, ShardMapModel.EmaDescription.Members.Single(m => m.Name == "byColumns").ShardDim);
 
         using var replicated = new ReplicatedByDefault();
         using var ema2 = new EmaManager<ReplicatedByDefault>(replicated);

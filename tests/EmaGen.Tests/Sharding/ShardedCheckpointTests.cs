@@ -30,7 +30,7 @@ public sealed class ShardedCheckpointTests
         await Task.WhenAll(Enumerable.Range(0, world).Select(rank => Task.Run(() =>
         {
             var me = new RankInfo(rank, world);
-            var shards = new List<DcpShard> { Slice("w", w, 0, me), Slice("v", v, 0, me), new DcpShard("r", r, r.shape, new long[1], Replicated: true) };
+            var shards = new List<DcpShard> { Slice("w", w, 0, me), Slice("v", v, 0, me), new DcpShard("r", r, r.shape, new long[1], replicated: true) };
             DcpShardedSave.Save(target, "save1", me, shards, new Dictionary<string, object?> { ["step"] = 9L }, Patience);
         })));
 
@@ -107,10 +107,10 @@ public sealed class ShardedCheckpointTests
     {
         Assert.Equal(new RankInfo(2, 4), RankInfo.Resolve(2, 4, _ => null));
         var torchrun = new Dictionary<string, string> { ["RANK"] = "1", ["WORLD_SIZE"] = "3", ["SLURM_PROCID"] = "5", ["SLURM_NTASKS"] = "8" };
-        Assert.Equal(new RankInfo(1, 3), RankInfo.Resolve(environment: k => torchrun.GetValueOrDefault(k)));
+        Assert.Equal(new RankInfo(1, 3), RankInfo.Resolve(null, null, k => torchrun.GetValueOrDefault(k)));
         var slurm = new Dictionary<string, string> { ["SLURM_PROCID"] = "5", ["SLURM_NTASKS"] = "8" };
-        Assert.Equal(new RankInfo(5, 8), RankInfo.Resolve(environment: k => slurm.GetValueOrDefault(k)));
-        var none = Assert.Throws<InvalidOperationException>(() => RankInfo.Resolve(environment: _ => null));
+        Assert.Equal(new RankInfo(5, 8), RankInfo.Resolve(null, null, k => slurm.GetValueOrDefault(k)));
+        var none = Assert.Throws<InvalidOperationException>(() => RankInfo.Resolve(null, null, _ => null));
         Assert.Contains("RANK, WORLD_SIZE", none.Message);
         Assert.Contains("SLURM_PROCID", none.Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => RankInfo.Resolve(4, 4));

@@ -160,7 +160,7 @@ public sealed class ShardedEmaManagerTests
         [
             new("narrow", EmaSchedule.PowerFunction(0.05)),
             new("wide", EmaSchedule.PowerFunction(0.10)),
-            new("every2", new UpdateEverySchedule(EmaSchedule.Constant(0.8), 2)),
+            new("every2", EmaSchedule.UpdateEvery(2, EmaSchedule.Constant(0.8))),
         ];
         using var dense = new EmaManager<SizedModel>(model, new EmaOptions { Profiles = profiles });
         const int world = 3;
@@ -324,7 +324,7 @@ public sealed class ShardedEmaManagerTests
         using var single = new ShardedEmaManager<SizedModel>(model, 1, 3, new EmaOptions { Decay = 0.9 });
         using var fused = new ShardedEmaManager<SizedModel>(model, 2, 3, new EmaOptions
         {
-            Profiles = [new("a", EmaSchedule.PowerFunction(0.05)), new("b", EmaSchedule.Constant(0.99)), new("c", new UpdateEverySchedule(EmaSchedule.Constant(0.9), 2))],
+            Profiles = [new("a", EmaSchedule.PowerFunction(0.05)), new("b", EmaSchedule.Constant(0.99)), new("c", EmaSchedule.UpdateEvery(2, EmaSchedule.Constant(0.9)))],
         });
         for (int i = 0; i < 5; i++)
         {

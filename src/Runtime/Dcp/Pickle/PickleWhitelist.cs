@@ -3,8 +3,8 @@ using System.Collections.Generic;
 namespace EmaGen.Dcp.Pickle;
 
 /// <summary>
-/// The only globals the reader accepts (dcp-format.md, table 2.2 in both module families, plus what torch.save tensor
-/// records use). Everything else is rejected by name; nothing is ever imported, instantiated or called.
+/// The only globals the reader accepts (docs/dcp-format.md: table 2.2 in both module families, plus what torch.save
+/// tensor records use, §3.3). Everything else is rejected by name; nothing is ever imported, instantiated or called.
 /// </summary>
 internal static class PickleWhitelist
 {

@@ -30,25 +30,9 @@ namespace Models
         private bool __EmaGenIsRegistered(string name) =>
             _internal_submodules.ContainsKey(name) || _internal_params.ContainsKey(name) || _internal_buffers.ContainsKey(name);
 
-        /// <summary>The members EmaGen found in this class, in field order.</summary>
-        public static global::EmaGen.EmaModelDescription EmaDescription { get; } = new(
-            "Models.Builtins",
-            new global::EmaGen.EmaMemberDescription[]
-            {
-                new("conv", "conv", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Conv2d", false, new[] { "weight", "bias" }, 0),
-                new("deconv", "deconv", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.ConvTranspose1d", false, new[] { "weight", "bias" }, 0),
-                new("bn", "bn", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.BatchNorm1d", false, new[] { "weight", "bias" }, 0),
-                new("gn", "gn", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.GroupNorm", false, new[] { "weight", "bias" }, 0),
-                new("bil", "bil", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Bilinear", false, new[] { "weight", "bias" }, 0),
-                new("prelu", "prelu", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.PReLU", false, new[] { "weight" }, 0),
-                new("cell", "cell", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.LSTMCell", false, new[] { "weight_ih", "weight_hh", "bias_ih", "bias_hh" }, 0),
-                new("drop", "drop", global::EmaGen.EmaMemberKind.ParameterlessModule, "TorchSharp.Modules.Dropout", false, global::System.Array.Empty<string>(), 0),
-                new("loss", "loss", global::EmaGen.EmaMemberKind.ParameterlessModule, "TorchSharp.Modules.MSELoss", false, global::System.Array.Empty<string>(), 0),
-            });
-
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
         public static void VisitParameters<TVisitor>(global::Models.Builtins module, ref TVisitor visitor)
-            where TVisitor : struct, global::EmaGen.IEmaParameterVisitor
+            where TVisitor : struct, global::EmaGen.CompilerServices.IEmaParameterVisitor
         {
             if (module.conv is { } __conv)
             {
@@ -102,46 +86,46 @@ namespace Models
             }
         }
 
-        static object global::EmaGen.IEmaTracked<global::Models.Builtins>.CreateShadow(global::Models.Builtins module, global::EmaGen.EmaShadowBuilder builder) =>
+        static object global::EmaGen.IEmaTracked<global::Models.Builtins>.CreateShadow(global::Models.Builtins module, global::EmaGen.CompilerServices.EmaShadowBuilder builder) =>
             CreateEmaShadow(module, builder);
 
         /// <summary>Builds the typed shadow over the manager's tensors, walking the model in <see cref="VisitParameters"/> order.</summary>
-        public static EmaShadow CreateEmaShadow(global::Models.Builtins module, global::EmaGen.EmaShadowBuilder builder)
+        public static EmaShadow CreateEmaShadow(global::Models.Builtins module, global::EmaGen.CompilerServices.EmaShadowBuilder builder)
         {
-            global::EmaGen.Shadows.WeightBiasShadow? __convShadow = null;
+            global::EmaGen.CompilerServices.WeightBiasShadow? __convShadow = null;
             if (module.conv is not null)
             {
-                __convShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __convShadow = new global::EmaGen.CompilerServices.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
             }
-            global::EmaGen.Shadows.WeightBiasShadow? __deconvShadow = null;
+            global::EmaGen.CompilerServices.WeightBiasShadow? __deconvShadow = null;
             if (module.deconv is not null)
             {
-                __deconvShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __deconvShadow = new global::EmaGen.CompilerServices.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
             }
-            global::EmaGen.Shadows.NormShadow? __bnShadow = null;
+            global::EmaGen.CompilerServices.NormShadow? __bnShadow = null;
             if (module.bn is not null)
             {
-                __bnShadow = new global::EmaGen.Shadows.NormShadow(builder.Next("weight"), builder.Next("bias"), builder.Next("running_mean"), builder.Next("running_var"), builder.Next("num_batches_tracked"));
+                __bnShadow = new global::EmaGen.CompilerServices.NormShadow(builder.Next("weight"), builder.Next("bias"), builder.Next("running_mean"), builder.Next("running_var"), builder.Next("num_batches_tracked"));
             }
-            global::EmaGen.Shadows.WeightBiasShadow? __gnShadow = null;
+            global::EmaGen.CompilerServices.WeightBiasShadow? __gnShadow = null;
             if (module.gn is not null)
             {
-                __gnShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __gnShadow = new global::EmaGen.CompilerServices.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
             }
-            global::EmaGen.Shadows.WeightBiasShadow? __bilShadow = null;
+            global::EmaGen.CompilerServices.WeightBiasShadow? __bilShadow = null;
             if (module.bil is not null)
             {
-                __bilShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __bilShadow = new global::EmaGen.CompilerServices.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
             }
-            global::EmaGen.Shadows.WeightShadow? __preluShadow = null;
+            global::EmaGen.CompilerServices.WeightShadow? __preluShadow = null;
             if (module.prelu is not null)
             {
-                __preluShadow = new global::EmaGen.Shadows.WeightShadow(builder.Next("weight"));
+                __preluShadow = new global::EmaGen.CompilerServices.WeightShadow(builder.Next("weight"));
             }
-            global::EmaGen.Shadows.RecurrentCellShadow? __cellShadow = null;
+            global::EmaGen.CompilerServices.RecurrentCellShadow? __cellShadow = null;
             if (module.cell is not null)
             {
-                __cellShadow = builder.NextDynamic("cell") is var __registered ? new global::EmaGen.Shadows.RecurrentCellShadow(__registered.Slot("weight_ih"), __registered.Slot("weight_hh"), __registered.Slot("bias_ih"), __registered.Slot("bias_hh")) : null!;
+                __cellShadow = builder.NextDynamic("cell") is var __registered ? new global::EmaGen.CompilerServices.RecurrentCellShadow(__registered.Slot("weight_ih"), __registered.Slot("weight_hh"), __registered.Slot("bias_ih"), __registered.Slot("bias_hh")) : null!;
             }
             return new EmaShadow(__convShadow, __deconvShadow, __bnShadow, __gnShadow, __bilShadow, __preluShadow, __cellShadow);
         }
@@ -150,7 +134,7 @@ namespace Models
         [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
-            internal EmaShadow(global::EmaGen.Shadows.WeightBiasShadow? conv, global::EmaGen.Shadows.WeightBiasShadow? deconv, global::EmaGen.Shadows.NormShadow? bn, global::EmaGen.Shadows.WeightBiasShadow? gn, global::EmaGen.Shadows.WeightBiasShadow? bil, global::EmaGen.Shadows.WeightShadow? prelu, global::EmaGen.Shadows.RecurrentCellShadow? cell)
+            internal EmaShadow(global::EmaGen.CompilerServices.WeightBiasShadow? conv, global::EmaGen.CompilerServices.WeightBiasShadow? deconv, global::EmaGen.CompilerServices.NormShadow? bn, global::EmaGen.CompilerServices.WeightBiasShadow? gn, global::EmaGen.CompilerServices.WeightBiasShadow? bil, global::EmaGen.CompilerServices.WeightShadow? prelu, global::EmaGen.CompilerServices.RecurrentCellShadow? cell)
             {
                 this.conv = conv!;
                 this.deconv = deconv!;
@@ -162,25 +146,25 @@ namespace Models
             }
 
             /// <summary>Shadow of submodule <c>conv</c>.</summary>
-            public global::EmaGen.Shadows.WeightBiasShadow conv { get; }
+            public global::EmaGen.CompilerServices.WeightBiasShadow conv { get; }
 
             /// <summary>Shadow of submodule <c>deconv</c>.</summary>
-            public global::EmaGen.Shadows.WeightBiasShadow deconv { get; }
+            public global::EmaGen.CompilerServices.WeightBiasShadow deconv { get; }
 
             /// <summary>Shadow of submodule <c>bn</c>.</summary>
-            public global::EmaGen.Shadows.NormShadow bn { get; }
+            public global::EmaGen.CompilerServices.NormShadow bn { get; }
 
             /// <summary>Shadow of submodule <c>gn</c>.</summary>
-            public global::EmaGen.Shadows.WeightBiasShadow gn { get; }
+            public global::EmaGen.CompilerServices.WeightBiasShadow gn { get; }
 
             /// <summary>Shadow of submodule <c>bil</c>.</summary>
-            public global::EmaGen.Shadows.WeightBiasShadow bil { get; }
+            public global::EmaGen.CompilerServices.WeightBiasShadow bil { get; }
 
             /// <summary>Shadow of submodule <c>prelu</c>.</summary>
-            public global::EmaGen.Shadows.WeightShadow prelu { get; }
+            public global::EmaGen.CompilerServices.WeightShadow prelu { get; }
 
             /// <summary>Shadow of submodule <c>cell</c>.</summary>
-            public global::EmaGen.Shadows.RecurrentCellShadow cell { get; }
+            public global::EmaGen.CompilerServices.RecurrentCellShadow cell { get; }
         }
     }
 

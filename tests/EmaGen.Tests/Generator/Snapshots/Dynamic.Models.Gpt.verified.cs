@@ -31,22 +31,9 @@ namespace Models
         private bool __EmaGenIsRegistered(string name) =>
             _internal_submodules.ContainsKey(name) || _internal_params.ContainsKey(name) || _internal_buffers.ContainsKey(name);
 
-        /// <summary>The members EmaGen found in this class, in field order.</summary>
-        public static global::EmaGen.EmaModelDescription EmaDescription { get; } = new(
-            "Models.Gpt",
-            new global::EmaGen.EmaMemberDescription[]
-            {
-                new("mlp", "mlp", global::EmaGen.EmaMemberKind.DynamicModule, "TorchSharp.torch.nn.Module<TorchSharp.torch.Tensor, TorchSharp.torch.Tensor>", false, global::System.Array.Empty<string>(), 0),
-                new("attention", "attention", global::EmaGen.EmaMemberKind.DynamicModule, "TorchSharp.Modules.MultiheadAttention", false, global::System.Array.Empty<string>(), 0),
-                new("blocks", "blocks", global::EmaGen.EmaMemberKind.ModuleList, "TorchSharp.Modules.ModuleList<Models.UntrackedBlock>", false, global::System.Array.Empty<string>(), 0),
-                new("mask", "mask", global::EmaGen.EmaMemberKind.Buffer, "TorchSharp.torch.Tensor", false, global::System.Array.Empty<string>(), -1),
-                new("shift", "shift", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>(), 0),
-                new("norm", "norm", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.LayerNorm", false, new[] { "weight", "bias" }, 0),
-            });
-
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
         public static void VisitParameters<TVisitor>(global::Models.Gpt module, ref TVisitor visitor)
-            where TVisitor : struct, global::EmaGen.IEmaParameterVisitor
+            where TVisitor : struct, global::EmaGen.CompilerServices.IEmaParameterVisitor
         {
             visitor.Parameter("shift", module.shift, false, 0);
             visitor.Buffer("mask", module.mask, false);
@@ -82,35 +69,35 @@ namespace Models
             }
         }
 
-        static object global::EmaGen.IEmaTracked<global::Models.Gpt>.CreateShadow(global::Models.Gpt module, global::EmaGen.EmaShadowBuilder builder) =>
+        static object global::EmaGen.IEmaTracked<global::Models.Gpt>.CreateShadow(global::Models.Gpt module, global::EmaGen.CompilerServices.EmaShadowBuilder builder) =>
             CreateEmaShadow(module, builder);
 
         /// <summary>Builds the typed shadow over the manager's tensors, walking the model in <see cref="VisitParameters"/> order.</summary>
-        public static EmaShadow CreateEmaShadow(global::Models.Gpt module, global::EmaGen.EmaShadowBuilder builder)
+        public static EmaShadow CreateEmaShadow(global::Models.Gpt module, global::EmaGen.CompilerServices.EmaShadowBuilder builder)
         {
             var __shiftShadow = builder.Next("shift");
             var __maskShadow = builder.Next("mask");
-            global::EmaGen.EmaDynamicShadow? __mlpShadow = null;
+            global::EmaGen.CompilerServices.EmaDynamicShadow? __mlpShadow = null;
             if (module.mlp is not null)
             {
                 __mlpShadow = builder.NextDynamic("mlp");
             }
-            global::EmaGen.EmaDynamicShadow? __attentionShadow = null;
+            global::EmaGen.CompilerServices.EmaDynamicShadow? __attentionShadow = null;
             if (module.attention is not null)
             {
                 __attentionShadow = builder.NextDynamic("attention");
             }
-            global::EmaGen.EmaShadowList<global::EmaGen.EmaDynamicShadow>? __blocksShadow = null;
+            global::System.Collections.Generic.IReadOnlyList<global::EmaGen.CompilerServices.EmaDynamicShadow>? __blocksShadow = null;
             if (module.blocks is { } __blocks)
             {
-                var __items = new global::EmaGen.EmaDynamicShadow[__blocks.Count];
+                var __items = new global::EmaGen.CompilerServices.EmaDynamicShadow[__blocks.Count];
                 for (int __i = 0; __i < __items.Length; __i++) __items[__i] = builder.NextDynamic("blocks");
-                __blocksShadow = new global::EmaGen.EmaShadowList<global::EmaGen.EmaDynamicShadow>(__items);
+                __blocksShadow = global::System.Array.AsReadOnly(__items);
             }
-            global::EmaGen.Shadows.WeightBiasShadow? __normShadow = null;
+            global::EmaGen.CompilerServices.WeightBiasShadow? __normShadow = null;
             if (__EmaGenBase0.norm(module) is not null)
             {
-                __normShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __normShadow = new global::EmaGen.CompilerServices.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
             }
             return new EmaShadow(__shiftShadow, __maskShadow, __mlpShadow, __attentionShadow, __blocksShadow, __normShadow);
         }
@@ -119,10 +106,10 @@ namespace Models
         [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
-            private readonly global::EmaGen.EmaShadowEntry __shift;
-            private readonly global::EmaGen.EmaShadowEntry __mask;
+            private readonly global::EmaGen.CompilerServices.EmaShadowEntry __shift;
+            private readonly global::EmaGen.CompilerServices.EmaShadowEntry __mask;
 
-            internal EmaShadow(global::EmaGen.EmaShadowEntry shift, global::EmaGen.EmaShadowEntry mask, global::EmaGen.EmaDynamicShadow? mlp, global::EmaGen.EmaDynamicShadow? attention, global::EmaGen.EmaShadowList<global::EmaGen.EmaDynamicShadow>? blocks, global::EmaGen.Shadows.WeightBiasShadow? norm)
+            internal EmaShadow(global::EmaGen.CompilerServices.EmaShadowEntry shift, global::EmaGen.CompilerServices.EmaShadowEntry mask, global::EmaGen.CompilerServices.EmaDynamicShadow? mlp, global::EmaGen.CompilerServices.EmaDynamicShadow? attention, global::System.Collections.Generic.IReadOnlyList<global::EmaGen.CompilerServices.EmaDynamicShadow>? blocks, global::EmaGen.CompilerServices.WeightBiasShadow? norm)
             {
                 this.__shift = shift;
                 this.__mask = mask;
@@ -139,16 +126,16 @@ namespace Models
             public global::TorchSharp.torch.Tensor mask => __mask.Tensor;
 
             /// <summary>Shadow of submodule <c>mlp</c>.</summary>
-            public global::EmaGen.EmaDynamicShadow mlp { get; }
+            public global::EmaGen.CompilerServices.EmaDynamicShadow mlp { get; }
 
             /// <summary>Shadow of submodule <c>attention</c>.</summary>
-            public global::EmaGen.EmaDynamicShadow attention { get; }
+            public global::EmaGen.CompilerServices.EmaDynamicShadow attention { get; }
 
             /// <summary>Shadow of submodule <c>blocks</c>.</summary>
-            public global::EmaGen.EmaShadowList<global::EmaGen.EmaDynamicShadow> blocks { get; }
+            public global::System.Collections.Generic.IReadOnlyList<global::EmaGen.CompilerServices.EmaDynamicShadow> blocks { get; }
 
             /// <summary>Shadow of submodule <c>norm</c>.</summary>
-            public global::EmaGen.Shadows.WeightBiasShadow norm { get; }
+            public global::EmaGen.CompilerServices.WeightBiasShadow norm { get; }
         }
 
         // Private fields of a base class, read without reflection (NativeAOT-safe).

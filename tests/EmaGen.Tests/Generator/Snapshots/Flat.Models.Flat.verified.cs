@@ -24,19 +24,9 @@ namespace Models
         private bool __EmaGenIsRegistered(string name) =>
             _internal_submodules.ContainsKey(name) || _internal_params.ContainsKey(name) || _internal_buffers.ContainsKey(name);
 
-        /// <summary>The members EmaGen found in this class, in field order.</summary>
-        public static global::EmaGen.EmaModelDescription EmaDescription { get; } = new(
-            "Models.Flat",
-            new global::EmaGen.EmaMemberDescription[]
-            {
-                new("fc", "fc", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Linear", false, new[] { "weight", "bias" }, 0),
-                new("scale", "scale", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>(), 0),
-                new("offset", "offset", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>(), 0),
-            });
-
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
         public static void VisitParameters<TVisitor>(global::Models.Flat module, ref TVisitor visitor)
-            where TVisitor : struct, global::EmaGen.IEmaParameterVisitor
+            where TVisitor : struct, global::EmaGen.CompilerServices.IEmaParameterVisitor
         {
             visitor.Parameter("scale", module.scale, false, 0);
             visitor.Parameter("offset", module.offset, false, 0);
@@ -49,18 +39,18 @@ namespace Models
             }
         }
 
-        static object global::EmaGen.IEmaTracked<global::Models.Flat>.CreateShadow(global::Models.Flat module, global::EmaGen.EmaShadowBuilder builder) =>
+        static object global::EmaGen.IEmaTracked<global::Models.Flat>.CreateShadow(global::Models.Flat module, global::EmaGen.CompilerServices.EmaShadowBuilder builder) =>
             CreateEmaShadow(module, builder);
 
         /// <summary>Builds the typed shadow over the manager's tensors, walking the model in <see cref="VisitParameters"/> order.</summary>
-        public static EmaShadow CreateEmaShadow(global::Models.Flat module, global::EmaGen.EmaShadowBuilder builder)
+        public static EmaShadow CreateEmaShadow(global::Models.Flat module, global::EmaGen.CompilerServices.EmaShadowBuilder builder)
         {
             var __scaleShadow = builder.Next("scale");
             var __offsetShadow = builder.Next("offset");
-            global::EmaGen.Shadows.WeightBiasShadow? __fcShadow = null;
+            global::EmaGen.CompilerServices.WeightBiasShadow? __fcShadow = null;
             if (module.fc is not null)
             {
-                __fcShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __fcShadow = new global::EmaGen.CompilerServices.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
             }
             return new EmaShadow(__scaleShadow, __offsetShadow, __fcShadow);
         }
@@ -69,10 +59,10 @@ namespace Models
         [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
-            private readonly global::EmaGen.EmaShadowEntry __scale;
-            private readonly global::EmaGen.EmaShadowEntry __offset;
+            private readonly global::EmaGen.CompilerServices.EmaShadowEntry __scale;
+            private readonly global::EmaGen.CompilerServices.EmaShadowEntry __offset;
 
-            internal EmaShadow(global::EmaGen.EmaShadowEntry scale, global::EmaGen.EmaShadowEntry offset, global::EmaGen.Shadows.WeightBiasShadow? fc)
+            internal EmaShadow(global::EmaGen.CompilerServices.EmaShadowEntry scale, global::EmaGen.CompilerServices.EmaShadowEntry offset, global::EmaGen.CompilerServices.WeightBiasShadow? fc)
             {
                 this.__scale = scale;
                 this.__offset = offset;
@@ -86,7 +76,7 @@ namespace Models
             public global::TorchSharp.torch.Tensor offset => __offset.Tensor;
 
             /// <summary>Shadow of submodule <c>fc</c>.</summary>
-            public global::EmaGen.Shadows.WeightBiasShadow fc { get; }
+            public global::EmaGen.CompilerServices.WeightBiasShadow fc { get; }
         }
     }
 

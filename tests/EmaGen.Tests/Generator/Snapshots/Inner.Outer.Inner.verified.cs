@@ -22,17 +22,9 @@ partial class Outer
         private bool __EmaGenIsRegistered(string name) =>
             _internal_submodules.ContainsKey(name) || _internal_params.ContainsKey(name) || _internal_buffers.ContainsKey(name);
 
-        /// <summary>The members EmaGen found in this class, in field order.</summary>
-        public static global::EmaGen.EmaModelDescription EmaDescription { get; } = new(
-            "Outer.Inner",
-            new global::EmaGen.EmaMemberDescription[]
-            {
-                new("embed", "embed", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Embedding", false, new[] { "weight" }, 0),
-            });
-
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
         public static void VisitParameters<TVisitor>(global::Outer.Inner module, ref TVisitor visitor)
-            where TVisitor : struct, global::EmaGen.IEmaParameterVisitor
+            where TVisitor : struct, global::EmaGen.CompilerServices.IEmaParameterVisitor
         {
             if (module.embed is { } __embed)
             {
@@ -42,16 +34,16 @@ partial class Outer
             }
         }
 
-        static object global::EmaGen.IEmaTracked<global::Outer.Inner>.CreateShadow(global::Outer.Inner module, global::EmaGen.EmaShadowBuilder builder) =>
+        static object global::EmaGen.IEmaTracked<global::Outer.Inner>.CreateShadow(global::Outer.Inner module, global::EmaGen.CompilerServices.EmaShadowBuilder builder) =>
             CreateEmaShadow(module, builder);
 
         /// <summary>Builds the typed shadow over the manager's tensors, walking the model in <see cref="VisitParameters"/> order.</summary>
-        public static EmaShadow CreateEmaShadow(global::Outer.Inner module, global::EmaGen.EmaShadowBuilder builder)
+        public static EmaShadow CreateEmaShadow(global::Outer.Inner module, global::EmaGen.CompilerServices.EmaShadowBuilder builder)
         {
-            global::EmaGen.Shadows.WeightShadow? __embedShadow = null;
+            global::EmaGen.CompilerServices.WeightShadow? __embedShadow = null;
             if (module.embed is not null)
             {
-                __embedShadow = builder.NextDynamic("embed") is var __registered ? new global::EmaGen.Shadows.WeightShadow(__registered.Slot("weight")) : null!;
+                __embedShadow = builder.NextDynamic("embed") is var __registered ? new global::EmaGen.CompilerServices.WeightShadow(__registered.Slot("weight")) : null!;
             }
             return new EmaShadow(__embedShadow);
         }
@@ -60,13 +52,13 @@ partial class Outer
         [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
-            internal EmaShadow(global::EmaGen.Shadows.WeightShadow? embed)
+            internal EmaShadow(global::EmaGen.CompilerServices.WeightShadow? embed)
             {
                 this.embed = embed!;
             }
 
             /// <summary>Shadow of submodule <c>embed</c>.</summary>
-            public global::EmaGen.Shadows.WeightShadow embed { get; }
+            public global::EmaGen.CompilerServices.WeightShadow embed { get; }
         }
     }
 }

@@ -23,18 +23,9 @@ namespace Models
         private bool __EmaGenIsRegistered(string name) =>
             _internal_submodules.ContainsKey(name) || _internal_params.ContainsKey(name) || _internal_buffers.ContainsKey(name);
 
-        /// <summary>The members EmaGen found in this class, in field order.</summary>
-        public static global::EmaGen.EmaModelDescription EmaDescription { get; } = new(
-            "Models.Block",
-            new global::EmaGen.EmaMemberDescription[]
-            {
-                new("norm", "norm", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.LayerNorm", false, new[] { "weight", "bias" }, 0),
-                new("proj", "proj", global::EmaGen.EmaMemberKind.BuiltinModule, "TorchSharp.Modules.Linear", false, new[] { "weight", "bias" }, 0),
-            });
-
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
         public static void VisitParameters<TVisitor>(global::Models.Block module, ref TVisitor visitor)
-            where TVisitor : struct, global::EmaGen.IEmaParameterVisitor
+            where TVisitor : struct, global::EmaGen.CompilerServices.IEmaParameterVisitor
         {
             if (module.norm is { } __norm)
             {
@@ -52,21 +43,21 @@ namespace Models
             }
         }
 
-        static object global::EmaGen.IEmaTracked<global::Models.Block>.CreateShadow(global::Models.Block module, global::EmaGen.EmaShadowBuilder builder) =>
+        static object global::EmaGen.IEmaTracked<global::Models.Block>.CreateShadow(global::Models.Block module, global::EmaGen.CompilerServices.EmaShadowBuilder builder) =>
             CreateEmaShadow(module, builder);
 
         /// <summary>Builds the typed shadow over the manager's tensors, walking the model in <see cref="VisitParameters"/> order.</summary>
-        public static EmaShadow CreateEmaShadow(global::Models.Block module, global::EmaGen.EmaShadowBuilder builder)
+        public static EmaShadow CreateEmaShadow(global::Models.Block module, global::EmaGen.CompilerServices.EmaShadowBuilder builder)
         {
-            global::EmaGen.Shadows.WeightBiasShadow? __normShadow = null;
+            global::EmaGen.CompilerServices.WeightBiasShadow? __normShadow = null;
             if (module.norm is not null)
             {
-                __normShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __normShadow = new global::EmaGen.CompilerServices.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
             }
-            global::EmaGen.Shadows.WeightBiasShadow? __projShadow = null;
+            global::EmaGen.CompilerServices.WeightBiasShadow? __projShadow = null;
             if (module.proj is not null)
             {
-                __projShadow = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __projShadow = new global::EmaGen.CompilerServices.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
             }
             return new EmaShadow(__normShadow, __projShadow);
         }
@@ -75,17 +66,17 @@ namespace Models
         [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
-            internal EmaShadow(global::EmaGen.Shadows.WeightBiasShadow? norm, global::EmaGen.Shadows.WeightBiasShadow? proj)
+            internal EmaShadow(global::EmaGen.CompilerServices.WeightBiasShadow? norm, global::EmaGen.CompilerServices.WeightBiasShadow? proj)
             {
                 this.norm = norm!;
                 this.proj = proj!;
             }
 
             /// <summary>Shadow of submodule <c>norm</c>.</summary>
-            public global::EmaGen.Shadows.WeightBiasShadow norm { get; }
+            public global::EmaGen.CompilerServices.WeightBiasShadow norm { get; }
 
             /// <summary>Shadow of submodule <c>proj</c>.</summary>
-            public global::EmaGen.Shadows.WeightBiasShadow proj { get; }
+            public global::EmaGen.CompilerServices.WeightBiasShadow proj { get; }
         }
     }
 

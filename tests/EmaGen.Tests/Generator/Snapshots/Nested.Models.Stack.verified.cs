@@ -28,23 +28,9 @@ namespace Models
         private bool __EmaGenIsRegistered(string name) =>
             _internal_submodules.ContainsKey(name) || _internal_params.ContainsKey(name) || _internal_buffers.ContainsKey(name);
 
-        /// <summary>The members EmaGen found in this class, in field order.</summary>
-        public static global::EmaGen.EmaModelDescription EmaDescription { get; } = new(
-            "Models.Stack",
-            new global::EmaGen.EmaMemberDescription[]
-            {
-                new("blocks", "blocks", global::EmaGen.EmaMemberKind.ModuleArray, "Models.Block[]", false, global::System.Array.Empty<string>(), 0),
-                new("heads", "heads", global::EmaGen.EmaMemberKind.ModuleList, "TorchSharp.Modules.ModuleList<TorchSharp.Modules.Linear>", false, new[] { "weight", "bias" }, 0),
-                new("extra", "extra", global::EmaGen.EmaMemberKind.TrackedModule, "Models.Block", false, global::System.Array.Empty<string>(), 0),
-                new("probe", "probe", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", true, global::System.Array.Empty<string>(), 0),
-                new("temperature", "temp", global::EmaGen.EmaMemberKind.Parameter, "TorchSharp.Modules.Parameter", false, global::System.Array.Empty<string>(), 0),
-                new("runningMean", "runningMean", global::EmaGen.EmaMemberKind.Buffer, "TorchSharp.torch.Tensor", false, global::System.Array.Empty<string>(), -1),
-                new("act", "act", global::EmaGen.EmaMemberKind.ParameterlessModule, "TorchSharp.Modules.GELU", false, global::System.Array.Empty<string>(), 0),
-            });
-
         /// <summary>Hands every parameter slot to <paramref name="visitor"/> in <c>named_parameters()</c> order: own parameters first, then submodules.</summary>
         public static void VisitParameters<TVisitor>(global::Models.Stack module, ref TVisitor visitor)
-            where TVisitor : struct, global::EmaGen.IEmaParameterVisitor
+            where TVisitor : struct, global::EmaGen.CompilerServices.IEmaParameterVisitor
         {
             visitor.Parameter("probe", module.probe, true, 0);
             visitor.Parameter("temperature", module.temp, false, 0);
@@ -80,27 +66,27 @@ namespace Models
             }
         }
 
-        static object global::EmaGen.IEmaTracked<global::Models.Stack>.CreateShadow(global::Models.Stack module, global::EmaGen.EmaShadowBuilder builder) =>
+        static object global::EmaGen.IEmaTracked<global::Models.Stack>.CreateShadow(global::Models.Stack module, global::EmaGen.CompilerServices.EmaShadowBuilder builder) =>
             CreateEmaShadow(module, builder);
 
         /// <summary>Builds the typed shadow over the manager's tensors, walking the model in <see cref="VisitParameters"/> order.</summary>
-        public static EmaShadow CreateEmaShadow(global::Models.Stack module, global::EmaGen.EmaShadowBuilder builder)
+        public static EmaShadow CreateEmaShadow(global::Models.Stack module, global::EmaGen.CompilerServices.EmaShadowBuilder builder)
         {
             var __tempShadow = builder.Next("temperature");
             var __runningMeanShadow = builder.Next("runningMean");
-            global::EmaGen.EmaShadowList<global::Models.Block.EmaShadow>? __blocksShadow = null;
+            global::System.Collections.Generic.IReadOnlyList<global::Models.Block.EmaShadow>? __blocksShadow = null;
             if (module.blocks is { } __blocks)
             {
                 var __items = new global::Models.Block.EmaShadow[__blocks.Length];
                 for (int __i = 0; __i < __items.Length; __i++) __items[__i] = global::Models.Block.CreateEmaShadow(__blocks[__i], builder);
-                __blocksShadow = new global::EmaGen.EmaShadowList<global::Models.Block.EmaShadow>(__items);
+                __blocksShadow = global::System.Array.AsReadOnly(__items);
             }
-            global::EmaGen.EmaShadowList<global::EmaGen.Shadows.WeightBiasShadow>? __headsShadow = null;
+            global::System.Collections.Generic.IReadOnlyList<global::EmaGen.CompilerServices.WeightBiasShadow>? __headsShadow = null;
             if (module.heads is { } __heads)
             {
-                var __items = new global::EmaGen.Shadows.WeightBiasShadow[__heads.Count];
-                for (int __i = 0; __i < __items.Length; __i++) __items[__i] = new global::EmaGen.Shadows.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
-                __headsShadow = new global::EmaGen.EmaShadowList<global::EmaGen.Shadows.WeightBiasShadow>(__items);
+                var __items = new global::EmaGen.CompilerServices.WeightBiasShadow[__heads.Count];
+                for (int __i = 0; __i < __items.Length; __i++) __items[__i] = new global::EmaGen.CompilerServices.WeightBiasShadow(builder.Next("weight"), builder.Next("bias"));
+                __headsShadow = global::System.Array.AsReadOnly(__items);
             }
             global::Models.Block.EmaShadow? __extraShadow = null;
             if (module.extra is { } __extra)
@@ -114,10 +100,10 @@ namespace Models
         [global::System.CodeDom.Compiler.GeneratedCode("EmaGen.Generator", "0.1.0.0")]
         public sealed class EmaShadow
         {
-            private readonly global::EmaGen.EmaShadowEntry __temp;
-            private readonly global::EmaGen.EmaShadowEntry __runningMean;
+            private readonly global::EmaGen.CompilerServices.EmaShadowEntry __temp;
+            private readonly global::EmaGen.CompilerServices.EmaShadowEntry __runningMean;
 
-            internal EmaShadow(global::EmaGen.EmaShadowEntry temp, global::EmaGen.EmaShadowEntry runningMean, global::EmaGen.EmaShadowList<global::Models.Block.EmaShadow>? blocks, global::EmaGen.EmaShadowList<global::EmaGen.Shadows.WeightBiasShadow>? heads, global::Models.Block.EmaShadow? extra)
+            internal EmaShadow(global::EmaGen.CompilerServices.EmaShadowEntry temp, global::EmaGen.CompilerServices.EmaShadowEntry runningMean, global::System.Collections.Generic.IReadOnlyList<global::Models.Block.EmaShadow>? blocks, global::System.Collections.Generic.IReadOnlyList<global::EmaGen.CompilerServices.WeightBiasShadow>? heads, global::Models.Block.EmaShadow? extra)
             {
                 this.__temp = temp;
                 this.__runningMean = runningMean;
@@ -133,10 +119,10 @@ namespace Models
             public global::TorchSharp.torch.Tensor runningMean => __runningMean.Tensor;
 
             /// <summary>Shadow of submodule <c>blocks</c>.</summary>
-            public global::EmaGen.EmaShadowList<global::Models.Block.EmaShadow> blocks { get; }
+            public global::System.Collections.Generic.IReadOnlyList<global::Models.Block.EmaShadow> blocks { get; }
 
             /// <summary>Shadow of submodule <c>heads</c>.</summary>
-            public global::EmaGen.EmaShadowList<global::EmaGen.Shadows.WeightBiasShadow> heads { get; }
+            public global::System.Collections.Generic.IReadOnlyList<global::EmaGen.CompilerServices.WeightBiasShadow> heads { get; }
 
             /// <summary>Shadow of submodule <c>extra</c>.</summary>
             public global::Models.Block.EmaShadow? extra { get; }

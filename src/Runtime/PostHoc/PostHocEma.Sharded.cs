@@ -13,7 +13,7 @@ public static partial class PostHocEma
     /// <summary>
     /// The sharded form of <see cref="SaveSnapshot{TModel}(EmaManager{TModel}, string, torch.ScalarType)"/>: every rank
     /// calls it at the same step and writes its shards (converted to <paramref name="dtype"/>) into one snapshot folder
-    /// through <see cref="DcpShardedSave"/>; rank 0 commits it, the others wait up to <paramref name="timeout"/>.
+    /// through <see cref="DcpSave"/>; rank 0 commits it, the others wait up to <paramref name="timeout"/>.
     /// <c>Synthesize</c> reads such folders like dense ones.
     /// </summary>
     public static string SaveSnapshot<TModel>(ShardedEmaManager<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype = torch.ScalarType.Float16)
@@ -72,7 +72,7 @@ public static partial class PostHocEma
         {
             try
             {
-                DcpShardedSave.Save(folder, saveId, me, shards, values, timeout);
+                DcpSave.Run(TensorChunks.Sharded(folder, saveId, me, shards, values, timeout));
             }
             finally
             {

@@ -33,7 +33,7 @@ public static partial class PostHocEma
         {
             using var _ = torch.no_grad();
             return shadow.to_type(dtype, copy: true);
-        }, shadow.numel() * DTypes.SizeOf(dtype)));
+        }, dtype, shadow.shape));
         var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
         DcpWriter.Save(folder, state);
         return folder;

@@ -55,7 +55,7 @@ public sealed partial class ShardedEmaManager<TModel>
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var (shards, values) = StateToSave(prefix, (profile, i) => _entries[i].Shadows[profile]);
-        DcpShardedSave.Save(directory, saveId, new RankInfo(Rank, WorldSize), shards, values, timeout);
+        DcpSave.Run(TensorChunks.Sharded(directory, saveId, new RankInfo(Rank, WorldSize), shards, values, timeout));
     }
 
     /// <summary>
@@ -73,7 +73,7 @@ public sealed partial class ShardedEmaManager<TModel>
         var staging = (_staging ??= new StagingCopies(_arenas)).Refresh();
         var (shards, values) = StateToSave(prefix, (profile, i) => staging[profile][i]!);
         var me = new RankInfo(Rank, WorldSize);
-        _pendingSave = Task.Run(() => DcpShardedSave.Save(directory, saveId, me, shards, values, timeout));
+        _pendingSave = Task.Run(() => DcpSave.Run(TensorChunks.Sharded(directory, saveId, me, shards, values, timeout)));
         return _pendingSave;
     }
 

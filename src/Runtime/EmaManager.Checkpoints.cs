@@ -39,13 +39,12 @@ public sealed partial class EmaManager<TModel>
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        // The staging buffers must not change under a write that is still reading them.
-        EmaCheckpoint.WaitForWrite(ref _pendingSave);
-        var staging = (_staging ??= new StagingCopies(_arenas)).Refresh();
-        var state = StateToSave(prefix, (profile, name) => staging[profile][_trackedIndex[name]]!).ToList();
-        _pendingSave = Task.Run(() => DcpWriter.Save(directory, state, options));
-        return _pendingSave;
+        return _saves.Start(_arenas, staged =>
+            TensorChunks.OneRank(directory, StateToSave(prefix, (profile, name) => staged[profile][_trackedIndex[name]]!), options));
     }
+
+    /// <summary>This manager's asynchronous saves: <see cref="SaveAsync"/> and the post-hoc snapshots taken from it.</summary>
+    internal AsyncSave Saves => _saves;
 
     private IEnumerable<KeyValuePair<string, object?>> StateToSave(string prefix) => StateToSave(prefix, ShadowOf);
 

@@ -32,8 +32,7 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
     private readonly UpdateEngine _engine;
     private readonly object[] _shadowRoots;
     private EmaWeightSwap? _activeSwap;
-    private StagingCopies? _staging;
-    private Task? _pendingSave;
+    private readonly AsyncSave _saves = new();
     private bool _disposed;
 
     /// <summary>Binds to <paramref name="model"/> with a constant <paramref name="decay"/>.</summary>
@@ -229,10 +228,9 @@ public sealed partial class EmaManager<TModel> : IDisposable where TModel : torc
     {
         if (_disposed) return;
         _disposed = true;
-        EmaCheckpoint.WaitForWrite(ref _pendingSave);
+        _saves.Dispose();
         _engine.Dispose();
         foreach (var arena in _arenas) arena.Dispose();
-        _staging?.Dispose();
     }
 
     // Each averaged tensor of the model with its shadow, after the model's slots passed the layout check.

@@ -68,14 +68,15 @@ public sealed partial class ShardedEmaManager<TModel>
     public Task SaveAsync(string directory, string saveId, TimeSpan timeout, string prefix = EmaCheckpoint.DefaultPrefix)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        // The staging tensors must not change under a write that is still reading them.
-        EmaCheckpoint.WaitForWrite(ref _pendingSave);
-        var staging = (_staging ??= new StagingCopies(_arenas)).Refresh();
-        var (shards, values) = StateToSave(prefix, (profile, i) => staging[profile][i]!);
-        var me = new RankInfo(Rank, WorldSize);
-        _pendingSave = Task.Run(() => DcpSave.Run(TensorChunks.Sharded(directory, saveId, me, shards, values, timeout)));
-        return _pendingSave;
+        return _saves.Start(_arenas, staged =>
+        {
+            var (shards, values) = StateToSave(prefix, (profile, i) => staged[profile][i]!);
+            return TensorChunks.Sharded(directory, saveId, new RankInfo(Rank, WorldSize), shards, values, timeout);
+        });
     }
+
+    /// <summary>This rank's asynchronous saves: <see cref="SaveAsync"/> and the post-hoc snapshots taken from it.</summary>
+    internal AsyncSave Saves => _saves;
 
     private (List<DcpShard> Shards, Dictionary<string, object?> Values) StateToSave(string prefix, Func<int, int, torch.Tensor> shadowOf)
     {

@@ -34,8 +34,7 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     private readonly ShadowArena[] _arenas; // one per profile; every shadow is a view into one
     private readonly StepEntry[] _steps;
     private readonly IntPtr[][] _shadowPointers; // per profile, per entry: CPU shadows' data (shadows are never re-pointed)
-    private StagingCopies? _staging;
-    private Task? _pendingSave;
+    private readonly AsyncSave _saves = new();
     private bool _disposed;
 
     // Per entry, what an update step reads (see UpdateShards).
@@ -317,9 +316,8 @@ public sealed partial class ShardedEmaManager<TModel> : IDisposable where TModel
     {
         if (_disposed) return;
         _disposed = true;
-        EmaCheckpoint.WaitForWrite(ref _pendingSave);
+        _saves.Dispose();
         _pool?.Dispose();
-        _staging?.Dispose();
         foreach (var arena in _arenas) arena.Dispose();
     }
 

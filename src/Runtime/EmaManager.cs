@@ -2,7 +2,6 @@ using System;
 using EmaGen.Dcp;
 using System.Collections.Generic;
 using System.Linq;
-using System.Threading.Tasks;
 using TorchSharp;
 
 namespace EmaGen;

@@ -43,7 +43,7 @@ internal static class DcpSave
         catch when (rank.WorldSize == 1)
         {
             // A save by one process owns its staging folder alone, so nothing of it outlives the failure. A sharded save's
-            // folder may still be written by other ranks; the next save removes it once every rank's lock is free.
+            // folder may still be written by other ranks: it is left to the stale-folder removal of a later save.
             if (Directory.Exists(staging.Path)) Directory.Delete(staging.Path, recursive: true);
             throw;
         }

@@ -1,6 +1,5 @@
 using System;
 using System.Collections.Generic;
-using System.Threading.Tasks;
 using EmaGen.Dcp;
 using TorchSharp;
 
@@ -34,37 +33,6 @@ internal static class EmaCheckpoint
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Step), step);
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Format), Format);
     }
-
-    /// <summary>
-    /// Waits for a background write and forgets it. Its failure is not rethrown here: it belongs to whoever holds the
-    /// task that <c>SaveAsync</c> returned.
-    /// </summary>
-    internal static void WaitForWrite(ref Task? pending)
-    {
-        if (pending is not { } write) return;
-        try
-        {
-            write.GetAwaiter().GetResult();
-        }
-        catch (Exception) when (write.IsFaulted || write.IsCanceled)
-        {
-        }
-        pending = null;
-    }
-
-    /// <summary>Writes <paramref name="state"/> on a background task, then disposes <paramref name="copies"/> whatever happened.</summary>
-    internal static Task WriteInBackground(string directory, List<KeyValuePair<string, object?>> state, List<torch.Tensor> copies, DcpWriteOptions? options) =>
-        Task.Run(() =>
-        {
-            try
-            {
-                DcpWriter.Save(directory, state, options);
-            }
-            finally
-            {
-                foreach (var c in copies) c.Dispose();
-            }
-        });
 
     /// <summary>
     /// The profile names stored under <paramref name="prefix"/>, or null for a single-profile checkpoint. A multi-profile

@@ -56,7 +56,7 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        DcpWriter.Save(directory, WholeTensors(StateToSave(prefix)), options);
+        DcpSave.Run(TensorChunks.OneRank(directory, WholeTensors(StateToSave(prefix)), options));
     }
 
     /// <summary>
@@ -68,7 +68,7 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     /// waits for it.
     /// </summary>
     public Task SaveAsync(string directory, string prefix = EmaCheckpoint.DefaultPrefix, DcpWriteOptions? options = null) =>
-        SaveInBackground(prefix, state => DcpWriter.Save(directory, WholeTensors(state), options));
+        SaveInBackground(prefix, state => TensorChunks.OneRank(directory, WholeTensors(state), options));
 
     // A dense manager's boxes are whole tensors: each is written as one full chunk.
     private static IEnumerable<KeyValuePair<string, object?>> WholeTensors(List<KeyValuePair<string, object?>> state) =>

@@ -121,20 +121,19 @@ public abstract partial class EmaManagerBase<TModel>
     }
 
     /// <summary>
-    /// Stages the shadows (copies kept for the next call) and runs <paramref name="write"/> over that state on a
-    /// background task; a call made while the previous write still runs first waits for it.
+    /// Stages the shadows on the calling thread (copies kept for the next call), then writes the save
+    /// <paramref name="request"/> builds from that state on a task that completes once the checkpoint is committed
+    /// (<see cref="AsyncSave"/>, shaped like PyTorch's <c>dcp.async_save</c>).
     /// </summary>
-    private protected Task SaveInBackground(string prefix, Action<List<KeyValuePair<string, object?>>> write)
+    private protected Task SaveInBackground(string prefix, Func<List<KeyValuePair<string, object?>>, SaveRequest> request)
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        // The staging copies must not change under a write that is still reading them.
-        EmaCheckpoint.WaitForWrite(ref _pendingSave);
-        var staging = (_staging ??= new StagingCopies(_arenas)).Refresh();
-        var state = StateToSave(prefix, (k, i) => staging[k][i]!);
-        _pendingSave = Task.Run(() => write(state));
-        return _pendingSave;
+        return _saves.Start(_arenas, staged => request(StateToSave(prefix, (k, i) => staged[k][i]!)));
     }
+
+    /// <summary>This manager's asynchronous saves: <c>SaveAsync</c> and the post-hoc snapshots taken from it, one write at a time.</summary>
+    internal AsyncSave Saves => _saves;
 
     /// <summary>This rank's boxes of profile <paramref name="profile"/> under <paramref name="keyPrefix"/>, each tensor made by <paramref name="local"/> from the shadow.</summary>
     internal List<DcpShard> ShardsOf(int profile, string keyPrefix, Func<torch.Tensor, torch.Tensor> local)

@@ -1,7 +1,6 @@
 using System;
 using System.Collections.Generic;
 using System.Linq;
-using System.Threading.Tasks;
 using EmaGen.Dcp;
 using TorchSharp;
 
@@ -26,8 +25,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     private readonly EmaProfileBase[] _profiles;
     private readonly double[] _currentDecay;
     private readonly object[] _shadowRoots;
-    private Task? _pendingSave;
-    private StagingCopies? _staging;
+    private readonly AsyncSave _saves = new();
     private bool _disposed;
 
     private protected EmaManagerBase(TModel model, EmaOptions options, RankInfo placement, IReadOnlyDictionary<string, long[]>? globalShapes,
@@ -229,10 +227,9 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     {
         if (_disposed) return;
         _disposed = true;
-        EmaCheckpoint.WaitForWrite(ref _pendingSave);
+        _saves.Dispose();
         _pool?.Dispose();
         foreach (var arena in _arenas) arena.Dispose();
-        _staging?.Dispose();
     }
 
     private protected void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

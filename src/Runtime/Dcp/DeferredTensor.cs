@@ -8,5 +8,6 @@ namespace EmaGen.Dcp;
 /// copies (say fp16 snapshots of fp32 shadows) costs one converted tensor of memory at a time, not all of them.
 /// </summary>
 /// <param name="Make">Creates the tensor; the writer owns and disposes what it returns.</param>
-/// <param name="ByteCount">The size of the tensor <paramref name="Make"/> returns, for the writer's free-space check.</param>
-internal sealed record DeferredTensor(Func<torch.Tensor> Make, long ByteCount = 0);
+/// <param name="DType">The dtype of the tensor <paramref name="Make"/> returns (checked when it is made).</param>
+/// <param name="Shape">The shape of the tensor <paramref name="Make"/> returns (checked when it is made).</param>
+internal sealed record DeferredTensor(Func<torch.Tensor> Make, torch.ScalarType DType, long[] Shape);

@@ -1,6 +1,5 @@
 using System;
 using System.IO;
-using TorchSharp;
 
 namespace EmaGen.Dcp;
 
@@ -17,18 +16,8 @@ internal static class DiskSpace
     /// <summary>Free bytes for the caller on the file system holding a path. Replaced by tests to simulate a full disk.</summary>
     internal static Func<string, long> Available = path => new DriveInfo(path).AvailableFreeSpace;
 
-    /// <summary>An upper estimate of the bytes a save of these items writes.</summary>
-    public static long Estimate(System.Collections.Generic.IEnumerable<object?> values)
-    {
-        long bytes = 1 << 16; // .metadata and slack
-        foreach (var value in values)
-        {
-            bytes += ItemOverhead;
-            if (value is torch.Tensor t) bytes += t.numel() * t.ElementSize;
-            else if (value is DeferredTensor d) bytes += d.ByteCount;
-        }
-        return bytes;
-    }
+    /// <summary>An upper estimate of the bytes a save of <paramref name="items"/> items holding <paramref name="dataBytes"/> bytes of tensor data writes.</summary>
+    public static long Estimate(int items, long dataBytes) => (1 << 16) + items * ItemOverhead + dataBytes; // .metadata and slack, then framing and data
 
     /// <summary>Throws an <see cref="IOException"/> naming both figures when <paramref name="folder"/>'s file system has less than <paramref name="needed"/> bytes free.</summary>
     public static void Require(string folder, long needed, string target)

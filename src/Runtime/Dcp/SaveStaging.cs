@@ -1,5 +1,4 @@
 using System;
-using System.Collections.Generic;
 using System.IO;
 
 namespace EmaGen.Dcp;
@@ -34,15 +33,15 @@ internal sealed class SaveStaging : IDisposable
     /// <summary>
     /// What every save does before it writes a byte: create the target's parent, remove what crashed saves of the same
     /// target left (when <paramref name="removeStale"/>; a sharded save's other ranks leave that to rank 0), check that
-    /// <paramref name="values"/> fit in the free space, and enter the staging folder of save <paramref name="id"/>.
+    /// <paramref name="neededBytes"/> fit in the free space, and enter the staging folder of save <paramref name="id"/>.
     /// <paramref name="target"/> is the checkpoint folder as a full path.
     /// </summary>
-    public static SaveStaging Begin(string target, string id, int rank, IEnumerable<object?> values, bool removeStale)
+    public static SaveStaging Begin(string target, string id, int rank, long neededBytes, bool removeStale)
     {
         var parent = System.IO.Path.GetDirectoryName(target) ?? throw new ArgumentException($"'{target}' has no parent folder", "directory");
         Directory.CreateDirectory(parent);
         if (removeStale) RemoveStale(target, keepId: id);
-        DiskSpace.Require(parent, DiskSpace.Estimate(values), target);
+        DiskSpace.Require(parent, neededBytes, target);
         return Enter(target, id, rank);
     }
 

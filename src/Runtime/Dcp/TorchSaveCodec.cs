@@ -1,7 +1,4 @@
 using System;
-using System.Collections;
-using System.Collections.Generic;
-using System.IO;
 using EmaGen.Dcp.Pickle;
 using EmaGen.Dcp.Zip;
 using TorchSharp;
@@ -12,52 +9,11 @@ namespace EmaGen.Dcp;
 internal sealed record RawPickleValue(byte[] Pickle);
 
 /// <summary>
-/// Encodes and decodes the items of a DCP data file: one torch.save archive per tensor chunk or non-tensor value
-/// (docs/dcp-format.md §3.2-3.4). Tensor data is written from and read into the tensor's own memory.
+/// Decodes the items of a DCP data file: one torch.save archive per tensor chunk or non-tensor value (docs/dcp-format.md
+/// §3.2-3.4), tensor data read into the tensor's own memory. <see cref="TorchSaveWriter"/> encodes them.
 /// </summary>
 internal static class TorchSaveCodec
 {
-    /// <summary>
-    /// Writes a tensor as a torch.save archive: contiguous, storage offset 0, C-order strides, storage key "0"; with a
-    /// <paramref name="seal"/> (save id, key, offsets) also the <see cref="ItemSeal"/> record with the data's block CRCs.
-    /// </summary>
-    internal static unsafe void WriteTensor(Stream output, torch.Tensor tensor, ItemSeal? seal = null, bool forceZip64 = false)
-    {
-        using var cpu = tensor.device_type == DeviceType.CPU ? tensor.alias() : tensor.cpu();
-        using var contiguous = cpu.is_contiguous() ? cpu.alias() : cpu.contiguous();
-        var shape = contiguous.shape;
-        var strides = ContiguousStrides(shape);
-        long numel = contiguous.numel();
-        long bytes = numel * contiguous.ElementSize;
-
-        var pickle = new PickleWriter();
-        pickle.Global("torch._utils", "_rebuild_tensor_v2").Mark();
-        pickle.Mark().String("storage").Global("torch", TorchDTypes.StorageClassOf(contiguous.dtype)).String("0").String("cpu").Int(numel).Tuple().BinPersId();
-        pickle.Int(0).IntTuple(shape).IntTuple(strides).Bool(false);
-        pickle.Global("collections", "OrderedDict").EmptyTuple().Reduce();
-        pickle.Tuple().Reduce();
-
-        var archive = new TorchArchiveWriter(output, forceZip64: forceZip64);
-        WriteHeaderRecords(archive, pickle.Finish());
-        int blockSize = seal?.BlockSize ?? ItemSeal.DefaultBlockSize;
-        archive.AddRecord("data/0", (byte*)NativeTensor.DataPointer(contiguous), bytes, blockSize, out var blocks);
-        archive.AddText("version", "3\n");
-        if (seal is not null) archive.AddRecord(ItemSeal.RecordName, (seal with { BlockCrcs = blocks }).Encode());
-        archive.Finish();
-    }
-
-    /// <summary>Writes a plain value (null, bool, integer, double, string, list, tuple, string-keyed dict) as a BYTE_IO item.</summary>
-    internal static void WriteValue(Stream output, object? value, ItemSeal? seal = null)
-    {
-        var pickle = new PickleWriter();
-        WritePlain(pickle, value, 0);
-        var archive = new TorchArchiveWriter(output);
-        WriteHeaderRecords(archive, pickle.Finish());
-        archive.AddText("version", "3\n");
-        if (seal is not null) archive.AddRecord(ItemSeal.RecordName, seal.Encode());
-        archive.Finish();
-    }
-
     /// <summary>
     /// Decodes one item. With an <paramref name="expect"/>ation the item must be a tensor of that dtype and shape, checked
     /// before any tensor memory is allocated; without one it may be a tensor or a plain value.
@@ -99,7 +55,7 @@ internal static class TorchSaveCodec
         var record = archive.Get("data/" + t.Storage.Key);
         bool littleEndian = !archive.TryGet("byteorder", out var order) || System.Text.Encoding.ASCII.GetString(archive.ReadAll(order)).Trim() != "big";
         bool plain = t.Size.Length > 0 && t.StorageOffset == 0 && littleEndian && record.Method == 0
-            && t.Stride.AsSpan().SequenceEqual(ContiguousStrides(t.Size)) && t.Storage.StorageType.Name != "UntypedStorage";
+            && t.Stride.AsSpan().SequenceEqual(TorchSaveWriter.ContiguousStrides(t.Size)) && t.Storage.StorageType.Name != "UntypedStorage";
         if (rowStart < 0 || rowCount < 0 || (t.Size.Length > 0 && rowStart + rowCount > t.Size[0]))
         {
             throw new CheckpointFormatException($"{source}: rows [{rowStart}, {rowStart + rowCount}) lie outside the stored tensor.");
@@ -189,7 +145,7 @@ internal static class TorchSaveCodec
             if (bigEndian && elementSize > 1) SwapBytes((byte*)NativeTensor.DataPointer(storage), storageElements, elementSize);
             if (empty) return torch.empty(t.Size, dtype);
             // The common case (what DCP writes): the storage is exactly the tensor in C order; a view needs no copy.
-            if (t.StorageOffset == 0 && numel == storageElements && t.Stride.AsSpan().SequenceEqual(ContiguousStrides(t.Size)))
+            if (t.StorageOffset == 0 && numel == storageElements && t.Stride.AsSpan().SequenceEqual(TorchSaveWriter.ContiguousStrides(t.Size)))
             {
                 return storage.view(t.Size);
             }
@@ -209,71 +165,5 @@ internal static class TorchSaveCodec
             var element = new Span<byte>(data + i * size, size);
             element.Reverse();
         }
-    }
-
-    private static void WriteHeaderRecords(TorchArchiveWriter archive, byte[] pickle)
-    {
-        archive.AddRecord("data.pkl", pickle);
-        archive.AddText(".format_version", "1");
-        archive.AddText(".storage_alignment", "64");
-        archive.AddText("byteorder", "little");
-    }
-
-    private const int MaxValueDepth = 64;
-
-    private static void WritePlain(PickleWriter p, object? value, int depth)
-    {
-        if (depth > MaxValueDepth) throw new ArgumentException($"value nests deeper than {MaxValueDepth}");
-        switch (value)
-        {
-            case null: p.None(); break;
-            case bool b: p.Bool(b); break;
-            case int i: p.Int(i); break;
-            case long l: p.Int(l); break;
-            case double d: p.Float(d); break;
-            case float f: p.Float(f); break;
-            case string s: p.String(s); break;
-            case PickleTuple t:
-                p.Mark();
-                foreach (var item in t.Items) WritePlain(p, item, depth + 1);
-                p.Tuple();
-                break;
-            case IDictionary<string, object?> dict:
-                p.EmptyDict();
-                if (dict.Count > 0)
-                {
-                    p.Mark();
-                    foreach (var (k, v) in dict)
-                    {
-                        p.String(k);
-                        WritePlain(p, v, depth + 1);
-                    }
-                    p.SetItems();
-                }
-                break;
-            case IList list:
-                p.EmptyList();
-                if (list.Count > 0)
-                {
-                    p.Mark();
-                    foreach (var item in list) WritePlain(p, item, depth + 1);
-                    p.Appends();
-                }
-                break;
-            default:
-                throw new ArgumentException($"a value of type {value.GetType().Name} cannot be stored as a checkpoint value");
-        }
-    }
-
-    internal static long[] ContiguousStrides(long[] shape)
-    {
-        var strides = new long[shape.Length];
-        long stride = 1;
-        for (int i = shape.Length - 1; i >= 0; i--)
-        {
-            strides[i] = stride;
-            stride *= Math.Max(1, shape[i]);
-        }
-        return strides;
     }
 }

@@ -55,7 +55,7 @@ public static partial class PostHocEma
                 var state = new List<KeyValuePair<string, object?>>();
                 foreach (var (name, sum) in sums[t])
                 {
-                    state.Add(new(prefix + name, dtype == torch.ScalarType.Float32 ? sum : new DeferredTensor(() => sum.to_type(dtype, copy: true), sum.numel() * DTypes.SizeOf(dtype))));
+                    state.Add(new(prefix + name, dtype == torch.ScalarType.Float32 ? sum : new DeferredTensor(() => sum.to_type(dtype, copy: true), dtype, sum.shape)));
                 }
                 // The current decay is the one the target profile applies at atStep, as a tracked profile would have stored;
                 // a power-function profile has no configured constant decay.

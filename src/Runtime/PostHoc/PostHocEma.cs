@@ -33,7 +33,7 @@ public static partial class PostHocEma
         {
             using var _ = torch.no_grad();
             return shadow.to_type(dtype, copy: true);
-        }, shadow.numel() * DTypes.SizeOf(dtype)));
+        }, dtype, shadow.shape));
         var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
         DcpWriter.Save(folder, state);
         return folder;
@@ -43,39 +43,42 @@ public static partial class PostHocEma
     /// <see cref="SaveSnapshot{TModel}(EmaManager{TModel}, string, torch.ScalarType)"/> with only the conversion on the
     /// calling thread: the profiles are converted to <paramref name="dtype"/> now (for fp16, half the fp32 shadows' memory
     /// until the write ends) and written, fsynced and swapped in on a background task while training goes on. The
-    /// task's result is the snapshot folder; await it before the next snapshot.
+    /// task's result is the snapshot folder. Like <see cref="EmaManager{TModel}.SaveAsync"/>, with which it takes turns,
+    /// a call first waits for the manager's previous write.
     /// </summary>
     public static Task<string> SaveSnapshotAsync<TModel>(EmaManager<TModel> ema, string snapshotsDir, torch.ScalarType dtype = torch.ScalarType.Float16)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
         ArgumentNullException.ThrowIfNull(ema);
         ArgumentNullException.ThrowIfNull(snapshotsDir);
-        var copies = new List<torch.Tensor>();
-        List<KeyValuePair<string, object?>> state;
-        try
-        {
-            using var _ = torch.no_grad();
-            state = SnapshotState(ema, dtype, shadow =>
-            {
-                var copy = shadow.to_type(dtype, copy: true).DetachFromDisposeScope();
-                copies.Add(copy);
-                return copy;
-            });
-        }
-        catch
-        {
-            foreach (var c in copies) c.Dispose();
-            throw;
-        }
         var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
-        var write = EmaCheckpoint.WriteInBackground(folder, state, copies, options: null);
-        return Finish();
-
-        async Task<string> Finish()
+        var write = ema.Saves.Start(() =>
         {
-            await write.ConfigureAwait(false);
-            return folder;
-        }
+            var copies = new TensorCopies();
+            try
+            {
+                using var _ = torch.no_grad();
+                var state = SnapshotState(ema, dtype, shadow =>
+                {
+                    var copy = shadow.to_type(dtype, copy: true).DetachFromDisposeScope();
+                    copies.Add(copy);
+                    return copy;
+                });
+                return (TensorChunks.OneRank(folder, state, options: null), copies);
+            }
+            catch
+            {
+                copies.Dispose();
+                throw;
+            }
+        });
+        return FolderWhenWritten(write, folder);
+    }
+
+    private static async Task<string> FolderWhenWritten(Task write, string folder)
+    {
+        await write.ConfigureAwait(false);
+        return folder;
     }
 
     // The snapshot's values and, for each power-function profile, its shadows as `tensor` makes them (lazy or eager copies).

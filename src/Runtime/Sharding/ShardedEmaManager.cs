@@ -91,7 +91,7 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        WriteRank(directory, saveId, timeout, StateToSave(prefix));
+        DcpSave.Run(RankSave(directory, saveId, timeout, StateToSave(prefix)));
     }
 
     /// <summary>
@@ -102,12 +102,10 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
     /// waits for it. The task carries any failure (a missing rank times out there), and the previous checkpoint stays.
     /// </summary>
     public Task SaveAsync(string directory, string saveId, TimeSpan timeout, string prefix = EmaCheckpoint.DefaultPrefix) =>
-        SaveInBackground(prefix, state => WriteRank(directory, saveId, timeout, state));
+        SaveInBackground(prefix, state => RankSave(directory, saveId, timeout, state));
 
-    private void WriteRank(string directory, string saveId, TimeSpan timeout, List<KeyValuePair<string, object?>> state)
-    {
-        var shards = state.Select(kv => kv.Value).OfType<DcpShard>().ToList();
-        var values = state.Where(kv => kv.Value is not DcpShard).ToDictionary(kv => kv.Key, kv => kv.Value);
-        DcpShardedSave.Save(directory, saveId, Placement, shards, values, timeout);
-    }
+    // This rank's part of the save: its boxes as chunks, the values (written by rank 0).
+    private SaveRequest RankSave(string directory, string saveId, TimeSpan timeout, List<KeyValuePair<string, object?>> state) =>
+        TensorChunks.Sharded(directory, saveId, Placement, state.Select(kv => kv.Value).OfType<DcpShard>(),
+            state.Where(kv => kv.Value is not DcpShard), timeout);
 }

@@ -31,7 +31,7 @@ public sealed class ShardedCheckpointTests
         {
             var me = new RankInfo(rank, world);
             var shards = new List<DcpShard> { Slice("w", w, 0, me), Slice("v", v, 0, me), new DcpShard("r", r, r.shape, new long[1], replicated: true) };
-            DcpShardedSave.Save(target, "save1", me, shards, new Dictionary<string, object?> { ["step"] = 9L }, Patience);
+            SaveRank(target, "save1", me, shards, Patience, new Dictionary<string, object?> { ["step"] = 9L });
         })));
 
         var reader = DcpReader.Open(target);
@@ -69,34 +69,39 @@ public sealed class ShardedCheckpointTests
     }
 
     [Fact]
-    public async Task AMissingRankTimesOutByNameAndThePreviousCheckpointStays()
+    public void AMissingRankTimesOutByNameAndThePreviousCheckpointStays()
     {
         using var folder = TestPaths.NewTempFolder();
         var target = folder["ckpt"];
         DcpWriter.Save(target, new[] { new KeyValuePair<string, object?>("w", torch.ones(4)) });
         using var w = torch.zeros(4);
-        await Task.WhenAll(new[] { 0, 1, 3 }.Select(rank => Task.Run(() =>
-            DcpShardedSave.WriteRank(target, "save2", new RankInfo(rank, 4), new[] { Slice("w", w, 0, new RankInfo(rank, 4)) }))));
-        var e = Assert.Throws<TimeoutException>(() => DcpShardedSave.Commit(target, "save2", 4, TimeSpan.FromMilliseconds(300)));
+        // Ranks 1 and 3 write their parts and give up waiting for the commit; rank 2 never comes.
+        foreach (int rank in new[] { 1, 3 })
+        {
+            var me = new RankInfo(rank, 4);
+            Assert.Throws<TimeoutException>(() => SaveRank(target, "save2", me, [Slice("w", w, 0, me)], TimeSpan.FromMilliseconds(100)));
+        }
+        var coordinator = new RankInfo(0, 4);
+        var e = Assert.Throws<TimeoutException>(() => SaveRank(target, "save2", coordinator, [Slice("w", w, 0, coordinator)], TimeSpan.FromMilliseconds(300)));
         Assert.Contains("rank(s) 2", e.Message);
         Assert.Equal(new[] { 1f, 1f, 1f, 1f }, DcpReader.Open(target).ReadTensor("w").data<float>().ToArray());
         Assert.Single(Directory.GetFiles(target, "*.distcp"));
     }
 
     [Fact]
-    public void ManifestsOfAnotherSaveAreNeverMixedIn()
+    public async Task ManifestsOfAnotherSaveAreNeverMixedIn()
     {
         using var folder = TestPaths.NewTempFolder();
         var target = folder["ckpt"];
         using var old = torch.full(4, 7f);
         using var fresh = torch.full(4, 3f);
         // An interrupted earlier save left rank 1's files behind.
-        DcpShardedSave.WriteRank(target, "old", new RankInfo(1, 2), new[] { Slice("w", old, 0, new RankInfo(1, 2)) });
-        for (int rank = 1; rank >= 0; rank--)
-        {
-            DcpShardedSave.WriteRank(target, "new", new RankInfo(rank, 2), new[] { Slice("w", fresh, 0, new RankInfo(rank, 2)) });
-        }
-        DcpShardedSave.Commit(target, "new", 2, Patience);
+        var second = new RankInfo(1, 2);
+        Assert.Throws<TimeoutException>(() => SaveRank(target, "old", second, [Slice("w", old, 0, second)], TimeSpan.FromMilliseconds(100)));
+        var waiting = Task.Run(() => SaveRank(target, "new", second, [Slice("w", fresh, 0, second)], Patience));
+        var first = new RankInfo(0, 2);
+        SaveRank(target, "new", first, [Slice("w", fresh, 0, first)], Patience);
+        Assert.Null(await waiting);
         var reader = DcpReader.Open(target);
         Assert.Equal("new", reader.Metadata.SaveId);
         Assert.Equal(new[] { 3f, 3f, 3f, 3f }, reader.ReadTensor("w").data<float>().ToArray());
@@ -115,6 +120,29 @@ public sealed class ShardedCheckpointTests
         Assert.Contains("SLURM_PROCID", none.Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => RankInfo.Resolve(4, 4));
     }
+
+    [Fact]
+    public void AOneRankShardedSaveIsByteForByteDcpWritersSave()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var w = torch.arange(12, dtype: torch.ScalarType.Float32).reshape(3, 4);
+        using var b = torch.arange(5, dtype: torch.ScalarType.Int64);
+        var values = new Dictionary<string, object?> { ["step"] = 4L, ["name"] = "x" };
+        var state = values.Concat(new Dictionary<string, object?> { ["w"] = w, ["b"] = b }).ToList();
+        var dense = DcpSave.Run(TensorChunks.OneRank(folder["dense"], state, options: null, saveId: "same"))!;
+        var shards = new[] { new DcpShard("w", w, w.shape, new long[2]), new DcpShard("b", b, b.shape, new long[1]) };
+        var sharded = SaveRank(folder["sharded"], "same", new RankInfo(0, 1), shards, Patience, values)!;
+
+        Assert.Equal(File.ReadAllBytes(Path.Combine(folder["dense"], "__0_0.distcp")), File.ReadAllBytes(Path.Combine(folder["sharded"], "__0_0.distcp")));
+        // The metadata too, but for the folder it names.
+        dense.CheckpointId = sharded.CheckpointId = null;
+        Assert.Equal(DcpMetadataWriter.Write(dense), DcpMetadataWriter.Write(sharded));
+        Assert.Equal(new[] { ".metadata", "__0_0.distcp" }, Directory.GetFiles(folder["sharded"]).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+    }
+
+    private static DcpMetadata? SaveRank(string target, string saveId, RankInfo rank, IEnumerable<DcpShard> shards, TimeSpan timeout,
+        IReadOnlyDictionary<string, object?>? values = null) =>
+        DcpSave.Run(TensorChunks.Sharded(target, saveId, rank, shards, values, timeout));
 
     private static DcpShard Slice(string key, torch.Tensor full, int dim, RankInfo rank)
     {

@@ -63,11 +63,21 @@ internal sealed class TorchArchiveWriter
         var crcTask = size < (1 << 20)
             ? System.Threading.Tasks.Task.FromResult(Checksum(address, size, blockSize))
             : System.Threading.Tasks.Task.Run(() => Checksum(address, size, blockSize));
-        for (long done = 0; done < size;)
+        try
         {
-            int piece = (int)Math.Min(size - done, Piece);
-            Write(new ReadOnlySpan<byte>(data + done, piece));
-            done += piece;
+            for (long done = 0; done < size;)
+            {
+                int piece = (int)Math.Min(size - done, Piece);
+                Write(new ReadOnlySpan<byte>(data + done, piece));
+                done += piece;
+            }
+        }
+        catch
+        {
+            // The checksum task reads the caller's memory, which the caller may free once this throws: it must end first
+            // (WaitAny, unlike Wait, does not throw, so the write's failure is the one reported).
+            System.Threading.Tasks.Task.WaitAny(crcTask);
+            throw;
         }
         var (crc, blocks) = crcTask.GetAwaiter().GetResult();
         blockCrcs = blocks;

@@ -1,0 +1,101 @@
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Linq;
+using System.Text.Json;
+
+namespace EmaGen.Dcp;
+
+/// <summary>Where one item of a rank's data files went: a plain value (no dtype) or a tensor chunk.</summary>
+internal sealed record ManifestEntry(string Key, string? DType, long[]? GlobalSize, long[]? Offsets, long[]? Sizes, string File, long Offset, long Length);
+
+/// <summary>
+/// How a rank other than 0 tells the coordinator what it wrote: <c>.manifest-{rank}</c> in the staging folder, a small
+/// JSON list of its entries bound to the save id and rank. Rank 0 keeps its own entries in memory.
+/// </summary>
+internal static class DcpManifest
+{
+    private const string Prefix = ".manifest-";
+
+    public static string PathOf(string staging, int rank) => Path.Combine(staging, Prefix + rank);
+
+    // Written to a temporary name and renamed, so the coordinator never sees half of one.
+    public static void Write(string staging, string saveId, RankInfo rank, IReadOnlyList<ManifestEntry> entries)
+    {
+        var path = PathOf(staging, rank.Rank);
+        var temp = path + ".tmp";
+        using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write))
+        {
+            using (var w = new Utf8JsonWriter(stream))
+            {
+                w.WriteStartObject();
+                w.WriteString("save_id", saveId);
+                w.WriteNumber("rank", rank.Rank);
+                w.WriteNumber("world_size", rank.WorldSize);
+                w.WriteStartArray("entries");
+                foreach (var e in entries)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("key", e.Key);
+                    if (e.DType is not null)
+                    {
+                        w.WriteString("dtype", e.DType);
+                        WriteLongs(w, "global_size", e.GlobalSize!);
+                        WriteLongs(w, "offsets", e.Offsets!);
+                        WriteLongs(w, "sizes", e.Sizes!);
+                    }
+                    w.WriteString("file", e.File);
+                    w.WriteNumber("offset", e.Offset);
+                    w.WriteNumber("length", e.Length);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            stream.Flush(flushToDisk: true);
+        }
+        File.Move(temp, path, overwrite: true);
+    }
+
+    public static List<ManifestEntry> Read(string staging, string saveId, int rank)
+    {
+        var path = PathOf(staging, rank);
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { MaxDepth = 8 });
+            var root = doc.RootElement;
+            if (root.GetProperty("save_id").GetString() != saveId || root.GetProperty("rank").GetInt32() != rank)
+            {
+                throw new CheckpointFormatException($"{path}: manifest of another save or rank.");
+            }
+            var list = new List<ManifestEntry>();
+            foreach (var e in root.GetProperty("entries").EnumerateArray())
+            {
+                bool tensor = e.TryGetProperty("dtype", out var dtype);
+                list.Add(new ManifestEntry(
+                    e.GetProperty("key").GetString()!,
+                    tensor ? dtype.GetString() : null,
+                    tensor ? Longs(e.GetProperty("global_size")) : null,
+                    tensor ? Longs(e.GetProperty("offsets")) : null,
+                    tensor ? Longs(e.GetProperty("sizes")) : null,
+                    e.GetProperty("file").GetString()!,
+                    e.GetProperty("offset").GetInt64(),
+                    e.GetProperty("length").GetInt64()));
+            }
+            return list;
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
+        {
+            throw new CheckpointFormatException($"{path}: malformed manifest: {e.Message}", e);
+        }
+    }
+
+    private static long[] Longs(JsonElement array) => array.EnumerateArray().Select(x => x.GetInt64()).ToArray();
+
+    private static void WriteLongs(Utf8JsonWriter w, string name, long[] values)
+    {
+        w.WriteStartArray(name);
+        foreach (var v in values) w.WriteNumberValue(v);
+        w.WriteEndArray();
+    }
+}

@@ -143,6 +143,14 @@ public abstract partial class EmaManagerBase<TModel>
             item.Info.ShardDim == ShardLayout.Replicated)).ToList();
     }
 
+    /// <summary>This rank's boxes of profile <paramref name="profile"/> under <paramref name="keyPrefix"/> as save chunks, each box's data made by <paramref name="local"/> from the shadow.</summary>
+    internal List<SaveChunk> ChunksOf(int profile, string keyPrefix, Func<torch.Tensor, TensorChunks.Local> local)
+    {
+        ThrowIfDisposed();
+        return _items.Select((item, i) => TensorChunks.Box(keyPrefix + item.Info.Name, local(_arenas[profile][i]!), item.Info.Shape, item.Offsets,
+            item.Info.ShardDim == ShardLayout.Replicated)).ToList();
+    }
+
     Dictionary<string, torch.Tensor> IProfileHost.StateDict(int profile)
     {
         ThrowIfDisposed();

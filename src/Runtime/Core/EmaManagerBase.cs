@@ -154,7 +154,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     }
 
     /// <summary>This rank and the world size (rank 0 of 1 for a dense manager).</summary>
-    private protected RankInfo Placement { get; }
+    internal RankInfo Placement { get; }
 
     private protected bool NamedProfiles { get; }
 
@@ -198,7 +198,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     /// <summary>The typed shadow tree of the first profile as the generated class <typeparamref name="TShadow"/> (usually reached through the generated <c>Shadow</c> property).</summary>
     public TShadow GetShadow<TShadow>() where TShadow : class => ((IProfileHost)this).GetShadow<TShadow>(0);
 
-    private protected IReadOnlyList<EmaProfileBase> ProfileList => _profiles;
+    internal IReadOnlyList<EmaProfileBase> ProfileList => _profiles;
 
     private protected EmaProfileBase ProfileNamed(string name) =>
         _profiles.FirstOrDefault(p => p.Name == name)

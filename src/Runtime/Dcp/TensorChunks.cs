@@ -38,14 +38,34 @@ internal static class TensorChunks
         IEnumerable<KeyValuePair<string, object?>>? values, TimeSpan timeout)
     {
         var chunks = new List<SaveChunk>();
-        foreach (var shard in shards)
-        {
-            chunks.Add(new SaveChunk(shard.Key, DTypeOf(shard.Local.dtype), shard.GlobalSize, shard.Offsets, shard.Local.shape,
-                new TensorBytes(shard.Local, null), shard.Replicated));
-        }
+        foreach (var shard in shards) chunks.Add(Box(shard.Key, new Local(shard.Local, null), shard.GlobalSize, shard.Offsets, shard.Replicated));
+        return Request(directory, saveId, rank, chunks, values, timeout);
+    }
+
+    /// <summary>This rank's part of a save by all ranks, from chunks already made (see <see cref="Box"/>).</summary>
+    public static SaveRequest Request(string directory, string saveId, RankInfo rank, List<SaveChunk> chunks,
+        IEnumerable<KeyValuePair<string, object?>>? values, TimeSpan timeout)
+    {
         var plain = new List<SaveValue>();
         foreach (var (key, value) in values ?? []) plain.Add(new SaveValue(key, value));
         return new SaveRequest(directory, saveId, rank, plain, chunks, new DcpWriteOptions(), timeout);
+    }
+
+    /// <summary>A box's data: a tensor, or (<see cref="Later"/>) one made only when it is written and freed right after.</summary>
+    public readonly record struct Local(torch.Tensor? Tensor, DeferredTensor? Later);
+
+    /// <summary>A copy of <paramref name="tensor"/> in <paramref name="dtype"/>, made only when written.</summary>
+    public static Local Deferred(torch.Tensor tensor, torch.ScalarType dtype) => new(null, new DeferredTensor(() =>
+    {
+        using var _ = torch.no_grad();
+        return tensor.to_type(dtype, copy: true);
+    }, dtype, tensor.shape));
+
+    /// <summary>One box of a tensor of shape <paramref name="globalSize"/>, starting at <paramref name="offsets"/>.</summary>
+    public static SaveChunk Box(string key, Local local, long[] globalSize, long[] offsets, bool replicated)
+    {
+        var (dtype, shape) = local.Tensor is { } t ? (t.dtype, t.shape) : (local.Later!.DType, local.Later.Shape);
+        return new SaveChunk(key, DTypeOf(dtype), globalSize, offsets, shape, new TensorBytes(local.Tensor, local.Later), replicated);
     }
 
     /// <summary>A whole tensor as one chunk at offset 0.</summary>

@@ -17,36 +17,44 @@ namespace EmaGen;
 public static partial class PostHocEma
 {
     /// <summary>
-    /// Writes the manager's power-function profiles (<see cref="PowerFunctionSchedule"/>, optionally inside a rescaled
-    /// <see cref="UpdateEverySchedule"/>) at its current step as the DCP folder <c>{snapshotsDir}/step-{step:D10}</c>:
-    /// each profile's shadows under <c>{profile}.{name}</c> in <paramref name="dtype"/>, converted one tensor at a time.
-    /// Other profiles are left out. Two to three profiles of different σ_rel give a good basis.
+    /// Writes the manager's power-function profiles (<see cref="EmaSchedule.PowerFunction"/>, optionally inside a rescaled
+    /// <see cref="EmaSchedule.UpdateEvery"/>) at its current step as the DCP folder <c>{snapshotsDir}/step-{step:D10}</c>:
+    /// each profile's shadows under <c>{profile}.{name}</c> in <paramref name="dtype"/>, converted one tensor at a time
+    /// as it is written. Other profiles are left out. Two to three profiles of different σ_rel give a good basis.
+    /// A sharded manager's ranks all call it at the same step (with a timeout, see the other overload); each writes its
+    /// shards into the one folder, which rank 0 commits. <c>Synthesize</c> reads both alike.
     /// </summary>
     /// <returns>The snapshot folder.</returns>
     /// <exception cref="InvalidOperationException">No profile is a power function, or no update has run yet.</exception>
-    public static string SaveSnapshot<TModel>(EmaManager<TModel> ema, string snapshotsDir, torch.ScalarType dtype = torch.ScalarType.Float16)
+    public static string SaveSnapshot<TModel>(EmaManagerBase<TModel> ema, string snapshotsDir, torch.ScalarType dtype = torch.ScalarType.Float16)
+        where TModel : torch.nn.Module, IEmaTracked<TModel> =>
+        SaveSnapshot(ema, snapshotsDir, TimeSpan.Zero, dtype);
+
+    /// <summary>
+    /// <see cref="SaveSnapshot{TModel}(EmaManagerBase{TModel}, string, torch.ScalarType)"/>, where rank 0 waits up to
+    /// <paramref name="timeout"/> for the other ranks' shards and the other ranks wait as long for its commit.
+    /// </summary>
+    public static string SaveSnapshot<TModel>(EmaManagerBase<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype = torch.ScalarType.Float16)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
-        ArgumentNullException.ThrowIfNull(ema);
-        ArgumentNullException.ThrowIfNull(snapshotsDir);
-        var state = SnapshotState(ema, dtype, shadow => new DeferredTensor(() =>
-        {
-            using var _ = torch.no_grad();
-            return shadow.to_type(dtype, copy: true);
-        }, dtype, shadow.shape));
-        var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
-        DcpWriter.Save(folder, state);
-        return folder;
+        var request = SnapshotRequest(ema, snapshotsDir, timeout, dtype, shadow => TensorChunks.Deferred(shadow, dtype));
+        DcpSave.Run(request);
+        return request.Directory;
     }
 
     /// <summary>
-    /// <see cref="SaveSnapshot{TModel}(EmaManager{TModel}, string, torch.ScalarType)"/> with only the conversion on the
-    /// calling thread: the profiles are converted to <paramref name="dtype"/> now (for fp16, half the fp32 shadows' memory
-    /// until the write ends) and written, fsynced and swapped in on a background task while training goes on. The
-    /// task's result is the snapshot folder. Like <see cref="EmaManager{TModel}.SaveAsync"/>, with which it takes turns,
-    /// a call first waits for the manager's previous write.
+    /// <see cref="SaveSnapshot{TModel}(EmaManagerBase{TModel}, string, torch.ScalarType)"/> with only the conversion on
+    /// the calling thread: the profiles are converted to <paramref name="dtype"/> now (for fp16, half the fp32 shadows'
+    /// memory until the write ends) and written, fsynced and swapped in on a background task while training goes on.
+    /// The task's result is the snapshot folder, and it carries any failure. Like the manager's <c>SaveAsync</c>, with
+    /// which it takes turns, a call first waits for the manager's previous write.
     /// </summary>
-    public static Task<string> SaveSnapshotAsync<TModel>(EmaManager<TModel> ema, string snapshotsDir, torch.ScalarType dtype = torch.ScalarType.Float16)
+    public static Task<string> SaveSnapshotAsync<TModel>(EmaManagerBase<TModel> ema, string snapshotsDir, torch.ScalarType dtype = torch.ScalarType.Float16)
+        where TModel : torch.nn.Module, IEmaTracked<TModel> =>
+        SaveSnapshotAsync(ema, snapshotsDir, TimeSpan.Zero, dtype);
+
+    /// <summary>The asynchronous snapshot of a sharded manager's ranks (see <see cref="SaveSnapshot{TModel}(EmaManagerBase{TModel}, string, TimeSpan, torch.ScalarType)"/>).</summary>
+    public static Task<string> SaveSnapshotAsync<TModel>(EmaManagerBase<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype = torch.ScalarType.Float16)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
         ArgumentNullException.ThrowIfNull(ema);
@@ -58,13 +66,13 @@ public static partial class PostHocEma
             try
             {
                 using var _ = torch.no_grad();
-                var state = SnapshotState(ema, dtype, shadow =>
+                var request = SnapshotRequest(ema, snapshotsDir, timeout, dtype, shadow =>
                 {
                     var copy = shadow.to_type(dtype, copy: true).DetachFromDisposeScope();
                     copies.Add(copy);
-                    return copy;
+                    return new TensorChunks.Local(copy, null);
                 });
-                return (TensorChunks.OneRank(folder, state, options: null), copies);
+                return (request, copies);
             }
             catch
             {
@@ -81,17 +89,21 @@ public static partial class PostHocEma
         return folder;
     }
 
-    // The snapshot's values and, for each power-function profile, its shadows as `tensor` makes them (lazy or eager copies).
-    private static List<KeyValuePair<string, object?>> SnapshotState<TModel>(EmaManager<TModel> ema, torch.ScalarType dtype, Func<torch.Tensor, object> tensor)
+    // This rank's part of the snapshot: the values, and each power-function profile's boxes as `local` makes them from
+    // the shadows (lazy or eager conversions).
+    private static SaveRequest SnapshotRequest<TModel>(EmaManagerBase<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype,
+        Func<torch.Tensor, TensorChunks.Local> local)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
-        var profiles = SnapshotProfiles(ema.Step, dtype, ema.Profiles);
-        var state = SnapshotValues(ema.Step, profiles).ToList();
-        foreach (var (index, key, _) in profiles)
-        {
-            foreach (var name in ema.TrackedNames) state.Add(new(key + "." + name, tensor(ema.Profiles[index][name])));
-        }
-        return state;
+        ArgumentNullException.ThrowIfNull(ema);
+        ArgumentNullException.ThrowIfNull(snapshotsDir);
+        var profiles = SnapshotProfiles(ema.Step, dtype, ema.ProfileList);
+        var chunks = new List<SaveChunk>();
+        foreach (var (index, key, _) in profiles) chunks.AddRange(ema.ChunksOf(index, key + ".", local));
+        var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
+        // One rank needs no agreed id; ranks agree on one from the step.
+        var saveId = ema.Placement.WorldSize == 1 ? Guid.NewGuid().ToString("N") : "posthoc-" + ema.Step.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        return TensorChunks.Request(folder, saveId, ema.Placement, chunks, SnapshotValues(ema.Step, profiles), timeout);
     }
 
     // The power-function profiles of a manager (profile names and schedules) with their snapshot keys; throws when

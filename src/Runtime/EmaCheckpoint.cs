@@ -14,11 +14,9 @@ internal static class EmaCheckpoint
     /// <summary>The value marking an EmaGen EMA checkpoint (key <c>{prefix}_emagen.format</c>).</summary>
     public const string Format = "emagen.ema/1";
 
-    /// <summary>One profile's keys: its shadows under <paramref name="prefix"/> plus its stored state and format.</summary>
-    internal static IEnumerable<KeyValuePair<string, object?>> ProfileState(
-        string prefix, IReadOnlyList<string> names, Func<string, torch.Tensor> shadow, StoredState state)
+    /// <summary>One profile's values under <paramref name="prefix"/> (its shadows are keyed beside them): its stored state and format.</summary>
+    internal static IEnumerable<KeyValuePair<string, object?>> ProfileState(string prefix, StoredState state)
     {
-        foreach (var name in names) yield return new(prefix + name, shadow(name));
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Step), state.Step);
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Decay), state.ConfiguredDecay);
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.CurrentDecay), state.CurrentDecay);
@@ -166,21 +164,5 @@ internal static class EmaCheckpoint
             list.Add((name, t));
         }
         return list;
-    }
-
-    /// <summary>Reads the tensors <paramref name="names"/> under <paramref name="prefix"/>; all or none (a failure disposes what was read).</summary>
-    internal static Dictionary<string, torch.Tensor> ReadTensors(DcpReader reader, string prefix, IEnumerable<string> names)
-    {
-        var tensors = new Dictionary<string, torch.Tensor>(StringComparer.Ordinal);
-        try
-        {
-            foreach (var name in names) tensors[name] = reader.ReadTensor(prefix + name);
-            return tensors;
-        }
-        catch
-        {
-            foreach (var t in tensors.Values) t.Dispose();
-            throw;
-        }
     }
 }

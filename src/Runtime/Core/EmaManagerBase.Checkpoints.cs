@@ -115,7 +115,7 @@ public abstract partial class EmaManagerBase<TModel>
                     new DcpShard(profilePrefix + item.Info.Name, shadowOf(k, i), item.Info.Shape, item.Offsets, item.Info.ShardDim == ShardLayout.Replicated)));
             }
             var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe());
-            state.AddRange(EmaCheckpoint.ProfileState(profilePrefix, [], _ => throw new InvalidOperationException(), stored));
+            state.AddRange(EmaCheckpoint.ProfileState(profilePrefix, stored));
         }
         return state;
     }

@@ -60,7 +60,7 @@ public static partial class PostHocEma
                 // The current decay is the one the target profile applies at atStep, as a tracked profile would have stored;
                 // a power-function profile has no configured constant decay.
                 var stored = new EmaCheckpoint.StoredState(atStep, double.NaN, schedule.DecayAt(atStep), schedule.Describe());
-                state.AddRange(EmaCheckpoint.ProfileState(prefix, [], _ => throw new InvalidOperationException(), stored));
+                state.AddRange(EmaCheckpoint.ProfileState(prefix, stored));
                 var x = coefficients[t];
                 state.Add(new(CheckpointKeys.Of(prefix, CheckpointKeys.PostHoc),
                     string.Join("; ", used.Select((s, i) => $"{Path.GetFileName(s.Folder)}/{s.Profile} x {EmaSchedule.Number(x[i])}"))));

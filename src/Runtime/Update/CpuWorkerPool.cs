@@ -31,16 +31,17 @@ internal interface IPartitionedWork
 /// </para>
 /// <para>
 /// What this pool cannot help: right after a LibTorch op, LibTorch's OpenMP workers busy-wait for some milliseconds and
-/// hold the cores the helpers need (the update benchmark's <c>after_libtorch_op_ratio_to_limit</c>; see the README).
+/// hold the cores the helpers need (the update benchmark's <c>after_libtorch_op_ratio_to_limit</c>; see docs/performance.md).
 /// </para>
 /// </summary>
 internal sealed class CpuWorkerPool : IDisposable
 {
     private const int Sleeping = 0, Awake = 1, Assigned = 2;
 
-    // Longer than a step's model check (0.3 ms at 1,000 tensors from a cold cache), short beside a training step.
+    // Longer than a step's model check of a thousand tensors from a cold cache (docs/performance.md), short beside a
+    // training step.
     private static readonly long WakeAheadSpin = Stopwatch.Frequency / 1000;
-    // How long the caller spins for the helpers' last chunks before blocking (a chunk streams in about 0.05 ms).
+    // How long the caller spins for the helpers' last chunks before blocking: several chunks' streaming time.
     private static readonly long FinishSpin = Stopwatch.Frequency / 2000;
 
     private readonly Thread[] _threads;

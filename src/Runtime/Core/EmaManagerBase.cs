@@ -229,6 +229,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
         _disposed = true;
         _saves.Dispose();
         _pool?.Dispose();
+        _torch.Dispose();
         foreach (var arena in _arenas) arena.Dispose();
     }
 

@@ -179,13 +179,20 @@ internal sealed class PowerFunctionSchedule : EmaSchedule
 
     public override string Describe() => $"PowerFunction(gamma={Number(Gamma)})";
 
+    /// <summary>The supremum of σ_rel: the width of γ = 0, the uniform average (EDM2's bound).</summary>
+    public static readonly double MaxSigmaRel = Math.Sqrt(1.0 / 12);
+
     public static double SigmaRelFromGamma(double gamma) => Math.Sqrt((gamma + 1) / ((gamma + 2) * (gamma + 2) * (gamma + 3)));
 
     /// <summary>γ for σ_rel: the largest real root of <c>γ³ + 7γ² + (16 − σ_rel⁻²)γ + (12 − σ_rel⁻²) = 0</c> (EDM2's sigma_rel_to_gamma).</summary>
     public static double GammaFromSigmaRel(double sigmaRel)
     {
-        // For σ_rel below sqrt(1/12) ≈ 0.2887 (γ > 0) the largest root is positive; EDM2 uses 0.05 to 0.2.
-        if (!(sigmaRel > 0 && sigmaRel < 0.28)) throw new ArgumentOutOfRangeException(nameof(sigmaRel), sigmaRel, "σ_rel must lie in (0, 0.28).");
+        // EDM2's range: for σ_rel below sqrt(1/12) ≈ 0.2887 the largest root is positive (γ > 0); at and above it no
+        // power-function profile (γ > 0) is that wide. EDM2's own runs use 0.05 to 0.2.
+        if (!(sigmaRel > 0 && sigmaRel < MaxSigmaRel))
+        {
+            throw new ArgumentOutOfRangeException(nameof(sigmaRel), sigmaRel, $"σ_rel must lie in (0, sqrt(1/12) ≈ {MaxSigmaRel:F4}).");
+        }
         double t = 1.0 / (sigmaRel * sigmaRel);
         double F(double g) => ((g + 7) * g + (16 - t)) * g + (12 - t);
         // f(0) = 12 − t < 0 for σ_rel < 0.2887; f grows without bound, so the largest root is in (0, hi).

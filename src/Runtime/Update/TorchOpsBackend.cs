@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 using TorchSharp;
 
 namespace EmaGen;
@@ -7,10 +8,10 @@ namespace EmaGen;
 /// The backend for tensors on other devices, boxes the raw kernels do not take (non-contiguous layouts, dtype pairs
 /// without a kernel) and everything with <see cref="EmaOptions.ForceTorchOps"/>: <see cref="Blend"/> per queued
 /// unit and written profile, on the tensors' own device. A packed group is one blend over its flat buffers, so a CUDA
-/// model pays a few launches per (device, dtype) group and profile, not per tensor; the decay is a scalar argument,
-/// never read back, so there is no host synchronisation.
+/// model pays a few launches per (device, dtype) group and profile, not per tensor; the weight is a device tensor
+/// refilled each step, never read back, so there is no host synchronisation.
 /// </summary>
-internal sealed class TorchOpsBackend : IUpdateBackend
+internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
 {
     private readonly ShadowArena[] _arenas;
     private readonly ShadowItem[] _items;
@@ -18,6 +19,7 @@ internal sealed class TorchOpsBackend : IUpdateBackend
     private readonly double[] _decays;
     private readonly int[] _groups;
     private readonly int[] _queued;
+    private readonly List<(int Profile, torch.Tensor Weight)> _weights = new();
     private int _groupCount;
     private int _itemCount;
 
@@ -49,7 +51,7 @@ internal sealed class TorchOpsBackend : IUpdateBackend
                 var parameters = _arenas[0].Groups[g].PackedParameters!;
                 for (int k = 0; k < _decays.Length; k++)
                 {
-                    if (!double.IsNaN(_decays[k])) Blend(_arenas[k].Groups[g].Shadow, parameters, _decays[k]);
+                    if (!double.IsNaN(_decays[k])) Blend(_arenas[k].Groups[g].Shadow, parameters, _decays[k], k);
                 }
             }
             for (int i = 0; i < _itemCount; i++)
@@ -60,7 +62,7 @@ internal sealed class TorchOpsBackend : IUpdateBackend
                 using var view = _items[item].LiveIsBox ? null : _items[item].BoxOf(live);
                 for (int k = 0; k < _decays.Length; k++)
                 {
-                    if (!double.IsNaN(_decays[k])) Blend(_arenas[k][item]!, view ?? live, _decays[k]);
+                    if (!double.IsNaN(_decays[k])) Blend(_arenas[k][item]!, view ?? live, _decays[k], k);
                 }
             }
         }
@@ -71,12 +73,12 @@ internal sealed class TorchOpsBackend : IUpdateBackend
         }
     }
 
-    // Exactly the raw kernels' expression (RawCpuBackend.Blend: shadow * d + parameter * w, each product and the sum
-    // rounded in fp32, fp64 for fp64 shadows, the result narrowed once), so a shadow does not depend on which path
-    // updated it. LibTorch has no fused multiply-add op to match a fused kernel with; this is why the kernels do not
-    // fuse either.
-    /// <summary>Updates <paramref name="shadow"/> from <paramref name="parameter"/> (same shape); integer and bool shadows are copied.</summary>
-    public static void Blend(torch.Tensor shadow, torch.Tensor parameter, double decay)
+    // LibTorch's lerp_ (ema + w * (p - ema), the raw kernels' form, whose fixed point is exactly the parameter) in
+    // place: no temporary for fp32 shadows of fp32 parameters, the least memory traffic the op path can have. It may
+    // fuse the multiply-add, so its bits can differ from the raw kernels' within a tested bound. Low-precision values
+    // are widened exactly and a low-precision shadow is narrowed once.
+    /// <summary>Updates <paramref name="shadow"/> from <paramref name="parameter"/> (same shape) for profile <paramref name="profile"/>; integer and bool shadows are copied.</summary>
+    public void Blend(torch.Tensor shadow, torch.Tensor parameter, double decay, int profile)
     {
         if (!DTypes.IsFloatingPoint(shadow.dtype))
         {
@@ -84,28 +86,38 @@ internal sealed class TorchOpsBackend : IUpdateBackend
             return;
         }
         var compute = shadow.dtype == torch.ScalarType.Float64 ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
-        // The kernels' constants: fp32 math takes decay and 1 - decay rounded to fp32.
-        double d = compute == torch.ScalarType.Float32 ? (float)decay : decay;
-        double w = compute == torch.ScalarType.Float32 ? (float)(1.0 - decay) : 1.0 - decay;
-        using var weighted = Weighted(parameter, compute, w);
+        var weight = Weight(profile, compute, shadow.device, compute == torch.ScalarType.Float32 ? (float)(1.0 - decay) : 1.0 - decay);
+        using var wideParameter = parameter.dtype == compute ? null : parameter.to_type(compute);
         if (shadow.dtype == compute)
         {
-            InPlace.Release(shadow.mul_(d), shadow);
-            InPlace.Release(shadow.add_(weighted), shadow);
+            InPlace.Release(shadow.lerp_(wideParameter ?? parameter, weight), shadow);
             return;
         }
-        // A low-precision shadow: widened exactly, blended in fp32, narrowed once (round to nearest even).
         using var wide = shadow.to_type(compute);
-        InPlace.Release(wide.mul_(d), wide);
-        InPlace.Release(wide.add_(weighted), wide);
+        InPlace.Release(wide.lerp_(wideParameter ?? parameter, weight), wide);
         InPlace.Release(shadow.copy_(wide), shadow);
     }
 
-    // parameter * w as a new tensor of the compute dtype (bf16/fp16 widened exactly first).
-    private static torch.Tensor Weighted(torch.Tensor parameter, torch.ScalarType compute, double w)
+    // The weight 1 - decay as a 0-dim tensor on the shadows' device, one per (profile, dtype, device), made once and
+    // refilled: lerp_ takes its weight as a tensor, and a fill is a launch, never a host synchronisation.
+    private torch.Tensor Weight(int profile, torch.ScalarType dtype, torch.Device device, double w)
     {
-        if (parameter.dtype == compute) return parameter.mul(w);
-        using var wide = parameter.to_type(compute);
-        return wide.mul(w);
+        foreach (var (k, t) in _weights)
+        {
+            if (k == profile && t.dtype == dtype && t.device_type == device.type && t.device_index == device.index)
+            {
+                InPlace.Release(t.fill_(w), t);
+                return t;
+            }
+        }
+        var made = torch.tensor(w, dtype, device).DetachFromDisposeScope();
+        _weights.Add((profile, made));
+        return made;
+    }
+
+    public void Dispose()
+    {
+        foreach (var (_, t) in _weights) t.Dispose();
+        _weights.Clear();
     }
 }

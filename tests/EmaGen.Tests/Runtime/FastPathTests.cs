@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using EmaGen.Tests.Models;
+using EmaGen.Tests.Support;
 using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
@@ -34,7 +35,7 @@ public sealed class FastPathTests
             var e0 = before[i];
             var p = model[i].data<float>().ToArray();
             var actual = ema[Name(i)].data<float>().ToArray();
-            var expected = e0.Select((e, k) => (e * d + p[k] * w)).ToArray();
+            var expected = e0.Select((e, k) => Lerp.Of(e, p[k], decay)).ToArray();
             Assert.Equal(expected, actual);
 
             using var reference = torch.tensor(e0).mul_(decay).add_(model[i].detach(), alpha: 1 - decay);
@@ -58,7 +59,7 @@ public sealed class FastPathTests
             using var wide = model[i].detach().to_type(ScalarType.Float32);
             var p = wide.data<float>().ToArray();
             var actual = ema[Name(i)].data<float>().ToArray();
-            var expected = before[i].Select((e, k) => (e * 0.99f + p[k] * (float)(1 - 0.99))).ToArray();
+            var expected = before[i].Select((e, k) => Lerp.Of(e, p[k], 0.99)).ToArray();
             Assert.Equal(expected, actual);
 
             using var reference = torch.tensor(before[i]).mul_(0.99).add_(model[i].detach(), alpha: 1 - 0.99);
@@ -98,7 +99,7 @@ public sealed class FastPathTests
         {
             using var wide = model[i].detach().to_type(ScalarType.Float32);
             var p = wide.data<float>().ToArray();
-            var exact = before[i].Select((e, k) => (e * 0.75f + p[k] * 0.25f)).ToArray();
+            var exact = before[i].Select((e, k) => Lerp.Of(e, p[k], 0.75)).ToArray();
             // LibTorch's own fp32 -> bf16 conversion is the reference for the rounding.
             using var rounded = torch.tensor(exact).to_type(ScalarType.BFloat16).to_type(ScalarType.Float32);
             using var actual = ema[Name(i)].to_type(ScalarType.Float32);
@@ -154,9 +155,9 @@ public sealed class FastPathTests
             model[2].set_(torch.full(63, 3f));
         }
         ema.Update(model);
-        Assert.Equal(before[2].Select(e => (e * 0.5f + 3f * 0.5f)).ToArray(), ema[Name(2)].data<float>().ToArray());
+        Assert.Equal(before[2].Select(e => Lerp.Of(e, 3f, 0.5)).ToArray(), ema[Name(2)].data<float>().ToArray());
         var p0 = model[0].data<float>().ToArray();
-        Assert.Equal(before[0].Select((e, k) => (e * 0.5f + p0[k] * 0.5f)).ToArray(), ema[Name(0)].data<float>().ToArray());
+        Assert.Equal(before[0].Select((e, k) => Lerp.Of(e, p0[k], 0.5)).ToArray(), ema[Name(0)].data<float>().ToArray());
     }
 
     [Fact]
@@ -205,8 +206,8 @@ public sealed class FastPathTests
             single.Update(b);
             if (step == 3)
             {
-                Assert.Equal(before7.Select(e => e * 0.75f + 2f * 0.25f), threaded[Name(7)].data<float>().ToArray());
-                Assert.Equal(before290.Select(e => e * 0.75f - 1f * 0.25f), threaded[Name(290)].data<float>().ToArray());
+                Assert.Equal(before7.Select(e => Lerp.Of(e, 2f, 0.75)), threaded[Name(7)].data<float>().ToArray());
+                Assert.Equal(before290.Select(e => Lerp.Of(e, -1f, 0.75)), threaded[Name(290)].data<float>().ToArray());
                 Assert.Contains("slow path", threaded.UpdatePath);
             }
         }
@@ -249,7 +250,7 @@ public sealed class FastPathTests
             ema.Update(model);
             foreach (var name in ema.TrackedNames)
             {
-                Assert.Equal(shadows[name].Zip(parameters[name], (s, p) => s * 0.5f + p * 0.5f), ema[name].data<float>().ToArray());
+                Assert.Equal(shadows[name].Zip(parameters[name], (s, p) => Lerp.Of(s, p, 0.5)), ema[name].data<float>().ToArray());
             }
         }
     }

@@ -105,9 +105,10 @@ public sealed class OneCoreTests
     }
 
     [Fact]
-    public void TheShardedManagersTorchSharpOpPathRunsOnTheCpuWithTheKernelsBits()
+    public void TheShardedManagersTorchSharpOpPathRunsOnTheCpuCloseToTheKernels()
     {
-        // The device path (TorchSharp ops on boxes, what a CUDA rank runs) forced on the CPU, against the raw kernels.
+        // The device path (TorchSharp ops on boxes, what a CUDA rank runs) forced on the CPU, against the raw kernels:
+        // within the bound OneFormulaTests derives (2·steps·ε·max|shadow|), since lerp_ may fuse its multiply-add.
         using var model = new SizedModel(torch.ScalarType.Float32, Sizes);
         var options = new EmaOptions { Profiles = Profiles() };
         for (int rank = 0; rank < 2; rank++)
@@ -128,7 +129,11 @@ public sealed class OneCoreTests
             {
                 foreach (var name in raw.TrackedNames)
                 {
-                    Assert.True(raw.Profiles[k][name].bytes.SequenceEqual(ops.Profiles[k][name].bytes), $"rank {rank} {raw.Profiles[k].Name}/{name}");
+                    using var a = raw.Profiles[k][name].to_type(torch.ScalarType.Float64);
+                    using var b = ops.Profiles[k][name].to_type(torch.ScalarType.Float64);
+                    if (a.numel() == 0) continue;
+                    double bound = 2 * 4 * Math.Pow(2, -23) * a.abs().max().item<double>();
+                    Assert.True((a - b).abs().max().item<double>() <= bound, $"rank {rank} {raw.Profiles[k].Name}/{name}");
                 }
             }
         }

@@ -234,11 +234,11 @@ public sealed class SwapAndResumeTests
         Assert.Equal(pointers, Enumerable.Range(0, model.Count).Select(i => NativeTensor.DataPointer(model[i])).ToList());
         Assert.Equal(own, Enumerable.Range(0, model.Count).Select(i => model[i].data<float>().ToArray()).ToList());
 
-        // Still packed: the next update is exactly the closed form over the restored parameters.
+        // Still packed: the next update is exactly the kernels' blend over the restored parameters.
         ema.Update(model);
         for (int i = 0; i < model.Count; i++)
         {
-            var expected = averaged[i].Zip(own[i], (e, p) => (e * 0.5f + p * 0.5f)).ToArray();
+            var expected = averaged[i].Zip(own[i], (e, p) => Lerp.Of(e, p, 0.5)).ToArray();
             Assert.Equal(expected, ema.TrackedNames.Select(n => ema[n].data<float>().ToArray()).ElementAt(i));
         }
     }

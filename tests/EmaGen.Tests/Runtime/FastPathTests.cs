@@ -325,7 +325,7 @@ public sealed class FastPathTests
         Assert.Equal(3L, buffers["bn.num_batches_tracked"].item<long>());
         Assert.Equal(3L, ema["bn.num_batches_tracked"].item<long>());
         var mean = buffers["bn.running_mean"].data<float>().ToArray();
-        Assert.Equal(mean0.Select((e, k) => (e * 0.5f + mean[k] * 0.5f)).ToArray(), ema["bn.running_mean"].data<float>().ToArray());
+        Assert.Equal(mean0.Select((e, k) => Lerp.Of(e, mean[k], 0.5)).ToArray(), ema["bn.running_mean"].data<float>().ToArray());
         Assert.Same(ema["bn.running_var"], ema.Shadow.bn.running_var);
         Assert.Contains("bn.num_batches_tracked", ema.StateDict().Keys);
 

@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using EmaGen.Tests.Models;
+using EmaGen.Tests.Support;
 using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
@@ -157,15 +158,15 @@ public sealed class UpdateNumericsTests
         // Fix it (Linear's setter disposed the original): the next step averages both replacements.
         model.Heads[2].weight = new TorchSharp.Modules.Parameter(torch.full(1, 4, -2f));
         update();
-        Assert.Equal(before["heads.0.weight"].Select(v => v * 0.5f + 3f * 0.5f), shadow("heads.0.weight"));
-        Assert.Equal(before["heads.2.weight"].Select(v => v * 0.5f - 2f * 0.5f), shadow("heads.2.weight"));
+        Assert.Equal(before["heads.0.weight"].Select(v => Lerp.Of(v, 3f, 0.5)), shadow("heads.0.weight"));
+        Assert.Equal(before["heads.2.weight"].Select(v => Lerp.Of(v, -2f, 0.5)), shadow("heads.2.weight"));
         Assert.Equal(before["blocks.1.scale"], shadow("blocks.1.scale"));
 
         // The replacement is now the followed object: changing it in place moves the shadow again.
         using (torch.no_grad()) model.Heads[0].weight!.fill_(1f);
         var afterFirst = shadow("heads.0.weight");
         update();
-        Assert.Equal(afterFirst.Select(v => v * 0.5f + 0.5f), shadow("heads.0.weight"));
+        Assert.Equal(afterFirst.Select(v => Lerp.Of(v, 1f, 0.5)), shadow("heads.0.weight"));
     }
 
     [Fact]

@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using EmaGen.Tests.Models;
+using EmaGen.Tests.Support;
 using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
@@ -59,7 +60,7 @@ public sealed class ExactBlendTests
                 var shadow = profile[$"leaves.{i}.w"];
                 using var box = sharded ? model[i].narrow(0, Sizes[i] - shadow.shape[0], shadow.shape[0]) : model[i].alias();
                 using var expected = box.to_type(shadow.dtype);
-                Assert.True(Bits(expected).SequenceEqual(Bits(shadow)), $"{profile.Name} leaves.{i}.w moved off its constant parameter ({dtype})");
+                Assert.True(TensorValues.Bits(expected).SequenceEqual(TensorValues.Bits(shadow)), $"{profile.Name} leaves.{i}.w moved off its constant parameter ({dtype})");
             }
         }
     }
@@ -80,7 +81,7 @@ public sealed class ExactBlendTests
         torch.manual_seed(32);
         using var model = new SizedModel(dtype, 257);
         using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = decay, ForceTorchOps = torchOps });
-        var exact = ToDoubles(model[0]);
+        var exact = TensorValues.Doubles(model[0]);
         double maxShadow = 0, maxGap = 0;
         for (int step = 0; step < 5_000; step++)
         {
@@ -89,7 +90,7 @@ public sealed class ExactBlendTests
                 using var noise = torch.randn(257).mul_(0.01).to_type(dtype);
                 model[0].add_(noise);
             }
-            var p = ToDoubles(model[0]);
+            var p = TensorValues.Doubles(model[0]);
             for (int j = 0; j < exact.Length; j++)
             {
                 maxGap = Math.Max(maxGap, Math.Abs(p[j] - exact[j]));
@@ -98,13 +99,13 @@ public sealed class ExactBlendTests
             }
             ema.Update(model);
         }
-        var shadow = ToDoubles(ema["leaves.0.w"]);
+        var shadow = TensorValues.Doubles(ema["leaves.0.w"]);
         double u = Math.Pow(2, -24), w = 1 - decay;
         double bound = 1.01 * u * (maxShadow / w + 3 * maxGap);
         double worst = shadow.Zip(exact, (a, b) => Math.Abs(a - b)).Max();
         Assert.True(worst <= bound, $"|fp32 − fp64| = {worst:G3} over the bound {bound:G3}");
         // Not vacuous: the average moved far beyond the bound from where it started.
-        Assert.True(exact.Zip(ToDoubles(model[0]), (a, b) => Math.Abs(a - b)).Max() > 100 * bound);
+        Assert.True(exact.Zip(TensorValues.Doubles(model[0]), (a, b) => Math.Abs(a - b)).Max() > 100 * bound);
     }
 
     [Fact]
@@ -123,17 +124,5 @@ public sealed class ExactBlendTests
         Assert.Throws<ArgumentOutOfRangeException>(() => EmaSchedule.PowerFunction(Math.Sqrt(1.0 / 12)));
         Assert.Throws<ArgumentOutOfRangeException>(() => EmaSchedule.PowerFunction(0.3));
         Assert.Throws<ArgumentOutOfRangeException>(() => EmaSchedule.PowerFunction(0));
-    }
-
-    private static double[] ToDoubles(Tensor t)
-    {
-        using var d = t.detach().to_type(ScalarType.Float64).cpu();
-        return d.data<double>().ToArray();
-    }
-
-    private static byte[] Bits(Tensor t)
-    {
-        using var c = t.detach().contiguous().cpu();
-        return c.bytes.ToArray();
     }
 }

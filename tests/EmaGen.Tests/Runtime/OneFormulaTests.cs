@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using EmaGen.Tests.Models;
+using EmaGen.Tests.Support;
 using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
@@ -86,22 +87,22 @@ public sealed class OneFormulaTests
                 for (int i = 0; i < Sizes.Length; i++)
                 {
                     string name = $"leaves.{i}.w";
-                    var expected = Bits(managers[0][name]);
+                    var expected = TensorValues.Bits(managers[0][name]);
                     foreach (int k in new[] { 1, 4 })
                     {
-                        Assert.True(expected.SequenceEqual(Bits(managers[k][name])), $"{paths[k].Name} differs from {paths[0].Name} on {name} ({dtype}, low-precision shadow {lowPrecisionShadow})");
+                        Assert.True(expected.SequenceEqual(TensorValues.Bits(managers[k][name])), $"{paths[k].Name} differs from {paths[0].Name} on {name} ({dtype}, low-precision shadow {lowPrecisionShadow})");
                     }
-                    Assert.True(expected.SequenceEqual(Bits(sharded[name])), $"the sharded manager differs on {name} ({dtype})");
-                    var raw = Doubles(managers[0][name]);
+                    Assert.True(expected.SequenceEqual(TensorValues.Bits(sharded[name])), $"the sharded manager differs on {name} ({dtype})");
+                    var raw = TensorValues.Doubles(managers[0][name]);
                     double bound = 2 * steps * Epsilon(managers[0][name].dtype) * raw.Max(Math.Abs);
                     foreach (int k in new[] { 2, 3 })
                     {
-                        double worst = raw.Zip(Doubles(managers[k][name]), (a, b) => Math.Abs(a - b)).Max();
+                        double worst = raw.Zip(TensorValues.Doubles(managers[k][name]), (a, b) => Math.Abs(a - b)).Max();
                         Assert.True(worst <= bound, $"{paths[k].Name} is {worst:G3} from the raw kernels on {name} ({dtype}), over {bound:G3}");
                     }
                 }
                 // The comparison is not vacuous: the shadows moved away from the first parameters.
-                Assert.False(Bits(managers[0]["leaves.3.w"]).SequenceEqual(Bits(models[0][3])));
+                Assert.False(TensorValues.Bits(managers[0]["leaves.3.w"]).SequenceEqual(TensorValues.Bits(models[0][3])));
             }
             finally
             {
@@ -122,19 +123,6 @@ public sealed class OneFormulaTests
         ScalarType.Float16 => Math.Pow(2, -10),
         _ => Math.Pow(2, -23),
     };
-
-    private static double[] Doubles(Tensor t)
-    {
-        using var d = t.detach().to_type(ScalarType.Float64).cpu();
-        return d.data<double>().ToArray();
-    }
-
-    // Raw bytes, so that -0.0 vs 0.0 and NaN payloads count as differences.
-    private static byte[] Bits(Tensor t)
-    {
-        using var c = t.detach().contiguous().cpu();
-        return c.bytes.ToArray();
-    }
 
     private static void CopyValues(SizedModel from, SizedModel to)
     {

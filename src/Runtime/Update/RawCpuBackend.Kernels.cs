@@ -20,24 +20,25 @@ internal sealed unsafe partial class RawCpuBackend
     private const int Chunk = 512;
 
     /// <summary>
-    /// The update of one fp32 element; every kernel computes exactly this: <c>ema + (p − ema)·w</c>, w = 1 − decay
-    /// rounded once to the shadow's precision. A shadow equal to its parameter stays unchanged at any decay; decay 0 is
-    /// a copy of the parameter (<see cref="RunKernel"/>), exact as the schedules that start there need.
+    /// The update of one fp32 element; every kernel computes exactly this: <c>ema − (ema − p)·w</c> (the value of
+    /// <c>ema + w·(p − ema)</c>, written so that a −0.0 shadow of a −0.0 parameter stays −0.0), w = 1 − decay rounded
+    /// once to the shadow's precision. A shadow equal to its parameter stays unchanged at any decay; decay 0 is a copy
+    /// of the parameter (<see cref="RunKernel"/>), exact as the schedules that start there need.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Blend(float ema, float p, float w) => ema + (p - ema) * w;
+    public static float Blend(float ema, float p, float w) => ema - (ema - p) * w;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static double Blend(double ema, double p, double w) => ema + (p - ema) * w;
+    private static double Blend(double ema, double p, double w) => ema - (ema - p) * w;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Blend(Vector256<float> ema, Vector256<float> p, Vector256<float> w) => ema + (p - ema) * w;
+    private static Vector256<float> Blend(Vector256<float> ema, Vector256<float> p, Vector256<float> w) => ema - (ema - p) * w;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<double> Blend(Vector256<double> ema, Vector256<double> p, Vector256<double> w) => ema + (p - ema) * w;
+    private static Vector256<double> Blend(Vector256<double> ema, Vector256<double> p, Vector256<double> w) => ema - (ema - p) * w;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Blend(Vector128<float> ema, Vector128<float> p, Vector128<float> w) => ema + (p - ema) * w;
+    private static Vector128<float> Blend(Vector128<float> ema, Vector128<float> p, Vector128<float> w) => ema - (ema - p) * w;
 
     public static void RunKernel(KernelKind kind, void* ema, void* p, long count, double decay)
     {
@@ -97,13 +98,20 @@ internal sealed unsafe partial class RawCpuBackend
             case KernelKind.Float32FromFloat16:
                 for (long i = 0; i < count; i++) ((float*)ema)[i] = (float)((Half*)p)[i];
                 break;
-            case KernelKind.None:
-                throw new InvalidOperationException($"No CPU kernel for {kind}.");
-            default:
-                // Same element size on both sides: fp32, fp64, bf16 and fp16 shadows of their own dtype, and the copies.
+            case KernelKind.Float32:
+            case KernelKind.Float64:
+            case KernelKind.BFloat16:
+            case KernelKind.Float16:
+            case KernelKind.Copy1:
+            case KernelKind.Copy2:
+            case KernelKind.Copy4:
+            case KernelKind.Copy8:
+                // Shadow and parameter of one dtype: the bytes themselves.
                 long bytes = count * ShadowElementSize(kind);
                 Buffer.MemoryCopy(p, ema, bytes, bytes);
                 break;
+            default:
+                throw new InvalidOperationException($"No CPU copy for {kind}: a new kernel kind needs its decay-0 copy here.");
         }
     }
 

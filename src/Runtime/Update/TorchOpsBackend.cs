@@ -19,7 +19,7 @@ internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
     private readonly double[] _decays;
     private readonly int[] _groups;
     private readonly int[] _queued;
-    private readonly List<(int Profile, torch.Tensor Weight)> _weights = new();
+    private readonly List<(int Profile, torch.Tensor Weight, double Value)> _weights = new();
     private int _groupCount;
     private int _itemCount;
 
@@ -74,9 +74,10 @@ internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
     }
 
     // LibTorch's lerp_ (ema + w * (p - ema), the raw kernels' form, whose fixed point is exactly the parameter) in
-    // place: no temporary for fp32 shadows of fp32 parameters, the least memory traffic the op path can have. It may
-    // fuse the multiply-add, so its bits can differ from the raw kernels' within a tested bound. Low-precision values
-    // are widened exactly and a low-precision shadow is narrowed once.
+    // place: no temporary for fp32 shadows of fp32 parameters, the least memory traffic the op path can have. Which
+    // ATen kernel runs depends on the CPU (a fused multiply-add where there is one), so its bits can differ from the
+    // raw kernels' (within a tested bound) and between machines; it turns a -0.0 shadow of a -0.0 parameter into +0.0.
+    // Low-precision values are widened exactly and a low-precision shadow is narrowed once.
     /// <summary>Updates <paramref name="shadow"/> from <paramref name="parameter"/> (same shape) for profile <paramref name="profile"/>; integer and bool shadows are copied.</summary>
     public void Blend(torch.Tensor shadow, torch.Tensor parameter, double decay, int profile)
     {
@@ -99,25 +100,29 @@ internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
     }
 
     // The weight 1 - decay as a 0-dim tensor on the shadows' device, one per (profile, dtype, device), made once and
-    // refilled: lerp_ takes its weight as a tensor, and a fill is a launch, never a host synchronisation.
+    // refilled only when a schedule changes the decay: lerp_ takes its weight as a tensor, and a fill is a launch,
+    // never a host synchronisation.
     private torch.Tensor Weight(int profile, torch.ScalarType dtype, torch.Device device, double w)
     {
-        foreach (var (k, t) in _weights)
+        for (int i = 0; i < _weights.Count; i++)
         {
-            if (k == profile && t.dtype == dtype && t.device_type == device.type && t.device_index == device.index)
+            var (k, t, value) = _weights[i];
+            if (k != profile || t.dtype != dtype || t.device_type != device.type || t.device_index != device.index) continue;
+            if (value != w)
             {
                 InPlace.Release(t.fill_(w), t);
-                return t;
+                _weights[i] = (k, t, w);
             }
+            return t;
         }
         var made = torch.tensor(w, dtype, device).DetachFromDisposeScope();
-        _weights.Add((profile, made));
+        _weights.Add((profile, made, w));
         return made;
     }
 
     public void Dispose()
     {
-        foreach (var (_, t) in _weights) t.Dispose();
+        foreach (var (_, t, _) in _weights) t.Dispose();
         _weights.Clear();
     }
 }

@@ -11,8 +11,9 @@ namespace EmaGen.Tests.Runtime;
 
 /// <summary>
 /// The update's fixed point is exactly the parameter: a weight that does not move keeps a shadow bit-equal to it on every
-/// path (raw kernels single and paired, TorchSharp ops, sharded boxes, every:K rescaled decays), for every parameter
-/// dtype; and the shadow of a moving parameter stays within a derived bound of the float64 EMA.
+/// path (raw kernels single and paired, TorchSharp ops, sharded boxes, every:K decays rescaled and per call, the decay-0
+/// copy of a start-after profile), for every parameter dtype and low-precision shadows; and the shadow of a moving
+/// parameter stays within a derived bound of the float64 EMA.
 /// </summary>
 public sealed class ExactBlendTests
 {
@@ -31,9 +32,15 @@ public sealed class ExactBlendTests
                 yield return new object[] { dtype, false, torchOps, true };
             }
         }
-        // Low-precision shadows (bf16/fp16 shadows of bf16/fp16 parameters).
-        yield return new object[] { ScalarType.BFloat16, true, false, false };
-        yield return new object[] { ScalarType.Float16, true, true, false };
+        // Low-precision shadows (bf16/fp16 shadows of bf16/fp16 parameters), raw and op paths, dense and sharded.
+        foreach (var dtype in new[] { ScalarType.BFloat16, ScalarType.Float16 })
+        {
+            foreach (var torchOps in new[] { false, true })
+            {
+                yield return new object[] { dtype, true, torchOps, false };
+                yield return new object[] { dtype, true, torchOps, true };
+            }
+        }
     }
 
     [Theory]
@@ -42,10 +49,18 @@ public sealed class ExactBlendTests
     {
         torch.manual_seed(31);
         using var model = new SizedModel(dtype, Sizes);
-        // Three decays as three profiles: two share a pass (the pair kernels for fp32/bf16), and an every:2 profile
-        // applies its rescaled decay.
+        // A -0.0 element on the raw paths (the kernels keep its sign; LibTorch's lerp_ gives +0.0, documented).
+        if (!torchOps)
+        {
+            using var _ = torch.no_grad();
+            for (int i = 0; i < Sizes.Length; i++) model[i][0] = torch.tensor(-0.0, dtype);
+        }
+        // Three decays as three profiles (two share a pass: the pair kernels for fp32/bf16), every:2 profiles with the
+        // rescaled and the per-call decay, and a profile that copies for its first 5 steps (decay 0).
         var profiles = Decays.Select((d, i) => new EmaProfileOptions($"d{i}", EmaSchedule.Constant(d)))
-            .Append(new EmaProfileOptions("every2", EmaSchedule.UpdateEvery(2, EmaSchedule.Constant(0.9999), perCall: true)))
+            .Append(new EmaProfileOptions("every2", EmaSchedule.UpdateEvery(2, EmaSchedule.Constant(0.9999))))
+            .Append(new EmaProfileOptions("every2call", EmaSchedule.UpdateEvery(2, EmaSchedule.Constant(0.9999), perCall: true)))
+            .Append(new EmaProfileOptions("start5", EmaSchedule.StartAfter(5, EmaSchedule.Constant(0.999))))
             .ToArray();
         var options = new EmaOptions { Profiles = profiles, LowPrecisionShadow = lowPrecisionShadow, ForceTorchOps = torchOps };
         using EmaManagerBase<SizedModel> ema = sharded
@@ -104,7 +119,7 @@ public sealed class ExactBlendTests
         double bound = 1.01 * u * (maxShadow / w + 3 * maxGap);
         double worst = shadow.Zip(exact, (a, b) => Math.Abs(a - b)).Max();
         Assert.True(worst <= bound, $"|fp32 − fp64| = {worst:G3} over the bound {bound:G3}");
-        // Not vacuous: the average moved far beyond the bound from where it started.
+        // Not vacuous: the walk carried the parameter far beyond the bound away from the average.
         Assert.True(exact.Zip(TensorValues.Doubles(model[0]), (a, b) => Math.Abs(a - b)).Max() > 100 * bound);
     }
 

@@ -1,8 +1,8 @@
 namespace EmaGen.Tests.Support;
 
 /// <summary>
-/// The expected update of one fp32 element, stated independently of the kernels: <c>ema + (p − ema)·w</c> with
-/// w = 1 − decay rounded to fp32, and decay 0 the parameter itself.
+/// The expected update of one fp32 element, stated independently of the kernels: <c>ema − (ema − p)·w</c> (the value
+/// of <c>ema + w·(p − ema)</c>, keeping −0.0) with w = 1 − decay rounded to fp32, and decay 0 the parameter itself.
 /// </summary>
 internal static class Lerp
 {
@@ -10,6 +10,6 @@ internal static class Lerp
     {
         if (decay == 0) return p;
         float w = (float)(1.0 - decay);
-        return ema + (p - ema) * w;
+        return ema - (ema - p) * w;
     }
 }

@@ -30,7 +30,7 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     /// <summary>Binds to <paramref name="model"/>: records its parameters and copies the trainable ones into fresh shadows.</summary>
     /// <exception cref="System.ArgumentOutOfRangeException">The decay or thread count is out of range.</exception>
     public EmaManager(TModel model, EmaOptions options)
-        : base(model, options, new RankInfo(0, 1), globalShapes: null, packByDefault: true,
+        : base(model, options, new RankInfo(0, 1), globalShapes: null, canPack: true,
             (manager, k, profile) => new EmaProfile<TModel>((EmaManager<TModel>)manager, k, profile.Name, profile.Schedule))
     {
     }

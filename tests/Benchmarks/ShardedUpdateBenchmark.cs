@@ -41,7 +41,8 @@ internal sealed unsafe class ShardedUpdateBenchmark
         using var model = new SyntheticModel(_shapes, _dtype);
         if (_threads is { } fixedThreads) torch.set_num_threads(fixedThreads);
         using var ema = new ShardedEmaManager<SyntheticModel>(model, _rank, _worldSize, new EmaOptions { Decay = _decay, Threads = _threads });
-        long elements = ema.ShadowBytes / 4; // fp32 shadows
+        // The boxes' elements (ShadowBytes also counts the arena's alignment padding).
+        long elements = ema.TrackedNames.Sum(n => ema[n].numel());
         int threads = ema.UpdateThreads;
         log.WriteLine($"rank {_rank} of {_worldSize}: {elements:N0} of {_shapes.Sum(s => s.Aggregate(1L, (a, b) => a * b)):N0} elements, {threads} threads");
 

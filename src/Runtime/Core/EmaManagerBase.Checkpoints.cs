@@ -108,12 +108,8 @@ public abstract partial class EmaManagerBase<TModel>
         for (int k = 0; k < _profiles.Length; k++)
         {
             var profilePrefix = ProfilePrefix(prefix, k);
-            for (int i = 0; i < _items.Length; i++)
-            {
-                var item = _items[i];
-                state.Add(new(profilePrefix + item.Info.Name,
-                    new DcpShard(profilePrefix + item.Info.Name, shadowOf(k, i), item.Info.Shape, item.Offsets, item.Info.ShardDim == ShardLayout.Replicated)));
-            }
+            int profile = k;
+            foreach (var shard in Shards(profilePrefix, i => shadowOf(profile, i))) state.Add(new(shard.Key, shard));
             var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe());
             state.AddRange(EmaCheckpoint.ProfileState(profilePrefix, stored));
         }
@@ -139,8 +135,7 @@ public abstract partial class EmaManagerBase<TModel>
     internal List<DcpShard> ShardsOf(int profile, string keyPrefix, Func<torch.Tensor, torch.Tensor> local)
     {
         ThrowIfDisposed();
-        return _items.Select((item, i) => new DcpShard(keyPrefix + item.Info.Name, local(_arenas[profile][i]!), item.Info.Shape, item.Offsets,
-            item.Info.ShardDim == ShardLayout.Replicated)).ToList();
+        return Shards(keyPrefix, i => local(_arenas[profile][i]!));
     }
 
     /// <summary>This rank's boxes of profile <paramref name="profile"/> under <paramref name="keyPrefix"/> as save chunks, each box's data made by <paramref name="local"/> from the shadow.</summary>
@@ -148,8 +143,12 @@ public abstract partial class EmaManagerBase<TModel>
     {
         ThrowIfDisposed();
         return _items.Select((item, i) => TensorChunks.Box(keyPrefix + item.Info.Name, local(_arenas[profile][i]!), item.Info.Shape, item.Offsets,
-            item.Info.ShardDim == ShardLayout.Replicated)).ToList();
+            item.Replicated)).ToList();
     }
+
+    // Every item's box under keyPrefix: where it sits in the global tensor, with the tensor local(item) makes.
+    private List<DcpShard> Shards(string keyPrefix, Func<int, torch.Tensor> local) =>
+        _items.Select((item, i) => new DcpShard(keyPrefix + item.Info.Name, local(i), item.Info.Shape, item.Offsets, item.Replicated)).ToList();
 
     Dictionary<string, torch.Tensor> IProfileHost.StateDict(int profile)
     {

@@ -25,6 +25,7 @@ public abstract partial class EmaManagerBase<TModel>
     // Per group: whether it takes TorchSharp ops, and per step whether it runs as one unit.
     private bool[] _torchGroup = null!;
     private bool[] _packedGroup = null!;
+    // The profiles' schedules, read by every step without going through the profile objects.
     private EmaSchedule[] _schedules = null!;
     private bool[] _wholeGroup = null!;
     private double[] _stepDecays = null!;
@@ -155,19 +156,18 @@ public abstract partial class EmaManagerBase<TModel>
     // The first time a packed group does not run as one unit: say so once, naming a parameter.
     private void NoteSlowPath()
     {
-        var groups = _arenas[0].Groups;
         int culprit = -1;
         for (int i = 0; i < _items.Length; i++)
         {
             int g = _groupOfItem[i];
-            if (groups[g].PackedParameters is null || _wholeGroup[g]) continue;
+            if (!_packedGroup[g] || _wholeGroup[g]) continue;
             bool moved = _packedPointer[i] != _live.Pointer(_items[i].Slot);
             if (culprit < 0 || moved) culprit = i;
             if (moved) break;
         }
         if (culprit < 0) return;
         string name = _items[culprit].Info.Name;
-        var group = groups[_groupOfItem[culprit]];
+        var group = _arenas[0].Groups[_groupOfItem[culprit]];
         _slowPathReason = _packedPointer[culprit] != _live.Pointer(_items[culprit].Slot)
             ? $"parameter '{name}' no longer aliases its packed flat buffer (re-pointed after the EMA manager was built, say by to() or set_()); its group of {group.ShadowDType} shadows is updated tensor by tensor from now on. Build a new manager to pack again."
             : $"parameter '{name}' cannot take the raw CPU kernel (layout or dtype); its packed group is updated tensor by tensor.";

@@ -29,11 +29,13 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     private bool _disposed;
 
     private protected EmaManagerBase(TModel model, EmaOptions options, RankInfo placement, IReadOnlyDictionary<string, long[]>? globalShapes,
-        bool packByDefault, Func<EmaManagerBase<TModel>, int, EmaProfileOptions, EmaProfileBase> newProfile)
+        bool canPack, Func<EmaManagerBase<TModel>, int, EmaProfileOptions, EmaProfileBase> newProfile)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+        // A rank's boxes of whole parameters are not contiguous across parameters, so a sharded EMA never packs.
+        if (options.PackParameters == true && !canPack) throw new NotSupportedException("A sharded EMA does not support PackParameters.");
         Options = options;
         Decay = options.Decay;
         Placement = placement;
@@ -73,11 +75,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
         }
         TrackedNames = _items.Select(i => i.Info.Name).ToArray();
 
-        bool pack = options.PackParameters ?? packByDefault;
-        if (pack && _items.Any(i => i.IsPartial || !i.LiveIsBox))
-        {
-            throw new NotSupportedException("PackParameters needs whole parameters; a sharded EMA does not pack them.");
-        }
+        bool pack = canPack && (options.PackParameters ?? true);
         _arenas = new ShadowArena[_profiles.Length];
         // A whole parameter is its own source (packing re-points it); a shard's source is a view of its box.
         var sources = _items.Select(i => i.IsPartial ? i.BoxOf(_slots[i.Slot].Tensor!) : _slots[i.Slot].Tensor!).ToList();

@@ -56,6 +56,9 @@ internal readonly struct ShadowItem
             ? live.alias()
             : live.narrow(Info.ShardDim, Offsets[Info.ShardDim], Sizes[Info.ShardDim]);
 
+    /// <summary>Every rank keeps the whole tensor (a replicated member); a save stores it once.</summary>
+    public bool Replicated => Info.ShardDim == ShardLayout.Replicated;
+
     /// <summary>True when the box is only part of the tensor (a shard).</summary>
     public bool IsPartial => !Sizes.AsSpan().SequenceEqual(Info.Shape);
 }

@@ -37,7 +37,10 @@ public static partial class PostHocEma
     public static string SaveSnapshot<TModel>(EmaManagerBase<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype = torch.ScalarType.Float16)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
-        var request = SnapshotRequest(ema, snapshotsDir, timeout, dtype, shadow => TensorChunks.Deferred(shadow, dtype));
+        ArgumentNullException.ThrowIfNull(ema);
+        ArgumentNullException.ThrowIfNull(snapshotsDir);
+        var request = SnapshotRequest(ema, Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step)), timeout, dtype,
+            shadow => TensorChunks.Deferred(shadow, dtype));
         DcpSave.Run(request);
         return request.Directory;
     }
@@ -66,7 +69,7 @@ public static partial class PostHocEma
             try
             {
                 using var _ = torch.no_grad();
-                var request = SnapshotRequest(ema, snapshotsDir, timeout, dtype, shadow =>
+                var request = SnapshotRequest(ema, folder, timeout, dtype, shadow =>
                 {
                     var copy = shadow.to_type(dtype, copy: true).DetachFromDisposeScope();
                     copies.Add(copy);
@@ -91,16 +94,13 @@ public static partial class PostHocEma
 
     // This rank's part of the snapshot: the values, and each power-function profile's boxes as `local` makes them from
     // the shadows (lazy or eager conversions).
-    private static SaveRequest SnapshotRequest<TModel>(EmaManagerBase<TModel> ema, string snapshotsDir, TimeSpan timeout, torch.ScalarType dtype,
+    private static SaveRequest SnapshotRequest<TModel>(EmaManagerBase<TModel> ema, string folder, TimeSpan timeout, torch.ScalarType dtype,
         Func<torch.Tensor, TensorChunks.Local> local)
         where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
-        ArgumentNullException.ThrowIfNull(ema);
-        ArgumentNullException.ThrowIfNull(snapshotsDir);
         var profiles = SnapshotProfiles(ema.Step, dtype, ema.ProfileList);
         var chunks = new List<SaveChunk>();
         foreach (var (index, key, _) in profiles) chunks.AddRange(ema.ChunksOf(index, key + ".", local));
-        var folder = Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step));
         // One rank needs no agreed id; ranks agree on one from the step.
         var saveId = ema.Placement.WorldSize == 1 ? Guid.NewGuid().ToString("N") : "posthoc-" + ema.Step.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return TensorChunks.Request(folder, saveId, ema.Placement, chunks, SnapshotValues(ema.Step, profiles), timeout);

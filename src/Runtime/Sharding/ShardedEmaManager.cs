@@ -30,16 +30,9 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
     /// </param>
     public ShardedEmaManager(TModel model, int? rank = null, int? worldSize = null, EmaOptions? options = null,
         IReadOnlyDictionary<string, long[]>? globalShapes = null)
-        : base(model, WithoutPacking(options), RankInfo.Resolve(rank, worldSize), globalShapes, packByDefault: false,
+        : base(model, options ?? new EmaOptions(), RankInfo.Resolve(rank, worldSize), globalShapes, canPack: false,
             (manager, k, profile) => new ShardedEmaProfile<TModel>((ShardedEmaManager<TModel>)manager, k, profile.Name, profile.Schedule))
     {
-    }
-
-    private static EmaOptions WithoutPacking(EmaOptions? options)
-    {
-        options ??= new EmaOptions();
-        if (options.PackParameters == true) throw new NotSupportedException("A sharded EMA does not support PackParameters.");
-        return options;
     }
 
     public int Rank => Placement.Rank;

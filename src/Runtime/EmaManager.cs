@@ -56,7 +56,7 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        DcpSave.Run(TensorChunks.OneRank(directory, WholeTensors(StateToSave(prefix)), options));
+        Saves.Run(TensorChunks.OneRank(directory, WholeTensors(StateToSave(prefix)), options));
     }
 
     /// <summary>

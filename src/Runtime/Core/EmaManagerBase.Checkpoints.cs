@@ -119,7 +119,7 @@ public abstract partial class EmaManagerBase<TModel>
     /// <summary>
     /// Stages the shadows on the calling thread (copies kept for the next call), then writes the save
     /// <paramref name="request"/> builds from that state on a task that completes once the checkpoint is committed
-    /// (<see cref="AsyncSave"/>, shaped like PyTorch's <c>dcp.async_save</c>).
+    /// (<see cref="SaveQueue"/>, shaped like PyTorch's <c>dcp.async_save</c>).
     /// </summary>
     private protected Task SaveInBackground(string prefix, Func<List<KeyValuePair<string, object?>>, SaveRequest> request)
     {
@@ -128,8 +128,8 @@ public abstract partial class EmaManagerBase<TModel>
         return _saves.Start(_arenas, staged => request(StateToSave(prefix, (k, i) => staged[k][i]!)));
     }
 
-    /// <summary>This manager's asynchronous saves: <c>SaveAsync</c> and the post-hoc snapshots taken from it, one write at a time.</summary>
-    internal AsyncSave Saves => _saves;
+    /// <summary>This manager's saves, synchronous and asynchronous (<c>Save</c>, <c>SaveAsync</c> and the post-hoc snapshots taken from it), in call order.</summary>
+    internal SaveQueue Saves => _saves;
 
     /// <summary>This rank's boxes of profile <paramref name="profile"/> under <paramref name="keyPrefix"/>, each tensor made by <paramref name="local"/> from the shadow.</summary>
     internal List<DcpShard> ShardsOf(int profile, string keyPrefix, Func<torch.Tensor, torch.Tensor> local)

@@ -25,7 +25,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     private readonly EmaProfileBase[] _profiles;
     private readonly double[] _currentDecay;
     private readonly object[] _shadowRoots;
-    private readonly AsyncSave _saves = new();
+    private readonly SaveQueue _saves = new();
     private bool _disposed;
 
     private protected EmaManagerBase(TModel model, EmaOptions options, RankInfo placement, IReadOnlyDictionary<string, long[]>? globalShapes,
@@ -220,15 +220,24 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
 
     double IProfileHost.CurrentDecayOf(int profile) => _currentDecay[profile];
 
-    /// <summary>Releases the shadow storage and the update threads (after any save still being written).</summary>
+    /// <summary>
+    /// Releases the shadow storage and the update threads, after any save still being written. Throws that save's
+    /// failure when no save call has reported it yet (everything is released all the same).
+    /// </summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        _saves.Dispose();
-        _pool?.Dispose();
-        _torch.Dispose();
-        foreach (var arena in _arenas) arena.Dispose();
+        try
+        {
+            _saves.Dispose();
+        }
+        finally
+        {
+            _pool?.Dispose();
+            _torch.Dispose();
+            foreach (var arena in _arenas) arena.Dispose();
+        }
     }
 
     private protected void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

@@ -12,7 +12,8 @@ namespace EmaGen.Dcp;
 /// sizes, replicated tensors once), writes it last (through <c>.metadata.tmp</c>, flushed to disk, renamed) and swaps
 /// the staging folder into place of the previous checkpoint. A missing rank is an error naming it; then no
 /// <c>.metadata</c> is written and the previous checkpoint stays. The other ranks wait for the commit
-/// (<see cref="WaitFor"/>).
+/// (<see cref="WaitFor"/>). A rank that fails says so in the staging folder (<see cref="DcpManifest.WriteFailure"/>),
+/// and every rank still waiting stops with an error naming it.
 /// </summary>
 internal static class DcpCommit
 {
@@ -27,39 +28,46 @@ internal static class DcpCommit
         var metadata = Merge(target, request.SaveId, options.Naming, perRank);
 
         var temp = Path.Combine(staging, ".metadata.tmp");
-        using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write))
+        using (var stream = CheckpointFiles.Create(temp, 1 << 16))
         {
             stream.Write(DcpMetadataWriter.Write(metadata));
-            options.OnStage?.Invoke("metadata");
-            stream.Flush(flushToDisk: true);
+            CheckpointFiles.Sync(stream);
         }
-        File.Move(temp, Path.Combine(staging, ".metadata"));
-        for (int r = 1; r < perRank.Count; r++) File.Delete(DcpManifest.PathOf(staging, r));
-        options.OnStage?.Invoke("commit");
+        CheckpointFiles.MoveFile(temp, Path.Combine(staging, ".metadata"));
+        for (int r = 1; r < perRank.Count; r++) CheckpointFiles.DeleteFile(DcpManifest.PathOf(staging, r));
         var old = FolderSwap.Replace(staging, target);
-        if (old is not null) Directory.Delete(old, recursive: true);
+        // Committed: the previous checkpoint's removal failing must not report the save as failed (its folder is a
+        // staging folder now, swept by the next save).
+        if (old is not null) CheckpointFiles.TryDeleteDirectory(old);
         return metadata;
     }
 
-    /// <summary>Ranks other than 0: waits until <paramref name="target"/> holds the checkpoint of <paramref name="saveId"/>.</summary>
-    public static void WaitFor(string target, string saveId, TimeSpan timeout)
+    /// <summary>
+    /// Ranks other than 0: waits until <paramref name="target"/> holds the checkpoint of <paramref name="saveId"/>, or
+    /// until a rank reports in <paramref name="staging"/> that it failed.
+    /// </summary>
+    public static void WaitFor(string target, string staging, string saveId, TimeSpan timeout)
     {
         var deadline = DateTime.UtcNow + timeout;
         while (true)
         {
+            DcpManifest.ThrowIfAnyRankFailed(target, staging, saveId);
             var path = Path.Combine(target, ".metadata");
             if (File.Exists(path))
             {
                 try
                 {
-                    if (DcpMetadataReader.Read(File.ReadAllBytes(path), path).SaveId == saveId) return;
+                    if (DcpMetadataReader.Read(CheckpointFiles.ReadAllBytes(path), path).SaveId == saveId) return;
                 }
                 catch (Exception e) when (e is CheckpointFormatException or IOException)
                 {
-                    // A commit in progress on a file system without atomic exchange; look again.
+                    // A commit in progress on a file system without atomic exchange, or a failed read; look again.
                 }
             }
-            if (DateTime.UtcNow >= deadline) throw new TimeoutException($"{target}: save '{saveId}' was not committed within {timeout.TotalSeconds:F0} s.");
+            if (DateTime.UtcNow >= deadline)
+            {
+                throw new TimeoutException($"{target}: save '{saveId}' was not committed by rank 0 within {timeout.TotalSeconds:F0} s.");
+            }
             Thread.Sleep(20);
         }
     }
@@ -72,6 +80,7 @@ internal static class DcpCommit
         var missing = Enumerable.Range(1, worldSize - 1).ToList();
         while (true)
         {
+            DcpManifest.ThrowIfAnyRankFailed(target, staging, request.SaveId);
             missing.RemoveAll(r => File.Exists(DcpManifest.PathOf(staging, r)));
             if (missing.Count == 0) break;
             if (DateTime.UtcNow >= deadline)

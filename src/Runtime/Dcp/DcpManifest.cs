@@ -16,6 +16,7 @@ internal sealed record ManifestEntry(string Key, string? DType, long[]? GlobalSi
 internal static class DcpManifest
 {
     private const string Prefix = ".manifest-";
+    private const string FailurePrefix = ".failed-";
 
     public static string PathOf(string staging, int rank) => Path.Combine(staging, Prefix + rank);
 
@@ -24,7 +25,7 @@ internal static class DcpManifest
     {
         var path = PathOf(staging, rank.Rank);
         var temp = path + ".tmp";
-        using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write))
+        using (var stream = CheckpointFiles.Create(temp, 1 << 16))
         {
             using (var w = new Utf8JsonWriter(stream))
             {
@@ -52,9 +53,53 @@ internal static class DcpManifest
                 w.WriteEndArray();
                 w.WriteEndObject();
             }
-            stream.Flush(flushToDisk: true);
+            CheckpointFiles.Sync(stream);
         }
-        File.Move(temp, path, overwrite: true);
+        CheckpointFiles.MoveFile(temp, path, overwrite: true);
+    }
+
+    /// <summary>
+    /// Tells the other ranks of a sharded save that this one failed (<c>.failed-{rank}</c> in the staging folder, holding
+    /// the error), so they stop waiting with an error naming it instead of timing out. Best effort: on a disk too full
+    /// even for this, they time out.
+    /// </summary>
+    public static void WriteFailure(string staging, int rank, string message)
+    {
+        try
+        {
+            using var stream = CheckpointFiles.Create(Path.Combine(staging, FailurePrefix + rank), 1 << 12);
+            stream.Write(System.Text.Encoding.UTF8.GetBytes(message.Length > 2000 ? message[..2000] : message));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+    }
+
+    /// <summary>Throws an <see cref="IOException"/> naming the first rank that reported a failure of this save.</summary>
+    public static void ThrowIfAnyRankFailed(string target, string staging, string saveId)
+    {
+        string[] failed;
+        try
+        {
+            failed = Directory.GetFiles(staging, FailurePrefix + "*");
+        }
+        catch (DirectoryNotFoundException)
+        {
+            return;
+        }
+        if (failed.Length == 0) return;
+        var file = failed.Order(StringComparer.Ordinal).First();
+        string why;
+        try
+        {
+            why = File.ReadAllText(file);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            why = "(its error could not be read)";
+        }
+        var rank = Path.GetFileName(file)[FailurePrefix.Length..];
+        throw new IOException($"{target}: save '{saveId}' failed on rank {rank}, so nothing was committed: {why}");
     }
 
     public static List<ManifestEntry> Read(string staging, string saveId, int rank)

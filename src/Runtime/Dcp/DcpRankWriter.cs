@@ -14,13 +14,13 @@ internal static class DcpRankWriter
         IReadOnlyList<SaveChunk> chunks, DcpWriteOptions options)
     {
         var entries = new List<ManifestEntry>(values.Count + chunks.Count);
-        var files = new List<(string Name, FileStream Stream)>();
+        var files = new List<(string Name, Stream Stream)>();
         try
         {
             for (int n = 0; n < options.FilesPerRank; n++)
             {
                 var name = $"__{rank}_{n}.distcp";
-                files.Add((name, new FileStream(Path.Combine(folder, name), FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20)));
+                files.Add((name, CheckpointFiles.Create(Path.Combine(folder, name))));
             }
             int next = 0;
             foreach (var value in values)
@@ -41,13 +41,14 @@ internal static class DcpRankWriter
                 }
                 entries.Add(new ManifestEntry(chunk.Key, chunk.DType.Name, chunk.GlobalSize, chunk.Offsets, chunk.Sizes, name, start, stream.Position - start));
             }
-            options.OnStage?.Invoke("data");
-            foreach (var (_, stream) in files) stream.Flush(flushToDisk: true);
+            foreach (var (_, stream) in files) CheckpointFiles.Sync(stream);
         }
-        finally
+        catch
         {
-            foreach (var (_, stream) in files) stream.Dispose();
+            foreach (var (_, stream) in files) CheckpointFiles.DisposeQuietly(stream);
+            throw;
         }
+        foreach (var (_, stream) in files) stream.Dispose();
         return entries;
     }
 }

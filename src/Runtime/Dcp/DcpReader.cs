@@ -48,7 +48,7 @@ public sealed class DcpReader
         {
             var info = new FileInfo(path);
             if (info.Length > 1L << 30) throw new CheckpointFormatException($"{path}: {info.Length} bytes is too large for checkpoint metadata.");
-            bytes = File.ReadAllBytes(path);
+            bytes = CheckpointFiles.ReadAllBytes(path);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException && e is not CheckpointFormatException)
         {
@@ -232,7 +232,7 @@ public sealed class DcpReader
         var source = $"{path} (key '{key}', bytes {location.Offset}+{location.Length})";
         try
         {
-            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+            using var stream = CheckpointFiles.OpenRead(path);
             var archive = TorchArchiveReader.Open(stream, location.Offset, location.Length, source);
             var seal = ItemSeal.Read(archive, source);
             _saves.Check(seal, source);

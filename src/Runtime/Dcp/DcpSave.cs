@@ -37,14 +37,14 @@ internal static class DcpSave
             var entries = DcpRankWriter.Write(staging.Path, request.SaveId, rank.Rank, values, chunks, request.Options);
             if (rank.Rank == 0) return DcpCommit.Commit(target, staging.Path, request, entries);
             DcpManifest.Write(staging.Path, request.SaveId, rank, entries);
-            DcpCommit.WaitFor(target, request.SaveId, request.Timeout);
+            DcpCommit.WaitFor(target, staging.Path, request.SaveId, request.Timeout);
             return null;
         }
-        catch when (rank.WorldSize == 1)
+        catch (Exception e)
         {
-            // A save by one process owns its staging folder alone, so nothing of it outlives the failure. A sharded save's
-            // folder may still be written by other ranks: it is left to the stale-folder removal of a later save.
-            if (Directory.Exists(staging.Path)) Directory.Delete(staging.Path, recursive: true);
+            if (rank.WorldSize > 1) DcpManifest.WriteFailure(staging.Path, rank.Rank, e.Message);
+            // The last rank out removes the staging folder (the other ranks may still be writing into it).
+            staging.Abandon();
             throw;
         }
     }

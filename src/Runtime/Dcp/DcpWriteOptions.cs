@@ -1,5 +1,3 @@
-using System;
-
 namespace EmaGen.Dcp;
 
 /// <summary>How <see cref="DcpWriter"/> writes a checkpoint folder.</summary>
@@ -13,7 +11,4 @@ public sealed class DcpWriteOptions
 
     /// <summary>Write ZIP64 fields in every tensor archive (tests the large-archive path on small data).</summary>
     internal bool ForceZip64 { get; init; }
-
-    /// <summary>Test hook: called with the name of each stage (<c>data</c>, <c>metadata</c>, <c>commit</c>); throwing simulates a crash there.</summary>
-    internal Action<string>? OnStage { get; init; }
 }

@@ -23,13 +23,23 @@ internal static partial class FolderSwap
     {
         if (!Directory.Exists(target))
         {
-            Directory.Move(staged, target);
+            CheckpointFiles.MoveDirectory(staged, target);
             return null;
         }
+        CheckpointFiles.Before(FileOp.Rename, target);
         if (OperatingSystem.IsLinux() && TryExchange(staged, target)) return staged;
         var aside = target + ".old-" + Guid.NewGuid().ToString("N")[..8];
-        Directory.Move(target, aside);
-        Directory.Move(staged, target);
+        CheckpointFiles.MoveDirectory(target, aside);
+        try
+        {
+            CheckpointFiles.MoveDirectory(staged, target);
+        }
+        catch
+        {
+            // Put the previous checkpoint back, so the target path never stays empty after a failed save.
+            Directory.Move(aside, target);
+            throw;
+        }
         return aside;
     }
 

@@ -16,7 +16,6 @@ internal static class SafetensorsFile
 {
     private const long MaxHeaderBytes = 100 << 20;
 
-
     /// <summary>A tensor of a safetensors file: where its bytes are.</summary>
     public sealed record Entry(string Name, torch.ScalarType DType, long[] Shape, long Begin, long End);
 
@@ -51,33 +50,46 @@ internal static class SafetensorsFile
         }
         while (header.Length % 8 != 0) header.WriteByte((byte)' ');
 
-        using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
-        Span<byte> length = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
-        file.Write(length);
-        header.Position = 0;
-        header.CopyTo(file);
-        foreach (var (_, t) in tensors)
+        // Written beside the target and renamed over it once flushed: a failed write leaves any previous file intact.
+        var temp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "." + Path.GetFileName(path) + ".tmp-" + Guid.NewGuid().ToString("N")[..8]);
+        var file = CheckpointFiles.Create(temp);
+        try
         {
-            using var cpu = t.device_type == DeviceType.CPU ? t.alias() : t.cpu();
-            using var contiguous = cpu.contiguous();
-            long bytes = contiguous.numel() * contiguous.ElementSize;
-            byte* data = (byte*)NativeTensor.DataPointer(contiguous);
-            for (long done = 0; done < bytes;)
+            Span<byte> length = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
+            file.Write(length);
+            file.Write(header.GetBuffer().AsSpan(0, (int)header.Length));
+            foreach (var (_, t) in tensors)
             {
-                int piece = (int)Math.Min(bytes - done, 1 << 30);
-                file.Write(new ReadOnlySpan<byte>(data + done, piece));
-                done += piece;
+                using var cpu = t.device_type == DeviceType.CPU ? t.alias() : t.cpu();
+                using var contiguous = cpu.contiguous();
+                long bytes = contiguous.numel() * contiguous.ElementSize;
+                byte* data = (byte*)NativeTensor.DataPointer(contiguous);
+                for (long done = 0; done < bytes;)
+                {
+                    int piece = (int)Math.Min(bytes - done, 1 << 30);
+                    file.Write(new ReadOnlySpan<byte>(data + done, piece));
+                    done += piece;
+                }
             }
+            CheckpointFiles.Sync(file);
+            long written = file.Length;
+            file.Dispose();
+            CheckpointFiles.MoveFile(temp, path, overwrite: true);
+            return written;
         }
-        file.Flush(flushToDisk: true);
-        return file.Length;
+        catch
+        {
+            CheckpointFiles.DisposeQuietly(file);
+            CheckpointFiles.TryDeleteFile(temp);
+            throw;
+        }
     }
 
     /// <summary>Reads the header of a safetensors file: its tensors and its string metadata.</summary>
     public static (List<Entry> Tensors, Dictionary<string, string> Metadata, long DataStart) ReadHeader(string path)
     {
-        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        using var file = CheckpointFiles.OpenRead(path);
         Span<byte> lengthBytes = stackalloc byte[8];
         if (file.Length < 8) throw new CheckpointFormatException($"{path}: too short for a safetensors file.");
         file.ReadExactly(lengthBytes);
@@ -133,7 +145,7 @@ internal static class SafetensorsFile
         var tensor = torch.empty(entry.Shape, entry.DType);
         try
         {
-            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+            using var file = CheckpointFiles.OpenRead(path, 1 << 20);
             file.Position = dataStart + entry.Begin;
             long bytes = entry.End - entry.Begin;
             byte* data = (byte*)NativeTensor.DataPointer(tensor);

@@ -39,7 +39,7 @@ internal sealed class SaveStaging : IDisposable
     public static SaveStaging Begin(string target, string id, int rank, long neededBytes, bool removeStale)
     {
         var parent = System.IO.Path.GetDirectoryName(target) ?? throw new ArgumentException($"'{target}' has no parent folder", "directory");
-        Directory.CreateDirectory(parent);
+        CheckpointFiles.CreateDirectory(parent);
         if (removeStale) RemoveStale(target, keepId: id);
         DiskSpace.Require(parent, neededBytes, target);
         return Enter(target, id, rank);
@@ -49,10 +49,11 @@ internal sealed class SaveStaging : IDisposable
     public static SaveStaging Enter(string target, string id, int rank)
     {
         var path = PathOf(target, id);
+        CheckpointFiles.Before(FileOp.CreateFile, path + LockInfix + rank);
         var held = new FileStream(path + LockInfix + rank, FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose);
         try
         {
-            Directory.CreateDirectory(path);
+            CheckpointFiles.CreateDirectory(path);
         }
         catch
         {
@@ -71,6 +72,26 @@ internal sealed class SaveStaging : IDisposable
     /// <summary>Releases the lock and deletes its file: call once the staging path is gone (committed, or cleaned up).</summary>
     public void Dispose() => _lock.Dispose();
 
+    /// <summary>
+    /// After a failed save: releases this writer's lock, then removes the staging folder unless another writer of the
+    /// same save still holds its lock (that one removes it when it leaves). What cannot be removed is swept by the next
+    /// save of the same target.
+    /// </summary>
+    public void Abandon()
+    {
+        _lock.Dispose();
+        try
+        {
+            var parent = System.IO.Path.GetDirectoryName(Path)!;
+            if (AnyHeld(Directory.GetFiles(parent, System.IO.Path.GetFileName(Path) + LockInfix + "*"))) return;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return;
+        }
+        CheckpointFiles.TryDeleteDirectory(Path);
+    }
+
     /// <summary>Removes the staging folders (and lock files) of <paramref name="target"/> that no live writer owns; returns how many folders.</summary>
     public static int RemoveStale(string target, string? keepId = null)
     {
@@ -87,8 +108,8 @@ internal sealed class SaveStaging : IDisposable
             {
                 var locks = Directory.GetFiles(parent, System.IO.Path.GetFileName(folder) + LockInfix + "*");
                 if (locks.Length == 0 ? DateTime.UtcNow - Directory.GetLastWriteTimeUtc(folder) <= UnlockedGrace : AnyHeld(locks)) continue;
-                Directory.Delete(folder, recursive: true);
-                foreach (var file in locks) File.Delete(file);
+                CheckpointFiles.DeleteDirectory(folder);
+                foreach (var file in locks) CheckpointFiles.DeleteFile(file);
                 removed++;
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -103,7 +124,7 @@ internal sealed class SaveStaging : IDisposable
             if (folder == keep || Directory.Exists(folder)) continue;
             try
             {
-                if (!AnyHeld(new[] { file })) File.Delete(file);
+                if (!AnyHeld(new[] { file })) CheckpointFiles.DeleteFile(file);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {

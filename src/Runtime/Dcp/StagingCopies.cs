@@ -8,7 +8,7 @@ namespace EmaGen.Dcp;
 /// The copies an asynchronous save writes from while training goes on, for both managers: one copy of each shadow
 /// arena's group buffer (a few large copies per save), made on the first save and refreshed in place on every later
 /// one, because a fresh allocation's page faults cost more than the copy; and views into them shaped like the arenas'
-/// shadows. Its one owner, <see cref="AsyncSave"/>, waits for the previous write before refreshing or disposing them,
+/// shadows. Its one owner, <see cref="SaveQueue"/>, waits for the previous write before refreshing or disposing them,
 /// since that write may still be reading the copies.
 /// </summary>
 internal sealed class StagingCopies : IDisposable

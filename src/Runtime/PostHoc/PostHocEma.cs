@@ -41,7 +41,7 @@ public static partial class PostHocEma
         ArgumentNullException.ThrowIfNull(snapshotsDir);
         var request = SnapshotRequest(ema, Path.Combine(snapshotsDir, PostHocSnapshot.FolderName(ema.Step)), timeout, dtype,
             shadow => TensorChunks.Deferred(shadow, dtype));
-        DcpSave.Run(request);
+        ema.Saves.Run(request);
         return request.Directory;
     }
 

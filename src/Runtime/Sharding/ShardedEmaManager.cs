@@ -84,7 +84,7 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        DcpSave.Run(RankSave(directory, saveId, timeout, StateToSave(prefix)));
+        Saves.Run(RankSave(directory, saveId, timeout, StateToSave(prefix)));
     }
 
     /// <summary>

@@ -29,7 +29,7 @@ public sealed class AsyncSaveTests
         using var ema = new EmaManager<NestedModel>(model, 0.9);
         ema.Update(model);
         using var held = new Hold("commit");
-        var save = ema.SaveAsync(folder["ckpt"], options: held.Options);
+        var save = ema.SaveAsync(folder["ckpt"]);
         held.WaitUntilReached();
         // .metadata is written but the folder not yet swapped in: the task must still run.
         await Task.Delay(100);
@@ -48,7 +48,7 @@ public sealed class AsyncSaveTests
         using var ema = new EmaManager<NestedModel>(model, 0.9);
         ema.Update(model);
         using var held = new Hold("commit");
-        var first = ema.SaveAsync(folder["ckpt"], options: held.Options);
+        var first = ema.SaveAsync(folder["ckpt"]);
         held.WaitUntilReached();
         // The shadows change while the first write is held; the first checkpoint keeps the state at its call.
         UpdateNumericsTests.RandomizeParameters(model);
@@ -74,7 +74,7 @@ public sealed class AsyncSaveTests
         var ema = new EmaManager<NestedModel>(model, 0.9);
         ema.Update(model);
         using var held = new Hold("data");
-        var save = ema.SaveAsync(folder["ckpt"], options: held.Options);
+        var save = ema.SaveAsync(folder["ckpt"]);
         held.WaitUntilReached();
         var disposing = Task.Run(ema.Dispose);
         await Task.Delay(200);
@@ -104,7 +104,9 @@ public sealed class AsyncSaveTests
             Assert.Equal("first", DcpReader.Open(target).Metadata.SaveId);
             Assert.Equal(1L, DcpReader.Open(target).ReadValue("ema._emagen.step"));
 
-            // The failure belonged to that task alone: the next save of every rank commits.
+            // The next save call of that rank reports the failure once more; after it every rank's save commits.
+            var reported = Assert.Throws<IOException>(() => { _ = ranks[0].SaveAsync(target, "third", Patience); });
+            Assert.IsType<TimeoutException>(reported.InnerException);
             await Task.WhenAll(ranks.Select(rank => rank.SaveAsync(target, "third", Patience)));
             Assert.Equal(2L, DcpReader.Open(target).ReadValue("ema._emagen.step"));
         }
@@ -114,26 +116,87 @@ public sealed class AsyncSaveTests
         }
     }
 
-    // Holds a write at one stage (DcpWriteOptions.OnStage) until released.
+    [Fact]
+    public async Task ASynchronousSaveWaitsForAPendingAsynchronousOneSoTheNewerCheckpointWins()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new NestedModel(reflection: false);
+        using var ema = new EmaManager<NestedModel>(model, 0.9);
+        ema.Update(model);
+        Task first;
+        using (var held = new Hold("commit"))
+        {
+            first = ema.SaveAsync(folder["ckpt"]);
+            held.WaitUntilReached();
+            UpdateNumericsTests.RandomizeParameters(model);
+            ema.Update(model);
+            // Without the wait, this save would commit first and the older asynchronous commit would replace it.
+            var second = Task.Factory.StartNew(() => ema.Save(folder["ckpt"]), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            await Task.Delay(200);
+            Assert.False(second.IsCompleted);
+            held.Release();
+            await first;
+            await second;
+        }
+        Assert.Equal(2L, DcpReader.Open(folder["ckpt"]).ReadValue("ema._emagen.step"));
+    }
+
+    [Fact]
+    public void AnUnawaitedFailedAsynchronousSaveIsReportedByTheNextSaveCallOnce()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new NestedModel(reflection: false);
+        using var ema = new EmaManager<NestedModel>(model, 0.9);
+        ema.Update(model);
+        ema.Save(folder["ckpt"]);
+        ema.Update(model);
+        using (FileOps.FailAt("metadata"))
+        {
+            _ = ema.SaveAsync(folder["ckpt"]);
+        }
+        var e = Assert.Throws<IOException>(() => ema.Save(folder["ckpt"]));
+        Assert.Contains(folder["ckpt"], e.Message);
+        Assert.Contains("simulated failure at metadata", e.InnerException!.Message);
+        Assert.Equal(1L, DcpReader.Open(folder["ckpt"]).ReadValue("ema._emagen.step"));
+        // Reported once: the save after it commits.
+        ema.Save(folder["ckpt"]);
+        Assert.Equal(2L, DcpReader.Open(folder["ckpt"]).ReadValue("ema._emagen.step"));
+    }
+
+    [Fact]
+    public void AnUnawaitedFailedAsynchronousSaveWithNoLaterSaveIsReportedByDispose()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new NestedModel(reflection: false);
+        var ema = new EmaManager<NestedModel>(model, 0.9);
+        ema.Update(model);
+        using (FileOps.FailAt("data"))
+        {
+            _ = ema.SaveAsync(folder["ckpt"]);
+        }
+        var e = Assert.Throws<IOException>(ema.Dispose);
+        Assert.Contains("simulated failure at data", e.InnerException!.Message);
+        // Disposed all the same: the shadows are released.
+        Assert.Throws<ObjectDisposedException>(() => ema.Update(model));
+        ema.Dispose();
+    }
+
+    // Holds a write at one stage (FileOps.IsStage) until released; the writes the test starts while it lives see it.
     private sealed class Hold : IDisposable
     {
         private readonly ManualResetEventSlim _reached = new();
         private readonly ManualResetEventSlim _released = new();
+        private readonly FileOps _watch;
 
         public Hold(string stage)
         {
-            Options = new DcpWriteOptions
+            _watch = new FileOps((op, path) =>
             {
-                OnStage = s =>
-                {
-                    if (s != stage) return;
-                    _reached.Set();
-                    _released.Wait(Patience);
-                },
-            };
+                if (!FileOps.IsStage(op, path, stage)) return;
+                _reached.Set();
+                _released.Wait(Patience);
+            });
         }
-
-        public DcpWriteOptions Options { get; }
 
         public void WaitUntilReached() => Assert.True(_reached.Wait(Patience), "the write never reached the held stage");
 
@@ -141,6 +204,7 @@ public sealed class AsyncSaveTests
 
         public void Dispose()
         {
+            _watch.Dispose();
             _released.Set();
             _reached.Dispose();
             _released.Dispose();

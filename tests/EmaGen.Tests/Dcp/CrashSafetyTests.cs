@@ -20,9 +20,11 @@ public sealed class CrashSafetyTests
         using var folder = TestPaths.NewTempFolder();
         var target = folder["ckpt"];
         DcpWriter.Save(target, State(1f));
-        var failing = new DcpWriteOptions { OnStage = s => { if (s == stage) throw new IOException($"simulated crash at {s}"); } };
-        var e = Assert.Throws<IOException>(() => DcpWriter.Save(target, State(2f), failing));
-        Assert.Contains(stage, e.Message);
+        using (FileOps.FailAt(stage))
+        {
+            var e = Assert.Throws<IOException>(() => DcpWriter.Save(target, State(2f)));
+            Assert.Contains(stage, e.Message);
+        }
 
         Assert.Equal(new[] { 1f, 1f }, DcpReader.Open(target).ReadTensor("w").data<float>().ToArray());
         Assert.False(File.Exists(Path.Combine(target, ".metadata.tmp")));

@@ -32,7 +32,8 @@ public sealed class DiskSpaceTests
             var e = Assert.Throws<IOException>(() => ema.Save(folder["ckpt"]));
             Assert.Contains("has 1,000 free", e.Message);
             Assert.Matches("needs about [0-9,]+ bytes", e.Message);
-            Assert.ThrowsAny<IOException>(() => ema.SaveAsync(folder["ckpt"]).GetAwaiter().GetResult());
+            var failed = ema.SaveAsync(folder["ckpt"]);
+            Assert.ThrowsAny<IOException>(() => failed.GetAwaiter().GetResult());
         }
         finally
         {
@@ -40,5 +41,8 @@ public sealed class DiskSpaceTests
         }
         Assert.Equal(saved, DcpReader.Open(folder["ckpt"]).Metadata.SaveId);
         Assert.Equal(new[] { "ckpt" }, Directory.GetDirectories(folder.Path).Select(Path.GetFileName));
+        // The failed asynchronous save is reported once more by the manager, then it saves again.
+        Assert.Throws<IOException>(() => ema.Save(folder["ckpt"]));
+        ema.Save(folder["ckpt"]);
     }
 }

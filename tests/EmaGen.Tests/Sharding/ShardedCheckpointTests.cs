@@ -69,23 +69,27 @@ public sealed class ShardedCheckpointTests
     }
 
     [Fact]
-    public void AMissingRankTimesOutByNameAndThePreviousCheckpointStays()
+    public async Task AMissingRankTimesOutByNameTheWaitingRanksNameTheCoordinatorAndThePreviousCheckpointStays()
     {
         using var folder = TestPaths.NewTempFolder();
         var target = folder["ckpt"];
         DcpWriter.Save(target, new[] { new KeyValuePair<string, object?>("w", torch.ones(4)) });
         using var w = torch.zeros(4);
-        // Ranks 1 and 3 write their parts and give up waiting for the commit; rank 2 never comes.
-        foreach (int rank in new[] { 1, 3 })
+        // Ranks 1 and 3 write their parts and wait for the commit; rank 2 never comes, so rank 0 gives up naming it, and
+        // the waiting ranks stop with an error naming rank 0 long before their own timeout.
+        var waiting = new[] { 1, 3 }.Select(rank => Task.Run(() =>
         {
             var me = new RankInfo(rank, 4);
-            Assert.Throws<TimeoutException>(() => SaveRank(target, "save2", me, [Slice("w", w, 0, me)], TimeSpan.FromMilliseconds(100)));
-        }
+            return Assert.Throws<IOException>(() => SaveRank(target, "save2", me, [Slice("w", w, 0, me)], Patience));
+        })).ToList();
         var coordinator = new RankInfo(0, 4);
-        var e = Assert.Throws<TimeoutException>(() => SaveRank(target, "save2", coordinator, [Slice("w", w, 0, coordinator)], TimeSpan.FromMilliseconds(300)));
+        var e = Assert.Throws<TimeoutException>(() => SaveRank(target, "save2", coordinator, [Slice("w", w, 0, coordinator)], TimeSpan.FromSeconds(2)));
         Assert.Contains("rank(s) 2", e.Message);
+        foreach (var failed in await Task.WhenAll(waiting)) Assert.Contains("failed on rank 0", failed.Message);
         Assert.Equal(new[] { 1f, 1f, 1f, 1f }, DcpReader.Open(target).ReadTensor("w").data<float>().ToArray());
         Assert.Single(Directory.GetFiles(target, "*.distcp"));
+        // The last rank out removed the staging folder.
+        Assert.Equal(new[] { "ckpt" }, Directory.GetDirectories(folder.Path).Select(Path.GetFileName));
     }
 
     [Fact]

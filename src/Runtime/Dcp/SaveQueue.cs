@@ -1,24 +1,36 @@
 using System;
 using System.Collections.Generic;
+using System.IO;
 using System.Threading.Tasks;
 using TorchSharp;
 
 namespace EmaGen.Dcp;
 
 /// <summary>
-/// The asynchronous saves of one manager (its checkpoints and its post-hoc snapshots), shaped like PyTorch's
-/// <c>dcp.async_save</c>: the calling thread stages (copies) what the save needs, after which the live shadows are free
-/// to change; a task then runs the one save path (<see cref="DcpSave"/>: write, fsync, commit, swap) and completes once
-/// the checkpoint is committed. One write runs at a time: a call first waits for the previous write, whose failure
-/// belongs to whoever holds its task. A failure surfaces in the task, and the save path leaves the previous checkpoint
-/// in place. Staging memory is freed only once no write can still read it: a save's own copies when its write ends,
-/// however it ends; the copies kept from save to save when the manager is disposed, after its last write.
+/// The saves of one manager (its checkpoints and its post-hoc snapshots), synchronous and asynchronous, in call
+/// order: every save first waits for the previous asynchronous write, so an older commit never replaces a newer
+/// checkpoint. An asynchronous save is shaped like PyTorch's <c>dcp.async_save</c>: the calling thread stages (copies)
+/// what the save needs, after which the live shadows are free to change; a task then runs the one save path
+/// (<see cref="DcpSave"/>: write, fsync, commit, swap) and completes once the checkpoint is committed. A failure faults
+/// that task and leaves the previous checkpoint in place; it is also reported once by the next save call or by
+/// <see cref="Dispose"/>, so a write nobody awaited never fails silently (as Orbax and Lightning report an earlier
+/// asynchronous checkpoint's error). Staging memory is freed only once no write can still read it: a save's own copies
+/// when its write ends, however it ends; the copies kept from save to save when the manager is disposed, after its
+/// last write.
 /// </summary>
-internal sealed class AsyncSave : IDisposable
+internal sealed class SaveQueue : IDisposable
 {
     private Task? _pending;
+    private string? _pendingFolder;
     private StagingCopies? _kept;
     private bool _disposed;
+
+    /// <summary>A synchronous save, after the previous asynchronous one.</summary>
+    public DcpMetadata? Run(SaveRequest request)
+    {
+        WaitForPrevious();
+        return DcpSave.Run(request);
+    }
 
     /// <summary>
     /// Saves the shadows of <paramref name="arenas"/> (one per profile, the same on every call): copies every group
@@ -45,14 +57,20 @@ internal sealed class AsyncSave : IDisposable
         return Launch(request, copies);
     }
 
-    /// <summary>Waits for the last write, then frees the kept staging copies.</summary>
+    /// <summary>Waits for the last write, then frees the kept staging copies; reports the last write's failure if no save call has.</summary>
     public void Dispose()
     {
         if (_disposed) return;
-        WaitForPrevious();
-        _disposed = true;
-        _kept?.Dispose();
-        _kept = null;
+        try
+        {
+            WaitForPrevious();
+        }
+        finally
+        {
+            _disposed = true;
+            _kept?.Dispose();
+            _kept = null;
+        }
     }
 
     private Task Launch(SaveRequest request, IDisposable? owned)
@@ -69,21 +87,24 @@ internal sealed class AsyncSave : IDisposable
             }
         });
         _pending = write;
+        _pendingFolder = request.Directory;
         return write;
     }
 
-    // The previous write's failure is not rethrown here: it belongs to whoever holds the task its call returned.
+    // Waits for the previous write; its failure is thrown here once (its task carries it too).
     private void WaitForPrevious()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_pending is not { } write) return;
+        _pending = null;
         try
         {
             write.GetAwaiter().GetResult();
         }
-        catch (Exception) when (write.IsFaulted || write.IsCanceled)
+        catch (Exception e) when (write.IsFaulted || write.IsCanceled)
         {
+            throw new IOException(
+                $"The asynchronous save to '{_pendingFolder}' failed and committed nothing (the previous checkpoint there is intact): {e.Message}", e);
         }
-        _pending = null;
     }
 }

@@ -46,15 +46,16 @@ internal static class CheckpointFiles
     public static Stream Create(string path, int bufferSize = 1 << 20)
     {
         Before(FileOp.CreateFile, path);
-        var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, bufferSize);
-        return ObserverOfFlow.Value is null ? file : new ObservedStream(file, path);
+        if (ObserverOfFlow.Value is null) return new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, bufferSize);
+        // Observed below the buffer, so each reported write is one the OS would see (a full buffer, a flush).
+        return new BufferedStream(new ObservedStream(new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1), path), bufferSize);
     }
 
     public static Stream OpenRead(string path, int bufferSize = 1 << 16)
     {
         Before(FileOp.OpenRead, path);
-        var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize);
-        return ObserverOfFlow.Value is null ? file : new ObservedStream(file, path);
+        if (ObserverOfFlow.Value is null) return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize);
+        return new BufferedStream(new ObservedStream(new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1), path), bufferSize);
     }
 
     public static byte[] ReadAllBytes(string path)
@@ -72,7 +73,8 @@ internal static class CheckpointFiles
             case FileStream file:
                 file.Flush(flushToDisk: true);
                 break;
-            case ObservedStream observed:
+            case BufferedStream { UnderlyingStream: ObservedStream observed } buffered:
+                buffered.Flush();
                 observed.Sync();
                 break;
             default:

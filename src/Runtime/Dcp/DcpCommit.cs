@@ -59,7 +59,7 @@ internal static class DcpCommit
                 {
                     if (DcpMetadataReader.Read(CheckpointFiles.ReadAllBytes(path), path).SaveId == saveId) return;
                 }
-                catch (Exception e) when (e is CheckpointFormatException or IOException)
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {
                     // A commit in progress on a file system without atomic exchange, or a failed read; look again.
                 }

@@ -67,12 +67,24 @@ internal static class DcpManifest
     {
         try
         {
+            // The rank may have failed before the folder existed; the others look for its word there.
+            CheckpointFiles.CreateDirectory(staging);
             using var stream = CheckpointFiles.Create(Path.Combine(staging, FailurePrefix + rank), 1 << 12);
             stream.Write(System.Text.Encoding.UTF8.GetBytes(message.Length > 2000 ? message[..2000] : message));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
         }
+    }
+
+    /// <summary>Whether every rank of a world of <paramref name="worldSize"/> has left word that it failed (so none writes here any more).</summary>
+    public static bool EveryRankFailed(string staging, int worldSize)
+    {
+        for (int r = 0; r < worldSize; r++)
+        {
+            if (!File.Exists(Path.Combine(staging, FailurePrefix + r))) return false;
+        }
+        return true;
     }
 
     /// <summary>Throws an <see cref="IOException"/> naming the first rank that reported a failure of this save.</summary>

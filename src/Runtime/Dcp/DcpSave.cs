@@ -20,6 +20,19 @@ internal static class DcpSave
     public static DcpMetadata? Run(SaveRequest request)
     {
         Check(request);
+        try
+        {
+            return RunChecked(request);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            // Every file-system failure of a save is an IOException, whatever the OS said.
+            throw new IOException($"{request.Directory}: {e.Message}", e);
+        }
+    }
+
+    private static DcpMetadata? RunChecked(SaveRequest request)
+    {
         var rank = request.Rank;
         var target = Path.GetFullPath(request.Directory).TrimEnd(Path.DirectorySeparatorChar);
         // Values and replicated tensors are stored once, by rank 0.
@@ -30,10 +43,13 @@ internal static class DcpSave
 
         // Every rank holds its lock on the staging folder until the commit, so no other save takes it for a crashed one;
         // rank 0 removes what crashed saves left behind.
-        using var staging = SaveStaging.Begin(target, request.SaveId, rank.Rank,
-            DiskSpace.Estimate(values.Count + chunks.Count, dataBytes), removeStale: rank.Rank == 0);
+        SaveStaging? staging = null;
         try
         {
+            staging = SaveStaging.Begin(target, request.SaveId, rank.Rank,
+                DiskSpace.Estimate(values.Count + chunks.Count, dataBytes), removeStale: rank.Rank == 0);
+            // A rank that joins a save another rank has given up on stops at once.
+            if (rank.WorldSize > 1) DcpManifest.ThrowIfAnyRankFailed(target, staging.Path, request.SaveId);
             var entries = DcpRankWriter.Write(staging.Path, request.SaveId, rank.Rank, values, chunks, request.Options);
             if (rank.Rank == 0) return DcpCommit.Commit(target, staging.Path, request, entries);
             DcpManifest.Write(staging.Path, request.SaveId, rank, entries);
@@ -42,10 +58,18 @@ internal static class DcpSave
         }
         catch (Exception e)
         {
-            if (rank.WorldSize > 1) DcpManifest.WriteFailure(staging.Path, rank.Rank, e.Message);
-            // The last rank out removes the staging folder (the other ranks may still be writing into it).
-            staging.Abandon();
+            // Nothing of a failed save outlives it: a save by one process owns its staging folder alone; in a sharded
+            // save each rank leaves word that it failed (which stops the others), and whichever sees every rank's word
+            // removes the folder. What cannot be removed is swept by the next save of the target.
+            var folder = SaveStaging.PathOf(target, request.SaveId);
+            if (rank.WorldSize > 1) DcpManifest.WriteFailure(folder, rank.Rank, e.Message);
+            staging?.Dispose();
+            if (rank.WorldSize == 1 || DcpManifest.EveryRankFailed(folder, rank.WorldSize)) CheckpointFiles.TryDeleteDirectory(folder);
             throw;
+        }
+        finally
+        {
+            staging?.Dispose();
         }
     }
 

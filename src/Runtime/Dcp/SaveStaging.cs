@@ -10,7 +10,8 @@ namespace EmaGen.Dcp;
 /// previous checkpoint that the swap left at the staging path; the kernel drops the lock when the process dies, even
 /// by SIGKILL. The next save of the same target removes every staging folder whose locks are all free (a crashed
 /// save) and the orphaned lock files, so crashes do not pile up copies of the checkpoint. A folder with no lock file at
-/// all (left by an older EmaGen) is removed once it is older than <see cref="UnlockedGrace"/>.
+/// all is removed at once when it holds a <c>.metadata</c> (the previous checkpoint, swapped out by a save whose
+/// removal of it failed), otherwise (left by an older EmaGen) once it is older than <see cref="UnlockedGrace"/>.
 /// </summary>
 internal sealed class SaveStaging : IDisposable
 {
@@ -72,26 +73,6 @@ internal sealed class SaveStaging : IDisposable
     /// <summary>Releases the lock and deletes its file: call once the staging path is gone (committed, or cleaned up).</summary>
     public void Dispose() => _lock.Dispose();
 
-    /// <summary>
-    /// After a failed save: releases this writer's lock, then removes the staging folder unless another writer of the
-    /// same save still holds its lock (that one removes it when it leaves). What cannot be removed is swept by the next
-    /// save of the same target.
-    /// </summary>
-    public void Abandon()
-    {
-        _lock.Dispose();
-        try
-        {
-            var parent = System.IO.Path.GetDirectoryName(Path)!;
-            if (AnyHeld(Directory.GetFiles(parent, System.IO.Path.GetFileName(Path) + LockInfix + "*"))) return;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return;
-        }
-        CheckpointFiles.TryDeleteDirectory(Path);
-    }
-
     /// <summary>Removes the staging folders (and lock files) of <paramref name="target"/> that no live writer owns; returns how many folders.</summary>
     public static int RemoveStale(string target, string? keepId = null)
     {
@@ -107,7 +88,14 @@ internal sealed class SaveStaging : IDisposable
             try
             {
                 var locks = Directory.GetFiles(parent, System.IO.Path.GetFileName(folder) + LockInfix + "*");
-                if (locks.Length == 0 ? DateTime.UtcNow - Directory.GetLastWriteTimeUtc(folder) <= UnlockedGrace : AnyHeld(locks)) continue;
+                // A lock-less folder holding a .metadata is a checkpoint swapped out by a committed save whose removal of
+                // it failed: nobody writes there any more.
+                // So is one holding a rank's word that the save failed.
+                bool abandoned = locks.Length == 0
+                    ? File.Exists(System.IO.Path.Combine(folder, ".metadata")) || Directory.GetFiles(folder, ".failed-*").Length > 0
+                      || DateTime.UtcNow - Directory.GetLastWriteTimeUtc(folder) > UnlockedGrace
+                    : !AnyHeld(locks);
+                if (!abandoned) continue;
                 CheckpointFiles.DeleteDirectory(folder);
                 foreach (var file in locks) CheckpointFiles.DeleteFile(file);
                 removed++;

@@ -9,17 +9,23 @@ namespace EmaGen.Fuzz;
 /// <summary>
 /// <c>dotnet run --project tests/Fuzz -- [--cases N] [--seed S] [--memory-mb M] [--timeout-s T] [--json] [--show K]</c>:
 /// mutated-checkpoint fuzzing with counts per outcome class. <c>--kills N</c>: the SIGKILL campaign against saves.
-/// <c>--amplification</c>: peak memory of the three memory-amplification inputs. Exit code 0 when no case is in a bad class.
+/// <c>--amplification</c>: peak memory of the three memory-amplification inputs. <c>--full-disk N --on DIR</c>: saves
+/// onto a file system that fills up part-way (<see cref="FullDiskCampaign"/>). Exit code 0 when no case is in a bad class.
 /// </summary>
 public static class Program
 {
     public static int Main(string[] args)
     {
+        if (args is ["--disk-save", var kind, var target, var value, var source])
+        {
+            return FullDiskCampaign.Save(kind, target, float.Parse(value, CultureInfo.InvariantCulture), source);
+        }
         var options = Options.Parse(args);
         if (options.Worker) return Worker.Run(options);
         if (options.SaveLoop is { } dir) return KillCampaign.SaveLoop(dir, options.Start);
         if (options.Kills > 0) return KillCampaign.Run(options);
         if (options.Amplification) return Amplification.Run(options);
+        if (options.FullDisk > 0) return FullDiskCampaign.Run(options);
         return Supervisor.Run(options);
     }
 }
@@ -40,6 +46,8 @@ public sealed record Options
     public int Kills { get; init; }
     public bool Amplification { get; init; }
     public int? Only { get; init; }
+    public int FullDisk { get; init; }
+    public string? On { get; init; }
 
     public static Options Parse(string[] args)
     {
@@ -63,6 +71,8 @@ public sealed record Options
                 "--kills" => o with { Kills = int.Parse(Next(), CultureInfo.InvariantCulture) },
                 "--amplification" => o with { Amplification = true },
                 "--only" => o with { Only = int.Parse(Next(), CultureInfo.InvariantCulture) },
+                "--full-disk" => o with { FullDisk = int.Parse(Next(), CultureInfo.InvariantCulture) },
+                "--on" => o with { On = Next() },
                 _ => throw new ArgumentException($"unknown option {args[i]}"),
             };
         }

@@ -20,9 +20,10 @@ internal enum FileOp
 }
 
 /// <summary>
-/// Every file-system operation that writes or reads a checkpoint goes through here (the data files, manifests,
+/// Every file-system operation that writes or reads checkpoint data goes through here (the data files, manifests,
 /// <c>.metadata</c>, the staging folder and its locks, the swap, safetensors files), so that tests can fail the N-th
-/// one with a chosen error, as SQLite tests its I/O errors. Production code pays one null check per operation.
+/// one with a chosen error, as SQLite tests its I/O errors; what only looks (existence checks, listings, lock probes,
+/// failure words) does not. Production code pays one null check per operation.
 /// </summary>
 internal static class CheckpointFiles
 {
@@ -63,6 +64,23 @@ internal static class CheckpointFiles
         Before(FileOp.OpenRead, path);
         Before(FileOp.Read, path);
         return File.ReadAllBytes(path);
+    }
+
+    /// <summary>Writes <paramref name="bytes"/> to a new file and flushes them to the disk; a failure closes it without a second error.</summary>
+    public static void WriteDurably(string path, ReadOnlySpan<byte> bytes)
+    {
+        var stream = Create(path, 1 << 16);
+        try
+        {
+            stream.Write(bytes);
+            Sync(stream);
+        }
+        catch
+        {
+            DisposeQuietly(stream);
+            throw;
+        }
+        stream.Dispose();
     }
 
     /// <summary>Flushes <paramref name="stream"/> (made by <see cref="Create"/>) through to the disk.</summary>

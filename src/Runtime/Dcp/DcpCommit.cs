@@ -21,23 +21,20 @@ internal static class DcpCommit
     /// <param name="staging">The staging folder holding every rank's data files.</param>
     /// <param name="request">Rank 0's request: save id, world size, timeout, options.</param>
     /// <param name="own">Rank 0's entries.</param>
-    public static DcpMetadata Commit(string target, string staging, SaveRequest request, IReadOnlyList<ManifestEntry> own)
+    /// <param name="joined">When rank 0 joined the save, less the timeout: only failure word left since then counts.</param>
+    public static DcpMetadata Commit(string target, string staging, SaveRequest request, IReadOnlyList<ManifestEntry> own, DateTime joined)
     {
         var options = request.Options;
-        var perRank = Gather(target, staging, request, own);
+        var perRank = Gather(target, staging, request, own, joined);
         var metadata = Merge(target, request.SaveId, options.Naming, perRank);
 
         var temp = Path.Combine(staging, ".metadata.tmp");
-        using (var stream = CheckpointFiles.Create(temp, 1 << 16))
-        {
-            stream.Write(DcpMetadataWriter.Write(metadata));
-            CheckpointFiles.Sync(stream);
-        }
+        CheckpointFiles.WriteDurably(temp, DcpMetadataWriter.Write(metadata));
         CheckpointFiles.MoveFile(temp, Path.Combine(staging, ".metadata"));
         for (int r = 1; r < perRank.Count; r++) CheckpointFiles.DeleteFile(DcpManifest.PathOf(staging, r));
         var old = FolderSwap.Replace(staging, target);
         // Committed: the previous checkpoint's removal failing must not report the save as failed (its folder is a
-        // staging folder now, swept by the next save).
+        // lock-less staging folder holding a .metadata now, which the next save sweeps).
         if (old is not null) CheckpointFiles.TryDeleteDirectory(old);
         return metadata;
     }
@@ -46,12 +43,11 @@ internal static class DcpCommit
     /// Ranks other than 0: waits until <paramref name="target"/> holds the checkpoint of <paramref name="saveId"/>, or
     /// until a rank reports in <paramref name="staging"/> that it failed.
     /// </summary>
-    public static void WaitFor(string target, string staging, string saveId, TimeSpan timeout)
+    public static void WaitFor(string target, string staging, string saveId, TimeSpan timeout, DateTime joined)
     {
         var deadline = DateTime.UtcNow + timeout;
         while (true)
         {
-            DcpManifest.ThrowIfAnyRankFailed(target, staging, saveId);
             var path = Path.Combine(target, ".metadata");
             if (File.Exists(path))
             {
@@ -64,6 +60,8 @@ internal static class DcpCommit
                     // A commit in progress on a file system without atomic exchange, or a failed read; look again.
                 }
             }
+            // After the commit is seen (word left by a rank that gave up while rank 0 still committed does not count).
+            DcpManifest.ThrowIfAnyRankFailed(target, staging, saveId, joined);
             if (DateTime.UtcNow >= deadline)
             {
                 throw new TimeoutException($"{target}: save '{saveId}' was not committed by rank 0 within {timeout.TotalSeconds:F0} s.");
@@ -73,14 +71,14 @@ internal static class DcpCommit
     }
 
     // Every rank's entries in rank order: rank 0's own, then each other rank's manifest once all are there.
-    private static List<IReadOnlyList<ManifestEntry>> Gather(string target, string staging, SaveRequest request, IReadOnlyList<ManifestEntry> own)
+    private static List<IReadOnlyList<ManifestEntry>> Gather(string target, string staging, SaveRequest request, IReadOnlyList<ManifestEntry> own, DateTime joined)
     {
         int worldSize = request.Rank.WorldSize;
         var deadline = DateTime.UtcNow + request.Timeout;
         var missing = Enumerable.Range(1, worldSize - 1).ToList();
         while (true)
         {
-            DcpManifest.ThrowIfAnyRankFailed(target, staging, request.SaveId);
+            DcpManifest.ThrowIfAnyRankFailed(target, staging, request.SaveId, joined);
             missing.RemoveAll(r => File.Exists(DcpManifest.PathOf(staging, r)));
             if (missing.Count == 0) break;
             if (DateTime.UtcNow >= deadline)

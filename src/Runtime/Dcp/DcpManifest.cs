@@ -25,36 +25,34 @@ internal static class DcpManifest
     {
         var path = PathOf(staging, rank.Rank);
         var temp = path + ".tmp";
-        using (var stream = CheckpointFiles.Create(temp, 1 << 16))
+        var json = new System.IO.MemoryStream();
+        using (var w = new Utf8JsonWriter(json))
         {
-            using (var w = new Utf8JsonWriter(stream))
+            w.WriteStartObject();
+            w.WriteString("save_id", saveId);
+            w.WriteNumber("rank", rank.Rank);
+            w.WriteNumber("world_size", rank.WorldSize);
+            w.WriteStartArray("entries");
+            foreach (var e in entries)
             {
                 w.WriteStartObject();
-                w.WriteString("save_id", saveId);
-                w.WriteNumber("rank", rank.Rank);
-                w.WriteNumber("world_size", rank.WorldSize);
-                w.WriteStartArray("entries");
-                foreach (var e in entries)
+                w.WriteString("key", e.Key);
+                if (e.DType is not null)
                 {
-                    w.WriteStartObject();
-                    w.WriteString("key", e.Key);
-                    if (e.DType is not null)
-                    {
-                        w.WriteString("dtype", e.DType);
-                        WriteLongs(w, "global_size", e.GlobalSize!);
-                        WriteLongs(w, "offsets", e.Offsets!);
-                        WriteLongs(w, "sizes", e.Sizes!);
-                    }
-                    w.WriteString("file", e.File);
-                    w.WriteNumber("offset", e.Offset);
-                    w.WriteNumber("length", e.Length);
-                    w.WriteEndObject();
+                    w.WriteString("dtype", e.DType);
+                    WriteLongs(w, "global_size", e.GlobalSize!);
+                    WriteLongs(w, "offsets", e.Offsets!);
+                    WriteLongs(w, "sizes", e.Sizes!);
                 }
-                w.WriteEndArray();
+                w.WriteString("file", e.File);
+                w.WriteNumber("offset", e.Offset);
+                w.WriteNumber("length", e.Length);
                 w.WriteEndObject();
             }
-            CheckpointFiles.Sync(stream);
+            w.WriteEndArray();
+            w.WriteEndObject();
         }
+        CheckpointFiles.WriteDurably(temp, json.ToArray());
         CheckpointFiles.MoveFile(temp, path, overwrite: true);
     }
 
@@ -87,8 +85,11 @@ internal static class DcpManifest
         return true;
     }
 
-    /// <summary>Throws an <see cref="IOException"/> naming the first rank that reported a failure of this save.</summary>
-    public static void ThrowIfAnyRankFailed(string target, string staging, string saveId)
+    /// <summary>
+    /// Throws an <see cref="IOException"/> naming the first rank that reported a failure of this save since
+    /// <paramref name="since"/> (older word belongs to an earlier attempt under the same save id).
+    /// </summary>
+    public static void ThrowIfAnyRankFailed(string target, string staging, string saveId, DateTime since)
     {
         string[] failed;
         try
@@ -99,8 +100,9 @@ internal static class DcpManifest
         {
             return;
         }
-        if (failed.Length == 0) return;
-        var file = failed.Order(StringComparer.Ordinal).First();
+        // File times come from the kernel's coarse clock, a few milliseconds behind: hence the slack.
+        var file = failed.Order(StringComparer.Ordinal).FirstOrDefault(f => File.GetLastWriteTimeUtc(f) >= since - TimeSpan.FromMilliseconds(20));
+        if (file is null) return;
         string why;
         try
         {

@@ -1,3 +1,4 @@
+using System;
 using System.Collections.Generic;
 using System.IO;
 
@@ -48,7 +49,20 @@ internal static class DcpRankWriter
             foreach (var (_, stream) in files) CheckpointFiles.DisposeQuietly(stream);
             throw;
         }
-        foreach (var (_, stream) in files) stream.Dispose();
+        // Closing after the fsync writes nothing more; still, every file is closed before an error is reported.
+        Exception? closing = null;
+        foreach (var (_, stream) in files)
+        {
+            try
+            {
+                stream.Dispose();
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                closing ??= e;
+            }
+        }
+        if (closing is not null) throw closing;
         return entries;
     }
 }

@@ -44,16 +44,19 @@ internal static class DcpSave
         // Every rank holds its lock on the staging folder until the commit, so no other save takes it for a crashed one;
         // rank 0 removes what crashed saves left behind.
         SaveStaging? staging = null;
+        // Word that a rank failed counts for as long as the others would wait for it; older word is an earlier attempt's
+        // under the same save id (rank 0 also removes such a folder when nobody holds it).
+        var joined = DateTime.UtcNow - request.Timeout;
         try
         {
             staging = SaveStaging.Begin(target, request.SaveId, rank.Rank,
-                DiskSpace.Estimate(values.Count + chunks.Count, dataBytes), removeStale: rank.Rank == 0);
+                DiskSpace.Estimate(values.Count + chunks.Count, dataBytes), removeStale: rank.Rank == 0, joined);
             // A rank that joins a save another rank has given up on stops at once.
-            if (rank.WorldSize > 1) DcpManifest.ThrowIfAnyRankFailed(target, staging.Path, request.SaveId);
+            if (rank.WorldSize > 1) DcpManifest.ThrowIfAnyRankFailed(target, staging.Path, request.SaveId, joined);
             var entries = DcpRankWriter.Write(staging.Path, request.SaveId, rank.Rank, values, chunks, request.Options);
-            if (rank.Rank == 0) return DcpCommit.Commit(target, staging.Path, request, entries);
+            if (rank.Rank == 0) return DcpCommit.Commit(target, staging.Path, request, entries, joined);
             DcpManifest.Write(staging.Path, request.SaveId, rank, entries);
-            DcpCommit.WaitFor(target, staging.Path, request.SaveId, request.Timeout);
+            DcpCommit.WaitFor(target, staging.Path, request.SaveId, request.Timeout, joined);
             return null;
         }
         catch (Exception e)
@@ -63,7 +66,6 @@ internal static class DcpSave
             // removes the folder. What cannot be removed is swept by the next save of the target.
             var folder = SaveStaging.PathOf(target, request.SaveId);
             if (rank.WorldSize > 1) DcpManifest.WriteFailure(folder, rank.Rank, e.Message);
-            staging?.Dispose();
             if (rank.WorldSize == 1 || DcpManifest.EveryRankFailed(folder, rank.WorldSize)) CheckpointFiles.TryDeleteDirectory(folder);
             throw;
         }

@@ -28,7 +28,8 @@ internal static partial class FolderSwap
         }
         CheckpointFiles.Before(FileOp.Rename, target);
         if (OperatingSystem.IsLinux() && TryExchange(staged, target)) return staged;
-        var aside = target + ".old-" + Guid.NewGuid().ToString("N")[..8];
+        // Named like a staging folder: should its removal fail, the next save's sweep finds it (lock-less, with .metadata).
+        var aside = SaveStaging.PathOf(target, "replaced" + Guid.NewGuid().ToString("N")[..8]);
         CheckpointFiles.MoveDirectory(target, aside);
         try
         {
@@ -36,8 +37,15 @@ internal static partial class FolderSwap
         }
         catch
         {
-            // Put the previous checkpoint back, so the target path never stays empty after a failed save.
-            Directory.Move(aside, target);
+            // Put the previous checkpoint back, so the target path does not stay empty after a failed save; should that
+            // fail too, the first error is the one reported (the previous checkpoint is then at the aside path).
+            try
+            {
+                Directory.Move(aside, target);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+            }
             throw;
         }
         return aside;

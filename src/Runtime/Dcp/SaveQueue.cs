@@ -9,17 +9,19 @@ namespace EmaGen.Dcp;
 /// <summary>
 /// The saves of one manager (its checkpoints and its post-hoc snapshots), synchronous and asynchronous, in call
 /// order: every save first waits for the previous asynchronous write, so an older commit never replaces a newer
-/// checkpoint. An asynchronous save is shaped like PyTorch's <c>dcp.async_save</c>: the calling thread stages (copies)
-/// what the save needs, after which the live shadows are free to change; a task then runs the one save path
-/// (<see cref="DcpSave"/>: write, fsync, commit, swap) and completes once the checkpoint is committed. A failure faults
-/// that task and leaves the previous checkpoint in place; it is also reported once by the next save call or by
-/// <see cref="Dispose"/>, so a write nobody awaited never fails silently (as Orbax and Lightning report an earlier
-/// asynchronous checkpoint's error). Staging memory is freed only once no write can still read it: a save's own copies
-/// when its write ends, however it ends; the copies kept from save to save when the manager is disposed, after its
-/// last write.
+/// checkpoint; saves from several threads take turns. An asynchronous save is shaped like PyTorch's
+/// <c>dcp.async_save</c>: the calling thread stages (copies) what the save needs, after which the live shadows are free
+/// to change; a task then runs the one save path (<see cref="DcpSave"/>: write, fsync, commit, swap) and completes once
+/// the checkpoint is committed. A failure faults that task and leaves the previous checkpoint in place. It is also
+/// reported once more, so a write nobody awaited never fails silently (as Orbax and Lightning report an earlier
+/// asynchronous checkpoint's error at the next save): the next save call still makes its own save (a sharded save's
+/// ranks stay in step) and then throws the earlier failure; with no later save, <see cref="Dispose"/> throws it.
+/// Staging memory is freed only once no write can still read it: a save's own copies when its write ends, however it
+/// ends; the copies kept from save to save when the manager is disposed, after its last write.
 /// </summary>
 internal sealed class SaveQueue : IDisposable
 {
+    private readonly object _turn = new();
     private Task? _pending;
     private string? _pendingFolder;
     private StagingCopies? _kept;
@@ -28,8 +30,21 @@ internal sealed class SaveQueue : IDisposable
     /// <summary>A synchronous save, after the previous asynchronous one.</summary>
     public DcpMetadata? Run(SaveRequest request)
     {
-        WaitForPrevious();
-        return DcpSave.Run(request);
+        lock (_turn)
+        {
+            var earlier = WaitForPrevious();
+            DcpMetadata? committed;
+            try
+            {
+                committed = DcpSave.Run(request);
+            }
+            catch (IOException e) when (earlier is not null)
+            {
+                throw new IOException($"{e.Message} (and {earlier.Message})", e);
+            }
+            if (earlier is not null) throw new IOException($"{earlier.Message} (this save to '{request.Directory}' committed)", earlier.InnerException);
+            return committed;
+        }
     }
 
     /// <summary>
@@ -40,9 +55,12 @@ internal sealed class SaveQueue : IDisposable
     /// </summary>
     public Task Start(IReadOnlyList<ShadowArena> arenas, Func<torch.Tensor?[][], SaveRequest> request)
     {
-        WaitForPrevious();
-        var staged = (_kept ??= new StagingCopies(arenas)).Refresh();
-        return Launch(request(staged), owned: null);
+        lock (_turn)
+        {
+            var earlier = WaitForPrevious();
+            var staged = (_kept ??= new StagingCopies(arenas)).Refresh();
+            return Launched(Launch(request(staged), owned: null), earlier);
+        }
     }
 
     /// <summary>
@@ -52,25 +70,33 @@ internal sealed class SaveQueue : IDisposable
     /// </summary>
     public Task Start(Func<(SaveRequest Request, IDisposable Copies)> stage)
     {
-        WaitForPrevious();
-        var (request, copies) = stage();
-        return Launch(request, copies);
+        lock (_turn)
+        {
+            var earlier = WaitForPrevious();
+            var (request, copies) = stage();
+            return Launched(Launch(request, copies), earlier);
+        }
     }
 
-    /// <summary>Waits for the last write, then frees the kept staging copies; reports the last write's failure if no save call has.</summary>
+    /// <summary>Waits for the last write, then frees the kept staging copies; throws the last write's failure if no save call has reported it.</summary>
     public void Dispose()
     {
-        if (_disposed) return;
-        try
+        IOException? earlier;
+        lock (_turn)
         {
-            WaitForPrevious();
+            if (_disposed) return;
+            try
+            {
+                earlier = WaitForPrevious();
+            }
+            finally
+            {
+                _disposed = true;
+                _kept?.Dispose();
+                _kept = null;
+            }
         }
-        finally
-        {
-            _disposed = true;
-            _kept?.Dispose();
-            _kept = null;
-        }
+        if (earlier is not null) throw earlier;
     }
 
     private Task Launch(SaveRequest request, IDisposable? owned)
@@ -91,20 +117,25 @@ internal sealed class SaveQueue : IDisposable
         return write;
     }
 
-    // Waits for the previous write; its failure is thrown here once (its task carries it too).
-    private void WaitForPrevious()
+    // The new save runs either way; the earlier failure is then thrown to this call (the new save's own outcome is
+    // reported by its task, or by the next call).
+    private static Task Launched(Task write, IOException? earlier) =>
+        earlier is null ? write : throw new IOException($"{earlier.Message} (a new asynchronous save was started)", earlier.InnerException);
+
+    // Waits for the previous write; returns its failure (once: its task carries it too), or null.
+    private IOException? WaitForPrevious()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_pending is not { } write) return;
+        if (_pending is not { } write) return null;
         _pending = null;
         try
         {
             write.GetAwaiter().GetResult();
+            return null;
         }
         catch (Exception e) when (write.IsFaulted || write.IsCanceled)
         {
-            throw new IOException(
-                $"The asynchronous save to '{_pendingFolder}' failed and committed nothing (the previous checkpoint there is intact): {e.Message}", e);
+            return new IOException($"The asynchronous save to '{_pendingFolder}' failed: {e.Message}", e);
         }
     }
 }

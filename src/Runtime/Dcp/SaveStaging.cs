@@ -1,5 +1,6 @@
 using System;
 using System.IO;
+using System.Linq;
 
 namespace EmaGen.Dcp;
 
@@ -11,7 +12,8 @@ namespace EmaGen.Dcp;
 /// by SIGKILL. The next save of the same target removes every staging folder whose locks are all free (a crashed
 /// save) and the orphaned lock files, so crashes do not pile up copies of the checkpoint. A folder with no lock file at
 /// all is removed at once when it holds a <c>.metadata</c> (the previous checkpoint, swapped out by a save whose
-/// removal of it failed), otherwise (left by an older EmaGen) once it is older than <see cref="UnlockedGrace"/>.
+/// removal of it failed) or a rank's <c>.failed-{rank}</c> word, otherwise (left by an older EmaGen) once it is older
+/// than <see cref="UnlockedGrace"/>. A failed save releases its lock only after removing what it staged.
 /// </summary>
 internal sealed class SaveStaging : IDisposable
 {
@@ -35,13 +37,25 @@ internal sealed class SaveStaging : IDisposable
     /// What every save does before it writes a byte: create the target's parent, remove what crashed saves of the same
     /// target left (when <paramref name="removeStale"/>; a sharded save's other ranks leave that to rank 0), check that
     /// <paramref name="neededBytes"/> fit in the free space, and enter the staging folder of save <paramref name="id"/>.
-    /// <paramref name="target"/> is the checkpoint folder as a full path.
+    /// <paramref name="target"/> is the checkpoint folder as a full path; failure word (<c>.failed-{rank}</c>) written
+    /// since <paramref name="freshSince"/> belongs to this attempt.
     /// </summary>
-    public static SaveStaging Begin(string target, string id, int rank, long neededBytes, bool removeStale)
+    public static SaveStaging Begin(string target, string id, int rank, long neededBytes, bool removeStale, DateTime freshSince)
     {
         var parent = System.IO.Path.GetDirectoryName(target) ?? throw new ArgumentException($"'{target}' has no parent folder", "directory");
         CheckpointFiles.CreateDirectory(parent);
-        if (removeStale) RemoveStale(target, keepId: id);
+        if (removeStale)
+        {
+            RemoveStale(target, keepId: id);
+            // An earlier attempt under the same save id that nobody holds any more: its manifests and failure word are
+            // not this attempt's. (Fresh failure word is: a rank of this attempt failed before it took its lock.)
+            var own = PathOf(target, id);
+            if (Directory.Exists(own) && !AnyHeld(Directory.GetFiles(parent, System.IO.Path.GetFileName(own) + LockInfix + "*"))
+                && !Directory.EnumerateFiles(own, ".failed-*").Any(f => File.GetLastWriteTimeUtc(f) >= freshSince))
+            {
+                CheckpointFiles.TryDeleteDirectory(own);
+            }
+        }
         DiskSpace.Require(parent, neededBytes, target);
         return Enter(target, id, rank);
     }

@@ -101,10 +101,13 @@ public static partial class PostHocEma
         var profiles = SnapshotProfiles(ema.Step, dtype, ema.ProfileList);
         var chunks = new List<SaveChunk>();
         foreach (var (index, key, _) in profiles) chunks.AddRange(ema.ChunksOf(index, key + ".", local));
-        // One rank needs no agreed id; ranks agree on one from the step.
-        var saveId = ema.Placement.WorldSize == 1 ? Guid.NewGuid().ToString("N") : "posthoc-" + ema.Step.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        return TensorChunks.Request(folder, saveId, ema.Placement, chunks, SnapshotValues(ema.Step, profiles), timeout);
+        return TensorChunks.Request(folder, SnapshotSaveId(ema), ema.Placement, chunks, SnapshotValues(ema.Step, profiles), timeout);
     }
+
+    // One rank needs no agreed id; ranks agree on one from the step.
+    private static string SnapshotSaveId<TModel>(EmaManagerBase<TModel> ema)
+        where TModel : torch.nn.Module, IEmaTracked<TModel> =>
+        ema.Placement.WorldSize == 1 ? Guid.NewGuid().ToString("N") : "posthoc-" + ema.Step.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
     // The power-function profiles of a manager (profile names and schedules) with their snapshot keys; throws when
     // there is none to snapshot, or no update has run yet.

@@ -36,6 +36,9 @@ internal sealed class TorchArchiveWriter
         _forceZip64 = forceZip64;
     }
 
+    /// <summary>The checksum task of the last record added from native memory (tests check it ended before a failed write returned).</summary>
+    internal System.Threading.Tasks.Task? LastChecksum { get; private set; }
+
     /// <summary>Bytes written so far (the archive's length once <see cref="Finish"/> has run).</summary>
     public long Length => _position;
 
@@ -63,6 +66,7 @@ internal sealed class TorchArchiveWriter
         var crcTask = size < (1 << 20)
             ? System.Threading.Tasks.Task.FromResult(Checksum(address, size, blockSize))
             : System.Threading.Tasks.Task.Run(() => Checksum(address, size, blockSize));
+        LastChecksum = crcTask;
         try
         {
             for (long done = 0; done < size;)

@@ -31,12 +31,6 @@ public sealed partial class TiedGptModel : nn.Module<Tensor, Tensor>
     /// <summary>Points the token embedding at the output head's Parameter object (the old embedding weight is dropped).</summary>
     public void Tie() => wte.weight = lm_head.weight!;
 
-    /// <summary>Gives the token embedding a Parameter of its own again (a copy of the head's).</summary>
-    public void Untie()
-    {
-        using (torch.no_grad()) wte.weight = new Parameter(lm_head.weight!.clone());
-    }
-
     public Parameter Embedding => wte.weight!;
 
     public Parameter Head => lm_head.weight!;

@@ -299,4 +299,32 @@ public sealed class TiedWeightsTests
         Assert.Contains("Parameter 'head.weight' was tied to 'embed.weight' (one tensor, one shadow) when the EMA manager was built, but is now a tensor of its own", e.Message);
         Assert.Throws<InvalidOperationException>(() => ema.CopyTo(model));
     }
+    [Fact]
+    public void BothNamesWithDifferentValuesFailNamingBothKeysAndChangeNothing()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        using var model = new TiedGptModel();
+        using var ema = new EmaManager<TiedGptModel>(model, 0.5);
+        var state = ema.StateDict();
+        state["lm_head.weight"] = state["wte.weight"] + 1;
+        var before = TensorValues.Bits(ema["wte.weight"]);
+
+        var e = Assert.Throws<ArgumentException>(() => ema.LoadStateDict(state));
+        Assert.Contains("'wte.weight' and 'lm_head.weight' name one tied tensor of TiedGptModel but hold different values", e.Message);
+        // A plain state dict written with both keys, as a PyTorch trainer or an older EmaGen might.
+        DcpWriter.Save(folder["both"], state.Select(kv => new KeyValuePair<string, object?>("ema." + kv.Key, kv.Value)));
+        e = Assert.Throws<ArgumentException>(() => ema.Load(folder["both"]));
+        Assert.Contains("'ema.wte.weight' and 'ema.lm_head.weight' name one tied tensor", e.Message);
+        Assert.Equal(before, TensorValues.Bits(ema["wte.weight"]));
+
+        // Equal values: the alias key is set aside, and said so.
+        state["lm_head.weight"] = state["wte.weight"].clone();
+        ema.LoadStateDict(state);
+        Assert.Equal(["lm_head.weight"], ema.LastLoadDroppedKeys);
+        // The alias alone stands for its tensor too.
+        state.Remove("wte.weight");
+        ema.LoadStateDict(state);
+        Assert.Empty(ema.LastLoadDroppedKeys);
+        foreach (var t in state.Values) t.Dispose();
+    }
 }

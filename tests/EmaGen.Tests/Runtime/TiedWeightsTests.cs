@@ -327,4 +327,36 @@ public sealed class TiedWeightsTests
         Assert.Empty(ema.LastLoadDroppedKeys);
         foreach (var t in state.Values) t.Dispose();
     }
+    [Fact]
+    public void PackingATiedModelLeavesItsTrainingBitForBitAsItWas()
+    {
+        // The optimizer holds the Parameter objects; packing re-points them, so a tied weight must stay one tensor that
+        // both modules read and the optimizer writes: the run must be the unpacked run, bit for bit.
+        var packed = Train(pack: true);
+        var unpacked = Train(pack: false);
+        Assert.Equal(unpacked.Parameters, packed.Parameters);
+        Assert.Equal(unpacked.Shadow, packed.Shadow);
+
+        static (byte[] Parameters, byte[] Shadow) Train(bool pack)
+        {
+            torch.manual_seed(32);
+            using var model = new TiedGptModel();
+            using var ema = new EmaManager<TiedGptModel>(model, new EmaOptions { Decay = 0.9, PackParameters = pack });
+            Assert.Equal(pack ? 1 : 0, ema.UpdatePath.StartsWith("1 group(s), 1 packed", StringComparison.Ordinal) ? 1 : 0);
+            using var optimizer = torch.optim.Adam(model.parameters(), lr: 0.05);
+            using var tokens = torch.tensor(new long[] { 1, 4, 2, 9, 3, 0, 7, 7, 5, 10 }).reshape(2, 5);
+            for (int step = 0; step < 5; step++)
+            {
+                optimizer.zero_grad();
+                using var logits = model.call(tokens);
+                using var loss = nn.functional.cross_entropy(logits.reshape(-1, TiedGptModel.Vocabulary), tokens.reshape(-1));
+                loss.backward();
+                optimizer.step();
+                ema.Update(model);
+            }
+            Assert.Equal(NativeTensor.DataPointer(model.Embedding), NativeTensor.DataPointer(model.Head));
+            var parameters = model.parameters().SelectMany(p => TensorValues.Bits(p)).ToArray();
+            return (parameters, TensorValues.Bits(ema["lm_head.weight"]));
+        }
+    }
 }

@@ -359,4 +359,28 @@ public sealed class TiedWeightsTests
             return (parameters, TensorValues.Bits(ema["lm_head.weight"]));
         }
     }
+    [Fact]
+    public void SteadyStateUpdatesOfTiedModelsAllocateNothing()
+    {
+        // The tie check runs only after a tensor changed; an unchanged tied model costs the step what an untied one does.
+        using var gpt = new TiedGptModel();
+        using var twoObjects = new TiedModel();
+        using var packed = new EmaManager<TiedGptModel>(gpt, 0.9);
+        using var unpacked = new EmaManager<TiedModel>(twoObjects, new EmaOptions { Decay = 0.9, PackParameters = false });
+        using var sharded = new ShardedEmaManager<TiedGptModel>(gpt, 1, 2, new EmaOptions { Decay = 0.9 });
+        for (int i = 0; i < 5; i++)
+        {
+            packed.Update(gpt);
+            unpacked.Update(twoObjects);
+            sharded.Update(gpt);
+        }
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++)
+        {
+            packed.Update(gpt);
+            unpacked.Update(twoObjects);
+            sharded.Update(gpt);
+        }
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
 }

@@ -368,19 +368,11 @@ public sealed class TiedWeightsTests
         using var packed = new EmaManager<TiedGptModel>(gpt, 0.9);
         using var unpacked = new EmaManager<TiedModel>(twoObjects, new EmaOptions { Decay = 0.9, PackParameters = false });
         using var sharded = new ShardedEmaManager<TiedGptModel>(gpt, 1, 2, new EmaOptions { Decay = 0.9 });
-        for (int i = 0; i < 5; i++)
+        Assert.Equal(0, Allocations.OfSteadyState(() =>
         {
             packed.Update(gpt);
             unpacked.Update(twoObjects);
             sharded.Update(gpt);
-        }
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 10; i++)
-        {
-            packed.Update(gpt);
-            unpacked.Update(twoObjects);
-            sharded.Update(gpt);
-        }
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        }, warmup: 5, measured: 10));
     }
 }

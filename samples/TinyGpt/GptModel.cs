@@ -9,6 +9,8 @@ namespace EmaGen.Samples.TinyGpt;
 /// A GPT-style decoder written the way community TorchSharp ports write it: token and position embeddings, pre-norm
 /// blocks of TorchSharp's <c>MultiheadAttention</c> and a <c>Sequential</c> MLP held in a <c>Module&lt;Tensor, Tensor&gt;</c>
 /// field, a causal-mask buffer and a final norm and head. Only <c>[EmaTracked]</c> and <c>partial</c> were added for EMA.
+/// With <c>tieEmbeddings</c> the token embedding is the head's weight, tied GPT-2 style after the modules exist
+/// (<c>wte.weight = lm_head.weight</c>): one Parameter under two names, which the EMA keeps once.
 /// </summary>
 [EmaTracked]
 public sealed partial class GptModel : nn.Module<Tensor, Tensor>
@@ -20,7 +22,7 @@ public sealed partial class GptModel : nn.Module<Tensor, Tensor>
     private readonly Linear head;
     private readonly Tensor causalMask;
 
-    public GptModel(int vocabulary, int context, int width = 64, int depth = 2, int heads = 4) : base(nameof(GptModel))
+    public GptModel(int vocabulary, int context, int width = 64, int depth = 2, int heads = 4, bool tieEmbeddings = false) : base(nameof(GptModel))
     {
         tokens = nn.Embedding(vocabulary, width);
         positions = nn.Embedding(context, width);
@@ -30,6 +32,7 @@ public sealed partial class GptModel : nn.Module<Tensor, Tensor>
         head = nn.Linear(width, vocabulary);
         causalMask = CausalMask(context);
         RegisterComponents();
+        if (tieEmbeddings) tokens.weight = head.weight!;
     }
 
     /// <param name="input">Token ids, [batch, time] (int64). Returns logits, [batch, time, vocabulary].</param>
@@ -99,7 +102,7 @@ public sealed partial class EncoderGptModel : nn.Module<Tensor, Tensor>
     private readonly Linear head;
     private readonly Tensor causalMask;
 
-    public EncoderGptModel(int vocabulary, int context, int width = 64, int depth = 2, int heads = 4) : base(nameof(EncoderGptModel))
+    public EncoderGptModel(int vocabulary, int context, int width = 64, int depth = 2, int heads = 4, bool tieEmbeddings = false) : base(nameof(EncoderGptModel))
     {
         tokens = nn.Embedding(vocabulary, width);
         positions = nn.Embedding(context, width);
@@ -108,6 +111,7 @@ public sealed partial class EncoderGptModel : nn.Module<Tensor, Tensor>
         head = nn.Linear(width, vocabulary);
         causalMask = GptModel.CausalMask(context);
         RegisterComponents();
+        if (tieEmbeddings) tokens.weight = head.weight!;
     }
 
     public override Tensor forward(Tensor input)

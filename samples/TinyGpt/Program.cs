@@ -21,6 +21,7 @@ try
             "--threads" => options with { Threads = Int() },
             "--out" => options with { OutDir = Value() },
             "--list-parameters" => options with { ListParameters = true },
+            "--tie-embeddings" => options with { TieEmbeddings = true },
             "--help" or "-h" => throw new OperationCanceledException(),
             _ => throw new ArgumentException($"unknown option '{args[i]}'"),
         };
@@ -31,22 +32,23 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
 {
     if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: TinyGpt [--steps N] [--arch gpt|encoder] [--seed S] [--batch B] [--lr LR] [--schedule SPEC] [--threads T] [--out DIR] [--list-parameters]");
+    Console.Error.WriteLine("usage: TinyGpt [--steps N] [--arch gpt|encoder] [--seed S] [--batch B] [--lr LR] [--schedule SPEC] [--threads T] [--out DIR] [--list-parameters] [--tie-embeddings]");
     Console.Error.WriteLine("  --arch gpt      own GPT blocks: MultiheadAttention + a Sequential MLP in a Module<Tensor, Tensor> field (default)");
     Console.Error.WriteLine("  --arch encoder  TorchSharp's TransformerEncoder with a causal mask");
     Console.Error.WriteLine("  --schedule S    EMA decay schedule (default power:0.10, EDM2's power function)");
     Console.Error.WriteLine("  --threads T     LibTorch threads; equal T gives bit-equal runs (JIT and NativeAOT alike)");
     Console.Error.WriteLine("  --out DIR       save the EMA as a PyTorch DCP checkpoint in DIR/ema and check that it reloads bit for bit");
+    Console.Error.WriteLine("  --tie-embeddings  the token embedding is the output head's weight (GPT-2 style): one parameter, one shadow");
     return e is OperationCanceledException ? 0 : 2;
 }
 
 if (options.Architecture == "encoder")
 {
-    Trainer.Run(options, () => new EncoderGptModel(SyntheticLanguage.Vocabulary, options.Context), Console.Out);
+    Trainer.Run(options, () => new EncoderGptModel(SyntheticLanguage.Vocabulary, options.Context, tieEmbeddings: options.TieEmbeddings), Console.Out);
 }
 else
 {
-    Trainer.Run(options, () => new GptModel(SyntheticLanguage.Vocabulary, options.Context), Console.Out);
+    Trainer.Run(options, () => new GptModel(SyntheticLanguage.Vocabulary, options.Context, tieEmbeddings: options.TieEmbeddings), Console.Out);
 }
 return 0;
 

@@ -20,6 +20,7 @@ public sealed record TrainOptions
     public int? Threads { get; init; }
     public string? OutDir { get; init; }
     public bool ListParameters { get; init; }
+    public bool TieEmbeddings { get; init; }
     public int PhraseLength { get; init; } = 12;
     public int Context => 2 * PhraseLength;
     public int ValidationBatches { get; init; } = 32;
@@ -38,10 +39,13 @@ public static class Trainer
         var schedule = EmaScheduleParser.Parse(options.Schedule);
         using var ema = new EmaManager<TModel>(model, new EmaOptions { Schedule = schedule });
         long parameters = model.parameters().Sum(p => p.numel());
-        log.WriteLine($"TinyGpt ({options.Architecture}): {parameters:N0} parameters in {ema.Parameters.Count} tensors, EMA {schedule.Describe()}");
+        log.WriteLine($"TinyGpt ({options.Architecture}{(options.TieEmbeddings ? ", tied embeddings" : "")}): {parameters:N0} parameters in {ema.Parameters.Count} tensors, EMA {schedule.Describe()}");
+        // A tied weight is one tensor of the model: named_parameters() lists it once, and the EMA keeps one shadow of it.
+        log.WriteLine(FormattableString.Invariant($"EMA shadows: {ema.Count} tensors, {ema.ShadowBytes} bytes; tied aliases: {(ema.TiedAliases.Count == 0 ? "none" : string.Join(", ", ema.TiedAliases.Select(a => $"{a.Key} -> {a.Value}")))}"));
         if (options.ListParameters)
         {
             foreach (var p in ema.Parameters) log.WriteLine($"parameter {p.Name} [{string.Join(", ", p.Shape)}]");
+            foreach (var (name, _) in model.named_parameters()) log.WriteLine($"named {name}");
         }
 
         using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 0.01);

@@ -18,6 +18,8 @@ internal static class CheckpointKeys
     public const string CurrentDecay = "current_decay";
     public const string Schedule = "schedule";
     public const string Profiles = "profiles";
+    /// <summary>Tied weights: a profile's other names of a tensor stored once under its first name, as comma-separated <c>alias=owner</c> pairs (absent when nothing is tied).</summary>
+    public const string Aliases = "aliases";
     public const string Gamma = "gamma";
     public const string PostHoc = "posthoc";
 

@@ -24,6 +24,13 @@ internal static class EmaCheckpoint
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Format), Format);
     }
 
+    /// <summary>
+    /// The tied weights of one profile under <paramref name="prefix"/>: each alias with the name its tensor is stored
+    /// under, as comma-separated <c>alias=owner</c> pairs, so a reader or an export can give the tensor every name again.
+    /// </summary>
+    internal static KeyValuePair<string, object?> AliasState(string prefix, IEnumerable<KeyValuePair<string, string>> aliases) =>
+        new(CheckpointKeys.Of(prefix, CheckpointKeys.Aliases), string.Join(",", System.Linq.Enumerable.Select(aliases, a => $"{a.Key}={a.Value}")));
+
     /// <summary>The top-level keys of a multi-profile checkpoint: the profile list (comma-separated names), step and format.</summary>
     internal static IEnumerable<KeyValuePair<string, object?>> ManagerState(string prefix, long step, IEnumerable<string> profiles)
     {

@@ -26,10 +26,15 @@ public sealed class EmaWeightSwap : IDisposable
         using var _ = torch.no_grad();
         try
         {
+            // A tied weight can come as several tensor objects over one memory (its owner first): each object is
+            // re-pointed, but the memory is saved and written once.
+            var copiedInto = new HashSet<IntPtr>();
             foreach (var (target, shadow) in pairs)
             {
                 if (target.dtype == shadow.dtype && target.device_type == shadow.device_type && target.device_index == shadow.device_index)
                 {
+                    // Another handle of the same tensor, already re-pointed with it.
+                    if (target.numel() > 0 && LiveSlots.DataPointer(target) == LiveSlots.DataPointer(shadow)) continue;
                     // detach() aliases the parameter's storage, offset and strides: what set_ restores on dispose.
                     var own = target.detach().DetachFromDisposeScope();
                     _repointed.Add((target, own));
@@ -37,6 +42,7 @@ public sealed class EmaWeightSwap : IDisposable
                 }
                 else
                 {
+                    if (!copiedInto.Add(LiveSlots.DataPointer(target))) continue;
                     var backup = target.detach().clone().DetachFromDisposeScope();
                     _copied.Add((target, backup));
                     InPlace.Release(target.copy_(shadow), target);

@@ -35,7 +35,7 @@ internal static class OverheadBenchmark
         var collector = new SlotCollector();
         SyntheticModel.VisitParameters(model, ref collector);
         var slots = collector.Slots.ToArray();
-        var live = new LiveSlots(slots, slots.Select(s => s.Tensor is not null).ToArray());
+        var live = new LiveSlots(slots, slots.Select(s => s.Tensor is not null).ToArray(), ties: []);
         live.Check(model, null);
         using var pool = new CpuWorkerPool(Math.Max(2, ema.UpdateThreads));
         var nothing = new NoWork();

@@ -14,7 +14,9 @@ public abstract partial class EmaManagerBase<TModel>
     /// Loads shadows and step from a DCP folder written by either manager's <c>Save</c> (or any with these keys, at any
     /// chunking: dense, another world size, PyTorch's), reading only the chunks that overlap this manager's boxes. Names,
     /// dtypes, shapes, profiles and schedules are checked from the metadata before any tensor is read; everything is
-    /// read before anything is written, so a failed load changes nothing.
+    /// read before anything is written, so a failed load changes nothing. A tied tensor stored under several of its names
+    /// (as EmaGen wrote it before tied weights had one shadow) loads when every copy holds the same bits; the keys set
+    /// aside are in <see cref="LastLoadDroppedKeys"/>.
     /// </summary>
     /// <param name="directory">The checkpoint folder.</param>
     /// <param name="strict">When true, the checkpoint must hold exactly the averaged names (and profiles) under <paramref name="prefix"/>; otherwise the names and profiles both sides have are loaded.</param>
@@ -30,30 +32,39 @@ public abstract partial class EmaManagerBase<TModel>
         var stored = EmaCheckpoint.ReadProfileNames(reader, directory, prefix);
         var toLoad = ProfilesToLoad(directory, prefix, stored, strict);
 
-        var reads = new List<(int Profile, List<int> Items)>();
+        var reads = new List<(int Profile, List<(int Item, List<string> Names)> Items)>();
         foreach (var profile in toLoad)
         {
             var entries = EmaCheckpoint.TensorEntries(reader, ProfilePrefix(prefix, profile));
             CheckFits(entries.Select(e => (e.Name, TorchDTypes.TryGet(e.Entry.DType, out var t, out _) ? t : (torch.ScalarType?)null, e.Entry.Size)),
                 strict, global: true, nameof(directory));
-            reads.Add((profile, entries.Where(e => _itemIndex.ContainsKey(e.Name)).Select(e => _itemIndex[e.Name]).Order().ToList()));
+            reads.Add((profile, NamesByItem(entries.Select(e => e.Name))));
         }
         var states = new List<EmaCheckpoint.StoredState?>();
         long? step = EmaCheckpoint.ReadProfileStates(reader, directory,
             toLoad.Select(k => (ProfilePrefix(prefix, k), _profiles[k].Name, _profiles[k].Schedule)), named: stored is not null, allowScheduleMismatch, states);
 
         var staged = new List<(torch.Tensor Shadow, torch.Tensor Data)>();
+        var dropped = new List<string>();
         try
         {
             foreach (var (profile, items) in reads)
             {
                 var profilePrefix = ProfilePrefix(prefix, profile);
-                foreach (int i in items)
+                foreach (var (i, names) in items)
                 {
-                    staged.Add((_arenas[profile][i]!, reader.ReadSlice(profilePrefix + _items[i].Info.Name, _items[i].Offsets, _items[i].Sizes)));
+                    var data = reader.ReadSlice(profilePrefix + names[0], _items[i].Offsets, _items[i].Sizes);
+                    staged.Add((_arenas[profile][i]!, data));
+                    for (int n = 1; n < names.Count; n++)
+                    {
+                        using var other = reader.ReadSlice(profilePrefix + names[n], _items[i].Offsets, _items[i].Sizes);
+                        RequireSameBits(directory, profilePrefix + names[0], data, profilePrefix + names[n], other, nameof(directory));
+                        dropped.Add(profilePrefix + names[n]);
+                    }
                 }
             }
             Commit(staged);
+            LastLoadDroppedKeys = dropped;
             Step = step ?? Step;
             for (int n = 0; n < toLoad.Count; n++)
             {
@@ -94,6 +105,37 @@ public abstract partial class EmaManagerBase<TModel>
         return present;
     }
 
+    /// <summary>
+    /// The keys the last successful <see cref="Load"/> or <c>LoadStateDict</c> set aside: other names of a tied tensor
+    /// (see <see cref="TiedAliases"/>) whose values were checked bit-equal to the name it loaded. Empty when there were none.
+    /// </summary>
+    public IReadOnlyList<string> LastLoadDroppedKeys { get; private set; } = [];
+
+    // The names of a checkpoint or state dict that reach each item, by item, the owner's name first: a checkpoint written
+    // before tied weights had one shadow holds a tied tensor under each of its names.
+    private List<(int Item, List<string> Names)> NamesByItem(IEnumerable<string> names)
+    {
+        var byItem = new SortedDictionary<int, List<string>>();
+        foreach (var name in names.Order(StringComparer.Ordinal))
+        {
+            if (!TryItem(name, out int i)) continue;
+            if (!byItem.TryGetValue(i, out var list)) byItem[i] = list = new List<string>();
+            if (name == _items[i].Info.Name) list.Insert(0, name);
+            else list.Add(name);
+        }
+        return byItem.Select(kv => (kv.Key, kv.Value)).ToList();
+    }
+
+    // Two names of one tied tensor must hold one value: otherwise nothing says which is its EMA.
+    private static void RequireSameBits(string where, string kept, torch.Tensor keptData, string other, torch.Tensor otherData, string parameter)
+    {
+        using var a = keptData.cpu().contiguous();
+        using var b = otherData.cpu().contiguous();
+        if (a.dtype == b.dtype && a.shape.AsSpan().SequenceEqual(b.shape) && a.bytes.SequenceEqual(b.bytes)) return;
+        throw new ArgumentException(
+            $"{where}: '{kept}' and '{other}' name one tied tensor of {typeof(TModel).Name} but hold different values; keep one of the two keys.", parameter);
+    }
+
     private string ProfilePrefix(string prefix, int profile) => NamedProfiles ? prefix + _profiles[profile].Name + "." : prefix;
 
     /// <summary>
@@ -110,6 +152,7 @@ public abstract partial class EmaManagerBase<TModel>
             var profilePrefix = ProfilePrefix(prefix, k);
             int profile = k;
             foreach (var shard in Shards(profilePrefix, i => shadowOf(profile, i))) state.Add(new(shard.Key, shard));
+            if (_aliases.Length > 0) state.Add(EmaCheckpoint.AliasState(profilePrefix, TiedAliases));
             var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe());
             state.AddRange(EmaCheckpoint.ProfileState(profilePrefix, stored));
         }
@@ -171,11 +214,18 @@ public abstract partial class EmaManagerBase<TModel>
         }
         CheckFits(state.Select(kv => (kv.Key, (torch.ScalarType?)kv.Value.dtype, kv.Value.shape)), strict, global: false, nameof(state));
         var plan = new List<(torch.Tensor, torch.Tensor)>();
-        foreach (var (name, tensor) in state.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        var dropped = new List<string>();
+        foreach (var (i, names) in NamesByItem(state.Keys))
         {
-            if (_itemIndex.TryGetValue(name, out int i)) plan.Add((_arenas[profile][i]!, tensor));
+            plan.Add((_arenas[profile][i]!, state[names[0]]));
+            for (int n = 1; n < names.Count; n++)
+            {
+                RequireSameBits("EMA state dict", names[0], state[names[0]], names[n], state[names[n]], nameof(state));
+                dropped.Add(names[n]);
+            }
         }
         Commit(plan);
+        LastLoadDroppedKeys = dropped;
     }
 
     // The rules of a load, applied to names, dtypes and shapes alone: to a state dict (this manager's box shapes), or to
@@ -186,9 +236,14 @@ public abstract partial class EmaManagerBase<TModel>
         var list = entries.ToList();
         if (strict)
         {
-            var present = new HashSet<string>(list.Select(e => e.Name), StringComparer.Ordinal);
-            var missing = TrackedNames.Where(n => !present.Contains(n)).Order(StringComparer.Ordinal).ToList();
-            var unexpected = present.Where(n => !_itemIndex.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
+            // A tied tensor is present under any of its names.
+            var covered = new HashSet<int>();
+            foreach (var e in list)
+            {
+                if (TryItem(e.Name, out int i)) covered.Add(i);
+            }
+            var missing = Enumerable.Range(0, _items.Length).Where(i => !covered.Contains(i)).Select(i => _items[i].Info.Name).Order(StringComparer.Ordinal).ToList();
+            var unexpected = list.Select(e => e.Name).Where(n => !TryItem(n, out _)).Distinct().Order(StringComparer.Ordinal).ToList();
             if (missing.Count > 0 || unexpected.Count > 0)
             {
                 var parts = new List<string>();
@@ -200,7 +255,7 @@ public abstract partial class EmaManagerBase<TModel>
         var problems = new List<string>();
         foreach (var (name, dtype, shape) in list.OrderBy(e => e.Name, StringComparer.Ordinal))
         {
-            if (!_itemIndex.TryGetValue(name, out int i)) continue;
+            if (!TryItem(name, out int i)) continue;
             var item = _items[i];
             if (dtype != item.Info.ShadowDType) problems.Add($"'{name}': dtype {dtype?.ToString() ?? "unsupported"}, expected {item.Info.ShadowDType}");
             var expected = global ? item.Info.Shape : item.Sizes;

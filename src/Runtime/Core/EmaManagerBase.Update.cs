@@ -41,7 +41,9 @@ public abstract partial class EmaManagerBase<TModel>
         var groups = arena.Groups;
         var watched = new bool[_slots.Length];
         foreach (var item in _items) watched[item.Slot] = true;
-        _live = new LiveSlots(_slots, watched);
+        // A tied weight's other names are followed too: each must stay the owner's tensor.
+        foreach (var (slot, _) in _aliases) watched[slot] = true;
+        _live = new LiveSlots(_slots, watched, _aliases.Select(a => (a.Slot, _items[a.Item].Slot)).ToArray());
         _groupOfItem = new int[_items.Length];
         _packedPointer = new IntPtr[_items.Length];
         _rawCapable = new bool[_items.Length];
@@ -203,7 +205,7 @@ public abstract partial class EmaManagerBase<TModel>
     }
 
     // Each averaged tensor of `model` (checked against the layout, without waking the update threads) with profile
-    // `profile`'s shadow, for copies and swaps.
+    // `profile`'s shadow, for copies and swaps; a tied tensor once.
     private protected (torch.Tensor Target, torch.Tensor Shadow)[] ShadowPairs(TModel model, int profile)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -220,7 +222,14 @@ public abstract partial class EmaManagerBase<TModel>
     // While a swap is active the shadow storage holds the model's own weights: updates, saves and loads wait for its end.
     private protected EmaWeightSwap BeginSwap(TModel model, int profile)
     {
-        var swap = new EmaWeightSwap(ShadowPairs(model, profile), () => _activeSwap = null);
+        var pairs = ShadowPairs(model, profile).ToList();
+        // A swap re-points tensor objects: another object over a tied tensor's memory is re-pointed with its owner.
+        foreach (var (slot, item) in _aliases)
+        {
+            var alias = _live.Tensor(slot)!;
+            if (!ReferenceEquals(alias, _live.Tensor(_items[item].Slot))) pairs.Add((alias, _arenas[profile][item]!));
+        }
+        var swap = new EmaWeightSwap(pairs.ToArray(), () => _activeSwap = null);
         _activeSwap = swap;
         return swap;
     }

@@ -21,6 +21,9 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     private readonly int[] _itemOfSlot;
     private readonly ShadowItem[] _items;
     private readonly Dictionary<string, int> _itemIndex;
+    // Tied weights: each alias slot with the item of its owner (the first name of the tensor), and the alias names.
+    private readonly (int Slot, int Item)[] _aliases;
+    private readonly Dictionary<string, int> _aliasIndex;
     private readonly ShadowArena[] _arenas;
     private readonly EmaProfileBase[] _profiles;
     private readonly double[] _currentDecay;
@@ -48,6 +51,8 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
         var collector = new SlotCollector();
         TModel.VisitParameters(model, ref collector);
         _slots = collector.Slots.ToArray();
+        var owners = TiedSlots.OwnerOf(_slots);
+        var aliases = new List<(int Slot, int Item)>();
         var parameters = new List<EmaParameterInfo>();
         var buffers = new List<EmaParameterInfo>();
         var items = new List<ShadowItem>();
@@ -57,6 +62,13 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
             var slot = _slots[s];
             _itemOfSlot[s] = -1;
             if (slot.Tensor is not { } t) continue;
+            if (owners[s] != s)
+            {
+                // Tied: named_parameters() lists the tensor once, under its first name; this name shares that one's shadow.
+                _itemOfSlot[s] = _itemOfSlot[owners[s]];
+                if (_itemOfSlot[s] >= 0) aliases.Add((s, _itemOfSlot[s]));
+                continue;
+            }
             var exclusion = EmaExclusions.Of(slot, options.TrackBuffers);
             var shadowDType = DTypes.IsFloatingPoint(t.dtype) ? DTypes.ShadowDTypeFor(t.dtype, options.LowPrecisionShadow) : t.dtype;
             var info = new EmaParameterInfo(slot.FullName, GlobalShape(slot, t, exclusion, globalShapes), t.dtype, shadowDType, t.device, exclusion, slot.IsBuffer, slot.ShardDim);
@@ -74,17 +86,24 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
             if (!_itemIndex.TryAdd(_items[i].Info.Name, i)) throw new InvalidOperationException($"The model registers the name '{_items[i].Info.Name}' twice.");
         }
         TrackedNames = _items.Select(i => i.Info.Name).ToArray();
+        _aliases = aliases.ToArray();
+        _aliasIndex = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var (slot, item) in _aliases) _aliasIndex.Add(_slots[slot].FullName, item);
+        TiedAliases = _aliases.ToDictionary(a => _slots[a.Slot].FullName, a => _items[a.Item].Info.Name, StringComparer.Ordinal);
 
         bool pack = canPack && (options.PackParameters ?? true);
         _arenas = new ShadowArena[_profiles.Length];
         // A whole parameter is its own source (packing re-points it); a shard's source is a view of its box.
         var sources = _items.Select(i => i.IsPartial ? i.BoxOf(_slots[i.Slot].Tensor!) : _slots[i.Slot].Tensor!).ToList();
         var boxes = _items.Select(i => i.Info with { Shape = i.Sizes }).ToList();
+        // Another Parameter object over a tied tensor's memory follows it when packing re-points it, so they stay tied.
+        var followers = _items.Select((item, i) => _aliases.Where(a => a.Item == i && !ReferenceEquals(_slots[a.Slot].Tensor, _slots[item.Slot].Tensor))
+            .Select(a => _slots[a.Slot].Tensor!).ToArray()).ToList();
         try
         {
             using var _ = torch.no_grad();
             // Only the first arena packs: the parameters can alias one flat buffer, which every profile then reads.
-            for (int k = 0; k < _arenas.Length; k++) _arenas[k] = new ShadowArena(boxes, sources, pack && k == 0);
+            for (int k = 0; k < _arenas.Length; k++) _arenas[k] = new ShadowArena(boxes, sources, pack && k == 0, followers);
             _shadowRoots = new object[_profiles.Length];
             for (int k = 0; k < _profiles.Length; k++)
             {
@@ -171,20 +190,30 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     /// <summary>Number of updates applied (restored by <see cref="Load"/>).</summary>
     public long Step { get; private set; }
 
-    /// <summary>Number of tensors with a shadow (parameters, and buffers when <see cref="EmaOptions.TrackBuffers"/>).</summary>
+    /// <summary>Number of tensors with a shadow (parameters, and buffers when <see cref="EmaOptions.TrackBuffers"/>); a tied tensor counts once.</summary>
     public int Count => _items.Length;
 
-    /// <summary>Names of the tensors with a shadow, in visit order (parameters in <c>named_parameters()</c> order, buffers in <c>named_buffers()</c> order).</summary>
+    /// <summary>Names of the tensors with a shadow, in visit order (parameters in <c>named_parameters()</c> order, buffers in <c>named_buffers()</c> order); a tied tensor under its first name only.</summary>
     public IReadOnlyList<string> TrackedNames { get; }
 
-    /// <summary>Every parameter of the model (averaged or not), in <c>named_parameters()</c> order, with its global shape.</summary>
+    /// <summary>
+    /// Tied weights: each later name of an averaged tensor that the model reaches under several names (the same
+    /// Parameter object, or the same memory, shape and strides), with the first name, which owns the one shadow. An
+    /// alias has no key of its own in state dicts and checkpoints; the indexer and the typed shadow give the owner's shadow.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> TiedAliases { get; }
+
+    /// <summary>Every parameter of the model (averaged or not), in <c>named_parameters()</c> order, with its global shape; a tied parameter under its first name only.</summary>
     public IReadOnlyList<EmaParameterInfo> Parameters { get; }
 
     /// <summary>Every buffer of the model EmaGen can see (tracked or not), in <c>named_buffers()</c> order.</summary>
     public IReadOnlyList<EmaParameterInfo> Buffers { get; }
 
-    /// <summary>True when <paramref name="name"/> has a shadow.</summary>
-    public bool Contains(string name) => _itemIndex.ContainsKey(name);
+    /// <summary>True when <paramref name="name"/> has a shadow (an alias of a tied weight has its owner's).</summary>
+    public bool Contains(string name) => TryItem(name, out _);
+
+    // The item a name reaches: its own, or for a tied alias its owner's.
+    private bool TryItem(string name, out int item) => _itemIndex.TryGetValue(name, out item) || _aliasIndex.TryGetValue(name, out item);
 
     /// <summary>Bytes of shadow storage this manager holds (all profiles; this rank's boxes when sharded).</summary>
     public long ShadowBytes => _arenas.Sum(a => a.Bytes);
@@ -205,7 +234,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     torch.Tensor IProfileHost.ShadowOf(int profile, string name)
     {
         ThrowIfDisposed();
-        return _itemIndex.TryGetValue(name, out int i)
+        return TryItem(name, out int i)
             ? _arenas[profile][i]!
             : throw new KeyNotFoundException($"'{name}' is not an averaged tensor of {typeof(TModel).Name}.");
     }

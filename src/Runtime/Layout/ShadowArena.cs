@@ -32,8 +32,13 @@ internal sealed class ShadowArena : IDisposable
     private readonly long[] _offsetOf;
     private readonly IReadOnlyList<EmaParameterInfo> _parameters;
 
-    /// <summary>Allocates shadows for the tracked entries of <paramref name="parameters"/> and copies the current values in.</summary>
-    public ShadowArena(IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<torch.Tensor> sources, bool packParameters)
+    /// <summary>
+    /// Allocates shadows for the tracked entries of <paramref name="parameters"/> and copies the current values in.
+    /// <paramref name="followers"/> gives per entry the other tensor objects over the same memory (a weight tied by
+    /// sharing storage): packing re-points them with it.
+    /// </summary>
+    public ShadowArena(IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<torch.Tensor> sources, bool packParameters,
+        IReadOnlyList<torch.Tensor[]>? followers = null)
     {
         _parameters = parameters;
         _views = new torch.Tensor?[parameters.Count];
@@ -88,7 +93,7 @@ internal sealed class ShadowArena : IDisposable
                 InPlace.Release(view.copy_(sources[index]), view);
                 _views[index] = view;
             }
-            if (packParameters && !isBuffer) Pack(group, indices, parameters, sources);
+            if (packParameters && !isBuffer) Pack(group, indices, parameters, sources, followers);
         }
     }
 
@@ -128,8 +133,10 @@ internal sealed class ShadowArena : IDisposable
     // writes land in the flat buffer that the fused update reads.
     //
     // Only tensors that own their storage alone are re-pointed: a parameter that is a view of a larger buffer (the
-    // trainer's own flat parameters, weights tied by sharing storage) must keep aliasing it, so its group stays unpacked.
-    private void Pack(ArenaGroup group, List<int> indices, IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<torch.Tensor> sources)
+    // trainer's own flat parameters) must keep aliasing it, so its group stays unpacked. A tied weight is one entry (the
+    // manager binds its names to one shadow); another Parameter object over its memory is re-pointed with it.
+    private void Pack(ArenaGroup group, List<int> indices, IReadOnlyList<EmaParameterInfo> parameters, IReadOnlyList<torch.Tensor> sources,
+        IReadOnlyList<torch.Tensor[]>? followers)
     {
         var seen = new HashSet<IntPtr>();
         foreach (int index in indices)
@@ -143,12 +150,13 @@ internal sealed class ShadowArena : IDisposable
             }
             if (source.storage_offset() != 0 || !source.is_contiguous() || NativeTensor.StorageByteCount(source) != bytes)
             {
-                group.NotPackedReason = $"'{parameters[index].Name}' shares its storage with other tensors (a view or a tied weight), which packing would break";
+                group.NotPackedReason = $"'{parameters[index].Name}' shares its storage with other tensors (a view of a larger buffer), which packing would break";
                 return;
             }
             if (bytes > 0 && !seen.Add(NativeTensor.DataPointer(source)))
             {
-                group.NotPackedReason = $"'{parameters[index].Name}' is the same tensor as another parameter (tied weights)";
+                // Tied weights are one entry; this is the same memory seen with another shape (a reshaped view).
+                group.NotPackedReason = $"'{parameters[index].Name}' shares its memory with another parameter of another shape, which packing would break";
                 return;
             }
         }
@@ -158,6 +166,8 @@ internal sealed class ShadowArena : IDisposable
             using var view = Slice(flat, _offsetOf[index], parameters[index]);
             InPlace.Release(view.copy_(sources[index]), view);
             InPlace.Release(sources[index].set_(view), sources[index]);
+            if (followers is null) continue;
+            foreach (var follower in followers[index]) InPlace.Release(follower.set_(view), follower);
         }
         group.PackedParameters = flat;
     }

@@ -16,6 +16,10 @@ namespace EmaGen;
 /// (elements, dtype, device, contiguity) before anything is written, so a re-pointed parameter is never averaged from
 /// stale memory. A fix to slot checking goes here and nowhere else.
 /// <para>
+/// Tied weights stay as bound: whenever a watched tensor changed, each alias must still be its owner's tensor, and when
+/// a data pointer moved, no two owners may have become one tensor (a tie made after bind would give it two shadows).
+/// </para>
+/// <para>
 /// The data pointers of the tensors seen last step are read in one pass rather than one by one during the walk. Each
 /// read is a LibTorch call at the end of a chain of dependent cache misses (the Parameter object, its native handle,
 /// the TensorImpl, the StorageImpl), so each block of tensors is first touched level by level with loads that do not
@@ -34,6 +38,8 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
     private readonly string[] _localNames;
     private readonly long[] _numel;
     private readonly bool[] _watched;
+    private readonly (int Alias, int Owner)[] _ties;
+    private bool _tiesPending, _movedPending;
     private readonly torch.ScalarType[] _dtype;
     private readonly DeviceType[] _device;
     // Per watched slot, the tensor of the last successful check; a walk that finds another object parks it in
@@ -56,10 +62,12 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
 
     /// <param name="slots">The slots recorded at bind, with the tensors they held then.</param>
     /// <param name="watched">Per slot, whether its tensor is averaged (its pointer, dtype and device are followed).</param>
-    public LiveSlots(ParameterSlot[] slots, bool[] watched)
+    /// <param name="ties">Watched slots bound as another name of an earlier watched slot's tensor (tied weights), with that slot.</param>
+    public LiveSlots(ParameterSlot[] slots, bool[] watched, (int Alias, int Owner)[] ties)
     {
         _slots = slots;
         _watched = watched;
+        _ties = ties;
         _localNames = new string[slots.Length];
         for (int s = 0; s < slots.Length; s++) _localNames[s] = slots[s].LocalName;
         _numel = new long[slots.Length];
@@ -125,12 +133,14 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
             // Also when the walk threw: no helper may still be reading a block when the next check arms the pass.
             CompletePointerPass();
         }
+        bool moved = false;
         for (int c = 0; c < _changedCount; c++)
         {
             int s = _changedSlots[c];
             var tensor = _changed[s]!;
             var pointer = DataPointer(tensor);
             Recheck(s, tensor);
+            moved |= pointer != _knownPointer[s];
             _known[s] = tensor;
             _knownPointer[s] = pointer;
             _read[s] = pointer;
@@ -143,7 +153,50 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
             var pointer = _read[s] != IntPtr.Zero ? _read[s] : DataPointer(tensor);
             Recheck(s, tensor);
             _knownPointer[s] = pointer;
+            moved = true;
         }
+        // Pending until a check passes: a check that threw has already recorded the new tensors.
+        _tiesPending |= moved || (_changedCount > 0 && _ties.Length > 0);
+        _movedPending |= moved;
+        if (!_tiesPending) return;
+        CheckTies(_movedPending);
+        _tiesPending = _movedPending = false;
+    }
+
+    // Only after a change: an unchanged model keeps its ties.
+    private void CheckTies(bool moved)
+    {
+        foreach (var (alias, owner) in _ties)
+        {
+            if (ReferenceEquals(_known[alias], _known[owner])) continue;
+            if (_knownPointer[alias] != _knownPointer[owner] || !TiedSlots.Same(_known[alias]!, _known[owner]!))
+            {
+                throw new InvalidOperationException(
+                    $"Parameter '{_slots[alias].FullName}' was tied to '{_slots[owner].FullName}' (one tensor, one shadow) when the EMA manager was built, but is now a tensor of its own; build a new manager after untying weights.");
+            }
+        }
+        if (!moved) return;
+        var owners = new Dictionary<IntPtr, int>();
+        for (int s = 0; s < _slots.Length; s++)
+        {
+            if (!_watched[s] || _numel[s] <= 0 || IsAlias(s)) continue;
+            if (owners.TryAdd(_knownPointer[s], s)) continue;
+            int first = owners[_knownPointer[s]];
+            if (TiedSlots.Same(_known[first]!, _known[s]!))
+            {
+                throw new InvalidOperationException(
+                    $"Parameters '{_slots[first].FullName}' and '{_slots[s].FullName}' are now one tensor (tied after the EMA manager was built), but each has its own shadow; build a new manager after tying weights.");
+            }
+        }
+    }
+
+    private bool IsAlias(int slot)
+    {
+        foreach (var (alias, _) in _ties)
+        {
+            if (alias == slot) return true;
+        }
+        return false;
     }
 
     /// <summary>Makes the next check read every dynamic module's registered tensors again.</summary>

@@ -12,7 +12,8 @@ namespace EmaGen.Tests.Aot;
 /// <summary>
 /// The LLM sample published with NativeAOT: for both architectures (own GPT blocks with MultiheadAttention and a
 /// Sequential MLP; TorchSharp's TransformerEncoder) the binary lists the same named_parameters() as the JIT build,
-/// trains to the same losses on one thread, and writes a checkpoint that reloads bit for bit.
+/// trains to the same losses on one thread, and writes a checkpoint that reloads bit for bit; with tied embeddings the
+/// EMA's keys are the binary's own named_parameters() (the tied weight once).
 /// </summary>
 [Collection(RepositoryBuilds.Name)]
 public sealed class TinyGptAotTests
@@ -55,6 +56,21 @@ public sealed class TinyGptAotTests
             Assert.Equal(Exact(jit.ToString()), Exact(run.Output));
             Assert.Contains($"reloaded the checkpoint: {expected.Count} of {expected.Count} shadows match bit for bit", run.Output);
         }
+
+        // Tied embeddings (tokens.weight = head.weight, GPT-2 style): under NativeAOT too the EMA's keys are the model's
+        // named_parameters(), the tied weight once, under its first name, with one shadow.
+        var tied = ProcessRunner.Run(Path.Combine(folder["aot"], "TinyGpt"), folder.Path, 600_000,
+            "--arch", "gpt", "--steps", "5", "--threads", "1", "--list-parameters", "--tie-embeddings", "--out", folder["run-tied"]);
+        Assert.True(tied.ExitCode == 0, "the AOT binary failed (tied):\n" + tied.Output);
+        using var jitTied = new GptModel(SyntheticLanguage.Vocabulary, new TrainOptions().Context, tieEmbeddings: true);
+        var named = jitTied.named_parameters().Select(p => p.name).ToList();
+        Assert.Contains("tokens.weight", named);
+        Assert.DoesNotContain("head.weight", named);
+        Assert.Equal(named, Lines(tied.Output, "named ").Select(l => l["named ".Length..]));
+        Assert.Equal(named, Lines(tied.Output, "parameter ").Select(l => l.Split(' ')[1]));
+        Assert.Contains($"EMA shadows: {named.Count} tensors", tied.Output);
+        Assert.Contains("tied aliases: head.weight -> tokens.weight", tied.Output);
+        Assert.Contains($"reloaded the checkpoint: {named.Count} of {named.Count} shadows match bit for bit", tied.Output);
     }
 
     private static System.Collections.Generic.List<string> Lines(string output, string prefix) =>

@@ -92,4 +92,39 @@ public sealed class CheckpointCompatibilityTests
         Assert.Equal(3, dense.Step);
         Assert.Equal(Stored("sharded", "ema.power.leaves.3.w"), dense.Profiles[1]["leaves.3.w"].bytes.ToArray());
     }
+
+    [Fact]
+    public void ATiedCheckpointWithBothKeysLoadsIntoOneShadowAndSaysWhichKeyItDropped()
+    {
+        // Fixtures/emagen-ema-1-tied-both-keys was written by CheckpointFixtureRuns.WriteTied at commit 77f01c7, when a
+        // tied tensor had a shadow per name: it holds ema.wte.weight and ema.lm_head.weight, equal.
+        string folder = TestPaths.Fixture(System.IO.Path.Combine("emagen-ema-1-tied-both-keys", "tied"));
+        var reader = DcpReader.Open(folder);
+        byte[] Stored(string key, long[]? offsets = null, long[]? sizes = null)
+        {
+            using var t = offsets is null ? reader.ReadTensor(key) : reader.ReadSlice(key, offsets, sizes!);
+            return t.bytes.ToArray();
+        }
+        var stored = Stored("ema.wte.weight");
+        Assert.Equal(stored, Stored("ema.lm_head.weight"));
+        foreach (bool pack in new[] { true, false })
+        {
+            using var model = CheckpointFixtureRuns.TiedModel(64);
+            using var dense = new EmaManager<TiedGptModel>(model, new EmaOptions { Decay = 0.9, PackParameters = pack });
+            dense.Load(folder);
+            Assert.Equal(["ema.lm_head.weight"], dense.LastLoadDroppedKeys);
+            Assert.Equal(3, dense.Step);
+            Assert.Equal(stored, dense["wte.weight"].bytes.ToArray());
+            foreach (var name in dense.TrackedNames) Assert.Equal(Stored("ema." + name), dense[name].bytes.ToArray());
+        }
+        using var shardedModel = CheckpointFixtureRuns.TiedModel(64);
+        for (int r = 0; r < 2; r++)
+        {
+            using var rank = new ShardedEmaManager<TiedGptModel>(shardedModel, r, 2, new EmaOptions { Decay = 0.9 });
+            rank.Load(folder);
+            Assert.Equal(["ema.lm_head.weight"], rank.LastLoadDroppedKeys);
+            var (offset, size) = ShardLayout.Chunk(TiedGptModel.Vocabulary, 2, r);
+            Assert.Equal(Stored("ema.wte.weight", [offset, 0], [size, TiedGptModel.Width]), rank["wte.weight"].bytes.ToArray());
+        }
+    }
 }

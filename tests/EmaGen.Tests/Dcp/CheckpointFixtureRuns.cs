@@ -67,6 +67,39 @@ internal static class CheckpointFixtureRuns
         }
     }
 
+    /// <summary>A GPT-2 style tied model (seeded) for the tied-weights fixture.</summary>
+    public static TiedGptModel TiedModel(int seed)
+    {
+        torch.manual_seed(seed);
+        return new TiedGptModel();
+    }
+
+    /// <summary>
+    /// A single-profile manager over a tied model: 3 updates. Written at commit 77f01c7, before tied weights had one
+    /// shadow, it stored the tied Parameter under both names (<c>wte.weight</c> and <c>lm_head.weight</c>, equal).
+    /// </summary>
+    public static EmaManager<TiedGptModel> Tied(TiedGptModel model)
+    {
+        var ema = new EmaManager<TiedGptModel>(model, new EmaOptions { Decay = 0.9 });
+        for (int step = 1; step <= 3; step++)
+        {
+            using (torch.no_grad())
+            {
+                foreach (var p in model.parameters()) p.add_(torch.randn(p.shape) * 0.1);
+            }
+            ema.Update(model);
+        }
+        return ema;
+    }
+
+    /// <summary>Writes the tied-weights fixture under <paramref name="root"/> (tied).</summary>
+    public static void WriteTied(string root)
+    {
+        using var model = TiedModel(64);
+        using var ema = Tied(model);
+        ema.Save(System.IO.Path.Combine(root, "tied"));
+    }
+
     // Parameters change by a seeded random step before every update, as an optimizer would move them.
     private static void Train(SizedModel model, int steps, Action<int> update)
     {

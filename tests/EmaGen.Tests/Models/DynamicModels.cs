@@ -175,17 +175,32 @@ public sealed partial class UntrackedArrayModel : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x) => head.call(stages[1].call(stages[0].call(x)));
 }
 
-/// <summary>GPT-2 style tied embedding and output head (one Parameter object under two names).</summary>
+/// <summary>
+/// Embedding and output head tied the other way round (<c>head.weight = embed.weight</c>): TorchSharp's Embedding hands
+/// out another Parameter object over the same tensor, so the two names are two objects over one memory.
+/// </summary>
 [EmaTracked]
 public sealed partial class TiedModel : nn.Module<Tensor, Tensor>
 {
     private readonly Embedding embed = nn.Embedding(10, 4);
     private readonly Linear head = nn.Linear(4, 10, hasBias: false);
 
-    public TiedModel() : base(nameof(TiedModel))
+    public TiedModel(bool tie = true) : base(nameof(TiedModel))
     {
-        head.weight = embed.weight!;
+        if (tie) Tie();
         RegisterComponents();
+    }
+
+    public void Tie() => head.weight = embed.weight!;
+
+    public Parameter Embedding => embed.weight!;
+
+    public Parameter Head => head.weight!;
+
+    /// <summary>Gives the head a Parameter of its own (a copy): the two names are two tensors again.</summary>
+    public void Untie()
+    {
+        using (torch.no_grad()) head.weight = new Parameter(embed.weight!.clone());
     }
 
     public override Tensor forward(Tensor x) => head.call(embed.call(x));

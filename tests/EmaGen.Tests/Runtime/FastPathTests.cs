@@ -289,20 +289,12 @@ public sealed class FastPathTests
         using var a = new EmaManager<SizedModel>(small, new EmaOptions { Decay = 0.9, PackParameters = false });
         using var b = new EmaManager<SizedModel>(large, new EmaOptions { Decay = 0.9, Threads = 2, PackParameters = false });
         using var c = new EmaManager<SizedModel>(packedModel, new EmaOptions { Decay = 0.9, PackParameters = true });
-        for (int i = 0; i < 50; i++)
+        long allocated = Allocations.OfSteadyState(() =>
         {
             a.Update(small);
             b.Update(large);
             c.Update(packedModel);
-        }
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 10; i++)
-        {
-            a.Update(small);
-            b.Update(large);
-            c.Update(packedModel);
-        }
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        }, warmup: 50, measured: 10);
         Assert.True(allocated == 0, $"{allocated} bytes allocated over 30 updates");
     }
 

@@ -68,6 +68,27 @@ public sealed class EmaOptions
     public Action<string>? OnSlowPath { get; init; }
 
     /// <summary>
+    /// What an update does with NaN and infinite values. Default <see cref="NonFinitePolicy.KeepAndHeal"/>: a non-finite
+    /// parameter element leaves its shadow element as it was, a non-finite shadow element heals from a finite parameter,
+    /// so one bad step (an fp16 overflow, a bad batch) does not poison the average. Counted in
+    /// <see cref="EmaManagerBase{TModel}.LastUpdate"/>.
+    /// </summary>
+    public NonFinitePolicy NonFinite { get; init; } = NonFinitePolicy.KeepAndHeal;
+
+    /// <summary>
+    /// Measure each profile's RMS distance to the live weights in the update's own pass
+    /// (<see cref="EmaStepReport.RmsDistance"/>). Off by default; docs/performance.md has its cost.
+    /// </summary>
+    public bool ReportDistance { get; init; }
+
+    /// <summary>
+    /// Called once, on the updating thread, at the first update that meets a non-finite parameter element, with that
+    /// update's report (the tensors it names). On the TorchSharp-op path (CUDA) the counts stay on the device, so the
+    /// call comes when the report is first read after that update.
+    /// </summary>
+    public Action<EmaStepReport>? OnFirstNonFinite { get; init; }
+
+    /// <summary>
     /// Test-only: every update goes through the TorchSharp-op path (what a CUDA run executes: one blend per packed
     /// group, else per tensor) even on the CPU, so tests can prove it gives the raw kernels' bits.
     /// </summary>

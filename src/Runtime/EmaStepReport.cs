@@ -104,7 +104,8 @@ public sealed class EmaStepReport
         text.Append(CultureInfo.InvariantCulture, $"step {Step}");
         for (int k = 0; k < _profiles.Length; k++)
         {
-            text.Append(CultureInfo.InvariantCulture, $"; {_profiles[k]}: decay {Decay(k):R}");
+            text.Append(_profiles[k].Length == 0 ? "; " : $"; {_profiles[k]}: ");
+            text.Append(CultureInfo.InvariantCulture, $"decay {Decay(k):R}");
             if (_distance) text.Append(CultureInfo.InvariantCulture, $", rms {RmsDistance(k):G4}");
         }
         if (NonFiniteElements > 0) text.Append(CultureInfo.InvariantCulture, $"; non-finite {NonFiniteElements} in {string.Join(", ", NonFiniteTensors)}");

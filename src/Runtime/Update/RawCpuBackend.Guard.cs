@@ -113,9 +113,15 @@ internal sealed unsafe partial class RawCpuBackend
         return r;
     }
 
-    // x - x is 0 for a finite x and NaN for an infinity or a NaN; one compare covers both vectors.
+    // x - x is 0 for a finite x and NaN for an infinity or a NaN, and a sum with a non-finite term is non-finite, so one
+    // compare covers both vectors. A sum of two finite values that overflows is a false alarm: that block takes the
+    // element path, which gives the same bits for finite values.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static bool AllFinite(Vector256<float> a, Vector256<float> b) => Vector256.EqualsAll((a - a) + (b - b), Vector256<float>.Zero);
+    private static bool AllFinite(Vector256<float> a, Vector256<float> b)
+    {
+        var sum = a + b;
+        return Vector256.EqualsAll(sum - sum, Vector256<float>.Zero);
+    }
 
     private static bool NonFiniteBFloat16(ushort bits) => (bits & 0x7F80) == 0x7F80;
 

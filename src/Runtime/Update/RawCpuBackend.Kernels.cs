@@ -211,7 +211,7 @@ internal sealed unsafe partial class RawCpuBackend
                 var p1 = TLoad.Load4(p, i + 4);
                 var r0 = Blend(Vector128.Load(ema + i), p0, vw);
                 var r1 = Blend(Vector128.Load(ema + i + 4), p1, vw);
-                if (TMode.Guard && !Vector128.EqualsAll((r0 - r0) + (r1 - r1), Vector128<float>.Zero))
+                if (TMode.Guard && !Vector128.EqualsAll((r0 + r1) - (r0 + r1), Vector128<float>.Zero))
                 {
                     for (int j = i; j < i + 8; j++) ema[j] = Element<float, TMode>(ema[j], TLoad.Load1(p, j), w, ref s, at + j);
                     continue;
@@ -255,7 +255,7 @@ internal sealed unsafe partial class RawCpuBackend
             var a1 = Blend(Vector256.Load(ema0 + i + 8), p1, vw0);
             var b0 = Blend(Vector256.Load(ema1 + i), p0, vw1);
             var b1 = Blend(Vector256.Load(ema1 + i + 8), p1, vw1);
-            if (TMode.Guard && !(AllFinite(a0, a1) && AllFinite(b0, b1)))
+            if (TMode.Guard && !AllFinite(a0 + a1, b0 + b1))
             {
                 for (int j = i; j < i + 16; j++)
                 {

@@ -74,7 +74,7 @@ internal sealed partial class TorchOpsBackend
         var made = new DeviceCounts
         {
             Device = device,
-            // Float64, exact to 2^53 elements: an integer add_ takes a Scalar alpha that TorchSharp may pass as a float.
+            // Float64: exact to 2^53 elements, and summed with the same alpha as the distances.
             Counts = torch.zeros(2L * UnitCount, torch.ScalarType.Float64, device).DetachFromDisposeScope(),
             Squares = torch.zeros(_decays.Length, torch.ScalarType.Float64, device).DetachFromDisposeScope(),
         };
@@ -141,20 +141,24 @@ internal sealed partial class TorchOpsBackend
         if (wideShadow is not null) InPlace.Release(shadow.copy_(wideShadow), shadow);
     }
 
-    private static void AddCount(DeviceCounts counts, long slot, torch.Tensor mask, bool negate)
+    // add_'s alpha, held for the backend's life: TorchSharp's add_(tensor) makes a temporary Scalar that nothing keeps
+    // alive during the native call, so a collection can free it under LibTorch (seen as random add_ failures).
+    private readonly Scalar _one = 1.0.ToScalar();
+
+    private void AddCount(DeviceCounts counts, long slot, torch.Tensor mask, bool negate)
     {
         using var flagged = negate ? mask.logical_not() : null;
         using var n = (flagged ?? mask).sum(torch.ScalarType.Float64);
         using var cell = counts.Counts.select(0, slot);
-        InPlace.Release(cell.add_(n), cell);
+        InPlace.Release(cell.add_(n, _one), cell);
     }
 
-    private static void AddSquares(DeviceCounts counts, int profile, torch.Tensor shadow, torch.Tensor target)
+    private void AddSquares(DeviceCounts counts, int profile, torch.Tensor shadow, torch.Tensor target)
     {
         using var d = shadow.sub(target);
         using var squares = d.square().sum(torch.ScalarType.Float64);
         using var cell = counts.Squares.select(0, profile);
-        InPlace.Release(cell.add_(squares), cell);
+        InPlace.Release(cell.add_(squares, _one), cell);
     }
 
     /// <summary>Reads this step's device counts into <paramref name="tally"/> (a host synchronisation per device).</summary>

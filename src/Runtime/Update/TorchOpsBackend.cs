@@ -151,5 +151,6 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         _weights.Clear();
         foreach (var c in _counts) c.Dispose();
         _counts.Clear();
+        _one.Dispose();
     }
 }

@@ -46,6 +46,17 @@ public sealed class EmaOptions
     public bool TrackBuffers { get; init; }
 
     /// <summary>
+    /// Glob patterns (<c>*</c> any run of characters, dots included; <c>?</c> one) over the <c>named_parameters()</c>
+    /// names (and <c>named_buffers()</c> names when <see cref="TrackBuffers"/> is on): when set, only matching tensors are
+    /// averaged (say <c>["*lora_*"]</c> for adapters only). Filtered-out tensors have no shadow and are not saved. A
+    /// pattern that matches no name of the model is an error naming it.
+    /// </summary>
+    public IReadOnlyList<string>? Include { get; init; }
+
+    /// <summary>Glob patterns of names never averaged (say <c>["*.bias", "text_encoder.*"]</c>); applied after <see cref="Include"/>.</summary>
+    public IReadOnlyList<string>? Exclude { get; init; }
+
+    /// <summary>
     /// Re-point the model's trainable parameters into one flat buffer per (device, dtype) group, laid out like the
     /// shadow arena, so that an update is one fused pass per group on any device (as FSDP flat parameters and apex's
     /// multi-tensor apply do). The <c>Parameter</c> objects stay the same (TorchSharp's <c>set_</c>), so optimizers built

@@ -29,6 +29,7 @@ public abstract partial class EmaManagerBase<TModel>
         var reader = DcpReader.Open(directory);
         var stored = EmaCheckpoint.ReadProfileNames(reader, directory, prefix);
         var toLoad = ProfilesToLoad(directory, prefix, stored, strict);
+        foreach (var profile in toLoad) CheckpointFilters.Check(reader, directory, ProfilePrefix(prefix, profile), _filters, strict);
 
         var reads = new List<(int Profile, List<int> Items)>();
         foreach (var profile in toLoad)
@@ -112,6 +113,7 @@ public abstract partial class EmaManagerBase<TModel>
             foreach (var shard in Shards(profilePrefix, i => shadowOf(profile, i))) state.Add(new(shard.Key, shard));
             var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe());
             state.AddRange(EmaCheckpoint.ProfileState(profilePrefix, stored));
+            if (_filters is not null) state.Add(new(CheckpointFilters.Key(profilePrefix), _filters));
         }
         return state;
     }

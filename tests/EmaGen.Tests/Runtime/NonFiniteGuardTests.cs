@@ -359,4 +359,31 @@ public sealed class NonFiniteGuardTests
         plain.Update(model);
         Assert.True(double.IsNaN(plain.LastUpdate.RmsDistance(0)));
     }
+
+    [Fact]
+    public void UpdatingAndReadingTheReportAllocatesNothingEvenOnABadStep()
+    {
+        // The guard, the distance and a non-finite element every step: a steady-state update and a
+        // read of every report member but ToString allocate no managed memory (two threads, chunks merged).
+        long[] sizes = { 700_001, 3, 600_000, 17 };
+        using var model = new SizedModel(torch.ScalarType.Float32, sizes);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Profiles = ProfileSet(2), Threads = 2, ReportDistance = true });
+        double sink = 0;
+        // The NaN stays in the parameter, so every step meets it (injecting allocates TorchSharp wrappers).
+        Inject(model, 2, 5, float.NaN);
+        void Step()
+        {
+            ema.Update(model);
+            var r = ema.LastUpdate;
+            sink += r.Step + r.NonFiniteElements + r.HealedElements + r.NonFiniteTensors.Count + r.HealedTensors.Count + r.Decay(1) + r.RmsDistance(0);
+        }
+        for (int i = 0; i < 50; i++) Step();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++) Step();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(0, allocated);
+        Assert.Equal(1, ema.LastUpdate.NonFiniteElements);
+        Assert.Equal(new[] { "leaves.2.w" }, ema.LastUpdate.NonFiniteTensors);
+        Assert.True(sink > 0);
+    }
 }

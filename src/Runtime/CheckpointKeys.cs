@@ -22,6 +22,8 @@ internal static class CheckpointKeys
     public const string Aliases = "aliases";
     public const string Gamma = "gamma";
     public const string PostHoc = "posthoc";
+    /// <summary>The name filters (<c>EmaOptions.Include</c>/<c>Exclude</c>) of a filtered manager; absent when there are none.</summary>
+    public const string Filters = "filters";
 
     /// <summary><c>{prefix}_emagen.{name}</c>; <paramref name="prefix"/> is empty or ends with a dot.</summary>
     public static string Of(string prefix, string name) => prefix + Segment + name;

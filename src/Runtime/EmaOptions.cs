@@ -46,6 +46,17 @@ public sealed class EmaOptions
     public bool TrackBuffers { get; init; }
 
     /// <summary>
+    /// Glob patterns (<c>*</c> any run of characters, dots included; <c>?</c> one) over the <c>named_parameters()</c>
+    /// names (and <c>named_buffers()</c> names when <see cref="TrackBuffers"/> is on): when set, only matching tensors are
+    /// averaged (say <c>["*lora_*"]</c> for adapters only). Filtered-out tensors have no shadow and are not saved. A
+    /// pattern that matches no name of the model is an error naming it.
+    /// </summary>
+    public IReadOnlyList<string>? Include { get; init; }
+
+    /// <summary>Glob patterns of names never averaged (say <c>["*.bias", "text_encoder.*"]</c>); applied after <see cref="Include"/>.</summary>
+    public IReadOnlyList<string>? Exclude { get; init; }
+
+    /// <summary>
     /// Re-point the model's trainable parameters into one flat buffer per (device, dtype) group, laid out like the
     /// shadow arena, so that an update is one fused pass per group on any device (as FSDP flat parameters and apex's
     /// multi-tensor apply do). The <c>Parameter</c> objects stay the same (TorchSharp's <c>set_</c>), so optimizers built
@@ -66,6 +77,27 @@ public sealed class EmaOptions
     /// available afterwards as <see cref="EmaManagerBase{TModel}.UpdatePath"/>.
     /// </summary>
     public Action<string>? OnSlowPath { get; init; }
+
+    /// <summary>
+    /// What an update does with NaN and infinite values. Default <see cref="NonFinitePolicy.KeepAndHeal"/>: a non-finite
+    /// parameter element leaves its shadow element as it was, a non-finite shadow element heals from a finite parameter,
+    /// so one bad step (an fp16 overflow, a bad batch) does not poison the average. Counted in
+    /// <see cref="EmaManagerBase{TModel}.LastUpdate"/>.
+    /// </summary>
+    public NonFinitePolicy NonFinite { get; init; } = NonFinitePolicy.KeepAndHeal;
+
+    /// <summary>
+    /// Measure each profile's RMS distance to the live weights in the update's own pass
+    /// (<see cref="EmaStepReport.RmsDistance"/>). Off by default; docs/performance.md has its cost.
+    /// </summary>
+    public bool ReportDistance { get; init; }
+
+    /// <summary>
+    /// Called once, on the updating thread, at the first update that meets a non-finite parameter element, with that
+    /// update's report (the tensors it names). On the TorchSharp-op path (CUDA) the counts stay on the device, so the
+    /// call comes when the report is first read after that update.
+    /// </summary>
+    public Action<EmaStepReport>? OnFirstNonFinite { get; init; }
 
     /// <summary>
     /// Test-only: every update goes through the TorchSharp-op path (what a CUDA run executes: one blend per packed

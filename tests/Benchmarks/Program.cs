@@ -19,6 +19,10 @@ if (args.Length > 0 && args[0] == "checkpoint-async")
 {
     return AsyncSaveBenchmark.Run(args[1..]);
 }
+if (args.Length > 0 && args[0] == "guard")
+{
+    return GuardBenchmark.Run(args[1..]);
+}
 if (args.Length > 0 && args[0] == "overhead")
 {
     return OverheadBenchmark.Run(args[1..]);
@@ -29,6 +33,7 @@ if (args.Length == 0 || args[0] != "update")
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint [--bytes N] [--dir PATH]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint-async [--params N] [--dir PATH]");
     Console.Error.WriteLine("       EmaGen.Benchmarks overhead [--params N] [--tensors T]");
+    Console.Error.WriteLine("       EmaGen.Benchmarks guard [--params N] [--tensors T] [--rounds R]");
     return 2;
 }
 long elements = 50_000_000;
@@ -121,6 +126,11 @@ internal sealed unsafe class UpdateBenchmark
         // The default packs; the unpacked variant is what a model whose parameters cannot be packed gets.
         using var packed = new EmaManager<SyntheticModel>(packedModel, new EmaOptions { Decay = _decay, PackParameters = false, Threads = _threads });
         using var single = new EmaManager<SyntheticModel>(model, new EmaOptions { Decay = _decay, Threads = 1 });
+        // The non-finite guard is on by default; these two run the same update with it off, and with the RMS distance.
+        using var guardOffModel = new SyntheticModel(_shapes, _dtype, dynamic);
+        using var guardOff = new EmaManager<SyntheticModel>(guardOffModel, new EmaOptions { Decay = _decay, Threads = _threads, NonFinite = NonFinitePolicy.Allow });
+        using var distanceModel = new SyntheticModel(_shapes, _dtype, dynamic);
+        using var distance = new EmaManager<SyntheticModel>(distanceModel, new EmaOptions { Decay = _decay, Threads = _threads, ReportDistance = true });
         int threads = ema.UpdateThreads;
 
         // Baselines over the same parameters: the seed's mul_+add_ per tensor, and lerp_ per tensor with a cached weight.
@@ -138,6 +148,8 @@ internal sealed unsafe class UpdateBenchmark
             ("emagen_unpacked", BytesPerElement, () => packed.Update(packedModel)),
             ("emagen_1_thread", BytesPerElement, () => single.Update(model)),
             ("emagen_after_libtorch_op", BytesPerElement, () => ema.Update(model)),
+            ("emagen_guard_off", BytesPerElement, () => guardOff.Update(guardOffModel)),
+            ("emagen_rms_distance", BytesPerElement, () => distance.Update(distanceModel)),
             ("seed_mul_add_per_tensor", BytesPerElement, () =>
             {
                 using var _ = torch.no_grad();
@@ -223,6 +235,13 @@ internal sealed unsafe class UpdateBenchmark
             writer.WriteNumber("ratio_to_limit", Math.Round(PairedRatio(samples["emagen_default"], samples[limit], BytesPerElement), 3));
             writer.WriteNumber("unpacked_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_unpacked"], samples[limit], BytesPerElement), 3));
             writer.WriteNumber("after_libtorch_op_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_after_libtorch_op"], samples[limit], BytesPerElement), 3));
+            // The guard's cost: each round's default update (guard on) over the same round's guard-off update, median
+            // over rounds; likewise the RMS distance option over the default.
+            writer.WriteNumber("guard_on_ms", Math.Round(Timing.Median(samples["emagen_default"]), 3));
+            writer.WriteNumber("guard_off_ms", Math.Round(Timing.Median(samples["emagen_guard_off"]), 3));
+            writer.WriteNumber("guard_on_over_off", Math.Round(Timing.Median(samples["emagen_default"].Zip(samples["emagen_guard_off"], (on, off) => on / off).ToList()), 3));
+            writer.WriteNumber("rms_distance_over_default", Math.Round(Timing.Median(samples["emagen_rms_distance"].Zip(samples["emagen_default"], (rms, on) => rms / on).ToList()), 3));
+            log.WriteLine($"guard on / off (paired median) {Timing.Median(samples["emagen_default"].Zip(samples["emagen_guard_off"], (on, off) => on / off).ToList()):F3}; rms distance / default {Timing.Median(samples["emagen_rms_distance"].Zip(samples["emagen_default"], (rms, on) => rms / on).ToList()):F3}");
             writer.WriteString("update_path", ema.UpdatePath);
             if (_dtype == ScalarType.BFloat16)
             {

@@ -31,6 +31,7 @@ public abstract partial class EmaManagerBase<TModel>
         var reader = DcpReader.Open(directory);
         var stored = EmaCheckpoint.ReadProfileNames(reader, directory, prefix);
         var toLoad = ProfilesToLoad(directory, prefix, stored, strict);
+        foreach (var profile in toLoad) CheckpointFilters.Check(reader, directory, ProfilePrefix(prefix, profile), _filters, strict);
 
         var reads = new List<(int Profile, List<(int Item, List<string> Names)> Items)>();
         foreach (var profile in toLoad)
@@ -155,6 +156,7 @@ public abstract partial class EmaManagerBase<TModel>
             if (_aliases.Length > 0) state.Add(EmaCheckpoint.AliasState(profilePrefix, TiedAliases));
             var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe());
             state.AddRange(EmaCheckpoint.ProfileState(profilePrefix, stored));
+            if (_filters is not null) state.Add(new(CheckpointFilters.Key(profilePrefix), _filters));
         }
         return state;
     }

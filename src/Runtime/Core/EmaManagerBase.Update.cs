@@ -32,6 +32,9 @@ public abstract partial class EmaManagerBase<TModel>
     private string? _slowPathReason;
     private int _lastRawGroups, _lastRawTensors, _lastTorchGroups, _lastTorchTensors;
     private EmaWeightSwap? _activeSwap;
+    private NonFinitePolicy _nonFinite;
+    private EmaStepReport _report = null!;
+    private StepTally _tally = null!;
 
     // Decides, once, how every step runs (called at the end of binding, when the arenas exist).
     private void PlanSteps(EmaOptions options)
@@ -67,8 +70,12 @@ public abstract partial class EmaManagerBase<TModel>
         _stepDecays = new double[_profiles.Length];
         int threads = options.EffectiveThreads;
         if (threads > 1 && elements >= RawCpuBackend.ParallelThreshold) _pool = new CpuWorkerPool(threads);
-        _raw = new RawCpuBackend(_arenas, _items, _live, _pool);
-        _torch = new TorchOpsBackend(_arenas, _items, _live);
+        _nonFinite = options.NonFinite;
+        bool guard = _nonFinite != NonFinitePolicy.Allow;
+        _raw = new RawCpuBackend(_arenas, _items, _live, _pool, guard, options.ReportDistance);
+        _torch = new TorchOpsBackend(_arenas, _items, _live, guard, options.ReportDistance);
+        _tally = new StepTally(_profiles.Length);
+        _report = new EmaStepReport(_profiles.Select(p => p.Name).ToArray(), _tally, options.ReportDistance, options.OnFirstNonFinite);
     }
 
     /// <summary>
@@ -91,6 +98,7 @@ public abstract partial class EmaManagerBase<TModel>
             decays[k] = schedule.UpdatesAt(step) ? schedule.DecayAt(step) : double.NaN;
             any |= !double.IsNaN(decays[k]);
         }
+        _report.Begin(step, decays);
         if (any)
         {
             RunStep(model, decays);
@@ -100,7 +108,14 @@ public abstract partial class EmaManagerBase<TModel>
             }
         }
         Step = step;
+        _report.End();
     }
+
+    /// <summary>
+    /// What the last <see cref="Update"/> did (the step, each profile's decay, what the non-finite guard kept or healed,
+    /// the distances when <see cref="EmaOptions.ReportDistance"/> is set); the same object, refilled by each update.
+    /// </summary>
+    public EmaStepReport LastUpdate => _report;
 
     // Checks the model, then blends every averaged box into each profile whose decay is a number; throws, writing
     // nothing, when a slot does not match.
@@ -148,9 +163,23 @@ public abstract partial class EmaManagerBase<TModel>
                 _lastTorchTensors++;
             }
         }
-        _raw.Run(decays);
+        bool torch = _lastTorchGroups + _lastTorchTensors > 0;
+        if (_nonFinite == NonFinitePolicy.Throw) RefuseNonFinite(torch);
+        _raw.Run(decays, _tally);
         // TorchSharp ops only run when something was queued for them (on the CPU, usually nothing).
-        if (_lastTorchGroups + _lastTorchTensors > 0) _torch.Run(decays);
+        if (torch) _torch.Run(decays, _tally);
+    }
+
+    // The throw policy: a pre-scan of every queued parameter before any profile is written.
+    private void RefuseNonFinite(bool torch)
+    {
+        int bad = _raw.FindNonFinite();
+        if (bad < 0 && torch) bad = _torch.FindNonFinite();
+        if (bad < 0) return;
+        _raw.Discard();
+        _torch.Discard();
+        throw new NotFiniteNumberException(
+            $"EMA update at step {Step + 1}: parameter '{_items[bad].Info.Name}' has a NaN or infinite element; no profile was written and the step did not advance (EmaOptions.NonFinite is Throw).");
     }
 
     private bool RawOk(int item) => _rawCapable[item] && _live.IsContiguous(_items[item].Slot);

@@ -29,6 +29,8 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     private readonly double[] _currentDecay;
     private readonly object[] _shadowRoots;
     private readonly SaveQueue _saves = new();
+    // The name filters as checkpoints record them (null: none).
+    private readonly string? _filters;
     private bool _disposed;
 
     private protected EmaManagerBase(TModel model, EmaOptions options, RankInfo placement, IReadOnlyDictionary<string, long[]>? globalShapes,
@@ -57,6 +59,8 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
         var buffers = new List<EmaParameterInfo>();
         var items = new List<ShadowItem>();
         _itemOfSlot = new int[_slots.Length];
+        var filter = NameFilter.Of(options);
+        var exclusions = new EmaExclusion?[_slots.Length];
         for (int s = 0; s < _slots.Length; s++)
         {
             var slot = _slots[s];
@@ -66,10 +70,12 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
             {
                 // Tied: named_parameters() lists the tensor once, under its first name; this name shares that one's shadow.
                 _itemOfSlot[s] = _itemOfSlot[owners[s]];
+                exclusions[s] = exclusions[owners[s]];
                 if (_itemOfSlot[s] >= 0) aliases.Add((s, _itemOfSlot[s]));
                 continue;
             }
-            var exclusion = EmaExclusions.Of(slot, options.TrackBuffers);
+            var exclusion = EmaExclusions.Of(slot, options.TrackBuffers, filter);
+            exclusions[s] = exclusion;
             var shadowDType = DTypes.IsFloatingPoint(t.dtype) ? DTypes.ShadowDTypeFor(t.dtype, options.LowPrecisionShadow) : t.dtype;
             var info = new EmaParameterInfo(slot.FullName, GlobalShape(slot, t, exclusion, globalShapes), t.dtype, shadowDType, t.device, exclusion, slot.IsBuffer, slot.ShardDim);
             (slot.IsBuffer ? buffers : parameters).Add(info);
@@ -77,6 +83,8 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
             _itemOfSlot[s] = items.Count;
             items.Add(NewItem(s, info, t, globalShapes is not null));
         }
+        filter?.ThrowIfUnused(parameters.Concat(options.TrackBuffers ? buffers : []).Select(p => p.Name).ToList());
+        _filters = filter?.Describe();
         _items = items.ToArray();
         Parameters = parameters;
         Buffers = buffers;
@@ -110,7 +118,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
                 var arena = _arenas[k];
                 _shadowRoots[k] = TypedShadowTree.Build(model, _slots, collector.Groups, s =>
                     _itemOfSlot[s] is var i and >= 0 ? (arena[i], "")
-                    : (null, EmaExclusions.Describe(_slots[s].Tensor is null ? null : EmaExclusions.Of(_slots[s], options.TrackBuffers))));
+                    : (null, EmaExclusions.Describe(exclusions[s])));
             }
             PlanSteps(options);
         }

@@ -14,16 +14,23 @@ public enum EmaExclusion
     Ignored,
     /// <summary>A buffer, and <see cref="EmaOptions.TrackBuffers"/> is off.</summary>
     BufferNotTracked,
+    /// <summary>Left out by <see cref="EmaOptions.Include"/> or <see cref="EmaOptions.Exclude"/>.</summary>
+    Filtered,
 }
 
 /// <summary>The one rule both managers bind with: which slots are averaged, and why the others are not.</summary>
 internal static class EmaExclusions
 {
     /// <summary>Why the (non-null) tensor in <paramref name="slot"/> is not averaged, or <see cref="EmaExclusion.None"/>.</summary>
-    public static EmaExclusion Of(in ParameterSlot slot, bool trackBuffers) =>
-        slot.Ignored ? EmaExclusion.Ignored
-        : slot.IsBuffer ? (trackBuffers ? EmaExclusion.None : EmaExclusion.BufferNotTracked)
-        : slot.Tensor!.requires_grad ? EmaExclusion.None : EmaExclusion.Frozen;
+    public static EmaExclusion Of(in ParameterSlot slot, bool trackBuffers, NameFilter? filter)
+    {
+        // The filter sees every name it may match (frozen and ignored ones too), so "matches nothing" means the model.
+        bool kept = filter is null || slot.IsBuffer && !trackBuffers || filter.Accepts(slot.FullName);
+        return slot.Ignored ? EmaExclusion.Ignored
+            : slot.IsBuffer ? (trackBuffers ? (kept ? EmaExclusion.None : EmaExclusion.Filtered) : EmaExclusion.BufferNotTracked)
+            : !slot.Tensor!.requires_grad ? EmaExclusion.Frozen
+            : kept ? EmaExclusion.None : EmaExclusion.Filtered;
+    }
 
     /// <summary>The words a typed shadow property throws with for a slot without a shadow (null: the model holds no tensor there).</summary>
     public static string Describe(EmaExclusion? exclusion) => exclusion switch
@@ -31,6 +38,7 @@ internal static class EmaExclusions
         null => "the model holds no such tensor (null)",
         EmaExclusion.Frozen => "it was frozen (requires_grad false) when the EMA manager was built",
         EmaExclusion.BufferNotTracked => "buffers are not tracked (set EmaOptions.TrackBuffers)",
+        EmaExclusion.Filtered => "EmaOptions.Include/Exclude leave it out",
         _ => "",
     };
 }

@@ -19,6 +19,15 @@ internal interface IUpdateBackend
     /// <summary>Queues averaged box <paramref name="item"/> on its own, for every written profile.</summary>
     void QueueTensor(int item);
 
-    /// <summary>Writes every queued unit into each profile whose decay is a number (NaN: not written this step), then forgets them.</summary>
-    void Run(ReadOnlySpan<double> decays);
+    /// <summary>
+    /// Writes every queued unit into each profile whose decay is a number (NaN: not written this step), under the
+    /// non-finite guard when it is on, adding what it found to <paramref name="tally"/>; then forgets them.
+    /// </summary>
+    void Run(ReadOnlySpan<double> decays, StepTally tally);
+
+    /// <summary>The throw policy's pre-scan: the first queued item with a non-finite parameter element, or −1; writes nothing.</summary>
+    int FindNonFinite();
+
+    /// <summary>Forgets the queued units without writing them.</summary>
+    void Discard();
 }

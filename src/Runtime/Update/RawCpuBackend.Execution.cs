@@ -21,13 +21,28 @@ internal sealed unsafe partial class RawCpuBackend
         while ((chunk = Interlocked.Increment(ref _nextChunk) - 1) < _chunkCount)
         {
             long lo = chunk * ChunkElements;
-            ExecuteRange(lo, Math.Min(_elements, lo + ChunkElements));
+            ExecuteRange(lo, Math.Min(_elements, lo + ChunkElements), chunk);
         }
     }
 
-    // Elements [lo, hi) of the list, counted across its entries in order.
-    private void ExecuteRange(long lo, long hi)
+    // Elements [lo, hi) of the list, counted across its entries in order, tallied as part `part` (a chunk: its tallies
+    // are merged in chunk order, so the report does not depend on which thread took which chunk).
+    private void ExecuteRange(long lo, long hi, int part)
     {
+        switch (_mode)
+        {
+            case 0: ExecuteRange<AllowMode>(lo, hi, part); break;
+            case 1: ExecuteRange<GuardMode>(lo, hi, part); break;
+            case 2: ExecuteRange<AllowRmsMode>(lo, hi, part); break;
+            default: ExecuteRange<GuardRmsMode>(lo, hi, part); break;
+        }
+    }
+
+    private void ExecuteRange<TMode>(long lo, long hi, int part) where TMode : struct, IKernelMode
+    {
+        int profiles = _decays.Length;
+        for (int a = 0; a < _activeCount; a++) _stats[part * profiles + _activeProfiles[a]].Reset(this, part);
+        _nameCount[2 * part] = _nameCount[2 * part + 1] = 0;
         int first = Array.BinarySearch(_start, 0, _length, lo);
         if (first < 0) first = ~first - 1;
         for (int i = Math.Max(0, first); i < _length && _start[i] < hi; i++)
@@ -44,7 +59,8 @@ internal sealed unsafe partial class RawCpuBackend
             if (_activeCount == 1)
             {
                 int k = _activeProfiles[0];
-                RunKernel(kind, (byte*)_shadow[k][i] + (from - start) * shadowSize, parameter + (from - start) * parameterSize, to - from, _decays[k]);
+                RunKernel<TMode>(kind, (byte*)_shadow[k][i] + (from - start) * shadowSize, parameter + (from - start) * parameterSize, to - from, _decays[k],
+                    ref _stats[part * profiles + k], from);
                 continue;
             }
             bool pairs = HasPairKernel(kind);
@@ -60,12 +76,13 @@ internal sealed unsafe partial class RawCpuBackend
                 for (; pairs && a + 1 < _activeCount; a += 2)
                 {
                     int k0 = _activeProfiles[a], k1 = _activeProfiles[a + 1];
-                    RunPairKernel(kind, (byte*)_shadow[k0][i] + skip * shadowSize, (byte*)_shadow[k1][i] + skip * shadowSize, p, n, _decays[k0], _decays[k1]);
+                    RunPairKernel<TMode>(kind, (byte*)_shadow[k0][i] + skip * shadowSize, (byte*)_shadow[k1][i] + skip * shadowSize, p, n, _decays[k0], _decays[k1],
+                        ref _stats[part * profiles + k0], ref _stats[part * profiles + k1], block);
                 }
                 for (; a < _activeCount; a++)
                 {
                     int k = _activeProfiles[a];
-                    RunKernel(kind, (byte*)_shadow[k][i] + skip * shadowSize, p, n, _decays[k]);
+                    RunKernel<TMode>(kind, (byte*)_shadow[k][i] + skip * shadowSize, p, n, _decays[k], ref _stats[part * profiles + k], block);
                 }
             }
         }

@@ -14,6 +14,11 @@ namespace EmaGen;
 // available on every CPU a binary may run on (a NativeAOT build for baseline x64 has none), so with it a shadow would
 // depend on the machine. The TorchSharp-op backend uses LibTorch's lerp_ (the same form, which may fuse), so the two
 // paths agree within a tested bound rather than bit for bit.
+//
+// Every kernel is generic over its mode (RawCpuBackend.Guard.cs): the non-finite guard and the RMS distance ride in
+// the same pass, on values already in registers. A blend of two finite values is finite, and a blend with a non-finite
+// operand is not, so the guard tests the results only; a block whose results are not all finite is redone element by
+// element (Element), which keeps the shadow where the parameter is non-finite and heals a non-finite shadow.
 internal sealed unsafe partial class RawCpuBackend
 {
     // Elements per stack chunk for the fp16 paths: 2 KiB of floats, well inside L1.
@@ -23,7 +28,7 @@ internal sealed unsafe partial class RawCpuBackend
     /// The update of one fp32 element; every kernel computes exactly this: <c>ema − (ema − p)·w</c> (the value of
     /// <c>ema + w·(p − ema)</c>, written so that a −0.0 shadow of a −0.0 parameter stays −0.0), w = 1 − decay rounded
     /// once to the shadow's precision. A shadow equal to its parameter stays unchanged at any decay; decay 0 is a copy
-    /// of the parameter (<see cref="RunKernel"/>), exact as the schedules that start there need.
+    /// of the parameter (<see cref="RunKernel{TMode}"/>), exact as the schedules that start there need.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Blend(float ema, float p, float w) => ema - (ema - p) * w;
@@ -40,11 +45,16 @@ internal sealed unsafe partial class RawCpuBackend
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector128<float> Blend(Vector128<float> ema, Vector128<float> p, Vector128<float> w) => ema - (ema - p) * w;
 
-    public static void RunKernel(KernelKind kind, void* ema, void* p, long count, double decay)
+    /// <summary>
+    /// Blends <paramref name="count"/> elements for one profile; <paramref name="at"/> is where they start in the step's
+    /// list (for naming what the guard finds), <paramref name="stats"/> the profile's tally for this part of the step.
+    /// </summary>
+    public static void RunKernel<TMode>(KernelKind kind, void* ema, void* p, long count, double decay, ref KernelStats stats, long at)
+        where TMode : struct, IKernelMode
     {
         if (decay == 0)
         {
-            CopyKernel(kind, ema, p, count);
+            CopyKernel<TMode>(kind, ema, p, count, ref stats, at);
             return;
         }
         float w = (float)(1.0 - decay);
@@ -54,22 +64,22 @@ internal sealed unsafe partial class RawCpuBackend
             switch (kind)
             {
                 case KernelKind.Float32:
-                    Float32((float*)ema, (float*)p, n, w);
+                    Single<Float32Load, TMode>((float*)ema, p, n, w, ref stats, at);
                     break;
                 case KernelKind.Float64:
-                    Float64((double*)ema, (double*)p, n, 1.0 - decay);
+                    Float64<TMode>((double*)ema, (double*)p, n, 1.0 - decay, ref stats, at);
                     break;
                 case KernelKind.Float32FromBFloat16:
-                    Float32FromBFloat16((float*)ema, (ushort*)p, n, w);
+                    Single<BFloat16Load, TMode>((float*)ema, p, n, w, ref stats, at);
                     break;
                 case KernelKind.Float32FromFloat16:
-                    Float32FromFloat16((float*)ema, (Half*)p, n, w);
+                    Float32FromFloat16<TMode>((float*)ema, (Half*)p, n, w, ref stats, at);
                     break;
                 case KernelKind.BFloat16:
-                    BFloat16((ushort*)ema, (ushort*)p, n, w);
+                    BFloat16<TMode>((ushort*)ema, (ushort*)p, n, w, ref stats, at);
                     break;
                 case KernelKind.Float16:
-                    Float16((Half*)ema, (Half*)p, n, w);
+                    Float16<TMode>((Half*)ema, (Half*)p, n, w, ref stats, at);
                     break;
                 case KernelKind.Copy1:
                 case KernelKind.Copy2:
@@ -83,51 +93,27 @@ internal sealed unsafe partial class RawCpuBackend
             }
             ema = (byte*)ema + (long)n * ShadowElementSize(kind);
             p = (byte*)p + (long)n * ParameterElementSize(kind);
+            at += n;
             count -= n;
         }
     }
 
-    // Decay 0: the shadow becomes the parameter exactly (widened exactly for fp32 shadows of bf16/fp16 parameters).
-    private static void CopyKernel(KernelKind kind, void* ema, void* p, long count)
-    {
-        switch (kind)
-        {
-            case KernelKind.Float32FromBFloat16:
-                for (long i = 0; i < count; i++) ((float*)ema)[i] = FromBFloat16(((ushort*)p)[i]);
-                break;
-            case KernelKind.Float32FromFloat16:
-                for (long i = 0; i < count; i++) ((float*)ema)[i] = (float)((Half*)p)[i];
-                break;
-            case KernelKind.Float32:
-            case KernelKind.Float64:
-            case KernelKind.BFloat16:
-            case KernelKind.Float16:
-            case KernelKind.Copy1:
-            case KernelKind.Copy2:
-            case KernelKind.Copy4:
-            case KernelKind.Copy8:
-                // Shadow and parameter of one dtype: the bytes themselves.
-                long bytes = count * ShadowElementSize(kind);
-                Buffer.MemoryCopy(p, ema, bytes, bytes);
-                break;
-            default:
-                throw new InvalidOperationException($"No CPU copy for {kind}: a new kernel kind needs its decay-0 copy here.");
-        }
-    }
-
-    /// <summary>Whether <see cref="RunPairKernel"/> has a fused kernel for <paramref name="kind"/> (the dtype pairs that matter for size).</summary>
+    /// <summary>Whether <see cref="RunPairKernel{TMode}"/> has a fused kernel for <paramref name="kind"/> (the dtype pairs that matter for size).</summary>
     public static bool HasPairKernel(KernelKind kind) => kind is KernelKind.Float32 or KernelKind.Float32FromBFloat16;
 
     /// <summary>
     /// Two shadows of the same parameters in one pass: each parameter vector is loaded (and widened) once and feeds
-    /// both. Per element the arithmetic is exactly <see cref="RunKernel"/>'s, so the result is bitwise the same as two runs.
+    /// both. Per element the arithmetic (and the guard) is exactly <see cref="RunKernel{TMode}"/>'s, so the result is
+    /// bitwise the same as two runs, and so are the two tallies.
     /// </summary>
-    public static void RunPairKernel(KernelKind kind, void* ema0, void* ema1, void* p, long count, double decay0, double decay1)
+    public static void RunPairKernel<TMode>(KernelKind kind, void* ema0, void* ema1, void* p, long count, double decay0, double decay1,
+        ref KernelStats stats0, ref KernelStats stats1, long at)
+        where TMode : struct, IKernelMode
     {
         if (decay0 == 0 || decay1 == 0)
         {
-            RunKernel(kind, ema0, p, count, decay0);
-            RunKernel(kind, ema1, p, count, decay1);
+            RunKernel<TMode>(kind, ema0, p, count, decay0, ref stats0, at);
+            RunKernel<TMode>(kind, ema1, p, count, decay1, ref stats1, at);
             return;
         }
         float w0 = (float)(1.0 - decay0), w1 = (float)(1.0 - decay1);
@@ -136,11 +122,11 @@ internal sealed unsafe partial class RawCpuBackend
             int n = (int)Math.Min(count, 1 << 30);
             if (kind == KernelKind.Float32)
             {
-                Pair<Float32Load>((float*)ema0, (float*)ema1, p, n, w0, w1);
+                Pair<Float32Load, TMode>((float*)ema0, (float*)ema1, p, n, w0, w1, ref stats0, ref stats1, at);
             }
             else if (kind == KernelKind.Float32FromBFloat16)
             {
-                Pair<BFloat16Load>((float*)ema0, (float*)ema1, p, n, w0, w1);
+                Pair<BFloat16Load, TMode>((float*)ema0, (float*)ema1, p, n, w0, w1, ref stats0, ref stats1, at);
             }
             else
             {
@@ -149,151 +135,219 @@ internal sealed unsafe partial class RawCpuBackend
             ema0 = (float*)ema0 + n;
             ema1 = (float*)ema1 + n;
             p = (byte*)p + (long)n * ParameterElementSize(kind);
+            at += n;
             count -= n;
         }
     }
 
-    // 256-bit vectors on purpose: on an AVX-512 machine the 256-bit loop streamed faster than the 512-bit one and than
-    // TensorPrimitives.Lerp (tests/Benchmarks: probe_fma256 against probe_fma and probe_tensorprimitives). 128-bit where
-    // 256-bit vectors are not accelerated (baseline x64, Arm64).
-    private static void Float32(float* ema, float* p, int n, float w)
-    {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            var vw = Vector256.Create(w);
-            for (; i <= n - 16; i += 16)
-            {
-                Blend(Vector256.Load(ema + i), Vector256.Load(p + i), vw).Store(ema + i);
-                Blend(Vector256.Load(ema + i + 8), Vector256.Load(p + i + 8), vw).Store(ema + i + 8);
-            }
-        }
-        else if (Vector128.IsHardwareAccelerated)
-        {
-            var vw = Vector128.Create(w);
-            for (; i <= n - 8; i += 8)
-            {
-                Blend(Vector128.Load(ema + i), Vector128.Load(p + i), vw).Store(ema + i);
-                Blend(Vector128.Load(ema + i + 4), Vector128.Load(p + i + 4), vw).Store(ema + i + 4);
-            }
-        }
-        for (; i < n; i++) ema[i] = Blend(ema[i], p[i], w);
-    }
-
-    // How a pair kernel reads parameters as fp32: 8 at a time (widened in registers) or one.
+    // How a kernel reads parameters as fp32: 8 or 4 at a time (widened in registers) or one.
     private interface IParameterLoad
     {
         static abstract Vector256<float> Load8(void* p, int i);
+        static abstract Vector128<float> Load4(void* p, int i);
         static abstract float Load1(void* p, int i);
-        static abstract void Single(float* ema, void* p, int n, float w);
     }
 
     private readonly struct Float32Load : IParameterLoad
     {
         public static Vector256<float> Load8(void* p, int i) => Vector256.Load((float*)p + i);
+        public static Vector128<float> Load4(void* p, int i) => Vector128.Load((float*)p + i);
         public static float Load1(void* p, int i) => ((float*)p)[i];
-        public static void Single(float* ema, void* p, int n, float w) => Float32(ema, (float*)p, n, w);
     }
 
+    // bf16 is the upper half of an fp32: widening is a 16-bit shift, done in registers. On AVX2 the zero-extending
+    // load (vpmovzxwd from memory) does half the work in the load itself.
     private readonly struct BFloat16Load : IParameterLoad
     {
         public static Vector256<float> Load8(void* p, int i) => Avx2.IsSupported
             ? Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32((ushort*)p + i), 16).AsSingle()
             : Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load((ushort*)p + i).ToVector256Unsafe()), 16).AsSingle();
+        public static Vector128<float> Load4(void* p, int i) =>
+            Vector128.ShiftLeft(Vector128.WidenLower(Vector128.CreateScalar(*(ulong*)((ushort*)p + i)).AsUInt16()), 16).AsSingle();
         public static float Load1(void* p, int i) => FromBFloat16(((ushort*)p)[i]);
-        public static void Single(float* ema, void* p, int n, float w) => Float32FromBFloat16(ema, (ushort*)p, n, w);
     }
 
-    // Two shadows of the same parameters: each parameter vector is loaded (and widened) once and feeds both.
-    private static void Pair<TLoad>(float* ema0, float* ema1, void* p, int n, float w0, float w1)
+    // One fp32 shadow from fp32 or bf16 parameters. 256-bit vectors on purpose: on an AVX-512 machine the 256-bit loop
+    // streamed faster than the 512-bit one and than TensorPrimitives.Lerp (tests/Benchmarks: probe_fma256 against
+    // probe_fma and probe_tensorprimitives). 128-bit where 256-bit vectors are not accelerated (baseline x64, Arm64).
+    private static void Single<TLoad, TMode>(float* ema, void* p, int n, float w, ref KernelStats s, long at)
         where TLoad : struct, IParameterLoad
-    {
-        if (!Vector256.IsHardwareAccelerated)
-        {
-            TLoad.Single(ema0, p, n, w0);
-            TLoad.Single(ema1, p, n, w1);
-            return;
-        }
-        int i = 0;
-        var vw0 = Vector256.Create(w0);
-        var vw1 = Vector256.Create(w1);
-        for (; i <= n - 16; i += 16)
-        {
-            var p0 = TLoad.Load8(p, i);
-            var p1 = TLoad.Load8(p, i + 8);
-            Blend(Vector256.Load(ema0 + i), p0, vw0).Store(ema0 + i);
-            Blend(Vector256.Load(ema0 + i + 8), p1, vw0).Store(ema0 + i + 8);
-            Blend(Vector256.Load(ema1 + i), p0, vw1).Store(ema1 + i);
-            Blend(Vector256.Load(ema1 + i + 8), p1, vw1).Store(ema1 + i + 8);
-        }
-        for (; i < n; i++)
-        {
-            float v = TLoad.Load1(p, i);
-            ema0[i] = Blend(ema0[i], v, w0);
-            ema1[i] = Blend(ema1[i], v, w1);
-        }
-    }
-
-    private static void Float64(double* ema, double* p, int n, double w)
+        where TMode : struct, IKernelMode
     {
         int i = 0;
         if (Vector256.IsHardwareAccelerated)
         {
             var vw = Vector256.Create(w);
-            for (; i <= n - 4; i += 4) Blend(Vector256.Load(ema + i), Vector256.Load(p + i), vw).Store(ema + i);
+            var squares = Vector256<float>.Zero;
+            for (; i <= n - 16; i += 16)
+            {
+                var p0 = TLoad.Load8(p, i);
+                var p1 = TLoad.Load8(p, i + 8);
+                var r0 = Blend(Vector256.Load(ema + i), p0, vw);
+                var r1 = Blend(Vector256.Load(ema + i + 8), p1, vw);
+                if (TMode.Guard && !AllFinite(r0, r1))
+                {
+                    for (int j = i; j < i + 16; j++) ema[j] = Element<float, TMode>(ema[j], TLoad.Load1(p, j), w, ref s, at + j);
+                    continue;
+                }
+                r0.Store(ema + i);
+                r1.Store(ema + i + 8);
+                if (TMode.Rms)
+                {
+                    var d0 = r0 - p0;
+                    var d1 = r1 - p1;
+                    squares += d0 * d0 + d1 * d1;
+                }
+            }
+            if (TMode.Rms) s.SumSquares += Vector256.Sum(squares);
         }
-        for (; i < n; i++) ema[i] = Blend(ema[i], p[i], w);
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            var vw = Vector128.Create(w);
+            var squares = Vector128<float>.Zero;
+            for (; i <= n - 8; i += 8)
+            {
+                var p0 = TLoad.Load4(p, i);
+                var p1 = TLoad.Load4(p, i + 4);
+                var r0 = Blend(Vector128.Load(ema + i), p0, vw);
+                var r1 = Blend(Vector128.Load(ema + i + 4), p1, vw);
+                if (TMode.Guard && !Vector128.EqualsAll((r0 + r1) - (r0 + r1), Vector128<float>.Zero))
+                {
+                    for (int j = i; j < i + 8; j++) ema[j] = Element<float, TMode>(ema[j], TLoad.Load1(p, j), w, ref s, at + j);
+                    continue;
+                }
+                r0.Store(ema + i);
+                r1.Store(ema + i + 4);
+                if (TMode.Rms)
+                {
+                    var d0 = r0 - p0;
+                    var d1 = r1 - p1;
+                    squares += d0 * d0 + d1 * d1;
+                }
+            }
+            if (TMode.Rms) s.SumSquares += Vector128.Sum(squares);
+        }
+        for (; i < n; i++) ema[i] = Element<float, TMode>(ema[i], TLoad.Load1(p, i), w, ref s, at + i);
     }
 
-    // bf16 is the upper half of an fp32: widening is a 16-bit shift, done in registers. On AVX2 the zero-extending
-    // load (vpmovzxwd from memory) does half the work in the load itself.
-    private static void Float32FromBFloat16(float* ema, ushort* p, int n, float w)
+    // Two shadows of the same parameters: each parameter vector is loaded (and widened) once and feeds both.
+    private static void Pair<TLoad, TMode>(float* ema0, float* ema1, void* p, int n, float w0, float w1,
+        ref KernelStats s0, ref KernelStats s1, long at)
+        where TLoad : struct, IParameterLoad
+        where TMode : struct, IKernelMode
+    {
+        if (!Vector256.IsHardwareAccelerated)
+        {
+            Single<TLoad, TMode>(ema0, p, n, w0, ref s0, at);
+            Single<TLoad, TMode>(ema1, p, n, w1, ref s1, at);
+            return;
+        }
+        int i = 0;
+        var vw0 = Vector256.Create(w0);
+        var vw1 = Vector256.Create(w1);
+        var squares0 = Vector256<float>.Zero;
+        var squares1 = Vector256<float>.Zero;
+        for (; i <= n - 16; i += 16)
+        {
+            var p0 = TLoad.Load8(p, i);
+            var p1 = TLoad.Load8(p, i + 8);
+            var a0 = Blend(Vector256.Load(ema0 + i), p0, vw0);
+            var a1 = Blend(Vector256.Load(ema0 + i + 8), p1, vw0);
+            var b0 = Blend(Vector256.Load(ema1 + i), p0, vw1);
+            var b1 = Blend(Vector256.Load(ema1 + i + 8), p1, vw1);
+            if (TMode.Guard && !AllFinite(a0 + a1, b0 + b1))
+            {
+                for (int j = i; j < i + 16; j++)
+                {
+                    float v = TLoad.Load1(p, j);
+                    ema0[j] = Element<float, TMode>(ema0[j], v, w0, ref s0, at + j);
+                    ema1[j] = Element<float, TMode>(ema1[j], v, w1, ref s1, at + j);
+                }
+                continue;
+            }
+            a0.Store(ema0 + i);
+            a1.Store(ema0 + i + 8);
+            b0.Store(ema1 + i);
+            b1.Store(ema1 + i + 8);
+            if (TMode.Rms)
+            {
+                var d0 = a0 - p0;
+                var d1 = a1 - p1;
+                var e0 = b0 - p0;
+                var e1 = b1 - p1;
+                squares0 += d0 * d0 + d1 * d1;
+                squares1 += e0 * e0 + e1 * e1;
+            }
+        }
+        if (TMode.Rms)
+        {
+            s0.SumSquares += Vector256.Sum(squares0);
+            s1.SumSquares += Vector256.Sum(squares1);
+        }
+        for (; i < n; i++)
+        {
+            float v = TLoad.Load1(p, i);
+            ema0[i] = Element<float, TMode>(ema0[i], v, w0, ref s0, at + i);
+            ema1[i] = Element<float, TMode>(ema1[i], v, w1, ref s1, at + i);
+        }
+    }
+
+    private static void Float64<TMode>(double* ema, double* p, int n, double w, ref KernelStats s, long at)
+        where TMode : struct, IKernelMode
     {
         int i = 0;
-        if (Avx2.IsSupported)
+        if (Vector256.IsHardwareAccelerated)
         {
             var vw = Vector256.Create(w);
-            for (; i <= n - 16; i += 16)
+            var squares = Vector256<double>.Zero;
+            for (; i <= n - 4; i += 4)
             {
-                var p0 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i), 16).AsSingle();
-                var p1 = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p + i + 8), 16).AsSingle();
-                Blend(Vector256.Load(ema + i), p0, vw).Store(ema + i);
-                Blend(Vector256.Load(ema + i + 8), p1, vw).Store(ema + i + 8);
+                var p0 = Vector256.Load(p + i);
+                var r = Blend(Vector256.Load(ema + i), p0, vw);
+                if (TMode.Guard && !Vector256.EqualsAll(r - r, Vector256<double>.Zero))
+                {
+                    for (int j = i; j < i + 4; j++) ema[j] = Element<double, TMode>(ema[j], p[j], w, ref s, at + j);
+                    continue;
+                }
+                r.Store(ema + i);
+                if (TMode.Rms)
+                {
+                    var d = r - p0;
+                    squares += d * d;
+                }
             }
+            if (TMode.Rms) s.SumSquares += Vector256.Sum(squares);
         }
-        else if (Vector256.IsHardwareAccelerated)
-        {
-            var vw = Vector256.Create(w);
-            for (; i <= n - 16; i += 16)
-            {
-                var (lo, hi) = Vector256.Widen(Vector256.Load(p + i));
-                Blend(Vector256.Load(ema + i), Vector256.ShiftLeft(lo, 16).AsSingle(), vw).Store(ema + i);
-                Blend(Vector256.Load(ema + i + 8), Vector256.ShiftLeft(hi, 16).AsSingle(), vw).Store(ema + i + 8);
-            }
-        }
-        for (; i < n; i++) ema[i] = Blend(ema[i], FromBFloat16(p[i]), w);
+        for (; i < n; i++) ema[i] = Element<double, TMode>(ema[i], p[i], w, ref s, at + i);
     }
 
-    private static void Float32FromFloat16(float* ema, Half* p, int n, float w)
+    private static void Float32FromFloat16<TMode>(float* ema, Half* p, int n, float w, ref KernelStats s, long at)
+        where TMode : struct, IKernelMode
     {
         float* widened = stackalloc float[Chunk];
         for (int i = 0; i < n; i += Chunk)
         {
             int m = Math.Min(Chunk, n - i);
             TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p + i, m), new Span<float>(widened, m));
-            Float32(ema + i, widened, m, w);
+            Single<Float32Load, TMode>(ema + i, widened, m, w, ref s, at + i);
         }
     }
 
-    private static void BFloat16(ushort* ema, ushort* p, int n, float w)
+    // Low-precision shadows: the RMS distance is measured before the result is narrowed.
+    private static void BFloat16<TMode>(ushort* ema, ushort* p, int n, float w, ref KernelStats s, long at)
+        where TMode : struct, IKernelMode
     {
         for (int i = 0; i < n; i++)
         {
-            ema[i] = ToBFloat16(Blend(FromBFloat16(ema[i]), FromBFloat16(p[i]), w));
+            float e = FromBFloat16(ema[i]);
+            float r = Element<float, TMode>(e, FromBFloat16(p[i]), w, ref s, at + i);
+            // A kept element is written back as it was (a NaN's payload included).
+            if (BitConverter.SingleToInt32Bits(r) != BitConverter.SingleToInt32Bits(e)) ema[i] = ToBFloat16(r);
         }
     }
 
-    private static void Float16(Half* ema, Half* p, int n, float w)
+    private static void Float16<TMode>(Half* ema, Half* p, int n, float w, ref KernelStats s, long at)
+        where TMode : struct, IKernelMode
     {
         float* a = stackalloc float[Chunk];
         float* b = stackalloc float[Chunk];
@@ -302,7 +356,7 @@ internal sealed unsafe partial class RawCpuBackend
             int m = Math.Min(Chunk, n - i);
             TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(ema + i, m), new Span<float>(a, m));
             TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p + i, m), new Span<float>(b, m));
-            Float32(a, b, m, w);
+            Single<Float32Load, TMode>(a, b, m, w, ref s, at + i);
             TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(a, m), new Span<Half>(ema + i, m));
         }
     }

@@ -1,4 +1,5 @@
 using System;
+using System.Linq;
 using TorchSharp;
 
 namespace EmaGen;
@@ -43,9 +44,22 @@ internal sealed unsafe partial class RawCpuBackend : IUpdateBackend, IPartitione
     private long _elements;
     private int _nextChunk;
     private int _chunkCount;
+    // The kernels' mode (AllowMode, GuardMode, AllowRmsMode, GuardRmsMode) and, per part of the step (a chunk), each
+    // profile's tally and the items it named (non-finite first, then healed).
+    private readonly int _mode;
+    private KernelStats[] _stats;
+    private int[] _names;
+    private int[] _nameCount;
+    // Per group: its items' offsets in the flat buffer (ascending) and the items, to name a flagged element.
+    private readonly long[][] _groupItemOffsets;
+    private readonly int[][] _groupItems;
 
-    public RawCpuBackend(ShadowArena[] arenas, ShadowItem[] items, LiveSlots live, CpuWorkerPool? pool)
+    public RawCpuBackend(ShadowArena[] arenas, ShadowItem[] items, LiveSlots live, CpuWorkerPool? pool, bool guard, bool rms)
     {
+        _mode = (guard ? 1 : 0) + (rms ? 2 : 0);
+        _stats = new KernelStats[arenas.Length];
+        _names = new int[2 * NamesPerPart];
+        _nameCount = new int[2];
         _items = items;
         _live = live;
         _pool = pool;
@@ -80,6 +94,19 @@ internal sealed unsafe partial class RawCpuBackend : IUpdateBackend, IPartitione
         _kernel = new KernelKind[capacity];
         _decays = new double[profiles];
         _activeProfiles = new int[profiles];
+        var members = new System.Collections.Generic.List<int>[groups.Count];
+        for (int g = 0; g < groups.Count; g++) members[g] = new();
+        for (int i = 0; i < items.Length; i++)
+        {
+            if (arenas[0].GroupOf(i) is int g && g >= 0) members[g].Add(i);
+        }
+        _groupItems = new int[groups.Count][];
+        _groupItemOffsets = new long[groups.Count][];
+        for (int g = 0; g < groups.Count; g++)
+        {
+            _groupItems[g] = members[g].OrderBy(i => arenas[0].OffsetOf(i)).ToArray();
+            _groupItemOffsets[g] = _groupItems[g].Select(i => arenas[0].OffsetOf(i)).ToArray();
+        }
     }
 
     public void QueueGroup(int group) => Append(true, group, _groupParameters[group], _groupElements[group], _groupKernel[group]);
@@ -102,8 +129,11 @@ internal sealed unsafe partial class RawCpuBackend : IUpdateBackend, IPartitione
         _length++;
     }
 
-    /// <summary>Executes the queued entries for every profile whose decay is a number, on the pool's threads too when the step is large.</summary>
-    public void Run(ReadOnlySpan<double> decays)
+    /// <summary>
+    /// Executes the queued entries for every profile whose decay is a number, on the pool's threads too when the step
+    /// is large, and adds what the guard found (and the distances) to <paramref name="tally"/>.
+    /// </summary>
+    public void Run(ReadOnlySpan<double> decays, StepTally tally)
     {
         try
         {
@@ -123,16 +153,19 @@ internal sealed unsafe partial class RawCpuBackend : IUpdateBackend, IPartitione
                     _shadow[k][e] = table[k][_entrySource[e]];
                 }
             }
+            int parts = 1;
             if (_pool is not null && _elements >= ParallelThreshold)
             {
                 _nextChunk = 0;
-                _chunkCount = (int)((_elements + ChunkElements - 1) / ChunkElements);
+                _chunkCount = parts = (int)((_elements + ChunkElements - 1) / ChunkElements);
+                EnsureParts(parts);
                 _pool.Run(this);
             }
             else
             {
-                ExecuteRange(0, _elements);
+                ExecuteRange(0, _elements, 0);
             }
+            Collect(parts, tally);
         }
         finally
         {

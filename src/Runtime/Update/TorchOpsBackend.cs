@@ -11,7 +11,7 @@ namespace EmaGen;
 /// model pays a few launches per (device, dtype) group and profile, not per tensor; the weight is a device tensor
 /// refilled each step, never read back, so there is no host synchronisation.
 /// </summary>
-internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
+internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
 {
     private readonly ShadowArena[] _arenas;
     private readonly ShadowItem[] _items;
@@ -22,9 +22,17 @@ internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
     private readonly List<(int Profile, torch.Tensor Weight, double Value)> _weights = new();
     private int _groupCount;
     private int _itemCount;
+    private readonly bool _guard;
+    private readonly bool _rms;
+    // The step's counts, one set per device, left there until a report reads them (TorchOpsBackend.Guard.cs).
+    private readonly List<DeviceCounts> _counts = new();
+    private readonly long[] _elements;
 
-    public TorchOpsBackend(ShadowArena[] arenas, ShadowItem[] items, LiveSlots live)
+    public TorchOpsBackend(ShadowArena[] arenas, ShadowItem[] items, LiveSlots live, bool guard, bool rms)
     {
+        _guard = guard;
+        _rms = rms;
+        _elements = new long[arenas.Length];
         _arenas = arenas;
         _items = items;
         _live = live;
@@ -37,10 +45,16 @@ internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
 
     public void QueueTensor(int item) => _queued[_itemCount++] = item;
 
-    public void Run(ReadOnlySpan<double> decays)
+    /// <summary>
+    /// Blends every queued unit into each profile whose decay is a number; with the guard or the distance on, the
+    /// step's counts stay on the device and <paramref name="tally"/> is told to read them when a report asks.
+    /// </summary>
+    public void Run(ReadOnlySpan<double> decays, StepTally tally)
     {
         decays.CopyTo(_decays);
         if (_groupCount == 0 && _itemCount == 0) return;
+        bool counted = _guard || _rms;
+        if (counted) BeginCounts();
         try
         {
             // no_grad allocates a guard object, so it is only opened when there is something to blend.
@@ -49,9 +63,14 @@ internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
             {
                 int g = _groups[i];
                 var parameters = _arenas[0].Groups[g].PackedParameters!;
+                bool first = true;
                 for (int k = 0; k < _decays.Length; k++)
                 {
-                    if (!double.IsNaN(_decays[k])) Blend(_arenas[k].Groups[g].Shadow, parameters, _decays[k], k);
+                    if (double.IsNaN(_decays[k])) continue;
+                    if (counted) BlendCountedFlat(_arenas[k].Groups[g].Shadow, parameters, _decays[k], k, first, Unit.Group(g));
+                    else Blend(_arenas[k].Groups[g].Shadow, parameters, _decays[k], k);
+                    if (_rms) _elements[k] += AveragedElements(Unit.Group(g));
+                    first = false;
                 }
             }
             for (int i = 0; i < _itemCount; i++)
@@ -60,11 +79,17 @@ internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
                 var live = _live.Tensor(_items[item].Slot)!;
                 // A shard's box is a view made for this step; a whole tensor is blended as it is.
                 using var view = _items[item].LiveIsBox ? null : _items[item].BoxOf(live);
+                bool first = true;
                 for (int k = 0; k < _decays.Length; k++)
                 {
-                    if (!double.IsNaN(_decays[k])) Blend(_arenas[k][item]!, view ?? live, _decays[k], k);
+                    if (double.IsNaN(_decays[k])) continue;
+                    if (counted) BlendCounted(_arenas[k][item]!, view ?? live, _decays[k], k, first, Unit.Item(item));
+                    else Blend(_arenas[k][item]!, view ?? live, _decays[k], k);
+                    if (_rms) _elements[k] += AveragedElements(Unit.Item(item));
+                    first = false;
                 }
             }
+            if (counted) tally.Pending = this;
         }
         finally
         {
@@ -124,5 +149,8 @@ internal sealed class TorchOpsBackend : IUpdateBackend, IDisposable
     {
         foreach (var (_, t, _) in _weights) t.Dispose();
         _weights.Clear();
+        foreach (var c in _counts) c.Dispose();
+        _counts.Clear();
+        _one.Dispose();
     }
 }

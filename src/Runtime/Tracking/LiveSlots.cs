@@ -39,6 +39,9 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
     private readonly long[] _numel;
     private readonly bool[] _watched;
     private readonly (int Alias, int Owner)[] _ties;
+    private readonly bool[] _isAlias;
+    // Reused by the check after a move, so a model whose parameters move every step allocates nothing.
+    private readonly Dictionary<IntPtr, int> _ownerAt = new();
     private bool _tiesPending, _movedPending;
     private readonly torch.ScalarType[] _dtype;
     private readonly DeviceType[] _device;
@@ -68,6 +71,8 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
         _slots = slots;
         _watched = watched;
         _ties = ties;
+        _isAlias = new bool[slots.Length];
+        foreach (var (alias, _) in ties) _isAlias[alias] = true;
         _localNames = new string[slots.Length];
         for (int s = 0; s < slots.Length; s++) _localNames[s] = slots[s].LocalName;
         _numel = new long[slots.Length];
@@ -176,27 +181,20 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
             }
         }
         if (!moved) return;
-        var owners = new Dictionary<IntPtr, int>();
+        var owners = _ownerAt;
+        owners.Clear();
         for (int s = 0; s < _slots.Length; s++)
         {
-            if (!_watched[s] || _numel[s] <= 0 || IsAlias(s)) continue;
+            if (!_watched[s] || _numel[s] <= 0 || _isAlias[s]) continue;
             if (owners.TryAdd(_knownPointer[s], s)) continue;
             int first = owners[_knownPointer[s]];
-            if (TiedSlots.Same(_known[first]!, _known[s]!))
+            // The rule of binding: a parameter and a buffer over one memory are not tied.
+            if (_slots[first].IsBuffer == _slots[s].IsBuffer && TiedSlots.Same(_known[first]!, _known[s]!))
             {
                 throw new InvalidOperationException(
                     $"Parameters '{_slots[first].FullName}' and '{_slots[s].FullName}' are now one tensor (tied after the EMA manager was built), but each has its own shadow; build a new manager after tying weights.");
             }
         }
-    }
-
-    private bool IsAlias(int slot)
-    {
-        foreach (var (alias, _) in _ties)
-        {
-            if (alias == slot) return true;
-        }
-        return false;
     }
 
     /// <summary>Makes the next check read every dynamic module's registered tensors again.</summary>

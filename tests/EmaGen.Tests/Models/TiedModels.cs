@@ -59,3 +59,46 @@ public sealed partial class SharedFieldModel : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x) => head.call(decoder.call(encoder.call(x)));
 }
+
+/// <summary>
+/// The head's weight is a Parameter of its own native tensor over the embedding's memory (<c>detach()</c> shares the
+/// storage), unlike <c>TiedModel</c>, whose two wrappers share one native tensor: re-pointing one does not move the
+/// other, so packing and swaps must re-point both.
+/// </summary>
+[EmaTracked]
+public sealed partial class StorageTiedModel : nn.Module<Tensor, Tensor>
+{
+    private readonly Embedding embed = nn.Embedding(10, 4);
+    private readonly Linear head = nn.Linear(4, 10, hasBias: false);
+
+    public StorageTiedModel() : base(nameof(StorageTiedModel))
+    {
+        RegisterComponents();
+        using (torch.no_grad()) head.weight = new Parameter(embed.weight!.detach());
+    }
+
+    public Parameter Embedding => embed.weight!;
+
+    public Parameter Head => head.weight!;
+
+    public override Tensor forward(Tensor x) => head.call(embed.call(x));
+}
+
+/// <summary>A buffer that is a view of a parameter's memory (a parameter and a buffer are never one tied tensor).</summary>
+[EmaTracked]
+public sealed partial class BufferOverParameterModel : nn.Module<Tensor, Tensor>
+{
+    private readonly Linear a = nn.Linear(3, 3);
+    private readonly Linear b = nn.Linear(3, 3);
+    private readonly Tensor wref;
+
+    public BufferOverParameterModel() : base(nameof(BufferOverParameterModel))
+    {
+        wref = a.weight!.detach();
+        RegisterComponents();
+    }
+
+    public Parameter Other => b.weight!;
+
+    public override Tensor forward(Tensor x) => b.call(a.call(x)) + wref.sum();
+}

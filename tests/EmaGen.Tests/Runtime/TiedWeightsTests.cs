@@ -149,6 +149,54 @@ public sealed class TiedWeightsTests
     }
 
     [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void TwoNativeTensorsOverOneStorageArePackedAndSwappedTogether(bool pack)
+    {
+        using var model = new StorageTiedModel();
+        using (torch.no_grad()) model.Embedding.fill_(1f);
+        Assert.Equal(NativeTensor.DataPointer(model.Embedding), NativeTensor.DataPointer(model.Head));
+        using var ema = new EmaManager<StorageTiedModel>(model, new EmaOptions { Decay = 0.5, PackParameters = pack });
+        Assert.Equal(["embed.weight"], ema.TrackedNames);
+        Assert.Equal("embed.weight", ema.TiedAliases["head.weight"]);
+        // Packing re-pointed both objects at the flat buffer.
+        Assert.Equal(NativeTensor.DataPointer(model.Embedding), NativeTensor.DataPointer(model.Head));
+        if (pack) Assert.StartsWith("1 group(s), 1 packed", ema.UpdatePath);
+        using (torch.no_grad()) model.Embedding.fill_(3f);
+        ema.Update(model);
+        Assert.All(model.Head.data<float>().ToArray(), v => Assert.Equal(3f, v));
+        Assert.All(ema["embed.weight"].data<float>().ToArray(), v => Assert.Equal(2f, v));
+
+        using (ema.SwapInto(model))
+        {
+            Assert.All(model.Embedding.data<float>().ToArray(), v => Assert.Equal(2f, v));
+            Assert.All(model.Head.data<float>().ToArray(), v => Assert.Equal(2f, v));
+        }
+        Assert.All(model.Embedding.data<float>().ToArray(), v => Assert.Equal(3f, v));
+        Assert.All(model.Head.data<float>().ToArray(), v => Assert.Equal(3f, v));
+        Assert.Equal(NativeTensor.DataPointer(model.Embedding), NativeTensor.DataPointer(model.Head));
+        ema.Update(model);
+        Assert.All(ema["embed.weight"].data<float>().ToArray(), v => Assert.Equal(2.5f, v));
+    }
+
+    [Fact]
+    public void ABufferOverAParametersMemoryIsNotReportedAsANewTieWhenAnotherParameterMoves()
+    {
+        using var model = new BufferOverParameterModel();
+        using var ema = new EmaManager<BufferOverParameterModel>(model, new EmaOptions { Decay = 0.5, TrackBuffers = true, PackParameters = false });
+        Assert.Contains("wref", ema.TrackedNames);
+        Assert.Contains("a.weight", ema.TrackedNames);
+        ema.Update(model);
+        // Re-pointing an unrelated parameter makes the step look for new ties: the buffer and its parameter are none.
+        using (torch.no_grad())
+        {
+            using var moved = model.Other.clone();
+            InPlace.Release(model.Other.set_(moved), model.Other);
+        }
+        ema.Update(model);
+    }
+
+    [Theory]
     [MemberData(nameof(Kinds))]
     public void TheTiedShadowIsOneEmaOfTheParameter(string kind)
     {

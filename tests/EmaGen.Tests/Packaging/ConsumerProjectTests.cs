@@ -37,7 +37,11 @@ public sealed class ConsumerProjectTests
         {
             Step("pack", "dotnet", repo, "pack", Path.Combine(repo, "EmaGen.sln"), "-c", "Release", "-o", feed, $"-p:VersionSuffix={suffix}", "--nologo");
             Assert.Equal(
-                new[] { $"EmaGen.{version}.nupkg", $"EmaGen.{version}.snupkg", $"EmaGen.Templates.{version}.nupkg", $"EmaGen.Tool.{version}.nupkg" },
+                new[]
+                {
+                    $"EmaGen.Checkpoints.{version}.nupkg", $"EmaGen.Checkpoints.{version}.snupkg", $"EmaGen.{version}.nupkg", $"EmaGen.{version}.snupkg",
+                    $"EmaGen.Templates.{version}.nupkg", $"EmaGen.Tool.{version}.nupkg",
+                },
                 Directory.GetFiles(feed).Select(Path.GetFileName).Order(StringComparer.Ordinal));
             CheckLibraryPackage(Path.Combine(feed, $"EmaGen.{version}.nupkg"));
 
@@ -103,7 +107,7 @@ public sealed class ConsumerProjectTests
             // This run's packages, out of the NuGet cache (their version is unique to this run).
             var cache = Environment.GetEnvironmentVariable("NUGET_PACKAGES")
                 ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
-            foreach (var id in new[] { "emagen", "emagen.tool", "emagen.templates" })
+            foreach (var id in new[] { "emagen", "emagen.checkpoints", "emagen.tool", "emagen.templates" })
             {
                 var cached = Path.Combine(cache, id, version);
                 if (Directory.Exists(cached)) Directory.Delete(cached, recursive: true);
@@ -127,6 +131,8 @@ public sealed class ConsumerProjectTests
         using var nuspec = new StreamReader(zip.Entries.Single(e => e.FullName.EndsWith(".nuspec", StringComparison.Ordinal)).Open());
         var text = nuspec.ReadToEnd();
         Assert.Contains("<dependency id=\"TorchSharp\"", text);
+        // The formats come from their own managed package, the one the emagen tool is built on.
+        Assert.Contains("<dependency id=\"EmaGen.Checkpoints\"", text);
         // A library leaves the LibTorch backend to the application: no libtorch-*, TorchSharp-cpu or TorchSharp-cuda-* dependency.
         Assert.DoesNotContain("<dependency id=\"libtorch", text, StringComparison.OrdinalIgnoreCase);
         Assert.DoesNotContain("<dependency id=\"TorchSharp-", text, StringComparison.OrdinalIgnoreCase);

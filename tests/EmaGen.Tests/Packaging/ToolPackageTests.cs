@@ -32,7 +32,7 @@ public sealed class ToolPackageTests
     public void TheToolPackageIsSmallManagedOnlyAndRunsFromACleanInstall()
     {
         var repo = Path.GetFullPath(Path.Combine(TestPaths.TestsRoot(), "..", ".."));
-        var suffix = "tool." + DateTime.UtcNow.ToString("yyyyMMddHHmmss") + "." + Environment.ProcessId;
+        var suffix = PackagingSteps.Suffix("tool");
         var version = "0.1.0-" + suffix;
         using var folder = TestPaths.NewTempFolder();
         var feed = folder["feed"];
@@ -48,16 +48,7 @@ public sealed class ToolPackageTests
             CheckManagedOnly(nupkg);
 
             var consumer = folder["consumer"];
-            Directory.CreateDirectory(consumer);
-            File.WriteAllText(Path.Combine(consumer, "NuGet.Config"), $"""
-                <?xml version="1.0" encoding="utf-8"?>
-                <configuration>
-                  <packageSources>
-                    <clear />
-                    <add key="local" value="{feed}" />
-                  </packageSources>
-                </configuration>
-                """);
+            PackagingSteps.WriteNuGetConfig(consumer, feed);
             var tools = folder["tools"];
             Step("tool install", "dotnet", consumer, "tool", "install", "EmaGen.Tool", "--version", version, "--tool-path", tools);
             Assert.False(Directory.Exists(Path.Combine(tools, ".store", "emagen.tool", version, "emagen.tool", version, "runtimes")));
@@ -89,10 +80,7 @@ public sealed class ToolPackageTests
         }
         finally
         {
-            var cache = Environment.GetEnvironmentVariable("NUGET_PACKAGES")
-                ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
-            var cached = Path.Combine(cache, "emagen.tool", version);
-            if (Directory.Exists(cached)) Directory.Delete(cached, recursive: true);
+            PackagingSteps.CleanCache(version, "emagen.tool");
         }
     }
 
@@ -154,12 +142,6 @@ public sealed class ToolPackageTests
         return (code, stdout.ToString(), stderr.ToString());
     }
 
-    private string Step(string name, string file, string directory, params string[] arguments)
-    {
-        var clock = Stopwatch.StartNew();
-        var (code, output) = ProcessRunner.Run(file, directory, 600_000, arguments);
-        _output.WriteLine($"{name}: exit {code}, {clock.Elapsed.TotalSeconds:F1} s");
-        Assert.True(code == 0, $"{name} failed (exit {code}):\n{output}");
-        return output;
-    }
+    private string Step(string name, string file, string directory, params string[] arguments) =>
+        PackagingSteps.Step(_output, name, file, directory, arguments);
 }

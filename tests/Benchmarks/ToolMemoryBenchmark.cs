@@ -32,7 +32,7 @@ internal static class ToolMemoryBenchmark
                 default: throw new ArgumentException($"unknown option {args[i]}");
             }
         }
-        cli ??= Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "src", "Cli", "bin", "Release", "net10.0", "EmaGen.Cli.dll"));
+        cli ??= Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "..", "src", "Cli", "bin", "Release", "net10.0", "EmaGen.Cli.dll"));
         if (!File.Exists(cli)) throw new FileNotFoundException($"build the tool first (dotnet build -c Release src/Cli): {cli}");
         var root = dir ?? Path.Combine(Path.GetTempPath(), "emagen-tool-memory-" + Environment.ProcessId);
         int count = (int)Math.Round(gb * 1024 / tensorMb);

@@ -118,6 +118,40 @@ public sealed class ExportTests
         Assert.Empty(Directory.Exists(folder["out2"]) ? Directory.GetFiles(folder["out2"]) : []);
     }
 
+    [Fact]
+    public async System.Threading.Tasks.Task AShardedManagersCheckpointExportsTheSameFilesAsTheDenseOne()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        torch.manual_seed(12);
+        using var model = new SizedModel(torch.ScalarType.Float32, 9, 130, 64);
+        using var dense = new EmaManager<SizedModel>(model, 0.9);
+        const int world = 3;
+        var ranks = Enumerable.Range(0, world).Select(r => new ShardedEmaManager<SizedModel>(model, r, world, new EmaOptions { Decay = 0.9 })).ToList();
+        try
+        {
+            for (int step = 0; step < 3; step++)
+            {
+                Runtime.UpdateNumericsTests.RandomizeParameters(model);
+                dense.Update(model);
+                foreach (var rank in ranks) rank.Update(model);
+            }
+            dense.Save(folder["dense"]);
+            await System.Threading.Tasks.Task.WhenAll(ranks.Select(rank => System.Threading.Tasks.Task.Run(
+                () => rank.Save(folder["sharded"], "s1", TimeSpan.FromSeconds(30)))));
+        }
+        finally
+        {
+            foreach (var rank in ranks) rank.Dispose();
+        }
+        // Rank 0 exports from the committed folder: its chunks are assembled into whole tensors, bit-equal to the dense export.
+        var a = EmaExport.ToSafetensors(folder["dense"], folder["a"], dtype: torch.ScalarType.Float16);
+        var b = EmaExport.ToSafetensors(folder["sharded"], folder["b"], dtype: torch.ScalarType.Float16);
+        Assert.Equal(File.ReadAllBytes(Assert.Single(a)), File.ReadAllBytes(Assert.Single(b)));
+        var (entries, _, _) = SafetensorsFile.ReadHeader(a[0]);
+        Assert.Equal(dense.TrackedNames.Order(StringComparer.Ordinal), entries.Select(e => e.Name).Order(StringComparer.Ordinal));
+        Assert.All(entries, e => Assert.Equal("F16", e.DType.SafetensorsCode));
+    }
+
     [Theory]
     [InlineData("5GB", 5_000_000_000L)]
     [InlineData("500MB", 500_000_000L)]

@@ -6,7 +6,7 @@ using EmaGen.Dcp;
 namespace EmaGen.Cli;
 
 /// <summary>
-/// <c>emagen inspect | convert | verify | schedule | posthoc</c>. Exit codes: 0 success, 1 the input is bad (missing, corrupt, unsound
+/// <c>emagen inspect | convert | verify | schedule | posthoc | export</c>. Exit codes: 0 success, 1 the input is bad (missing, corrupt, unsound
 /// checkpoint; one-line error on stderr), 2 usage error.
 /// </summary>
 public static class CliApp
@@ -71,12 +71,26 @@ public static class CliApp
         postHoc.SetAction(r => Guard(stderr, () => PostHocCommand.Run(r.GetValue(snapshotsDir)!, r.GetValue(postHocSigma), r.GetValue(postHocStep),
             r.GetValue(postHocOut), r.GetValue(postHocDType)!, r.GetValue(postHocPrefix)!, stdout)));
 
-        var root = new RootCommand("EmaGen tool: inspect, convert and verify PyTorch Distributed Checkpoint folders; print decay schedules; post-hoc EMA.") { inspect, convert, verify, schedule, postHoc };
+        var exportSource = new Argument<string>("src") { Description = "An EmaGen or PyTorch DCP folder, or a .safetensors file." };
+        var exportOut = new Argument<string>("out") { Description = "The folder to write model.safetensors (or shards and model.safetensors.index.json) into." };
+        var exportProfile = new Option<string?>("--profile") { Description = "The profile of a multi-profile EMA checkpoint (or the key prefix of a snapshot's profile)." };
+        var exportDType = new Option<string?>("--dtype") { Description = "Cast floating-point tensors: bf16, fp16 or fp32 (default: as stored)." };
+        var exportStrip = new Option<string?>("--strip-prefix") { Description = "Remove this prefix from every name that has it (e.g. module.)." };
+        var exportAdd = new Option<string?>("--add-prefix") { Description = "Put this prefix before every name (after stripping)." };
+        var exportShard = new Option<string?>("--max-shard-size") { Description = "Split into numbered shards of at most this size (5GB, 500MB, 2GiB) with an index." };
+        var export = new Command("export", "Publish the EMA weights as Hugging Face style safetensors (cast, renamed, sharded).")
+        {
+            exportSource, exportOut, exportProfile, exportDType, exportStrip, exportAdd, exportShard,
+        };
+        export.SetAction(r => Guard(stderr, () => ExportCommand.Run(r.GetValue(exportSource)!, r.GetValue(exportOut)!, r.GetValue(exportProfile),
+            r.GetValue(exportDType), r.GetValue(exportStrip), r.GetValue(exportAdd), r.GetValue(exportShard), stdout, stderr)));
+
+        var root = new RootCommand("EmaGen tool: inspect, convert and verify PyTorch Distributed Checkpoint folders; print decay schedules; post-hoc EMA; export to safetensors.") { inspect, convert, verify, schedule, postHoc, export };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
             foreach (var error in parsed.Errors) stderr.WriteLine("emagen: " + error.Message);
-            stderr.WriteLine("usage: emagen inspect DIR [--json] | emagen convert SRC DST | emagen verify DIR | emagen schedule SPEC|--kind K ... [--steps S,...] [--every K] [--json] | emagen posthoc SNAPSHOTS [--sigma-rel S --step T --out DIR]");
+            stderr.WriteLine("usage: emagen inspect DIR [--json] | emagen convert SRC DST | emagen verify DIR | emagen schedule SPEC|--kind K ... [--steps S,...] [--every K] [--json] | emagen posthoc SNAPSHOTS [--sigma-rel S --step T --out DIR] | emagen export SRC OUT [--profile P] [--dtype bf16|fp16|fp32] [--strip-prefix S] [--add-prefix A] [--max-shard-size 5GB]");
             return 2;
         }
         return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });

@@ -3,7 +3,6 @@ using System.Collections.Generic;
 using System.IO;
 using System.Text.Json;
 using EmaGen.Dcp;
-using TorchSharp;
 
 namespace EmaGen.Cli;
 
@@ -19,64 +18,58 @@ internal static class ConvertCommand
             : $"'{source}' does not exist");
     }
 
+    // One tensor at a time: each is read from the folder when the file reaches it and freed once written.
     private static int ToSafetensors(string folder, string file, TextWriter stdout)
     {
-        var reader = DcpReader.Open(folder);
-        var tensors = new List<KeyValuePair<string, torch.Tensor>>();
+        var reader = DcpFolder.Open(folder);
+        var tensors = new List<SafetensorsFile.Item>();
         var metadata = new Dictionary<string, string> { ["format"] = "pt" };
         var skipped = new List<string>();
-        try
+        foreach (var entry in reader.Entries)
         {
-            foreach (var entry in reader.Entries)
+            if (entry is DcpTensorEntry t)
             {
-                if (entry is DcpTensorEntry)
-                {
-                    tensors.Add(new(entry.Key, reader.ReadTensor(entry.Key)));
-                    continue;
-                }
-                var value = reader.ReadValue(entry.Key);
-                if (ValueText.IsJsonRepresentable(value))
-                {
-                    var buffer = new MemoryStream();
-                    using (var w = new Utf8JsonWriter(buffer)) ValueText.Json(w, value);
-                    metadata[entry.Key] = System.Text.Encoding.UTF8.GetString(buffer.ToArray());
-                }
-                else
-                {
-                    skipped.Add(entry.Key);
-                }
+                var dtype = CheckpointDTypes.Readable(t.DType, $"{folder}: key '{t.Key}'");
+                tensors.Add(new(t.Key, dtype, t.Size, new PlainSave.Made(() => reader.ReadTensor(t.Key))));
+                continue;
             }
-            long bytes = SafetensorsFile.Write(file, tensors, metadata);
-            stdout.WriteLine($"wrote {file}: {tensors.Count} tensors, {metadata.Count - 1} values in __metadata__, {bytes:N0} bytes");
-            foreach (var key in skipped) stdout.WriteLine($"skipped '{key}': its value cannot be represented as JSON");
-            return 0;
+            var value = reader.ReadValue(entry.Key);
+            (value as IDisposable)?.Dispose();
+            if (ValueText.IsJsonRepresentable(value))
+            {
+                var buffer = new MemoryStream();
+                using (var w = new Utf8JsonWriter(buffer)) ValueText.Json(w, value);
+                metadata[entry.Key] = System.Text.Encoding.UTF8.GetString(buffer.ToArray());
+            }
+            else
+            {
+                skipped.Add(entry.Key);
+            }
         }
-        finally
-        {
-            foreach (var (_, t) in tensors) t.Dispose();
-        }
+        long bytes = SafetensorsFile.Write(file, tensors, metadata);
+        stdout.WriteLine($"wrote {file}: {tensors.Count} tensors, {metadata.Count - 1} values in __metadata__, {bytes:N0} bytes");
+        foreach (var key in skipped) stdout.WriteLine($"skipped '{key}': its value cannot be represented as JSON");
+        return 0;
     }
 
     private static int ToDcp(string file, string folder, TextWriter stdout)
     {
         var (entries, metadata, dataStart) = SafetensorsFile.ReadHeader(file);
-        var state = new List<KeyValuePair<string, object?>>();
-        try
+        var values = new List<KeyValuePair<string, object?>>();
+        foreach (var (key, text) in metadata)
         {
-            foreach (var (key, text) in metadata)
-            {
-                if (key == "format") continue;
-                state.Add(new(key, FromJson(text)));
-            }
-            foreach (var entry in entries) state.Add(new(entry.Name, SafetensorsFile.ReadTensor(file, entry, dataStart)));
-            DcpWriter.Save(folder, state);
-            stdout.WriteLine($"wrote {folder}: {entries.Count} tensors, {state.Count - entries.Count} values");
-            return 0;
+            if (key == "format") continue;
+            values.Add(new(key, FromJson(text)));
         }
-        finally
+        var chunks = new List<SaveChunk>();
+        foreach (var entry in entries)
         {
-            foreach (var (_, v) in state) (v as torch.Tensor)?.Dispose();
+            if (entry.DType.StorageClass is null) throw new CheckpointFormatException($"{file}: tensor '{entry.Name}' has dtype {entry.DType.TorchName}, which a DCP item cannot hold.");
+            chunks.Add(PlainSave.Whole(entry.Name, entry.DType, entry.Shape, () => SafetensorsFile.ReadTensor(file, entry, dataStart)));
         }
+        PlainSave.OneRank(folder, values, chunks);
+        stdout.WriteLine($"wrote {folder}: {entries.Count} tensors, {values.Count} values");
+        return 0;
     }
 
     // Metadata values that parse as JSON come back as values; anything else stays a string.

@@ -12,7 +12,7 @@ internal static class InspectCommand
 {
     public static int Run(string directory, bool json, TextWriter stdout)
     {
-        var reader = DcpReader.Open(directory);
+        var reader = DcpFolder.Open(directory);
         var m = reader.Metadata;
         long tensorBytes = 0, elements = 0;
         var files = m.Storage.Values.Select(l => l.RelativePath).Distinct().Order(StringComparer.Ordinal).ToList();
@@ -21,7 +21,8 @@ internal static class InspectCommand
         {
             if (entry is DcpTensorEntry t)
             {
-                TorchDTypes.TryGet(t.DType, out _, out int size);
+                // Bytes are counted for the dtypes EmaGen reads (float8 and the like count none).
+                int size = CheckpointDTypes.TryGetByTorchName(t.DType, out var row) && row.StorageClass is not null ? row.Size : 0;
                 elements += t.Numel;
                 tensorBytes += t.Numel * size;
             }

@@ -2,7 +2,6 @@ using System;
 using System.Globalization;
 using System.IO;
 using System.Linq;
-using TorchSharp;
 
 namespace EmaGen.Cli;
 
@@ -34,14 +33,12 @@ internal static class PostHocCommand
         var targets = widths.Length == 1
             ? [(widths[0], output)]
             : widths.Select(w => (w, Path.Combine(output, "sigma-" + w.ToString("R", CultureInfo.InvariantCulture)))).ToArray();
-        var outputDType = dtype.ToLowerInvariant() switch
+        var name = dtype.ToLowerInvariant();
+        if (name is not ("float32" or "bfloat16" or "float16") || !CheckpointDTypes.TryGetByTorchName(name, out var outputDType))
         {
-            "float32" => torch.ScalarType.Float32,
-            "bfloat16" => torch.ScalarType.BFloat16,
-            "float16" => torch.ScalarType.Float16,
-            _ => throw new ArgumentException($"--dtype '{dtype}' is not one of float32, bfloat16, float16."),
-        };
-        var results = PostHocEma.Synthesize(snapshots, targets, step.Value, prefix, outputDType);
+            throw new ArgumentException($"--dtype '{dtype}' is not one of float32, bfloat16, float16.");
+        }
+        var results = PostHocSynthesis.Run(snapshots, targets, step.Value, prefix, outputDType);
         for (int t = 0; t < results.Count; t++)
         {
             var result = results[t];

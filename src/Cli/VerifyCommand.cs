@@ -10,7 +10,7 @@ internal static class VerifyCommand
 {
     public static int Run(string directory, TextWriter stdout)
     {
-        var reader = DcpReader.Open(directory);
+        var reader = DcpFolder.Open(directory);
         var problems = new List<string>();
         int records = 0;
         foreach (var entry in reader.Entries)

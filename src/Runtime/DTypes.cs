@@ -3,62 +3,60 @@ using TorchSharp;
 
 namespace EmaGen;
 
-/// <summary>One dtype as EmaGen knows it: PyTorch's name, TorchSharp's type (null where TorchSharp 0.107 lacks it), bytes per element, torch.save's legacy storage class and the safetensors code.</summary>
-internal sealed record DTypeInfo(string TorchName, torch.ScalarType? Type, int Size, string? StorageClass, string? SafetensorsCode)
+/// <summary>One dtype as the runtime knows it: the checkpoint row and TorchSharp's type (null where TorchSharp 0.107 lacks it).</summary>
+internal sealed record DTypeInfo(CheckpointDType Row, torch.ScalarType? Type)
 {
+    public string TorchName => Row.TorchName;
+
+    public int Size => Row.Size;
+
+    public string? StorageClass => Row.StorageClass;
+
+    public string? SafetensorsCode => Row.SafetensorsCode;
+
     /// <summary>Averaged (fp16, bf16, fp32, fp64) rather than copied.</summary>
-    public bool IsFloatingPoint => Type is torch.ScalarType.Float16 or torch.ScalarType.BFloat16 or torch.ScalarType.Float32 or torch.ScalarType.Float64;
+    public bool IsFloatingPoint => Row.IsFloatingPoint;
 }
 
 /// <summary>
-/// Every fact about dtypes in one table: checkpoint names and sizes (the pickle whitelist, DCP metadata, torch.save
-/// records), safetensors codes, element sizes for the shadow arena (no probe tensors), which dtypes are averaged and
-/// which shadow dtype a parameter gets. A new dtype is one row here (plus a kernel in <c>Update/</c> if it should not
-/// go through TorchSharp ops).
+/// The checkpoint dtype table (<see cref="CheckpointDTypes"/>) seen through TorchSharp: element sizes for the shadow
+/// arena (no probe tensors), which dtypes are averaged and which shadow dtype a parameter gets.
 /// </summary>
 internal static class DTypes
 {
-    public static readonly IReadOnlyList<DTypeInfo> All = new DTypeInfo[]
+    // Every checkpoint dtype that has a storage class is one TorchSharp holds.
+    private static readonly Dictionary<string, torch.ScalarType> Torch = new()
     {
-        new("float32", torch.ScalarType.Float32, 4, "FloatStorage", "F32"),
-        new("float64", torch.ScalarType.Float64, 8, "DoubleStorage", "F64"),
-        new("float16", torch.ScalarType.Float16, 2, "HalfStorage", "F16"),
-        new("bfloat16", torch.ScalarType.BFloat16, 2, "BFloat16Storage", "BF16"),
-        new("int64", torch.ScalarType.Int64, 8, "LongStorage", "I64"),
-        new("int32", torch.ScalarType.Int32, 4, "IntStorage", "I32"),
-        new("int16", torch.ScalarType.Int16, 2, "ShortStorage", "I16"),
-        new("int8", torch.ScalarType.Int8, 1, "CharStorage", "I8"),
-        new("uint8", torch.ScalarType.Byte, 1, "ByteStorage", "U8"),
-        new("bool", torch.ScalarType.Bool, 1, "BoolStorage", "BOOL"),
-        new("complex64", torch.ScalarType.ComplexFloat32, 8, "ComplexFloatStorage", null),
-        new("complex128", torch.ScalarType.ComplexFloat64, 16, "ComplexDoubleStorage", null),
-        // Names a PyTorch checkpoint may carry that TorchSharp 0.107 cannot hold: accepted by the pickle reader (so the
-        // error names the dtype), refused when a tensor of them would be read.
-        new("float8_e5m2", null, 1, null, null),
-        new("float8_e4m3fn", null, 1, null, null),
-        new("float8_e5m2fnuz", null, 1, null, null),
-        new("float8_e4m3fnuz", null, 1, null, null),
-        new("float8_e8m0fnu", null, 1, null, null),
-        new("uint16", null, 2, null, null),
-        new("uint32", null, 4, null, null),
-        new("uint64", null, 8, null, null),
-        new("complex32", null, 4, null, null),
+        ["float32"] = torch.ScalarType.Float32,
+        ["float64"] = torch.ScalarType.Float64,
+        ["float16"] = torch.ScalarType.Float16,
+        ["bfloat16"] = torch.ScalarType.BFloat16,
+        ["int64"] = torch.ScalarType.Int64,
+        ["int32"] = torch.ScalarType.Int32,
+        ["int16"] = torch.ScalarType.Int16,
+        ["int8"] = torch.ScalarType.Int8,
+        ["uint8"] = torch.ScalarType.Byte,
+        ["bool"] = torch.ScalarType.Bool,
+        ["complex64"] = torch.ScalarType.ComplexFloat32,
+        ["complex128"] = torch.ScalarType.ComplexFloat64,
     };
+
+    public static readonly IReadOnlyList<DTypeInfo> All;
 
     private static readonly Dictionary<string, DTypeInfo> ByTorchName = new();
     private static readonly Dictionary<torch.ScalarType, DTypeInfo> ByType = new();
-    private static readonly Dictionary<string, DTypeInfo> ByStorageClass = new();
-    private static readonly Dictionary<string, DTypeInfo> BySafetensorsCode = new();
 
     static DTypes()
     {
-        foreach (var d in All)
+        var all = new List<DTypeInfo>();
+        foreach (var row in CheckpointDTypes.All)
         {
+            var d = new DTypeInfo(row, Torch.TryGetValue(row.TorchName, out var type) ? type : null);
+            all.Add(d);
             ByTorchName.Add(d.TorchName, d);
-            if (d.Type is { } type) ByType.Add(type, d);
-            if (d.StorageClass is { } storage) ByStorageClass.Add(storage, d);
-            if (d.SafetensorsCode is { } code) BySafetensorsCode.Add(code, d);
+            if (d.Type is { } t) ByType.Add(t, d);
         }
+        All = all;
     }
 
     public static bool TryGet(torch.ScalarType type, out DTypeInfo info) => ByType.TryGetValue(type, out info!);
@@ -70,9 +68,17 @@ internal static class DTypes
 
     public static bool TryGetByTorchName(string name, out DTypeInfo info) => ByTorchName.TryGetValue(name, out info!);
 
-    public static bool TryGetByStorageClass(string storageClass, out DTypeInfo info) => ByStorageClass.TryGetValue(storageClass, out info!);
+    public static bool TryGetByStorageClass(string storageClass, out DTypeInfo info)
+    {
+        info = null!;
+        return CheckpointDTypes.TryGetByStorageClass(storageClass, out var row) && ByTorchName.TryGetValue(row.TorchName, out info!);
+    }
 
-    public static bool TryGetBySafetensorsCode(string code, out DTypeInfo info) => BySafetensorsCode.TryGetValue(code, out info!);
+    public static bool TryGetBySafetensorsCode(string code, out DTypeInfo info)
+    {
+        info = null!;
+        return CheckpointDTypes.TryGetBySafetensorsCode(code, out var row) && ByTorchName.TryGetValue(row.TorchName, out info!);
+    }
 
     /// <summary>Bytes per element.</summary>
     public static int SizeOf(torch.ScalarType type) => Of(type).Size;

@@ -23,6 +23,10 @@ if (args.Length > 0 && args[0] == "guard")
 {
     return GuardBenchmark.Run(args[1..]);
 }
+if (args.Length > 0 && args[0] == "tool-memory")
+{
+    return ToolMemoryBenchmark.Run(args[1..]);
+}
 if (args.Length > 0 && args[0] == "overhead")
 {
     return OverheadBenchmark.Run(args[1..]);
@@ -32,6 +36,7 @@ if (args.Length == 0 || args[0] != "update")
     Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T | --model gpt|gpt-dynamic] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--profiles K] [--world-size W --rank R] [--json]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint [--bytes N] [--dir PATH]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint-async [--params N] [--dir PATH]");
+    Console.Error.WriteLine("       EmaGen.Benchmarks tool-memory [--gb 2] [--tensor-mb 64] [--dir PATH] [--cli EmaGen.Cli.dll]");
     Console.Error.WriteLine("       EmaGen.Benchmarks overhead [--params N] [--tensors T]");
     Console.Error.WriteLine("       EmaGen.Benchmarks guard [--params N] [--tensors T] [--rounds R]");
     return 2;

@@ -124,7 +124,7 @@ public static class FullDiskCampaign
     private static void WriteSafetensors(string path)
     {
         using var w = torch.full(new long[] { 2048, 1024 }, 3f);
-        SafetensorsFile.Write(path, [new("w", w)], new Dictionary<string, string> { ["format"] = "pt" });
+        SafetensorsFile.Write(path, [new("w", DTypes.Of(w.dtype).Row, w.shape, TensorChunks.Whole("w", w).Bytes)], new Dictionary<string, string> { ["format"] = "pt" });
     }
 
     // Runs the child and fills the file system the moment its save starts staging.

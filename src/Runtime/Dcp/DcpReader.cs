@@ -1,8 +1,4 @@
-using System;
 using System.Collections.Generic;
-using System.IO;
-using System.Linq;
-using EmaGen.Dcp.Zip;
 using TorchSharp;
 
 namespace EmaGen.Dcp;
@@ -11,51 +7,26 @@ namespace EmaGen.Dcp;
 /// Reads a DCP folder written by PyTorch (2.x or 1.13) or by EmaGen: any number of files per rank, items in any order,
 /// chunked tensors (assembled, or only the part overlapping a requested box), non-tensor values decoded to plain
 /// values or kept as raw bytes. Every failure is a <see cref="CheckpointFormatException"/> naming the file and key.
+/// The format is read by EmaGen.Checkpoints (<see cref="DcpFolder"/>); this reads its tensors into TorchSharp tensors.
 /// </summary>
-public sealed class DcpReader
+public sealed class DcpReader : IDcpValues
 {
-    private readonly SaveBinding _saves;
+    private DcpReader(DcpFolder folder) => Folder = folder;
 
-    private DcpReader(string directory, DcpMetadata metadata)
-    {
-        Directory = directory;
-        Metadata = metadata;
-        _saves = new SaveBinding(directory, metadata.SaveId);
-    }
+    public string Directory => Folder.Directory;
 
-    public string Directory { get; }
+    public DcpMetadata Metadata => Folder.Metadata;
 
-    public DcpMetadata Metadata { get; }
+    public IReadOnlyList<DcpEntry> Entries => Folder.Entries;
 
-    public IReadOnlyList<DcpEntry> Entries => Metadata.Entries;
+    /// <summary>The format-level reader underneath.</summary>
+    internal DcpFolder Folder { get; }
 
     /// <summary>Tensor data bytes read so far (a slice of a saved chunk reads only its rows' bytes).</summary>
-    internal long BytesRead { get; private set; }
+    internal long BytesRead => Folder.BytesRead;
 
     /// <summary>Reads the <c>.metadata</c> of <paramref name="directory"/>.</summary>
-    public static DcpReader Open(string directory)
-    {
-        var path = Path.Combine(directory, ".metadata");
-        if (!System.IO.Directory.Exists(directory)) throw new DirectoryNotFoundException($"Checkpoint folder '{directory}' does not exist.");
-        if (!File.Exists(path))
-        {
-            throw new CheckpointFormatException(File.Exists(path + ".tmp")
-                ? $"{directory}: only .metadata.tmp exists; the save that wrote it did not finish."
-                : $"{directory}: no .metadata file; not a DCP checkpoint folder.");
-        }
-        byte[] bytes;
-        try
-        {
-            var info = new FileInfo(path);
-            if (info.Length > 1L << 30) throw new CheckpointFormatException($"{path}: {info.Length} bytes is too large for checkpoint metadata.");
-            bytes = CheckpointFiles.ReadAllBytes(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException && e is not CheckpointFormatException)
-        {
-            throw new CheckpointFormatException($"{path}: cannot be read: {e.Message}", e);
-        }
-        return new DcpReader(directory, DcpMetadataReader.Read(bytes, path));
-    }
+    public static DcpReader Open(string directory) => new(DcpFolder.Open(directory));
 
     /// <summary>The whole tensor stored under <paramref name="key"/> (caller-owned), assembled from its chunks.</summary>
     public torch.Tensor ReadTensor(string key)
@@ -70,191 +41,15 @@ public sealed class DcpReader
     /// </summary>
     public torch.Tensor ReadSlice(string key, long[] offsets, long[] sizes) => ReadSlice(TensorEntry(key), offsets, sizes);
 
-    /// <summary>The non-tensor value stored under <paramref name="key"/>: null, bool, long, double, string, list, <see cref="Pickle.PickleTuple"/>, <see cref="Pickle.PickleDict"/>, or <see cref="RawPickleValue"/>.</summary>
+    /// <summary>The non-tensor value stored under <paramref name="key"/>: null, bool, long, double, string, list, <see cref="Pickle.PickleTuple"/>, <see cref="Pickle.PickleDict"/>, <see cref="RawPickleValue"/>, or a tensor.</summary>
     public object? ReadValue(string key)
     {
-        if (Metadata.Find(key) is not DcpBytesEntry) throw new CheckpointFormatException($"{Directory}: key '{key}' is not a non-tensor value.");
-        var location = Metadata.LocationOf(key, null);
-        return WithItem(key, null, location, (archive, source, _) => TorchSaveCodec.ReadItem(archive, source, expect: null));
+        var value = Folder.ReadValue(key);
+        return value is HostTensor host ? TorchTensors.Adopt(host) : value;
     }
 
-    public DcpTensorEntry TensorEntry(string key) => Metadata.Find(key) switch
-    {
-        DcpTensorEntry t => t,
-        null => throw new CheckpointFormatException($"{Directory}: no key '{key}'."),
-        _ => throw new CheckpointFormatException($"{Directory}: key '{key}' is not a tensor."),
-    };
+    public DcpTensorEntry TensorEntry(string key) => Folder.TensorEntry(key);
 
-    private torch.Tensor ReadSlice(DcpTensorEntry entry, long[] offsets, long[] sizes)
-    {
-        if (offsets.Length != entry.Size.Length || sizes.Length != entry.Size.Length)
-        {
-            throw new ArgumentException($"'{entry.Key}' has {entry.Size.Length} dimensions; the requested box has {offsets.Length}/{sizes.Length}.");
-        }
-        var dtype = TorchDTypes.Get(entry.DType, $"{Directory}: key '{entry.Key}'", out int elementSize);
-        for (int d = 0; d < sizes.Length; d++)
-        {
-            if (offsets[d] < 0 || sizes[d] < 0 || sizes[d] > entry.Size[d] - offsets[d])
-            {
-                throw new ArgumentException($"the requested box of '{entry.Key}' lies outside its shape ({string.Join(", ", entry.Size)}).");
-            }
-        }
-        // One saved chunk that is exactly the requested box (how EmaGen and most single-process writers save): return it.
-        foreach (var chunk in entry.Chunks)
-        {
-            if (chunk.Offsets.AsSpan().SequenceEqual(offsets) && chunk.Sizes.AsSpan().SequenceEqual(sizes) && (sizes.Length == 0 || chunk.Numel > 0))
-            {
-                var location = Metadata.LocationOf(entry.Key, chunk);
-                var expect = new TensorExpectation(entry.DType, sizes);
-                var whole = WithItem(entry.Key, chunk, location, (archive, source, _) => (torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expect)!);
-                BytesRead += location.Length;
-                return whole;
-            }
-        }
-
-        // Never allocate more than the overlapping items could hold: a hostile shape must not cost memory.
-        long wantedElements = 1;
-        foreach (var s in sizes) wantedElements = checked(wantedElements * s);
-        if (entry.Numel == 0)
-        {
-            // An empty tensor has no bytes to check, but its chunks must still span its shape, and its items still say what
-            // it is: the metadata must agree with both.
-            for (int d = 0; d < entry.Size.Length; d++)
-            {
-                long lo = entry.Chunks.Count == 0 ? -1 : entry.Chunks.Min(c => c.Offsets[d]);
-                long hi = entry.Chunks.Count == 0 ? -1 : entry.Chunks.Max(c => c.Offsets[d] + c.Sizes[d]);
-                if (lo != 0 || hi != entry.Size[d])
-                {
-                    throw new CheckpointFormatException($"{Directory}: the chunks of '{entry.Key}' span [{lo}, {hi}) of dimension {d}, its shape is ({string.Join(", ", entry.Size)}).");
-                }
-            }
-            foreach (var chunk in entry.Chunks)
-            {
-                var expect = new TensorExpectation(entry.DType, chunk.Sizes);
-                WithItem(entry.Key, chunk, Metadata.LocationOf(entry.Key, chunk), (archive, source, _) => (torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expect)!).Dispose();
-            }
-        }
-        long available = 0;
-        foreach (var chunk in entry.Chunks)
-        {
-            if (Overlaps(chunk, offsets, sizes)) available += Metadata.LocationOf(entry.Key, chunk).Length;
-        }
-        if (wantedElements > 0 && checked(wantedElements * elementSize) > available)
-        {
-            throw new CheckpointFormatException($"{Directory}: the chunks of '{entry.Key}' hold {available} bytes, too few for {wantedElements} {entry.DType} elements.");
-        }
-        var result = torch.zeros(sizes, dtype);
-        try
-        {
-            // The metadata reader has checked that no two chunks overlap, so summing the overlaps' volumes measures coverage.
-            long covered = 0;
-            foreach (var chunk in entry.Chunks)
-            {
-                var lo = new long[sizes.Length];
-                var hi = new long[sizes.Length];
-                bool overlaps = true;
-                for (int d = 0; d < sizes.Length; d++)
-                {
-                    lo[d] = Math.Max(offsets[d], chunk.Offsets[d]);
-                    hi[d] = Math.Min(offsets[d] + sizes[d], chunk.Offsets[d] + chunk.Sizes[d]);
-                    overlaps &= lo[d] < hi[d];
-                }
-                if (!overlaps && sizes.Length > 0) continue;
-                var location = Metadata.LocationOf(entry.Key, chunk);
-                // Only the rows of this chunk that the box needs are read: in C order they are one byte range, whatever the
-                // box does in the other dimensions (those are cut from the rows in memory).
-                long rowStart = sizes.Length > 0 ? lo[0] - chunk.Offsets[0] : 0;
-                long rowCount = sizes.Length > 0 ? hi[0] - lo[0] : 0;
-                var expect = new TensorExpectation(entry.DType, chunk.Sizes);
-                var (data, bytesRead) = WithItem(entry.Key, chunk, location, (archive, source, seal) => sizes.Length == 0
-                    ? ((torch.Tensor)TorchSaveCodec.ReadItem(archive, source, expect)!, location.Length)
-                    : TorchSaveCodec.ReadTensorRows(archive, source, rowStart, rowCount, expect, seal));
-                using var _data = data;
-                BytesRead += bytesRead;
-                var source = data;
-                var target = result;
-                var owned = new List<torch.Tensor>();
-                try
-                {
-                    for (int d = 0; d < sizes.Length; d++)
-                    {
-                        long sourceStart = lo[d] - chunk.Offsets[d] - (d == 0 ? rowStart : 0);
-                        source = source.narrow(d, sourceStart, hi[d] - lo[d]);
-                        target = target.narrow(d, lo[d] - offsets[d], hi[d] - lo[d]);
-                        owned.Add(source);
-                        owned.Add(target);
-                    }
-                    InPlace.Release(target.copy_(source), target);
-                }
-                finally
-                {
-                    foreach (var t in owned) t.Dispose();
-                }
-                long volume = 1;
-                for (int d = 0; d < sizes.Length; d++) volume *= hi[d] - lo[d];
-                covered += volume;
-            }
-            if (covered < wantedElements)
-            {
-                throw new CheckpointFormatException($"{Directory}: the chunks of '{entry.Key}' cover {covered} of the {wantedElements} requested elements.");
-            }
-            return result;
-        }
-        catch
-        {
-            result.Dispose();
-            throw;
-        }
-    }
-
-    private static bool Overlaps(DcpChunk chunk, long[] offsets, long[] sizes)
-    {
-        for (int d = 0; d < sizes.Length; d++)
-        {
-            if (Math.Max(offsets[d], chunk.Offsets[d]) >= Math.Min(offsets[d] + sizes[d], chunk.Offsets[d] + chunk.Sizes[d])) return false;
-        }
-        return true;
-    }
-
-    // Opens one item, checks its seal against the key, the chunk and this folder's save, then decodes it.
-    private T WithItem<T>(string key, DcpChunk? chunk, DcpStorageLocation location, Func<TorchArchiveReader, string, ItemSeal?, T> read)
-    {
-        if (location.Transforms.Count > 0)
-        {
-            throw new CheckpointFormatException($"{Directory}: key '{key}' uses stream transforms ({string.Join(", ", location.Transforms)}), which EmaGen does not read.");
-        }
-        var name = location.RelativePath;
-        if (name.Length == 0 || name.Contains('/') || name.Contains('\\') || name is "." or ".." || name.Contains('\0'))
-        {
-            throw new CheckpointFormatException($"{Directory}: key '{key}' names the file '{name}', which is not a plain file name in the folder.");
-        }
-        var path = Path.Combine(Directory, name);
-        var source = $"{path} (key '{key}', bytes {location.Offset}+{location.Length})";
-        try
-        {
-            using var stream = CheckpointFiles.OpenRead(path);
-            var archive = TorchArchiveReader.Open(stream, location.Offset, location.Length, source);
-            var seal = ItemSeal.Read(archive, source);
-            _saves.Check(seal, source);
-            seal?.CheckItem(key, chunk?.Offsets, source);
-            return read(archive, source, seal);
-        }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
-        {
-            throw new CheckpointFormatException($"{Directory}: key '{key}' lives in '{name}', which is missing.", e);
-        }
-        catch (EndOfStreamException e)
-        {
-            throw new CheckpointFormatException($"{source}: the file ends early.", e);
-        }
-        catch (CheckpointFormatException)
-        {
-            throw;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or OverflowException or ArgumentException
-                                   or InvalidCastException or System.Runtime.InteropServices.ExternalException)
-        {
-            throw new CheckpointFormatException($"{source}: {e.Message}", e);
-        }
-    }
+    private torch.Tensor ReadSlice(DcpTensorEntry entry, long[] offsets, long[] sizes) =>
+        Folder.ReadSlice(entry, offsets, sizes, (dtype, shape) => torch.empty(shape, TorchTensors.TypeOf(dtype)), NativeTensor.DataPointer);
 }

@@ -48,7 +48,7 @@ public sealed class CliTests
         var (entries, metadata, _) = SafetensorsFile.ReadHeader(folder["model.safetensors"]);
         Assert.Equal("pt", metadata["format"]);
         Assert.Equal("5", metadata["step"]);
-        Assert.Equal(new[] { "F32", "BF16" }, entries.Select(e => e.DType == torch.ScalarType.Float32 ? "F32" : "BF16"));
+        Assert.Equal(new[] { "F32", "BF16" }, entries.Select(e => e.DType.SafetensorsCode));
 
         (code, _, stderr) = Run("convert", folder["model.safetensors"], folder["back"]);
         Assert.True(code == 0, stderr);

@@ -99,7 +99,7 @@ public sealed class DcpRoundTripTests
         Assert.True(IndexOf(bytes, new byte[] { 0x50, 0x4b, 0x06, 0x06 }) > 0);
         var archive = TorchArchiveReader.Open(stream, 0, bytes.Length, "zip64 test");
         Assert.Equal("archive", archive.Prefix);
-        using var back = (Tensor)TorchSaveCodec.ReadItem(archive, "zip64 test", TensorExpectation.Any)!;
+        using var back = TorchTensors.Adopt((HostTensor)TorchSaveCodec.ReadItem(archive, "zip64 test", TensorExpectation.Any)!);
         Assert.Equal(tensor.data<long>().ToArray(), back.data<long>().ToArray());
     }
 

@@ -62,7 +62,7 @@ public sealed class ReaderToleranceTests
         var archive = TorchArchiveReader.Open(stream, 0, stream.Length, "deflated");
         Assert.Equal("model", archive.Prefix);
         Assert.All(archive.Records, r => Assert.Equal(8, r.Method));
-        using var t = (torch.Tensor)TorchSaveCodec.ReadItem(archive, "deflated", TensorExpectation.Any)!;
+        using var t = TorchTensors.Adopt((HostTensor)TorchSaveCodec.ReadItem(archive, "deflated", TensorExpectation.Any)!);
         Assert.Equal(new long[] { 7, -9 }, t.data<long>().ToArray());
     }
 
@@ -100,6 +100,6 @@ public sealed class ReaderToleranceTests
         writer.AddText("version", "3\n");
         writer.Finish();
         var archive = TorchArchiveReader.Open(stream, 0, stream.Length, "crafted");
-        return (torch.Tensor)TorchSaveCodec.ReadItem(archive, "crafted", TensorExpectation.Any)!;
+        return TorchTensors.Adopt((HostTensor)TorchSaveCodec.ReadItem(archive, "crafted", TensorExpectation.Any)!);
     }
 }

@@ -27,7 +27,7 @@ public sealed class ConsumerProjectTests
     {
         var repo = Path.GetFullPath(Path.Combine(TestPaths.TestsRoot(), "..", ".."));
         // A version of its own, so no package of an earlier run in the NuGet cache stands in for this build's.
-        var suffix = "ci." + DateTime.UtcNow.ToString("yyyyMMddHHmmss") + "." + Environment.ProcessId;
+        var suffix = PackagingSteps.Suffix("ci");
         var version = "0.1.0-" + suffix;
         using var folder = TestPaths.NewTempFolder();
         Assert.False(folder.Path.StartsWith(repo, StringComparison.Ordinal));
@@ -37,22 +37,16 @@ public sealed class ConsumerProjectTests
         {
             Step("pack", "dotnet", repo, "pack", Path.Combine(repo, "EmaGen.sln"), "-c", "Release", "-o", feed, $"-p:VersionSuffix={suffix}", "--nologo");
             Assert.Equal(
-                new[] { $"EmaGen.{version}.nupkg", $"EmaGen.{version}.snupkg", $"EmaGen.Templates.{version}.nupkg", $"EmaGen.Tool.{version}.nupkg" },
+                new[]
+                {
+                    $"EmaGen.{version}.nupkg", $"EmaGen.{version}.snupkg", $"EmaGen.Checkpoints.{version}.nupkg", $"EmaGen.Checkpoints.{version}.snupkg",
+                    $"EmaGen.Templates.{version}.nupkg", $"EmaGen.Tool.{version}.nupkg",
+                },
                 Directory.GetFiles(feed).Select(Path.GetFileName).Order(StringComparer.Ordinal));
             CheckLibraryPackage(Path.Combine(feed, $"EmaGen.{version}.nupkg"));
 
             var consumer = folder["consumer"];
-            Directory.CreateDirectory(consumer);
-            File.WriteAllText(Path.Combine(consumer, "NuGet.Config"), $"""
-                <?xml version="1.0" encoding="utf-8"?>
-                <configuration>
-                  <packageSources>
-                    <clear />
-                    <add key="local" value="{feed}" />
-                    <add key="nuget.org" value="https://api.nuget.org/v3/index.json" protocolVersion="3" />
-                  </packageSources>
-                </configuration>
-                """);
+            PackagingSteps.WriteNuGetConfig(consumer, feed, "https://api.nuget.org/v3/index.json");
             var hive = folder["template-hive"];
             Step("template install", "dotnet", consumer, "new", "install", Path.Combine(feed, $"EmaGen.Templates.{version}.nupkg"), "--debug:custom-hive", hive);
             Step("dotnet new", "dotnet", consumer, "new", "emagen-trainer", "-n", "MyTrainer", "--debug:custom-hive", hive);
@@ -100,14 +94,7 @@ public sealed class ConsumerProjectTests
         }
         finally
         {
-            // This run's packages, out of the NuGet cache (their version is unique to this run).
-            var cache = Environment.GetEnvironmentVariable("NUGET_PACKAGES")
-                ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
-            foreach (var id in new[] { "emagen", "emagen.tool", "emagen.templates" })
-            {
-                var cached = Path.Combine(cache, id, version);
-                if (Directory.Exists(cached)) Directory.Delete(cached, recursive: true);
-            }
+            PackagingSteps.CleanCache(version, "emagen", "emagen.checkpoints", "emagen.tool", "emagen.templates");
         }
     }
 
@@ -127,6 +114,8 @@ public sealed class ConsumerProjectTests
         using var nuspec = new StreamReader(zip.Entries.Single(e => e.FullName.EndsWith(".nuspec", StringComparison.Ordinal)).Open());
         var text = nuspec.ReadToEnd();
         Assert.Contains("<dependency id=\"TorchSharp\"", text);
+        // The formats come from their own managed package, the one the emagen tool is built on.
+        Assert.Contains("<dependency id=\"EmaGen.Checkpoints\"", text);
         // A library leaves the LibTorch backend to the application: no libtorch-*, TorchSharp-cpu or TorchSharp-cuda-* dependency.
         Assert.DoesNotContain("<dependency id=\"libtorch", text, StringComparison.OrdinalIgnoreCase);
         Assert.DoesNotContain("<dependency id=\"TorchSharp-", text, StringComparison.OrdinalIgnoreCase);
@@ -143,14 +132,8 @@ public sealed class ConsumerProjectTests
         return (After(output, "raw weights"), After(output, "EMA weights"));
     }
 
-    private string Step(string name, string file, string directory, params string[] arguments)
-    {
-        var clock = Stopwatch.StartNew();
-        var (code, output) = ProcessRunner.Run(file, directory, 900_000, arguments);
-        _output.WriteLine($"{name}: exit {code}, {clock.Elapsed.TotalSeconds:F1} s");
-        Assert.True(code == 0, $"{name} failed (exit {code}):\n{output}");
-        return output;
-    }
+    private string Step(string name, string file, string directory, params string[] arguments) =>
+        PackagingSteps.Step(_output, name, file, directory, arguments);
 
     private static long DirectoryBytes(string path) => new DirectoryInfo(path).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length);
 }

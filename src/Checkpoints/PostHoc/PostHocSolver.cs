@@ -1,6 +1,5 @@
 using System;
 using System.Collections.Generic;
-using TorchSharp;
 
 namespace EmaGen;
 
@@ -45,23 +44,47 @@ internal static class PostHocSolver
             for (int j = 0; j < n; j++) a[i * n + j] = InnerProduct(ti, gi, basis[j].Step, basis[j].Gamma);
             b[i] = InnerProduct(ti, gi, atStep, gamma);
         }
-        double[] x;
-        // LAPACK's gesv in double precision, through LibTorch, as EDM2 uses numpy's.
-        using (var scope = torch.NewDisposeScope())
-        {
-            var matrix = torch.tensor(a, new long[] { n, n }, torch.ScalarType.Float64);
-            var rhs = torch.tensor(b, new long[] { n, 1 }, torch.ScalarType.Float64);
-            var (solution, info) = torch.linalg.solve_ex(matrix, rhs);
-            if (info.item<int>() != 0)
-            {
-                throw new ArgumentException("The snapshot profiles are linearly dependent (two snapshots of the same γ at the same step?); remove the duplicates.", nameof(basis));
-            }
-            x = solution.reshape(-1).data<double>().ToArray();
-        }
+        // LU with partial pivoting in double precision, the algorithm of LAPACK's gesv (which EDM2 uses through numpy).
+        var x = SolveLinear(a, b, n) ?? throw new ArgumentException(
+            "The snapshot profiles are linearly dependent (two snapshots of the same γ at the same step?); remove the duplicates.", nameof(basis));
         double sum = 0;
         foreach (var v in x) sum += v;
         if (!double.IsFinite(sum) || sum == 0) throw new ArgumentException("The post-hoc coefficients do not normalise (sum is zero or not finite).", nameof(basis));
         for (int i = 0; i < n; i++) x[i] /= sum;
+        return x;
+    }
+
+    // Solves the n×n row-major system a x = b in place; null when a is singular.
+    private static double[]? SolveLinear(double[] a, double[] b, int n)
+    {
+        for (int k = 0; k < n; k++)
+        {
+            int pivot = k;
+            for (int i = k + 1; i < n; i++)
+            {
+                if (Math.Abs(a[i * n + k]) > Math.Abs(a[pivot * n + k])) pivot = i;
+            }
+            if (a[pivot * n + k] == 0 || !double.IsFinite(a[pivot * n + k])) return null;
+            if (pivot != k)
+            {
+                for (int j = 0; j < n; j++) (a[k * n + j], a[pivot * n + j]) = (a[pivot * n + j], a[k * n + j]);
+                (b[k], b[pivot]) = (b[pivot], b[k]);
+            }
+            for (int i = k + 1; i < n; i++)
+            {
+                double factor = a[i * n + k] / a[k * n + k];
+                a[i * n + k] = factor;
+                for (int j = k + 1; j < n; j++) a[i * n + j] -= factor * a[k * n + j];
+                b[i] -= factor * b[k];
+            }
+        }
+        var x = new double[n];
+        for (int i = n - 1; i >= 0; i--)
+        {
+            double v = b[i];
+            for (int j = i + 1; j < n; j++) v -= a[i * n + j] * x[j];
+            x[i] = v / a[i * n + i];
+        }
         return x;
     }
 

@@ -43,9 +43,9 @@ internal static class PickleWhitelist
         e[(Dcp2, "_MEM_FORMAT_ENCODING")] = GlobalKind.EnumClass;
         e[(Sharded, "MEM_FORMAT_ENCODING")] = GlobalKind.EnumClass;
 
-        foreach (var dtype in EmaGen.DTypes.All) e[("torch", dtype.TorchName)] = GlobalKind.Constant;
+        foreach (var dtype in EmaGen.CheckpointDTypes.All) e[("torch", dtype.TorchName)] = GlobalKind.Constant;
         e[("torch", "strided")] = GlobalKind.Constant;
-        foreach (var dtype in EmaGen.DTypes.All)
+        foreach (var dtype in EmaGen.CheckpointDTypes.All)
         {
             if (dtype.StorageClass is { } storage) e[("torch", storage)] = GlobalKind.Storage;
         }

@@ -1,7 +1,6 @@
 using System;
 using System.Collections.Generic;
 using EmaGen.Dcp;
-using TorchSharp;
 
 namespace EmaGen;
 
@@ -43,7 +42,7 @@ internal static class EmaCheckpoint
     /// The profile names stored under <paramref name="prefix"/>, or null for a single-profile checkpoint. A multi-profile
     /// checkpoint must also hold its top-level <c>format</c> and <c>step</c>.
     /// </summary>
-    internal static IReadOnlyList<string>? ReadProfileNames(DcpReader reader, string directory, string prefix)
+    internal static IReadOnlyList<string>? ReadProfileNames(IDcpValues reader, string directory, string prefix)
     {
         var key = CheckpointKeys.Of(prefix, CheckpointKeys.Profiles);
         if (reader.Metadata.Find(key) is null) return null;
@@ -72,7 +71,7 @@ internal static class EmaCheckpoint
     /// state dict (say an EMA PyTorch wrote): null, and loading it keeps the manager's step. Anything between — some
     /// values but no format — is a damaged checkpoint.
     /// </summary>
-    internal static StoredState? ReadState(DcpReader reader, string directory, string prefix)
+    internal static StoredState? ReadState(IDcpValues reader, string directory, string prefix)
     {
         var statePrefix = prefix + CheckpointKeys.Segment;
         if (reader.Metadata.Find(CheckpointKeys.Of(prefix, CheckpointKeys.Format)) is null)
@@ -103,7 +102,7 @@ internal static class EmaCheckpoint
 
     // NaN is what a profile stores before its first update (an update-every profile that sat the steps out) and where
     // there is no constant decay.
-    private static double ReadDecay(DcpReader reader, string directory, string key)
+    private static double ReadDecay(IDcpValues reader, string directory, string key)
     {
         double decay = ReadValue<double>(reader, directory, key, "a number");
         if (!double.IsNaN(decay) && !(decay >= 0 && decay <= 1)) throw new CheckpointFormatException($"{directory}: '{key}' is {decay}, expected a decay in [0, 1].");
@@ -117,7 +116,7 @@ internal static class EmaCheckpoint
     /// rules of the dense and the sharded manager's <c>Load</c>. <paramref name="states"/> receives each profile's stored
     /// state (null for a plain state dict), in order, for the caller to apply once the load has succeeded.
     /// </summary>
-    internal static long? ReadProfileStates(DcpReader reader, string directory,
+    internal static long? ReadProfileStates(IDcpValues reader, string directory,
         IEnumerable<(string Prefix, string Name, EmaSchedule Schedule)> profiles, bool named, bool allowScheduleMismatch,
         List<StoredState?> states)
     {
@@ -145,7 +144,7 @@ internal static class EmaCheckpoint
         return step;
     }
 
-    private static void RequireFormat(DcpReader reader, string directory, string prefix)
+    private static void RequireFormat(IDcpValues reader, string directory, string prefix)
     {
         var key = CheckpointKeys.Of(prefix, CheckpointKeys.Format);
         if (reader.Metadata.Find(key) is null) throw new CheckpointFormatException($"{directory}: '{key}' is missing; the checkpoint is damaged.");
@@ -153,14 +152,14 @@ internal static class EmaCheckpoint
         if (format != Format) throw new CheckpointFormatException($"{directory}: '{key}' is '{format}'; this version of EmaGen reads '{Format}'.");
     }
 
-    private static T ReadValue<T>(DcpReader reader, string directory, string key, string expected)
+    private static T ReadValue<T>(IDcpValues reader, string directory, string key, string expected)
     {
         if (reader.Metadata.Find(key) is not DcpBytesEntry) throw new CheckpointFormatException($"{directory}: '{key}' is missing or not a value; expected {expected}.");
         return reader.ReadValue(key) is T value ? value : throw new CheckpointFormatException($"{directory}: '{key}' is not {expected}.");
     }
 
     /// <summary>The tensor entries under <paramref name="prefix"/> (not the <c>_emagen.*</c> values), by name without the prefix.</summary>
-    internal static List<(string Name, DcpTensorEntry Entry)> TensorEntries(DcpReader reader, string prefix)
+    internal static List<(string Name, DcpTensorEntry Entry)> TensorEntries(IDcpValues reader, string prefix)
     {
         var list = new List<(string, DcpTensorEntry)>();
         foreach (var entry in reader.Entries)

@@ -33,7 +33,7 @@ public sealed record PostHocSnapshot(string Folder, string Profile, long Step, d
         // DcpWriter's staging folders start with '.', so a snapshot being written is never read half-done.
         foreach (var folder in Directory.GetDirectories(snapshotsDir, FolderPrefix + "*").Order(StringComparer.Ordinal))
         {
-            var snapshots = Read(DcpReader.Open(folder), folder).ToList();
+            var snapshots = Read(DcpFolder.Open(folder), folder).ToList();
             // The folder name is what people see and sort by; a renamed folder must not pass for another step.
             var named = Path.GetFileName(folder)[FolderPrefix.Length..];
             if (snapshots.Count > 0 && (!long.TryParse(named, NumberStyles.None, CultureInfo.InvariantCulture, out var step) || step != snapshots[0].Step))
@@ -45,7 +45,7 @@ public sealed record PostHocSnapshot(string Folder, string Profile, long Step, d
         return result.OrderBy(s => s.Step).ThenBy(s => s.Profile, StringComparer.Ordinal).ToList();
     }
 
-    internal static IEnumerable<PostHocSnapshot> Read(DcpReader reader, string folder)
+    internal static IEnumerable<PostHocSnapshot> Read(DcpFolder reader, string folder)
     {
         string Text(string key) => reader.ReadValue(key) as string ?? throw new CheckpointFormatException($"{folder}: '{key}' is not a string.");
         var formatKey = CheckpointKeys.Of("", CheckpointKeys.Format);

@@ -3,7 +3,6 @@ using System.Buffers.Binary;
 using System.Collections.Generic;
 using System.IO;
 using System.Text.Json;
-using TorchSharp;
 
 namespace EmaGen.Dcp;
 
@@ -17,10 +16,16 @@ internal static class SafetensorsFile
     private const long MaxHeaderBytes = 100 << 20;
 
     /// <summary>A tensor of a safetensors file: where its bytes are.</summary>
-    public sealed record Entry(string Name, torch.ScalarType DType, long[] Shape, long Begin, long End);
+    public sealed record Entry(string Name, CheckpointDType DType, long[] Shape, long Begin, long End);
 
-    /// <summary>Writes tensors (CPU, any layout) and string metadata; returns the file length.</summary>
-    public static unsafe long Write(string path, IReadOnlyList<KeyValuePair<string, torch.Tensor>> tensors, IReadOnlyDictionary<string, string> metadata)
+    /// <summary>A tensor to write: its bytes (C order, little-endian) are opened only while they are written.</summary>
+    public sealed record Item(string Name, CheckpointDType DType, long[] Shape, IChunkBytes Bytes);
+
+    /// <summary>
+    /// Writes tensors and string metadata, one tensor's bytes open at a time; returns the file length. Written beside
+    /// the target and renamed over it once flushed: a failed write leaves any previous file intact and no partial one.
+    /// </summary>
+    public static unsafe long Write(string path, IReadOnlyList<Item> tensors, IReadOnlyDictionary<string, string> metadata, Action<Item>? onWritten = null)
     {
         var header = new MemoryStream();
         long offset = 0;
@@ -30,14 +35,14 @@ internal static class SafetensorsFile
             json.WriteStartObject("__metadata__");
             foreach (var (k, v) in metadata) json.WriteString(k, v);
             json.WriteEndObject();
-            foreach (var (name, t) in tensors)
+            foreach (var t in tensors)
             {
-                if (!DTypes.TryGet(t.dtype, out var row) || row.SafetensorsCode is not { } code) throw new ArgumentException($"'{name}': safetensors has no dtype for {t.dtype}");
-                long bytes = t.numel() * t.ElementSize;
-                json.WriteStartObject(name);
+                if (t.DType.SafetensorsCode is not { } code) throw new ArgumentException($"'{t.Name}': safetensors has no dtype for {t.DType.TorchName}");
+                long bytes = checked(Shapes.Numel(t.Shape) * t.DType.Size);
+                json.WriteStartObject(t.Name);
                 json.WriteString("dtype", code);
                 json.WriteStartArray("shape");
-                foreach (var d in t.shape) json.WriteNumberValue(d);
+                foreach (var d in t.Shape) json.WriteNumberValue(d);
                 json.WriteEndArray();
                 json.WriteStartArray("data_offsets");
                 json.WriteNumberValue(offset);
@@ -59,18 +64,19 @@ internal static class SafetensorsFile
             BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
             file.Write(length);
             file.Write(header.GetBuffer().AsSpan(0, (int)header.Length));
-            foreach (var (_, t) in tensors)
+            foreach (var t in tensors)
             {
-                using var cpu = t.device_type == DeviceType.CPU ? t.alias() : t.cpu();
-                using var contiguous = cpu.contiguous();
-                long bytes = contiguous.numel() * contiguous.ElementSize;
-                byte* data = (byte*)NativeTensor.DataPointer(contiguous);
+                long bytes = checked(Shapes.Numel(t.Shape) * t.DType.Size);
+                using var host = t.Bytes.Open();
+                if (host.Length != bytes) throw new ArgumentException($"'{t.Name}': {host.Length} bytes given, its shape needs {bytes}");
+                byte* data = (byte*)host.Pointer;
                 for (long done = 0; done < bytes;)
                 {
                     int piece = (int)Math.Min(bytes - done, 1 << 30);
                     file.Write(new ReadOnlySpan<byte>(data + done, piece));
                     done += piece;
                 }
+                onWritten?.Invoke(t);
             }
             CheckpointFiles.Sync(file);
             long written = file.Length;
@@ -116,7 +122,7 @@ internal static class SafetensorsFile
                 }
                 var v = property.Value;
                 string code = v.GetProperty("dtype").GetString() ?? "";
-                torch.ScalarType? dtype = DTypes.TryGetBySafetensorsCode(code, out var row) ? row.Type : null;
+                var dtype = CheckpointDTypes.TryGetBySafetensorsCode(code, out var row) ? row : null;
                 if (dtype is null) throw new CheckpointFormatException($"{path}: tensor '{property.Name}' has dtype '{code}', which TorchSharp does not support.");
                 var shape = new List<long>();
                 foreach (var d in v.GetProperty("shape").EnumerateArray()) shape.Add(d.GetInt64());
@@ -124,12 +130,11 @@ internal static class SafetensorsFile
                 long begin = offsets[0].GetInt64(), end = offsets[1].GetInt64();
                 long numel = 1;
                 foreach (var d in shape) numel = d < 0 ? -1 : checked(numel * d);
-                using var probe = torch.empty(0, dtype.Value);
-                if (numel < 0 || begin < 0 || end < begin || end > dataLength || (end - begin) != checked(numel * probe.ElementSize))
+                if (numel < 0 || begin < 0 || end < begin || end > dataLength || (end - begin) != checked(numel * dtype.Size))
                 {
                     throw new CheckpointFormatException($"{path}: tensor '{property.Name}' has bytes [{begin}, {end}) that do not fit its shape or the file.");
                 }
-                tensors.Add(new Entry(property.Name, dtype.Value, shape.ToArray(), begin, end));
+                tensors.Add(new Entry(property.Name, dtype, shape.ToArray(), begin, end));
             }
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException or KeyNotFoundException or FormatException or OverflowException or IndexOutOfRangeException)
@@ -140,21 +145,12 @@ internal static class SafetensorsFile
     }
 
     /// <summary>Reads one tensor of a safetensors file (caller-owned).</summary>
-    public static unsafe torch.Tensor ReadTensor(string path, Entry entry, long dataStart)
+    public static HostTensor ReadTensor(string path, Entry entry, long dataStart)
     {
-        var tensor = torch.empty(entry.Shape, entry.DType);
+        var tensor = HostTensor.Allocate(entry.DType, entry.Shape);
         try
         {
-            using var file = CheckpointFiles.OpenRead(path, 1 << 20);
-            file.Position = dataStart + entry.Begin;
-            long bytes = entry.End - entry.Begin;
-            byte* data = (byte*)NativeTensor.DataPointer(tensor);
-            for (long done = 0; done < bytes;)
-            {
-                int piece = (int)Math.Min(bytes - done, 1 << 30);
-                file.ReadExactly(new Span<byte>(data + done, piece));
-                done += piece;
-            }
+            unsafe { ReadInto(path, entry, dataStart, tensor.Data); }
             return tensor;
         }
         catch
@@ -164,4 +160,17 @@ internal static class SafetensorsFile
         }
     }
 
+    /// <summary>Reads the bytes of one tensor of a safetensors file to <paramref name="destination"/>.</summary>
+    public static unsafe void ReadInto(string path, Entry entry, long dataStart, byte* destination)
+    {
+        using var file = CheckpointFiles.OpenRead(path, 1 << 20);
+        file.Position = dataStart + entry.Begin;
+        long bytes = entry.End - entry.Begin;
+        for (long done = 0; done < bytes;)
+        {
+            int piece = (int)Math.Min(bytes - done, 1 << 30);
+            file.ReadExactly(new Span<byte>(destination + done, piece));
+            done += piece;
+        }
+    }
 }

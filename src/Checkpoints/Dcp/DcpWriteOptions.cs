@@ -1,6 +1,6 @@
 namespace EmaGen.Dcp;
 
-/// <summary>How <see cref="DcpWriter"/> writes a checkpoint folder.</summary>
+/// <summary>How <c>DcpWriter</c> (and every EmaGen save) writes a checkpoint folder.</summary>
 public sealed class DcpWriteOptions
 {
     /// <summary>Class names in <c>.metadata</c>: 2.3+ (default) or 2.0-2.2 compatible.</summary>

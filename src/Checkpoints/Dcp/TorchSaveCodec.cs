@@ -1,7 +1,6 @@
 using System;
 using EmaGen.Dcp.Pickle;
 using EmaGen.Dcp.Zip;
-using TorchSharp;
 
 namespace EmaGen.Dcp;
 
@@ -10,15 +9,16 @@ internal sealed record RawPickleValue(byte[] Pickle);
 
 /// <summary>
 /// Decodes the items of a DCP data file: one torch.save archive per tensor chunk or non-tensor value (docs/dcp-format.md
-/// §3.2-3.4), tensor data read into the tensor's own memory. <see cref="TorchSaveWriter"/> encodes them.
+/// §3.2-3.4), tensor data read straight into the caller's memory (a runtime tensor's, or a <see cref="HostTensor"/>).
+/// <see cref="TorchSaveWriter"/> encodes them.
 /// </summary>
 internal static class TorchSaveCodec
 {
     /// <summary>
     /// Decodes one item. With an <paramref name="expect"/>ation the item must be a tensor of that dtype and shape, checked
-    /// before any tensor memory is allocated; without one it may be a tensor or a plain value.
+    /// before any tensor memory is allocated; without one it may be a tensor (a <see cref="HostTensor"/>) or a plain value.
     /// </summary>
-    internal static object? ReadItem(TorchArchiveReader archive, string source, TensorExpectation? expect)
+    internal static unsafe object? ReadItem(TorchArchiveReader archive, string source, TensorExpectation? expect)
     {
         var pkl = archive.ReadAll(archive.Get("data.pkl"));
         object? value;
@@ -31,9 +31,37 @@ internal static class TorchSaveCodec
             // Arbitrary Python objects (argparse namespaces, numpy state...) are kept as bytes, never executed.
             return new RawPickleValue(pkl);
         }
-        if (value is TensorReference reference) return ReadTensor(archive, Checked(reference, expect, source), source);
+        if (value is TensorReference reference)
+        {
+            Checked(reference, expect, source);
+            Layout(archive, reference, source);
+            var tensor = HostTensor.Allocate(CheckpointDTypes.Readable(reference.DType, source), reference.Size);
+            try
+            {
+                ReadTensorInto(archive, reference, source, tensor.Data);
+                return tensor;
+            }
+            catch
+            {
+                tensor.Dispose();
+                throw;
+            }
+        }
         if (expect is not null) throw new CheckpointFormatException($"{source}: expected a tensor record, found {SafePickleReader.Describe(value)}.");
         return value;
+    }
+
+    /// <summary>The tensor record of an item, checked against <paramref name="expect"/> before any memory is allocated for it.</summary>
+    internal static TensorReference ReadTensorRecord(TorchArchiveReader archive, string source, TensorExpectation expect)
+    {
+        var pkl = archive.ReadAll(archive.Get("data.pkl"));
+        if (SafePickleReader.Read(pkl, source + " data.pkl") is not TensorReference t)
+        {
+            throw new CheckpointFormatException($"{source}: expected a tensor record.");
+        }
+        Checked(t, expect, source);
+        Layout(archive, t, source);
+        return t;
     }
 
     /// <summary>
@@ -42,16 +70,10 @@ internal static class TorchSaveCodec
     /// the item is sealed; without a seal every byte of the record is read to check its CRC, but only the rows are kept.
     /// Returns the rows and the number of data bytes read from the file.
     /// </summary>
-    internal static unsafe (torch.Tensor Rows, long BytesRead) ReadTensorRows(
-        TorchArchiveReader archive, string source, long rowStart, long rowCount, TensorExpectation expect, ItemSeal? seal)
+    internal static unsafe long ReadTensorRowsInto(
+        TorchArchiveReader archive, string source, TensorReference t, long rowStart, long rowCount, ItemSeal? seal, byte* destination)
     {
-        var pkl = archive.ReadAll(archive.Get("data.pkl"));
-        if (SafePickleReader.Read(pkl, source + " data.pkl") is not TensorReference t)
-        {
-            throw new CheckpointFormatException($"{source}: expected a tensor record.");
-        }
-        Checked(t, expect, source);
-        var dtype = TorchDTypes.Get(t.DType, source, out int elementSize);
+        int elementSize = CheckpointDTypes.Readable(t.DType, source).Size;
         var record = archive.Get("data/" + t.Storage.Key);
         bool littleEndian = !archive.TryGet("byteorder", out var order) || System.Text.Encoding.ASCII.GetString(archive.ReadAll(order)).Trim() != "big";
         bool plain = t.Size.Length > 0 && t.StorageOffset == 0 && littleEndian && record.Method == 0
@@ -60,34 +82,23 @@ internal static class TorchSaveCodec
         {
             throw new CheckpointFormatException($"{source}: rows [{rowStart}, {rowStart + rowCount}) lie outside the stored tensor.");
         }
-        if (!plain)
-        {
-            using var whole = ReadTensor(archive, t, source);
-            using var rows = t.Size.Length == 0 ? whole.alias() : whole.narrow(0, rowStart, rowCount);
-            return (rows.contiguous(), record.Size);
-        }
         long rowElements = 1;
         for (int d = 1; d < t.Size.Length; d++) rowElements = checked(rowElements * t.Size[d]);
         long rowBytes = checked(rowElements * elementSize);
+        if (!plain)
+        {
+            using var whole = HostTensor.Allocate(CheckpointDTypes.Readable(t.DType, source), t.Size);
+            ReadTensorInto(archive, t, source, whole.Data);
+            long bytes = t.Size.Length == 0 ? whole.ByteLength : rowCount * rowBytes;
+            Buffer.MemoryCopy(whole.Data + (t.Size.Length == 0 ? 0 : rowStart * rowBytes), destination, bytes, bytes);
+            return record.Size;
+        }
         // The storage may be larger than the view (a saved slice); with offset 0 and C-order strides the rows come first.
         if (checked(t.Size[0] * rowBytes) > record.Size || record.Size != checked(t.Storage.Numel * elementSize))
         {
             throw new CheckpointFormatException($"{source}: record data/{t.Storage.Key} has {record.Size} bytes, the tensor needs {t.Size[0] * rowBytes}.");
         }
-        var shape = (long[])t.Size.Clone();
-        shape[0] = rowCount;
-        var result = torch.empty(shape, dtype);
-        try
-        {
-            long read = archive.ReadRange(record, rowStart * rowBytes, (byte*)NativeTensor.DataPointer(result), rowCount * rowBytes,
-                seal?.BlockSize ?? 0, seal?.BlockCrcs);
-            return (result, read);
-        }
-        catch
-        {
-            result.Dispose();
-            throw;
-        }
+        return archive.ReadRange(record, rowStart * rowBytes, destination, rowCount * rowBytes, seal?.BlockSize ?? 0, seal?.BlockCrcs);
     }
 
     // Dtype and shape against what the metadata declares, before a byte of tensor memory is allocated.
@@ -102,9 +113,34 @@ internal static class TorchSaveCodec
         return t;
     }
 
-    private static unsafe torch.Tensor ReadTensor(TorchArchiveReader archive, TensorReference t, string source)
+    /// <summary>Reads the tensor <paramref name="t"/> of an item to <paramref name="destination"/> (its bytes in C order).</summary>
+    internal static unsafe void ReadTensorInto(TorchArchiveReader archive, TensorReference t, string source, byte* destination)
     {
-        var dtype = TorchDTypes.Get(t.DType, source, out int elementSize);
+        var (record, storageBytes, storageElements, numel, empty, elementSize) = Layout(archive, t, source);
+        bool bigEndian = archive.TryGet("byteorder", out var order) && System.Text.Encoding.ASCII.GetString(archive.ReadAll(order)).Trim() == "big";
+
+        if (empty) return;
+        // The common case (what DCP writes): the storage is exactly the tensor in C order, read in place.
+        bool direct = t.StorageOffset == 0 && numel == storageElements && t.Stride.AsSpan().SequenceEqual(TorchSaveWriter.ContiguousStrides(t.Size));
+        HostTensor? storage = direct ? null : HostTensor.Allocate(CheckpointDTypes.Readable(t.DType, source), [storageElements]);
+        try
+        {
+            byte* data = storage is null ? destination : storage.Data;
+            if (storageBytes > 0) archive.ReadInto(record, data, storageBytes);
+            if (bigEndian && elementSize > 1) SwapBytes(data, storageElements, elementSize);
+            if (storage is not null) TensorBoxes.Gather(storage.Data, t.StorageOffset, t.Size, t.Stride, elementSize, destination);
+        }
+        finally
+        {
+            storage?.Dispose();
+        }
+    }
+
+    // Everything about a tensor record that can be refused before memory is allocated for it.
+    private static (ArchiveRecord Record, long StorageBytes, long StorageElements, long Numel, bool Empty, int ElementSize) Layout(
+        TorchArchiveReader archive, TensorReference t, string source)
+    {
+        int elementSize = CheckpointDTypes.Readable(t.DType, source).Size;
         bool untyped = t.Storage.StorageType.Name == "UntypedStorage";
         long storageBytes = untyped ? t.Storage.Numel : checked(t.Storage.Numel * elementSize);
         long storageElements = storageBytes / elementSize;
@@ -136,26 +172,7 @@ internal static class TorchSaveCodec
         {
             throw new CheckpointFormatException($"{source}: compressed record data/{t.Storage.Key} inflates to {storageBytes} bytes, more than the {numel * elementSize} its tensor needs.");
         }
-        bool bigEndian = archive.TryGet("byteorder", out var order) && System.Text.Encoding.ASCII.GetString(archive.ReadAll(order)).Trim() == "big";
-
-        var storage = torch.empty(storageElements, dtype);
-        try
-        {
-            if (storageBytes > 0) archive.ReadInto(record, (byte*)NativeTensor.DataPointer(storage), storageBytes);
-            if (bigEndian && elementSize > 1) SwapBytes((byte*)NativeTensor.DataPointer(storage), storageElements, elementSize);
-            if (empty) return torch.empty(t.Size, dtype);
-            // The common case (what DCP writes): the storage is exactly the tensor in C order; a view needs no copy.
-            if (t.StorageOffset == 0 && numel == storageElements && t.Stride.AsSpan().SequenceEqual(TorchSaveWriter.ContiguousStrides(t.Size)))
-            {
-                return storage.view(t.Size);
-            }
-            using var view = storage.as_strided(t.Size, t.Stride, t.StorageOffset);
-            return view.contiguous();
-        }
-        finally
-        {
-            storage.Dispose();
-        }
+        return (record, storageBytes, storageElements, numel, empty, elementSize);
     }
 
     private static unsafe void SwapBytes(byte* data, long count, int size)

@@ -281,10 +281,10 @@ internal static class SafePickleReader
         if (dtypeFromArgument)
         {
             var g = As<PickleGlobal>(args[6], s, "dtype");
-            if (g.Kind != GlobalKind.Constant || !EmaGen.DTypes.TryGetByTorchName(g.Name, out _)) throw Error(s, $"'{g}' is not a dtype");
+            if (g.Kind != GlobalKind.Constant || !EmaGen.CheckpointDTypes.TryGetByTorchName(g.Name, out _)) throw Error(s, $"'{g}' is not a dtype");
             dtype = g.Name;
         }
-        else if (EmaGen.DTypes.TryGetByStorageClass(storage.StorageType.Name, out var held))
+        else if (EmaGen.CheckpointDTypes.TryGetByStorageClass(storage.StorageType.Name, out var held))
         {
             dtype = held.TorchName;
         }

@@ -29,7 +29,7 @@ public abstract partial class EmaManagerBase<TModel>
     /// <summary>Training samples seen by the updates so far on the samples clock (restored by <c>Load</c>); 0 on the step clock.</summary>
     public long SamplesSeen { get; private set; }
 
-    // The step clock's decays; fixes the clock on the first update.
+    // The step clock's decays (the clock is fixed once an update went through, in Advance).
     private bool StepDecays(long step, double[] decays)
     {
         if (_clock == EmaClock.Samples) throw MixedClocks(EmaClock.Steps);
@@ -40,7 +40,6 @@ public abstract partial class EmaManagerBase<TModel>
             decays[k] = schedule.UpdatesAt(step) ? schedule.DecayAt(step) : double.NaN;
             any |= !double.IsNaN(decays[k]);
         }
-        _clock = EmaClock.Steps;
         return any;
     }
 

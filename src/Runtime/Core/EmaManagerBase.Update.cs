@@ -105,6 +105,7 @@ public abstract partial class EmaManagerBase<TModel>
             }
         }
         if (samples > 0) AdvanceSamples(samples, decays);
+        else _clock = EmaClock.Steps;
         Step = step;
         _report.End();
     }

@@ -22,23 +22,27 @@ try
             "--out" => options with { OutDir = Value() },
             "--list-parameters" => options with { ListParameters = true },
             "--tie-embeddings" => options with { TieEmbeddings = true },
+            "--nan-spike" => options with { NanSpike = Int() },
             "--help" or "-h" => throw new OperationCanceledException(),
             _ => throw new ArgumentException($"unknown option '{args[i]}'"),
         };
     }
     if (options.Steps < 1) throw new ArgumentException("--steps must be at least 1");
+    if (options.NanSpike < 0 || options.NanSpike >= options.Steps) throw new ArgumentException("--nan-spike needs a step in [1, --steps)");
     _ = EmaGen.EmaScheduleParser.Parse(options.Schedule);
 }
 catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
 {
     if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: TinyGpt [--steps N] [--arch gpt|encoder] [--seed S] [--batch B] [--lr LR] [--schedule SPEC] [--threads T] [--out DIR] [--list-parameters] [--tie-embeddings]");
+    Console.Error.WriteLine("usage: TinyGpt [--steps N] [--arch gpt|encoder] [--seed S] [--batch B] [--lr LR] [--schedule SPEC] [--threads T] [--out DIR] [--list-parameters] [--tie-embeddings] [--nan-spike STEP]");
     Console.Error.WriteLine("  --arch gpt      own GPT blocks: MultiheadAttention + a Sequential MLP in a Module<Tensor, Tensor> field (default)");
     Console.Error.WriteLine("  --arch encoder  TorchSharp's TransformerEncoder with a causal mask");
     Console.Error.WriteLine("  --schedule S    EMA decay schedule (default power:0.10, EDM2's power function)");
     Console.Error.WriteLine("  --threads T     LibTorch threads; equal T gives bit-equal runs (JIT and NativeAOT alike)");
     Console.Error.WriteLine("  --out DIR       save the EMA as a PyTorch DCP checkpoint in DIR/ema and check that it reloads bit for bit");
     Console.Error.WriteLine("  --tie-embeddings  the token embedding is the output head's weight (GPT-2 style): one parameter, one shadow");
+    Console.Error.WriteLine("  --nan-spike STEP  the loss of STEP overflows to infinity (NaN raw weights): the EMA stays intact, its step report is");
+    Console.Error.WriteLine("                  printed, training resumes from the EMA weights; with --out also DIR/loss.svg (raw vs EMA over steps)");
     return e is OperationCanceledException ? 0 : 2;
 }
 

@@ -24,12 +24,18 @@ public sealed record TrainOptions
     public int PhraseLength { get; init; } = 12;
     public int Context => 2 * PhraseLength;
     public int ValidationBatches { get; init; } = 32;
+    /// <summary>The step whose loss overflows (NanSpike); 0: none. With it, raw and EMA are evaluated along the run.</summary>
+    public int NanSpike { get; init; }
+    public int EvalEvery { get; init; }
 }
+
+/// <summary>The held-out losses at the end, and along the run when it had a spike.</summary>
+public sealed record TrainResult(double Raw, double Ema, System.Collections.Generic.IReadOnlyList<EvalPoint> Curve);
 
 /// <summary>Trains a language model with AdamW and an EMA, then compares raw and EMA weights on held-out text.</summary>
 public static class Trainer
 {
-    public static void Run<TModel>(TrainOptions options, Func<TModel> create, TextWriter log)
+    public static TrainResult Run<TModel>(TrainOptions options, Func<TModel> create, TextWriter log)
         where TModel : nn.Module<Tensor, Tensor>, IEmaTracked<TModel>
     {
         if (options.Threads is int threads) torch.set_num_threads(threads);
@@ -37,7 +43,11 @@ public static class Trainer
         var language = new SyntheticLanguage(options.PhraseLength, options.Seed);
         using var model = create();
         var schedule = EmaScheduleParser.Parse(options.Schedule);
-        using var ema = new EmaManager<TModel>(model, new EmaOptions { Schedule = schedule });
+        using var ema = new EmaManager<TModel>(model, new EmaOptions
+        {
+            Schedule = schedule,
+            OnFirstNonFinite = r => log.WriteLine($"OnFirstNonFinite: the EMA kept its weights through step {r.Step}"),
+        });
         long parameters = model.parameters().Sum(p => p.numel());
         log.WriteLine($"TinyGpt ({options.Architecture}{(options.TieEmbeddings ? ", tied embeddings" : "")}): {parameters:N0} parameters in {ema.Parameters.Count} tensors, EMA {schedule.Describe()}");
         // A tied weight is one tensor of the model: named_parameters() lists it once, and the EMA keeps one shadow of it.
@@ -48,9 +58,14 @@ public static class Trainer
             foreach (var (name, _) in model.named_parameters()) log.WriteLine($"named {name}");
         }
 
-        using var optimizer = torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 0.01);
+        optim.Optimizer NewOptimizer() => torch.optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: 0.01);
+        var optimizer = NewOptimizer();
         var random = new Random(options.Seed);
         int logEvery = Math.Max(1, options.Steps / 5);
+        // A few held-out batches of their own for the curve of a spiked run (no dropout: evaluating draws no random numbers).
+        var probe = options.NanSpike > 0 ? HeldOut(language, options.Seed + 2_000_003, 4) : [];
+        int evalEvery = options.EvalEvery > 0 ? options.EvalEvery : Math.Max(1, options.Steps / 40);
+        var curve = new System.Collections.Generic.List<EvalPoint>();
         var clock = Stopwatch.StartNew();
         for (int step = 1; step <= options.Steps; step++)
         {
@@ -58,15 +73,19 @@ public static class Trainer
             var (inputs, targets, _) = language.Batch(options.BatchSize, random);
             optimizer.zero_grad();
             var loss = Loss(model, inputs, targets);
+            if (step == options.NanSpike) loss = NanSpike.Overflow(loss);
             loss.backward();
             optimizer.step();
             ema.Update(model);
+            if (probe.Count > 0 && (step % evalEvery == 0 || step == options.NanSpike || step == options.Steps)) curve.Add(Evaluate(ema, model, step, probe));
+            if (step == options.NanSpike) optimizer = NanSpike.Recover(ema, model, optimizer, NewOptimizer, log);
             if (step % logEvery == 0 || step == options.Steps) log.WriteLine($"step {step,5}  train loss {loss.item<float>():F4}");
         }
         clock.Stop();
         log.WriteLine($"trained {options.Steps} steps in {clock.Elapsed.TotalSeconds:F1} s ({options.Steps / clock.Elapsed.TotalSeconds:F0} steps/s)");
 
         // Held-out text from its own generator, the same for both evaluations.
+        optimizer.Dispose();
         var validation = new Random(options.Seed + 1_000_003);
         var held = Enumerable.Range(0, options.ValidationBatches).Select(_ => language.Batch(64, validation)).ToList();
         var batches = held.Select(b => (b.Inputs, b.Targets)).ToList();
@@ -79,10 +98,15 @@ public static class Trainer
         log.WriteLine($"  EMA weights    {averaged:F4}      {Math.Exp(averaged):F4}");
         log.WriteLine($"  the language   {floor:F4}      {Math.Exp(floor):F4}  (its own probabilities on this text: the floor)");
         log.WriteLine(FormattableString.Invariant($"exact raw={raw:R} ema={averaged:R}"));
-        foreach (var (inputs, targets) in batches)
+        foreach (var (inputs, targets) in batches.Concat(probe))
         {
             inputs.Dispose();
             targets.Dispose();
+        }
+        if (options.NanSpike > 0)
+        {
+            var spiked = curve.First(p => p.Step == options.NanSpike);
+            log.WriteLine(FormattableString.Invariant($"at the spike: raw loss {spiked.Raw:F4}, EMA loss {spiked.Ema:F4}; at the end: raw {curve[^1].Raw:F4}, EMA {curve[^1].Ema:F4}"));
         }
 
         if (options.OutDir is { } outDir)
@@ -94,7 +118,28 @@ public static class Trainer
             reloaded.Load(folder);
             int same = ema.TrackedNames.Count(n => ema[n].equal(reloaded[n]).all().item<bool>());
             log.WriteLine($"wrote {folder}; reloaded the checkpoint: {same} of {ema.Count} shadows match bit for bit");
+            if (curve.Count > 0)
+            {
+                var plot = Path.Combine(outDir, "loss.svg");
+                File.WriteAllText(plot, SvgPlot.Render(curve, options.NanSpike, $"TinyGpt held-out loss, raw vs EMA ({schedule.Describe()})"));
+                log.WriteLine($"wrote {plot}");
+            }
         }
+        return new TrainResult(raw, averaged, curve);
+    }
+
+    private static System.Collections.Generic.List<(Tensor Inputs, Tensor Targets)> HeldOut(SyntheticLanguage language, int seed, int count)
+    {
+        var random = new Random(seed);
+        return Enumerable.Range(0, count).Select(_ => language.Batch(64, random)).Select(b => (b.Inputs, b.Targets)).ToList();
+    }
+
+    // Raw weights as they are (NaN when broken), then the EMA's swapped in.
+    private static EvalPoint Evaluate<TModel>(EmaManager<TModel> ema, TModel model, int step, System.Collections.Generic.List<(Tensor Inputs, Tensor Targets)> probe)
+        where TModel : nn.Module<Tensor, Tensor>, IEmaTracked<TModel>
+    {
+        double raw = Validate(model, probe);
+        using (ema.SwapInto(model)) return new EvalPoint(step, raw, Validate(model, probe));
     }
 
     private static Tensor Loss(nn.Module<Tensor, Tensor> model, Tensor inputs, Tensor targets)

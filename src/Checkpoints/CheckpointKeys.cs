@@ -24,6 +24,10 @@ internal static class CheckpointKeys
     public const string PostHoc = "posthoc";
     /// <summary>The name filters (<c>EmaOptions.Include</c>/<c>Exclude</c>) of a filtered manager; absent when there are none.</summary>
     public const string Filters = "filters";
+    /// <summary>The samples clock (<c>Update(model, samples)</c>): training samples seen; absent on the step clock.</summary>
+    public const string Samples = "samples";
+    /// <summary>The samples clock: the samples seen at the profile's last update (below <see cref="Samples"/> only for an <c>every</c> profile between updates).</summary>
+    public const string SamplesAtUpdate = "samples_at_update";
 
     /// <summary><c>{prefix}_emagen.{name}</c>; <paramref name="prefix"/> is empty or ends with a dot.</summary>
     public static string Of(string prefix, string name) => prefix + Segment + name;

@@ -20,6 +20,11 @@ internal static class EmaCheckpoint
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Decay), state.ConfiguredDecay);
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.CurrentDecay), state.CurrentDecay);
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Schedule), state.Schedule);
+        if (state.Samples is { } samples)
+        {
+            yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Samples), samples.Seen);
+            yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.SamplesAtUpdate), samples.AtUpdate);
+        }
         yield return new(CheckpointKeys.Of(prefix, CheckpointKeys.Format), Format);
     }
 
@@ -58,10 +63,10 @@ internal static class EmaCheckpoint
     /// <summary>
     /// The manager state one profile's subtree stores: its step, the configured constant decay (NaN where there is none),
     /// the decay its last update applied (NaN before the first, and in checkpoints written before it was stored), and
-    /// its schedule's canonical description. Both managers and the post-hoc synthesis write it through
+    /// its schedule's canonical description, and on the samples clock the samples seen and those at its last update. Both managers and the post-hoc synthesis write it through
     /// <see cref="ProfileState"/>; loads read it through <see cref="ReadState"/>.
     /// </summary>
-    internal sealed record StoredState(long Step, double ConfiguredDecay, double CurrentDecay, string Schedule);
+    internal sealed record StoredState(long Step, double ConfiguredDecay, double CurrentDecay, string Schedule, (long Seen, long AtUpdate)? Samples = null);
 
     /// <summary>
     /// Reads the <c>{prefix}_emagen.*</c> values of one profile. An EmaGen checkpoint (one with
@@ -97,7 +102,22 @@ internal static class EmaCheckpoint
         string schedule = reader.Metadata.Find(scheduleKey) is null
             ? EmaSchedule.Constant(decay).Describe()
             : ReadValue<string>(reader, directory, scheduleKey, "a string");
-        return new StoredState(step, decay, current, schedule);
+        return new StoredState(step, decay, current, schedule, ReadSamples(reader, directory, prefix, step));
+    }
+
+    // The samples clock of a profile: both values or neither, 0 ≤ at-update ≤ seen, and none at step 0.
+    private static (long Seen, long AtUpdate)? ReadSamples(IDcpValues reader, string directory, string prefix, long step)
+    {
+        var seenKey = CheckpointKeys.Of(prefix, CheckpointKeys.Samples);
+        var atKey = CheckpointKeys.Of(prefix, CheckpointKeys.SamplesAtUpdate);
+        bool hasSeen = reader.Metadata.Find(seenKey) is not null, hasAt = reader.Metadata.Find(atKey) is not null;
+        if (!hasSeen && !hasAt) return null;
+        if (hasSeen != hasAt) throw new CheckpointFormatException($"{directory}: '{(hasSeen ? atKey : seenKey)}' is missing beside '{(hasSeen ? seenKey : atKey)}'; the checkpoint is damaged.");
+        long seen = ReadValue<long>(reader, directory, seenKey, "an integer");
+        long at = ReadValue<long>(reader, directory, atKey, "an integer");
+        if (seen < step || seen <= 0) throw new CheckpointFormatException($"{directory}: '{seenKey}' is {seen}, expected at least one sample per update ({step} updates).");
+        if (at < 0 || at > seen) throw new CheckpointFormatException($"{directory}: '{atKey}' is {at}, expected a count in [0, {seen}].");
+        return (seen, at);
     }
 
     // NaN is what a profile stores before its first update (an update-every profile that sat the steps out) and where
@@ -138,6 +158,10 @@ internal static class EmaCheckpoint
             if (step is { } s && state is not null && s != state.Step)
             {
                 throw new ArgumentException($"{directory}: the profiles were saved at different steps ({s} and {state.Step}).");
+            }
+            if (states.Count > 1 && states[0] is { } first && state is not null && first.Samples?.Seen != state.Samples?.Seen)
+            {
+                throw new CheckpointFormatException($"{directory}: the profiles were saved at different samples clocks ({first.Samples?.Seen.ToString() ?? "none"} and {state.Samples?.Seen.ToString() ?? "none"}).");
             }
             step ??= state?.Step;
         }

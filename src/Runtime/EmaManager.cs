@@ -97,7 +97,7 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     /// <summary>
     /// Puts the EMA weights into <paramref name="model"/> until the returned object is disposed, then restores the
     /// model's weights bit for bit (also on exceptions): <c>using (ema.SwapInto(model)) { Evaluate(model); }</c>.
-    /// While a swap is active, <see cref="EmaManagerBase{TModel}.Update"/>, saving and loading throw.
+    /// While a swap is active, <see cref="EmaManagerBase{TModel}.Update(TModel)"/>, saving and loading throw.
     /// </summary>
     public EmaWeightSwap SwapInto(TModel model) => SwapInto(0, model);
 

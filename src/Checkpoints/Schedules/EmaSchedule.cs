@@ -7,7 +7,8 @@ namespace EmaGen;
 /// A decay schedule: a pure function of the update step (1 for the first update after the manager was built or
 /// loaded from step 0), made by the factories below or <see cref="EmaScheduleParser"/>. <see cref="Describe"/> is its
 /// canonical text, stored in checkpoints so that resuming with a different schedule is caught; two schedules are equal
-/// when they are of one type and describe themselves alike.
+/// when they are of one type and describe themselves alike. On the samples clock (<c>Update(model, samples)</c>) the
+/// built-in schedules read their time in samples instead (SampleTime); the wrappers keep counting updates.
 /// </summary>
 public abstract class EmaSchedule
 {

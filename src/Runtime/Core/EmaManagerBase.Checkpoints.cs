@@ -67,6 +67,7 @@ public abstract partial class EmaManagerBase<TModel>
             Commit(staged);
             LastLoadDroppedKeys = dropped;
             Step = step ?? Step;
+            if (step is { } loaded) RestoreClock(loaded, states.Select(st => st?.Samples).ToArray(), toLoad.ToArray());
             for (int n = 0; n < toLoad.Count; n++)
             {
                 if (states[n] is { } state && !double.IsNaN(state.CurrentDecay)) _currentDecay[toLoad[n]] = state.CurrentDecay;
@@ -154,7 +155,7 @@ public abstract partial class EmaManagerBase<TModel>
             int profile = k;
             foreach (var shard in Shards(profilePrefix, i => shadowOf(profile, i))) state.Add(new(shard.Key, shard));
             if (_aliases.Length > 0) state.Add(EmaCheckpoint.AliasState(profilePrefix, TiedAliases));
-            var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe());
+            var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe(), SampleState(k));
             state.AddRange(EmaCheckpoint.ProfileState(profilePrefix, stored));
             if (_filters is not null) state.Add(new(CheckpointFilters.Key(profilePrefix), _filters));
         }

@@ -84,20 +84,17 @@ public abstract partial class EmaManagerBase<TModel>
     /// over the parameters. The model is first checked against the layout seen at construction; a mismatch throws before
     /// any shadow is written. On the CPU a steady-state update allocates no managed memory and creates no tensors.
     /// </summary>
-    public void Update(TModel model)
+    public void Update(TModel model) => Advance(model, 0);
+
+    // One update on the step clock (samples 0) or the samples clock (samples > 0, see EmaManagerBase.Clock.cs).
+    private void Advance(TModel model, long samples)
     {
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
         ThrowIfSwapped();
         long step = Step + 1;
         var decays = _stepDecays;
-        bool any = false;
-        for (int k = 0; k < _profiles.Length; k++)
-        {
-            var schedule = _schedules[k];
-            decays[k] = schedule.UpdatesAt(step) ? schedule.DecayAt(step) : double.NaN;
-            any |= !double.IsNaN(decays[k]);
-        }
+        bool any = samples > 0 ? SampleDecays(step, samples, decays) : StepDecays(step, decays);
         _report.Begin(step, decays);
         if (any)
         {
@@ -107,12 +104,14 @@ public abstract partial class EmaManagerBase<TModel>
                 if (!double.IsNaN(decays[k])) _currentDecay[k] = decays[k];
             }
         }
+        if (samples > 0) AdvanceSamples(samples, decays);
+        else _clock = EmaClock.Steps;
         Step = step;
         _report.End();
     }
 
     /// <summary>
-    /// What the last <see cref="Update"/> did (the step, each profile's decay, what the non-finite guard kept or healed,
+    /// What the last <see cref="Update(TModel)"/> did (the step, each profile's decay, what the non-finite guard kept or healed,
     /// the distances when <see cref="EmaOptions.ReportDistance"/> is set); the same object, refilled by each update.
     /// </summary>
     public EmaStepReport LastUpdate => _report;

@@ -101,7 +101,7 @@ public static partial class PostHocEma
         var profiles = SnapshotProfiles(ema.Step, dtype, ema.ProfileList);
         var chunks = new List<SaveChunk>();
         foreach (var (index, key, _) in profiles) chunks.AddRange(ema.ChunksOf(index, key + ".", local));
-        return TensorChunks.Request(folder, SnapshotSaveId(ema), ema.Placement, chunks, SnapshotValues(ema.Step, profiles), timeout);
+        return TensorChunks.Request(folder, SnapshotSaveId(ema), ema.Placement, chunks, SnapshotValues(ema.Step, ema.SamplesSeen, profiles), timeout);
     }
 
     // One rank needs no agreed id; ranks agree on one from the step.
@@ -129,11 +129,13 @@ public static partial class PostHocEma
         return power;
     }
 
-    // The values every snapshot folder carries: its format, step and profiles, and each profile's γ and schedule.
-    private static IEnumerable<KeyValuePair<string, object?>> SnapshotValues(long step, List<(int Index, string Key, EmaSchedule Schedule)> profiles)
+    // The values every snapshot folder carries: its format, step and profiles, and each profile's γ and schedule; on
+    // the samples clock also the samples seen (0: the step clock, no key).
+    private static IEnumerable<KeyValuePair<string, object?>> SnapshotValues(long step, long samples, List<(int Index, string Key, EmaSchedule Schedule)> profiles)
     {
         yield return new(CheckpointKeys.Of("", CheckpointKeys.Format), PostHocSnapshot.Format);
         yield return new(CheckpointKeys.Of("", CheckpointKeys.Step), step);
+        if (samples > 0) yield return new(CheckpointKeys.Of("", CheckpointKeys.Samples), samples);
         yield return new(CheckpointKeys.Of("", CheckpointKeys.Profiles), string.Join(",", profiles.Select(p => p.Key)));
         foreach (var (_, key, schedule) in profiles)
         {

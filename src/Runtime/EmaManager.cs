@@ -56,7 +56,7 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        Saves.Run(TensorChunks.OneRank(directory, WholeTensors(StateToSave(prefix)), options));
+        SaveNow(prefix, state => TensorChunks.OneRank(directory, WholeTensors(state), options));
     }
 
     /// <summary>
@@ -91,7 +91,18 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     {
         var pairs = ShadowPairs(model, profile);
         using var _ = torch.no_grad();
-        foreach (var (target, shadow) in pairs) InPlace.Release(target.copy_(shadow), target);
+        for (int i = 0; i < pairs.Length; i++)
+        {
+            var (target, shadow) = pairs[i];
+            if (!IsBiasCorrected(profile))
+            {
+                InPlace.Release(target.copy_(shadow), target);
+                continue;
+            }
+            // A BEMA profile's weights, one tensor at a time.
+            using var corrected = ReadOut(profile, i, shadow);
+            InPlace.Release(target.copy_(corrected), target);
+        }
     }
 
     /// <summary>

@@ -98,6 +98,7 @@ public abstract partial class EmaManagerBase<TModel>
             {
                 if (!double.IsNaN(decays[k])) _currentDecay[k] = decays[k];
             }
+            if (_biasCorrected) AfterBiasCorrectedStep(decays, step);
         }
         Step = step;
     }
@@ -223,13 +224,18 @@ public abstract partial class EmaManagerBase<TModel>
     private protected EmaWeightSwap BeginSwap(TModel model, int profile)
     {
         var pairs = ShadowPairs(model, profile).ToList();
+        // A BEMA profile lends its corrected weights, made for the swap and freed with it.
+        var lent = new torch.Tensor[_items.Length];
+        for (int i = 0; i < _items.Length; i++) lent[i] = IsBiasCorrected(profile) ? ReadOut(profile, i, pairs[i].Shadow) : pairs[i].Shadow;
+        var owned = IsBiasCorrected(profile) ? lent : [];
+        for (int i = 0; i < _items.Length; i++) pairs[i] = (pairs[i].Target, lent[i]);
         // A swap re-points tensor objects: another object over a tied tensor's memory is re-pointed with its owner.
         foreach (var (slot, item) in _aliases)
         {
             var alias = _live.Tensor(slot)!;
-            if (!ReferenceEquals(alias, _live.Tensor(_items[item].Slot))) pairs.Add((alias, _arenas[profile][item]!));
+            if (!ReferenceEquals(alias, _live.Tensor(_items[item].Slot))) pairs.Add((alias, lent[item]));
         }
-        var swap = new EmaWeightSwap(pairs.ToArray(), () => _activeSwap = null);
+        var swap = new EmaWeightSwap(pairs.ToArray(), () => _activeSwap = null, owned);
         _activeSwap = swap;
         return swap;
     }

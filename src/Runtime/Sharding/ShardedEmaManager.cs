@@ -50,7 +50,8 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
     public Dictionary<string, DcpShard> StateDict(int profile = 0)
     {
         using var _ = torch.no_grad();
-        return ShardsOf(profile, "", shadow => shadow.clone()).ToDictionary(s => s.Key);
+        ThrowIfSwapped();
+        return ReadOutShards(profile).ToDictionary(s => s.Key);
     }
 
     /// <summary>
@@ -84,7 +85,7 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        Saves.Run(RankSave(directory, saveId, timeout, StateToSave(prefix)));
+        SaveNow(prefix, state => RankSave(directory, saveId, timeout, state));
     }
 
     /// <summary>

@@ -101,6 +101,12 @@ public abstract partial class EmaManagerBase<TModel>
             if (_biasCorrected) AfterBiasCorrectedStep(decays, step);
         }
         Step = step;
+        AfterStep(model);
+    }
+
+    /// <summary>What a facade does once a step is done (the dense manager's Switch EMA).</summary>
+    private protected virtual void AfterStep(TModel model)
+    {
     }
 
     // Checks the model, then blends every averaged box into each profile whose decay is a number; throws, writing

@@ -51,12 +51,13 @@ public abstract partial class EmaManagerBase<TModel>
     private void AfterBiasCorrectedStep(double[] decays, long step)
     {
         for (int i = 0; i < _items.Length; i++) _trained[i] = _live.Tensor(_items[i].Slot);
-        using var _ = torch.no_grad();
         for (int k = 0; k < _anchors.Length; k++)
         {
             if (_anchors[k] is not { } anchor || double.IsNaN(decays[k])) continue;
             if (decays[k] == 0)
             {
+                // Burn-in only: after it, a step adds no tensor work and no allocation to the fused update.
+                using var _ = torch.no_grad();
                 for (int i = 0; i < _items.Length; i++)
                 {
                     using var box = LiveBox(i);

@@ -99,9 +99,8 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
                 InPlace.Release(target.copy_(shadow), target);
                 continue;
             }
-            // A BEMA profile's weights, one tensor at a time.
-            using var corrected = ReadOut(profile, i, shadow);
-            InPlace.Release(target.copy_(corrected), target);
+            // A BEMA profile's weights, formed straight into the model in one pass.
+            WriteCorrected(profile, i, shadow, target);
         }
     }
 

@@ -83,13 +83,16 @@ public abstract partial class EmaManagerBase<TModel>
     {
         using var _ = torch.no_grad();
         if (_anchors[profile] is not { } anchor) return ema.clone();
-        using var box = LiveBox(item);
-        // Separate subtract, multiply and add, each rounded once per element: the same bits whatever the box's split.
-        var d = box.to_type(ema.dtype, copy: true);
-        InPlace.Release(d.sub_(anchor[item]!), d);
-        InPlace.Release(d.mul_(_alpha[profile]), d);
-        InPlace.Release(d.add_(ema), d);
+        var d = torch.empty_like(ema);
+        WriteCorrected(profile, item, ema, d);
         return d;
+    }
+
+    /// <summary>Profile <paramref name="profile"/>'s corrected weights of item <paramref name="item"/> written into <paramref name="dest"/> (any dtype; may be the live tensor itself).</summary>
+    private protected void WriteCorrected(int profile, int item, torch.Tensor ema, torch.Tensor dest)
+    {
+        using var box = LiveBox(item);
+        BiasCorrection.Write(dest, ema, box, _anchors[profile]![item]!, _alpha[profile]);
     }
 
     // The resume keys of a BEMA profile's checkpoint: its EMA, θ₀ and α (the profile's usual keys hold the corrected weights).

@@ -206,7 +206,7 @@ public sealed class BemaTests
                 using var storedEma = a.ReadTensor("ema.lagfree._emagen.bema_ema." + name);
                 Assert.Equal(TensorValues.Bits(whole.Profile("lagfree")[name]), TensorValues.Bits(storedEma));
                 Assert.NotEqual(TensorValues.Bits(storedEma), TensorValues.Bits(stored));
-                foreach (var key in new[] { "ema.lagfree." + name, "ema.lagfree._emagen.bema_ema." + name, "ema.lagfree._emagen.bema_theta0." + name, "ema.plain." + name })
+                foreach (var key in new[] { "ema.lagfree." + name, "ema.lagfree._emagen.bema_ema." + name, "ema.lagfree._emagen.bema_anchor." + name, "ema.plain." + name })
                 {
                     using var x = a.ReadTensor(key);
                     using var y = b.ReadTensor(key);

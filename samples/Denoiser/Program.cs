@@ -23,6 +23,8 @@ try
             "--threads" => options with { Threads = int.Parse(Value(), CultureInfo.InvariantCulture) },
             "--schedule" => options with { Schedule = Value() },
             "--profile" => options with { Profiles = [.. options.Profiles, Value()] },
+            "--switch-every" => options with { SwitchEvery = int.Parse(Value(), CultureInfo.InvariantCulture) },
+            "--switch-blend" => options with { SwitchBlend = double.Parse(Value(), CultureInfo.InvariantCulture) },
             "--posthoc-every" => options with { PostHocEvery = int.Parse(Value(), CultureInfo.InvariantCulture) },
             "--posthoc-sigma" => options with { PostHocSigmaRel = double.Parse(Value(), CultureInfo.InvariantCulture) },
             "--help" or "-h" => throw new OperationCanceledException(),
@@ -38,12 +40,15 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
 {
     if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR] [--list-parameters] [--world-size N] [--threads T] [--schedule SPEC] [--profile NAME=SPEC]... [--posthoc-every N [--posthoc-sigma S]]");
+    Console.Error.WriteLine("usage: Denoiser [--steps N] [--decay D] [--seed S] [--batch B] [--out DIR] [--list-parameters] [--world-size N] [--threads T] [--schedule SPEC] [--profile NAME=SPEC]... [--switch-every K [--switch-blend B]] [--posthoc-every N [--posthoc-sigma S]]");
     Console.Error.WriteLine("  --world-size N  run N local rank processes with a sharded EMA (each keeps 1/N of it; they write one checkpoint).");
     Console.Error.WriteLine("                  Every rank trains the same seeded model, the weights a data-parallel job with synchronised");
     Console.Error.WriteLine("                  gradients would hold: gradient synchronisation is the trainer's business, not EmaGen's.");
-    Console.Error.WriteLine("  --schedule S    decay schedule instead of --decay: constant:D, warmup[:...], halflife:H, power:SIGMA_REL, every:K:S, startafter:N:S");
-    Console.Error.WriteLine("  --profile N=S   one more EMA profile (repeatable), all updated in one pass; e.g. --profile sigma050=power:0.05 --profile sigma100=power:0.10");
+    Console.Error.WriteLine("  --schedule S    decay schedule instead of --decay: constant:D, warmup[:...], halflife:H, power:SIGMA_REL, bema[:kappa=..,eta=..,rho=..,gamma=..,betamin=..],");
+    Console.Error.WriteLine("                  every:K[:percall]:S, startafter:N:S");
+    Console.Error.WriteLine("  --profile N=S   one more EMA profile (repeatable), all updated in one pass; e.g. --profile sigma050=power:0.05 --profile sigma100=power:0.10;");
+    Console.Error.WriteLine("                  a BEMA profile (--profile lagfree=startafter:100:bema) is evaluated with its bias-corrected weights");
+    Console.Error.WriteLine("  --switch-every K  Switch EMA: every K steps the model is moved to the (first profile's) EMA by --switch-blend (default 1: copied); dense only");
     Console.Error.WriteLine("  --posthoc-every N  fp16 snapshots of the power-function profiles every N steps into OUT/posthoc, then the post-hoc");
     Console.Error.WriteLine("                  EMA of --posthoc-sigma (default 0.075) at the last step is synthesised and evaluated too");
     Console.Error.WriteLine("  --threads T     LibTorch threads (default: LibTorch's, or cores / N per rank); equal T gives bit-equal runs.");

@@ -44,9 +44,14 @@ public sealed record TrainOptions
     /// <summary>The σ_rel the post-hoc EMA is synthesised for at the last step, from the snapshots.</summary>
     public double PostHocSigmaRel { get; init; } = 0.075;
 
+    /// <summary>Switch EMA: every this many steps the model is moved toward the first profile's EMA by <see cref="SwitchBlend"/> (null: never).</summary>
+    public int? SwitchEvery { get; init; }
+
+    public double SwitchBlend { get; init; } = 1.0;
+
     internal EmaOptions EmaOptions => Profiles.Count == 0
-        ? new() { Decay = Decay, Schedule = Schedule is null ? null : EmaScheduleParser.Parse(Schedule) }
-        : new() { Profiles = Profiles.Select(ParseProfile).ToArray() };
+        ? new() { Decay = Decay, Schedule = Schedule is null ? null : EmaScheduleParser.Parse(Schedule), SwitchEvery = SwitchEvery, SwitchBlend = SwitchBlend }
+        : new() { Profiles = Profiles.Select(ParseProfile).ToArray(), SwitchEvery = SwitchEvery, SwitchBlend = SwitchBlend };
 
     private static EmaProfileOptions ParseProfile(string text)
     {

@@ -38,6 +38,7 @@ catch (Exception e) when (e is ArgumentException or FormatException or Operation
     Console.Error.WriteLine("  --arch gpt      own GPT blocks: MultiheadAttention + a Sequential MLP in a Module<Tensor, Tensor> field (default)");
     Console.Error.WriteLine("  --arch encoder  TorchSharp's TransformerEncoder with a causal mask");
     Console.Error.WriteLine("  --schedule S    EMA decay schedule (default power:0.10, EDM2's power function)");
+    Console.Error.WriteLine("                  e.g. startafter:200:bema for BEMA, evaluated with its bias-corrected weights");
     Console.Error.WriteLine("  --threads T     LibTorch threads; equal T gives bit-equal runs (JIT and NativeAOT alike)");
     Console.Error.WriteLine("  --out DIR       save the EMA as a PyTorch DCP checkpoint in DIR/ema and check that it reloads bit for bit");
     Console.Error.WriteLine("  --tie-embeddings  the token embedding is the output head's weight (GPT-2 style): one parameter, one shadow");

@@ -20,6 +20,12 @@ internal static class CheckpointKeys
     public const string Profiles = "profiles";
     /// <summary>Tied weights: a profile's other names of a tensor stored once under its first name, as comma-separated <c>alias=owner</c> pairs (absent when nothing is tied).</summary>
     public const string Aliases = "aliases";
+    /// <summary>A BEMA profile's EMA, tensors <c>{prefix}_emagen.bema_ema.{name}</c> (its usual keys hold the bias-corrected weights).</summary>
+    public const string BemaEma = "bema_ema";
+    /// <summary>A BEMA profile's θ₀ (the weights at its last copy step), tensors <c>{prefix}_emagen.bema_anchor.{name}</c> in the parameters' dtype.</summary>
+    public const string BemaTheta0 = "bema_anchor";
+    /// <summary>A BEMA profile's α of its last update (0 before it).</summary>
+    public const string BemaAlpha = "bema_alpha";
     public const string Gamma = "gamma";
     public const string PostHoc = "posthoc";
     /// <summary>The name filters (<c>EmaOptions.Include</c>/<c>Exclude</c>) of a filtered manager; absent when there are none.</summary>

@@ -168,6 +168,14 @@ internal static class EmaCheckpoint
         return step;
     }
 
+    /// <summary>A BEMA profile's α under <paramref name="prefix"/> (a finite number ≥ 0).</summary>
+    internal static double ReadBemaAlpha(IDcpValues reader, string directory, string prefix)
+    {
+        var key = CheckpointKeys.Of(prefix, CheckpointKeys.BemaAlpha);
+        double alpha = ReadValue<double>(reader, directory, key, "a number (a BEMA profile's α)");
+        return double.IsFinite(alpha) && alpha >= 0 ? alpha : throw new CheckpointFormatException($"{directory}: '{key}' is {alpha}, expected a finite α ≥ 0.");
+    }
+
     private static void RequireFormat(IDcpValues reader, string directory, string prefix)
     {
         var key = CheckpointKeys.Of(prefix, CheckpointKeys.Format);

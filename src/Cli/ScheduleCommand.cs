@@ -42,13 +42,15 @@ internal static class ScheduleCommand
     {
         stdout.WriteLine(schedule.Describe());
         if (power is not null) stdout.WriteLine($"  gamma {power.Gamma:F4}, sigma_rel {power.SigmaRel:F4}");
-        stdout.WriteLine("        step  update  decay                   1-decay       half-life (steps)");
+        bool bema = schedule.IsBiasCorrected;
+        stdout.WriteLine("        step  update  decay                   1-decay       half-life (steps)" + (bema ? "  alpha" : ""));
         foreach (var step in at)
         {
             bool updates = schedule.UpdatesAt(step);
             double d = schedule.DecayAt(step);
             stdout.WriteLine(
-                $"  {step,10}  {(updates ? "yes" : "no "),-6}  {Number(d),-22}  {(1 - d).ToString("G6", CultureInfo.InvariantCulture),-12}  {HalfLifeText(schedule.HalfLifeAt(step))}");
+                $"  {step,10}  {(updates ? "yes" : "no "),-6}  {Number(d),-22}  {(1 - d).ToString("G6", CultureInfo.InvariantCulture),-12}  {HalfLifeText(schedule.HalfLifeAt(step)),-17}"
+                + (bema ? $"  {schedule.AlphaAt(step).ToString("G6", CultureInfo.InvariantCulture)}" : ""));
         }
     }
 
@@ -74,6 +76,7 @@ internal static class ScheduleCommand
                 w.WriteBoolean("updates", schedule.UpdatesAt(step));
                 w.WriteNumber("decay", d);
                 w.WriteNumber("one_minus_decay", 1 - d);
+                if (schedule.IsBiasCorrected) w.WriteNumber("alpha", schedule.AlphaAt(step));
                 if (double.IsFinite(halfLife)) w.WriteNumber("half_life_steps", halfLife);
                 else w.WriteNull("half_life_steps");
                 w.WriteEndObject();

@@ -56,7 +56,7 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        Saves.Run(TensorChunks.OneRank(directory, WholeTensors(StateToSave(prefix)), options));
+        SaveNow(prefix, state => TensorChunks.OneRank(directory, WholeTensors(state), options));
     }
 
     /// <summary>
@@ -91,7 +91,17 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     {
         var pairs = ShadowPairs(model, profile);
         using var _ = torch.no_grad();
-        foreach (var (target, shadow) in pairs) InPlace.Release(target.copy_(shadow), target);
+        for (int i = 0; i < pairs.Length; i++)
+        {
+            var (target, shadow) = pairs[i];
+            if (!IsBiasCorrected(profile))
+            {
+                InPlace.Release(target.copy_(shadow), target);
+                continue;
+            }
+            // A BEMA profile's weights, formed straight into the model in one pass.
+            WriteCorrected(profile, i, shadow, target);
+        }
     }
 
     /// <summary>
@@ -102,4 +112,47 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     public EmaWeightSwap SwapInto(TModel model) => SwapInto(0, model);
 
     internal EmaWeightSwap SwapInto(int profile, TModel model) => BeginSwap(model, profile);
+
+    /// <summary>
+    /// Switch EMA (SEMA): moves <paramref name="model"/>'s own weights toward the first profile's averaged weights,
+    /// <c>θ ← θ + blend·(ema − θ)</c> (blend 1 copies them in), in place and in one pass over the averaged tensors, so
+    /// training continues from there; unlike <see cref="SwapInto(TModel)"/> nothing is restored. Call it at an epoch
+    /// end, or set <see cref="EmaOptions.SwitchEvery"/>. A shadow of the parameter's dtype needs no temporary tensor; an
+    /// fp32 shadow of a bf16/fp16 parameter is converted tensor by tensor.
+    /// </summary>
+    /// <exception cref="System.ArgumentOutOfRangeException"><paramref name="blend"/> is outside (0, 1].</exception>
+    public void SwitchInto(TModel model, double blend = 1.0) => SwitchInto(0, model, blend);
+
+    /// <summary>The step after whose update the model was last switched to the EMA (<see cref="SwitchInto(TModel, double)"/> or <see cref="EmaOptions.SwitchEvery"/>); 0 when never.</summary>
+    public long LastSwitchStep { get; private set; }
+
+    internal void SwitchInto(int profile, TModel model, double blend)
+    {
+        EmaOptions.CheckBlend(blend, nameof(blend));
+        var pairs = ShadowPairs(model, profile);
+        using var _ = torch.no_grad();
+        for (int i = 0; i < pairs.Length; i++)
+        {
+            var (target, shadow) = pairs[i];
+            // A BEMA profile's corrected weights, or a shadow of another dtype, as a temporary of the parameter's dtype.
+            var source = IsBiasCorrected(profile) ? ReadOut(profile, i, shadow) : shadow;
+            var converted = source.dtype == target.dtype ? source : source.to_type(target.dtype);
+            try
+            {
+                if (blend == 1) InPlace.Release(target.copy_(converted), target);
+                else InPlace.Release(target.lerp_(converted, blend), target);
+            }
+            finally
+            {
+                if (!ReferenceEquals(converted, source)) converted.Dispose();
+                if (!ReferenceEquals(source, shadow)) source.Dispose();
+            }
+        }
+        LastSwitchStep = Step;
+    }
+
+    private protected override void AfterStep(TModel model)
+    {
+        if (Options.SwitchEvery is { } k && Step % k == 0) SwitchInto(0, model, Options.SwitchBlend);
+    }
 }

@@ -111,8 +111,21 @@ public sealed class EmaOptions
     /// </summary>
     public int? Threads { get; init; }
 
+    /// <summary>
+    /// Switch EMA (SEMA; ema-pytorch's <c>update_model_with_ema_every</c>): every this many steps, right after the
+    /// update, the dense manager moves the trained model toward its first profile's weights by
+    /// <see cref="SwitchBlend"/> and training goes on from there (see <c>EmaManager.SwitchInto</c>). Null: never.
+    /// The sharded manager refuses it: each rank holds only its boxes.
+    /// </summary>
+    public int? SwitchEvery { get; init; }
+
+    /// <summary>How far a switch moves the model toward the EMA, in (0, 1]: <c>θ ← θ + b·(ema − θ)</c>; 1 (the default) copies the EMA in.</summary>
+    public double SwitchBlend { get; init; } = 1.0;
+
     internal void Validate()
     {
+        if (SwitchEvery is < 1) throw new ArgumentOutOfRangeException(nameof(SwitchEvery), SwitchEvery, "SwitchEvery must be at least 1 step.");
+        CheckBlend(SwitchBlend, nameof(SwitchBlend));
         if (!(Decay >= 0.0 && Decay <= 1.0))
         {
             throw new ArgumentOutOfRangeException(nameof(Decay), Decay, "EMA decay must lie in [0, 1].");
@@ -133,6 +146,11 @@ public sealed class EmaOptions
         {
             throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "Threads must be at least 1.");
         }
+    }
+
+    internal static void CheckBlend(double blend, string name)
+    {
+        if (!(blend > 0 && blend <= 1)) throw new ArgumentOutOfRangeException(name, blend, "A switch blend must lie in (0, 1] (1 copies the EMA into the model).");
     }
 
     internal int EffectiveThreads => Threads ?? Environment.ProcessorCount;

@@ -23,4 +23,7 @@ public sealed class EmaProfile<TModel> : EmaProfileBase where TModel : torch.nn.
 
     /// <summary>Puts this profile's weights into <paramref name="model"/> until the returned object is disposed (see <see cref="EmaManager{TModel}.SwapInto(TModel)"/>).</summary>
     public EmaWeightSwap SwapInto(TModel model) => Manager.SwapInto(Index, model);
+
+    /// <summary>Switch EMA with this profile's weights (see <see cref="EmaManager{TModel}.SwitchInto(TModel, double)"/>).</summary>
+    public void SwitchInto(TModel model, double blend = 1.0) => Manager.SwitchInto(Index, model, blend);
 }

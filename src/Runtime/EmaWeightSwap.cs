@@ -18,11 +18,14 @@ public sealed class EmaWeightSwap : IDisposable
     private readonly List<(torch.Tensor Target, torch.Tensor Own)> _repointed = new();
     private readonly List<(torch.Tensor Target, torch.Tensor Backup)> _copied = new();
     private readonly Action _onDispose;
+    private readonly torch.Tensor[] _owned;
     private bool _disposed;
 
-    internal EmaWeightSwap((torch.Tensor Target, torch.Tensor Shadow)[] pairs, Action onDispose)
+    // owned: tensors made for this swap (a BEMA profile's corrected weights), freed once the model has its own back.
+    internal EmaWeightSwap((torch.Tensor Target, torch.Tensor Shadow)[] pairs, Action onDispose, torch.Tensor[]? owned = null)
     {
         _onDispose = onDispose;
+        _owned = owned ?? [];
         using var _ = torch.no_grad();
         try
         {
@@ -52,6 +55,7 @@ public sealed class EmaWeightSwap : IDisposable
         catch
         {
             Restore();
+            foreach (var t in _owned) t.Dispose();
             throw;
         }
     }
@@ -66,6 +70,7 @@ public sealed class EmaWeightSwap : IDisposable
         _disposed = true;
         using var _ = torch.no_grad();
         Restore();
+        foreach (var t in _owned) t.Dispose();
         _onDispose();
     }
 

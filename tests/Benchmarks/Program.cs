@@ -33,7 +33,7 @@ if (args.Length > 0 && args[0] == "overhead")
 }
 if (args.Length == 0 || args[0] != "update")
 {
-    Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T | --model gpt|gpt-dynamic] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--profiles K] [--world-size W --rank R] [--json]");
+    Console.Error.WriteLine("usage: EmaGen.Benchmarks update [--params N] [--tensors T | --model gpt|gpt-dynamic] [--dtype float32|bfloat16] [--rounds R] [--threads N] [--profiles K | --bema] [--world-size W --rank R] [--json]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint [--bytes N] [--dir PATH]");
     Console.Error.WriteLine("       EmaGen.Benchmarks checkpoint-async [--params N] [--dir PATH]");
     Console.Error.WriteLine("       EmaGen.Benchmarks tool-memory [--gb 2] [--tensor-mb 64] [--dir PATH] [--cli EmaGen.Cli.dll]");
@@ -46,6 +46,7 @@ int tensors = 300;
 int rounds = 21;
 int? threadsOption = null;
 int profiles = 1;
+bool bema = false;
 bool json = false;
 string? modelShape = null;
 int worldSize = 1, rank = 0;
@@ -61,6 +62,7 @@ for (int i = 1; i < args.Length; i++)
         case "--json": json = true; break;
         case "--threads": threadsOption = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--profiles": profiles = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+        case "--bema": bema = true; break;
         case "--model":
             modelShape = Next();
             if (modelShape is not ("gpt" or "gpt-dynamic")) throw new ArgumentException("--model takes gpt or gpt-dynamic");
@@ -82,7 +84,9 @@ for (int i = 1; i < args.Length; i++)
 const double Decay = 0.999;
 torch.manual_seed(0);
 var shapes = modelShape is "gpt" or "gpt-dynamic" ? SyntheticModel.GptShapes() : SyntheticModel.Shapes(elements, tensors);
-var report = profiles > 1
+var report = bema
+    ? new BemaBenchmark(elements, tensors, rounds, threadsOption).Run(Console.Error)
+    : profiles > 1
     ? new ProfilesBenchmark(elements, tensors, dtype, profiles, rounds, threadsOption).Run(Console.Error)
     : worldSize > 1
         ? new ShardedUpdateBenchmark(shapes, dtype, Decay, rounds, threadsOption, worldSize, rank).Run(Console.Error)

@@ -38,6 +38,15 @@ public abstract class EmaSchedule
         return StepsPerUpdate(step) * Math.Log(0.5) / Math.Log(decay);
     }
 
+    /// <summary>
+    /// BEMA's bias-correction weight α for the update at <paramref name="step"/> (0 for schedules without one): the
+    /// weights a user reads are <c>ema + α·(θ − θ₀)</c>. Only <see cref="Bema"/> and the wrappers around it have one.
+    /// </summary>
+    internal virtual double AlphaAt(long step) => 0;
+
+    /// <summary>Whether this schedule is BEMA's (possibly wrapped): its profile keeps θ₀ and reads corrected weights.</summary>
+    internal virtual bool IsBiasCorrected => false;
+
     /// <summary>Canonical description, e.g. <c>Constant(decay=0.9999)</c>.</summary>
     public abstract string Describe();
 
@@ -63,6 +72,15 @@ public abstract class EmaSchedule
 
     /// <summary>EDM2's power-function EMA <c>β = (1 − 1/t)^(γ+1)</c> for relative standard deviation σ_rel.</summary>
     public static EmaSchedule PowerFunction(double sigmaRel) => new PowerFunctionSchedule(PowerFunctionSchedule.GammaFromSigmaRel(sigmaRel));
+
+    /// <summary>
+    /// BEMA (Block &amp; Zhang 2025, arXiv 2508.00180): the EMA's new-iterate weight <c>β_t = max((ρ + γt)^−κ, β_min)</c>
+    /// (decay <c>1 − β_t</c>) and the bias correction <c>α_t = (ρ + γt)^−η</c>; a profile with it reads
+    /// <c>ema + α·(θ − θ₀)</c>, θ₀ the weights at the last copy step. Burn-in is <see cref="StartAfter"/>, an update every
+    /// φ steps <see cref="UpdateEvery"/> with perCall.
+    /// </summary>
+    public static EmaSchedule Bema(double kappa = 0.5, double eta = 0.2, double rho = 10, double gamma = 1, double betaMin = 0) =>
+        new BemaSchedule(kappa, eta, rho, gamma, betaMin);
 
     /// <summary>Copies the parameters (decay 0) until step <paramref name="steps"/>, then runs <paramref name="inner"/> counting from there.</summary>
     public static EmaSchedule StartAfter(long steps, EmaSchedule inner) => new StartAfterSchedule(inner, steps);
@@ -226,6 +244,10 @@ internal sealed class StartAfterSchedule : EmaSchedule
 
     public override int StepsPerUpdate(long step) => step <= Steps ? 1 : Inner.StepsPerUpdate(step - Steps);
 
+    internal override double AlphaAt(long step) => step <= Steps ? 0.0 : Inner.AlphaAt(step - Steps);
+
+    internal override bool IsBiasCorrected => Inner.IsBiasCorrected;
+
     public override string Describe() => $"StartAfter({Steps}, {Inner.Describe()})";
 }
 
@@ -259,6 +281,10 @@ internal sealed class UpdateEverySchedule : EmaSchedule
         for (long s = Math.Max(1, step - Interval + 1); s <= step; s++) product *= Inner.DecayAt(s);
         return product;
     }
+
+    internal override double AlphaAt(long step) => Inner.AlphaAt(step);
+
+    internal override bool IsBiasCorrected => Inner.IsBiasCorrected;
 
     public override string Describe() => $"UpdateEvery({Interval}, {(PerCall ? "perCall" : "rescaled")}, {Inner.Describe()})";
 }

@@ -6,7 +6,8 @@ namespace EmaGen;
 
 /// <summary>
 /// Parses schedule specifications for command lines: <c>constant:0.999</c>, <c>warmup[:invGamma=1,power=0.75,min=0,max=0.9999,after=0]</c>,
-/// <c>halflife:500[,ramp=0.05]</c>, <c>power:0.10</c> (σ_rel) or <c>power:gamma=6.94</c>, and the wrappers
+/// <c>halflife:500[,ramp=0.05]</c>, <c>power:0.10</c> (σ_rel) or <c>power:gamma=6.94</c>,
+/// <c>bema[:kappa=0.5,eta=0.2,rho=10,gamma=1,betamin=0]</c>, and the wrappers
 /// <c>startafter:N:INNER</c> and <c>every:K[:percall]:INNER</c>.
 /// </summary>
 public static class EmaScheduleParser
@@ -41,6 +42,17 @@ public static class EmaScheduleParser
                         var a = rest.Contains('=') ? Named(rest) : new Dictionary<string, double> { ["sigma"] = Number(rest, "power:SIGMA_REL") };
                         return a.TryGetValue("gamma", out var g) ? new PowerFunctionSchedule(g) : EmaSchedule.PowerFunction(a["sigma"]);
                     }
+                case "bema":
+                    {
+                        var a = Named(rest);
+                        foreach (var name in a.Keys)
+                        {
+                            if (name is not ("kappa" or "eta" or "rho" or "gamma" or "betamin")) throw new FormatException($"bema takes kappa, eta, rho, gamma, betamin, not '{name}'");
+                        }
+                        return EmaSchedule.Bema(
+                            a.GetValueOrDefault("kappa", 0.5), a.GetValueOrDefault("eta", 0.2), a.GetValueOrDefault("rho", 10.0),
+                            a.GetValueOrDefault("gamma", 1.0), a.GetValueOrDefault("betamin", 0.0));
+                    }
                 case "startafter":
                     {
                         var parts = rest.Split(':', 2);
@@ -62,7 +74,7 @@ public static class EmaScheduleParser
         catch (Exception e) when (e is FormatException or KeyNotFoundException or OverflowException)
         {
             throw new ArgumentException(
-                $"Cannot read the schedule '{text}' ({e.Message}). Expected constant:D, warmup[:invGamma=..,power=..,min=..,max=..,after=..], halflife:H[,ramp=R], power:SIGMA_REL or power:gamma=G, startafter:N:S, every:K[:percall]:S.", nameof(text), e);
+                $"Cannot read the schedule '{text}' ({e.Message}). Expected constant:D, warmup[:invGamma=..,power=..,min=..,max=..,after=..], halflife:H[,ramp=R], power:SIGMA_REL or power:gamma=G, bema[:kappa=..,eta=..,rho=..,gamma=..,betamin=..], startafter:N:S, every:K[:percall]:S.", nameof(text), e);
         }
     }
 

@@ -47,11 +47,18 @@ public abstract partial class EmaManagerBase<TModel>
 
         var staged = new List<(torch.Tensor Shadow, torch.Tensor Data)>();
         var dropped = new List<string>();
+        var alphas = new List<(int Profile, double Alpha)>();
         try
         {
             foreach (var (profile, items) in reads)
             {
                 var profilePrefix = ProfilePrefix(prefix, profile);
+                if (IsBiasCorrected(profile))
+                {
+                    StageBemaLoad(reader, directory, profile, profilePrefix, items, staged);
+                    alphas.Add((profile, EmaCheckpoint.ReadBemaAlpha(reader, directory, profilePrefix)));
+                    continue;
+                }
                 foreach (var (i, names) in items)
                 {
                     var data = reader.ReadSlice(profilePrefix + names[0], _items[i].Offsets, _items[i].Sizes);
@@ -68,6 +75,7 @@ public abstract partial class EmaManagerBase<TModel>
             LastLoadDroppedKeys = dropped;
             Step = step ?? Step;
             if (step is { } loaded) RestoreClock(loaded, states.Select(st => st?.Samples).ToArray(), toLoad.ToArray());
+            foreach (var (profile, alpha) in alphas) _alpha[profile] = alpha;
             for (int n = 0; n < toLoad.Count; n++)
             {
                 if (states[n] is { } state && !double.IsNaN(state.CurrentDecay)) _currentDecay[toLoad[n]] = state.CurrentDecay;
@@ -143,8 +151,10 @@ public abstract partial class EmaManagerBase<TModel>
     /// <summary>
     /// Every key a checkpoint of this manager holds, in order: each profile's boxes (<see cref="DcpShard"/>: a dense
     /// manager's are whole) taken from <paramref name="shadowOf"/> (profile, item), and the stored values.
+    /// A BEMA profile's boxes are its corrected weights (new tensors, added to <paramref name="owned"/> for the caller to
+    /// free after the write), with its EMA and θ₀ (copied when <paramref name="copyAnchors"/>) under the resume keys.
     /// </summary>
-    private protected List<KeyValuePair<string, object?>> StateToSave(string prefix, Func<int, int, torch.Tensor>? shadowOf = null)
+    private List<KeyValuePair<string, object?>> StateToSave(string prefix, List<torch.Tensor> owned, Func<int, int, torch.Tensor>? shadowOf = null, bool copyAnchors = false)
     {
         shadowOf ??= (k, i) => _arenas[k][i]!;
         var state = new List<KeyValuePair<string, object?>>();
@@ -153,7 +163,15 @@ public abstract partial class EmaManagerBase<TModel>
         {
             var profilePrefix = ProfilePrefix(prefix, k);
             int profile = k;
-            foreach (var shard in Shards(profilePrefix, i => shadowOf(profile, i))) state.Add(new(shard.Key, shard));
+            if (IsBiasCorrected(k))
+            {
+                foreach (var shard in Shards(profilePrefix, i => Owned(ReadOut(profile, i, shadowOf(profile, i)), true, owned))) state.Add(new(shard.Key, shard));
+                state.AddRange(BemaResumeState(k, profilePrefix, i => shadowOf(profile, i), copyAnchors, owned));
+            }
+            else
+            {
+                foreach (var shard in Shards(profilePrefix, i => shadowOf(profile, i))) state.Add(new(shard.Key, shard));
+            }
             if (_aliases.Length > 0) state.Add(EmaCheckpoint.AliasState(profilePrefix, TiedAliases));
             var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe(), SampleState(k));
             state.AddRange(EmaCheckpoint.ProfileState(profilePrefix, stored));
@@ -171,7 +189,45 @@ public abstract partial class EmaManagerBase<TModel>
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        return _saves.Start(_arenas, staged => request(StateToSave(prefix, (k, i) => staged[k][i]!)));
+        var owned = new List<torch.Tensor>();
+        Task task;
+        try
+        {
+            task = _saves.Start(_arenas, staged => request(StateToSave(prefix, owned, (k, i) => staged[k][i]!, copyAnchors: true)));
+        }
+        catch
+        {
+            foreach (var t in owned) t.Dispose();
+            throw;
+        }
+        if (owned.Count == 0) return task;
+        // A BEMA profile's corrected weights and θ₀ copies live until the write that reads them has ended.
+        return task.ContinueWith(t =>
+        {
+            foreach (var o in owned) o.Dispose();
+            return t;
+        }, TaskScheduler.Default).Unwrap();
+    }
+
+    /// <summary>A synchronous save of the state <paramref name="request"/> turns into this rank's save; made tensors freed after it.</summary>
+    private protected void SaveNow(string prefix, Func<List<KeyValuePair<string, object?>>, SaveRequest> request)
+    {
+        var owned = new List<torch.Tensor>();
+        try
+        {
+            Saves.Run(request(StateToSave(prefix, owned)));
+        }
+        finally
+        {
+            foreach (var t in owned) t.Dispose();
+        }
+    }
+
+    /// <summary>Caller-owned copies of this rank's boxes of profile <paramref name="profile"/> as a reader gets them (a BEMA profile's corrected).</summary>
+    internal List<DcpShard> ReadOutShards(int profile)
+    {
+        ThrowIfDisposed();
+        return Shards("", i => ReadOut(profile, i, _arenas[profile][i]!));
     }
 
     /// <summary>This manager's saves, synchronous and asynchronous (<c>Save</c>, <c>SaveAsync</c> and the post-hoc snapshots taken from it), in call order.</summary>
@@ -202,7 +258,7 @@ public abstract partial class EmaManagerBase<TModel>
         ThrowIfSwapped();
         using var _ = torch.no_grad();
         var state = new Dictionary<string, torch.Tensor>(_items.Length, StringComparer.Ordinal);
-        for (int i = 0; i < _items.Length; i++) state.Add(_items[i].Info.Name, _arenas[profile][i]!.clone());
+        for (int i = 0; i < _items.Length; i++) state.Add(_items[i].Info.Name, ReadOut(profile, i, _arenas[profile][i]!));
         return state;
     }
 
@@ -211,6 +267,11 @@ public abstract partial class EmaManagerBase<TModel>
         ArgumentNullException.ThrowIfNull(state);
         ThrowIfDisposed();
         ThrowIfSwapped();
+        if (IsBiasCorrected(profile))
+        {
+            throw new NotSupportedException(
+                $"Profile {profile} is a BEMA profile: its state dict holds the bias-corrected weights, which cannot be loaded back as its EMA; resume with Save and Load, which keep the EMA, θ₀ and α.");
+        }
         foreach (var (name, tensor) in state)
         {
             if (tensor is null) throw new ArgumentException($"EMA state dict does not fit {typeof(TModel).Name}: '{name}': value is null.", nameof(state));

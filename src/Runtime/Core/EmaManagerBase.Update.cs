@@ -103,11 +103,18 @@ public abstract partial class EmaManagerBase<TModel>
             {
                 if (!double.IsNaN(decays[k])) _currentDecay[k] = decays[k];
             }
+            if (_biasCorrected) AfterBiasCorrectedStep(decays, step);
         }
         if (samples > 0) AdvanceSamples(samples, decays);
         else _clock = EmaClock.Steps;
         Step = step;
         _report.End();
+        AfterStep(model);
+    }
+
+    /// <summary>What a facade does once a step is done (the dense manager's Switch EMA).</summary>
+    private protected virtual void AfterStep(TModel model)
+    {
     }
 
     /// <summary>
@@ -251,13 +258,18 @@ public abstract partial class EmaManagerBase<TModel>
     private protected EmaWeightSwap BeginSwap(TModel model, int profile)
     {
         var pairs = ShadowPairs(model, profile).ToList();
+        // A BEMA profile lends its corrected weights, made for the swap and freed with it.
+        var lent = new torch.Tensor[_items.Length];
+        for (int i = 0; i < _items.Length; i++) lent[i] = IsBiasCorrected(profile) ? ReadOut(profile, i, pairs[i].Shadow) : pairs[i].Shadow;
+        var owned = IsBiasCorrected(profile) ? lent : [];
+        for (int i = 0; i < _items.Length; i++) pairs[i] = (pairs[i].Target, lent[i]);
         // A swap re-points tensor objects: another object over a tied tensor's memory is re-pointed with its owner.
         foreach (var (slot, item) in _aliases)
         {
             var alias = _live.Tensor(slot)!;
-            if (!ReferenceEquals(alias, _live.Tensor(_items[item].Slot))) pairs.Add((alias, _arenas[profile][item]!));
+            if (!ReferenceEquals(alias, _live.Tensor(_items[item].Slot))) pairs.Add((alias, lent[item]));
         }
-        var swap = new EmaWeightSwap(pairs.ToArray(), () => _activeSwap = null);
+        var swap = new EmaWeightSwap(pairs.ToArray(), () => _activeSwap = null, owned);
         _activeSwap = swap;
         return swap;
     }

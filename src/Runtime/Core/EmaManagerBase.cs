@@ -112,6 +112,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
             using var _ = torch.no_grad();
             // Only the first arena packs: the parameters can alias one flat buffer, which every profile then reads.
             for (int k = 0; k < _arenas.Length; k++) _arenas[k] = new ShadowArena(boxes, sources, pack && k == 0, followers);
+            BindAnchors(boxes, sources);
             _shadowRoots = new object[_profiles.Length];
             for (int k = 0; k < _profiles.Length; k++)
             {
@@ -125,6 +126,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
         catch
         {
             foreach (var arena in _arenas) arena?.Dispose();
+            foreach (var anchor in _anchors) anchor?.Dispose();
             throw;
         }
         finally
@@ -223,8 +225,8 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
     // The item a name reaches: its own, or for a tied alias its owner's.
     private bool TryItem(string name, out int item) => _itemIndex.TryGetValue(name, out item) || _aliasIndex.TryGetValue(name, out item);
 
-    /// <summary>Bytes of shadow storage this manager holds (all profiles; this rank's boxes when sharded).</summary>
-    public long ShadowBytes => _arenas.Sum(a => a.Bytes);
+    /// <summary>Bytes of shadow storage this manager holds (all profiles, with a BEMA profile's θ₀; this rank's boxes when sharded).</summary>
+    public long ShadowBytes => _arenas.Sum(a => a.Bytes) + _anchors.Sum(a => a?.Bytes ?? 0);
 
     /// <summary>This manager's shadow of <paramref name="name"/> (a tensor the manager owns; first profile).</summary>
     /// <exception cref="KeyNotFoundException">No averaged tensor has that name.</exception>
@@ -274,6 +276,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
             _pool?.Dispose();
             _torch.Dispose();
             foreach (var arena in _arenas) arena.Dispose();
+            foreach (var anchor in _anchors) anchor?.Dispose();
         }
     }
 

@@ -33,6 +33,12 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
         : base(model, options ?? new EmaOptions(), RankInfo.Resolve(rank, worldSize), globalShapes, canPack: false,
             (manager, k, profile) => new ShardedEmaProfile<TModel>((ShardedEmaManager<TModel>)manager, k, profile.Name, profile.Schedule))
     {
+        if (Options.SwitchEvery is not null)
+        {
+            Dispose();
+            throw new NotSupportedException(
+                "Switch EMA (EmaOptions.SwitchEvery) needs the whole averaged weights, but each rank of a sharded EMA holds only its boxes; setting the full live model would need a gather EmaGen does not do. Switch with a dense EmaManager, or gather the EMA yourself.");
+        }
     }
 
     public int Rank => Placement.Rank;
@@ -50,7 +56,8 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
     public Dictionary<string, DcpShard> StateDict(int profile = 0)
     {
         using var _ = torch.no_grad();
-        return ShardsOf(profile, "", shadow => shadow.clone()).ToDictionary(s => s.Key);
+        ThrowIfSwapped();
+        return ReadOutShards(profile).ToDictionary(s => s.Key);
     }
 
     /// <summary>
@@ -84,7 +91,7 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        Saves.Run(RankSave(directory, saveId, timeout, StateToSave(prefix)));
+        SaveNow(prefix, state => RankSave(directory, saveId, timeout, state));
     }
 
     /// <summary>

@@ -139,6 +139,40 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void ScheduleJsonOfABurnedInBemaPrintsUpdatesDecayAndAlphaFromTheFormulas()
+    {
+        var (code, json, _) = Run("schedule", "startafter:5:every:3:percall:bema:kappa=0.6,eta=0.4,rho=7,gamma=2,betamin=0.001",
+            "--steps", "1,2,5,6,7,8,9,10,11,12,300,100000", "--json");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(json);
+        foreach (var row in doc.RootElement.GetProperty("steps").EnumerateArray())
+        {
+            long step = row.GetProperty("step").GetInt64();
+            // The paper's formulas with t counted from the burn-in: copies through step 5, then an update every 3rd t.
+            long t = step - 5;
+            bool updates = t <= 0 || t % 3 == 0;
+            double beta = t <= 0 ? 1.0 : Math.Max(Math.Pow(7 + 2.0 * t, -0.6), 0.001);
+            double alpha = t <= 0 ? 0.0 : Math.Pow(7 + 2.0 * t, -0.4);
+            Assert.Equal(updates, row.GetProperty("updates").GetBoolean());
+            Assert.Equal(1 - beta, row.GetProperty("decay").GetDouble(), 14);
+            Assert.Equal(alpha, row.GetProperty("alpha").GetDouble(), 14);
+        }
+        // Far out β_t falls below β_min, which then holds.
+        Assert.Equal(1 - 0.001, doc.RootElement.GetProperty("steps")[11].GetProperty("decay").GetDouble(), 14);
+
+        var (plain, text, _) = Run("schedule", "bema", "--steps", "1,10");
+        Assert.Equal(0, plain);
+        Assert.Contains("Bema(kappa=0.5, eta=0.2, rho=10, gamma=1, betaMin=0)", text);
+        Assert.Contains("alpha", text);
+        var (bad, _, badError) = Run("schedule", "bema:kapa=0.5");
+        Assert.Equal(1, bad);
+        Assert.Contains("'kapa'", badError);
+        var (noAlpha, powerJson, _) = Run("schedule", "power:0.1", "--steps", "1", "--json");
+        Assert.Equal(0, noAlpha);
+        Assert.DoesNotContain("alpha", powerJson);
+    }
+
+    [Fact]
     public void ScheduleKindOptionsMatchTheSpecificationAndJsonCarriesTheHalfLife()
     {
         var (_, fromSpec, _) = Run("schedule", "power:0.10", "--steps", "1,10,100,1000");

@@ -1,0 +1,147 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using EmaGen.Dcp;
+using TorchSharp;
+
+namespace EmaGen;
+
+// BEMA profiles (a schedule with IsBiasCorrected), for both managers. A step is the ordinary fused update of the EMA;
+// on top, each BEMA profile keeps θ₀ (the live weights at its last copy step, at bind before any) in the parameter's
+// dtype, and α of its last update. The bias-corrected weights ema + α·(θ − θ₀) exist only where a user reads a
+// profile's weights (copies, swaps, state dicts, checkpoints), made one tensor at a time from the weights of the model
+// the manager was last updated with (between updates of an every:K profile: those of the moment, not of the update).
+public abstract partial class EmaManagerBase<TModel>
+{
+    // Per profile: θ₀ (null for a profile without bias correction) and α of its last update (0 before the first, and
+    // at copy steps, where θ₀ is θ).
+    private ShadowArena?[] _anchors = [];
+    private double[] _alpha = [];
+    // The tensors of the model the manager was bound to or last updated: θ of the correction, whatever model a copy,
+    // swap or check was last given.
+    private torch.Tensor?[] _trained = [];
+
+    private bool _biasCorrected;
+
+    /// <summary>Whether profile <paramref name="profile"/> reads bias-corrected (BEMA) weights.</summary>
+    internal bool IsBiasCorrected(int profile) => _anchors[profile] is not null;
+
+    /// <summary>α of profile <paramref name="profile"/>'s last update (0 before it, or without bias correction).</summary>
+    internal double AlphaOf(int profile) => _alpha[profile];
+
+    /// <summary>θ₀ of item <paramref name="name"/> in a BEMA profile (tests).</summary>
+    internal torch.Tensor AnchorOf(int profile, string name) =>
+        TryItem(name, out int i) && _anchors[profile] is { } a ? a[i]! : throw new KeyNotFoundException($"No θ₀ of '{name}' in profile {profile}.");
+
+    // At bind, with the sources of every item alive: θ₀ for each BEMA profile, a copy of the live boxes.
+    private void BindAnchors(List<EmaParameterInfo> boxes, List<torch.Tensor> sources)
+    {
+        _alpha = new double[_profiles.Length];
+        _anchors = new ShadowArena?[_profiles.Length];
+        _trained = _items.Select(i => _slots[i.Slot].Tensor).ToArray();
+        var parameterDType = boxes.Select(b => b with { ShadowDType = b.DType }).ToList();
+        for (int k = 0; k < _profiles.Length; k++)
+        {
+            if (_profiles[k].Schedule.IsBiasCorrected) _anchors[k] = new ShadowArena(parameterDType, sources, packParameters: false);
+        }
+        _biasCorrected = _anchors.Any(a => a is not null);
+    }
+
+    // After a step's update: remember the model, and per BEMA profile that updated, α of the step or, at a copy step, θ₀.
+    private void AfterBiasCorrectedStep(double[] decays, long step)
+    {
+        for (int i = 0; i < _items.Length; i++) _trained[i] = _live.Tensor(_items[i].Slot);
+        for (int k = 0; k < _anchors.Length; k++)
+        {
+            if (_anchors[k] is not { } anchor || double.IsNaN(decays[k])) continue;
+            if (decays[k] == 0)
+            {
+                // Burn-in only: after it, a step adds no tensor work and no allocation to the fused update.
+                using var _ = torch.no_grad();
+                for (int i = 0; i < _items.Length; i++)
+                {
+                    using var box = LiveBox(i);
+                    InPlace.Release(anchor[i]!.copy_(box), anchor[i]!);
+                }
+                _alpha[k] = 0;
+            }
+            else
+            {
+                _alpha[k] = _schedules[k].AlphaAt(step);
+            }
+        }
+    }
+
+    private torch.Tensor LiveBox(int item) => _items[item].BoxOf(_trained[item] ?? _slots[_items[item].Slot].Tensor!);
+
+    /// <summary>
+    /// Item <paramref name="item"/>'s weights as profile <paramref name="profile"/> gives them to a reader, in a new
+    /// tensor of the shadow's dtype: <c>ema + α·(θ − θ₀)</c> for a BEMA profile (from <paramref name="ema"/>, the
+    /// shadow or a staged copy of it), a copy of <paramref name="ema"/> otherwise.
+    /// </summary>
+    private protected torch.Tensor ReadOut(int profile, int item, torch.Tensor ema)
+    {
+        using var _ = torch.no_grad();
+        if (_anchors[profile] is not { } anchor) return ema.clone();
+        var d = torch.empty_like(ema);
+        WriteCorrected(profile, item, ema, d);
+        return d;
+    }
+
+    /// <summary>Profile <paramref name="profile"/>'s corrected weights of item <paramref name="item"/> written into <paramref name="dest"/> (any dtype; may be the live tensor itself).</summary>
+    private protected void WriteCorrected(int profile, int item, torch.Tensor ema, torch.Tensor dest)
+    {
+        using var box = LiveBox(item);
+        BiasCorrection.Write(dest, ema, box, _anchors[profile]![item]!, _alpha[profile]);
+    }
+
+    // The resume keys of a BEMA profile's checkpoint: its EMA, θ₀ and α (the profile's usual keys hold the corrected weights).
+    private string BemaEmaKey(string profilePrefix, int item) => CheckpointKeys.Of(profilePrefix, CheckpointKeys.BemaEma) + "." + _items[item].Info.Name;
+
+    private string BemaAnchorKey(string profilePrefix, int item) => CheckpointKeys.Of(profilePrefix, CheckpointKeys.BemaTheta0) + "." + _items[item].Info.Name;
+
+    // What a checkpoint of BEMA profile k holds beside its corrected weights: each item's EMA (from `ema`) and θ₀
+    // (copied when `copyAnchors`, for a write that runs while training goes on), and α.
+    private IEnumerable<KeyValuePair<string, object?>> BemaResumeState(int k, string profilePrefix, Func<int, torch.Tensor> ema, bool copyAnchors, List<torch.Tensor> owned)
+    {
+        var anchor = _anchors[k]!;
+        for (int i = 0; i < _items.Length; i++)
+        {
+            var item = _items[i];
+            yield return new(BemaEmaKey(profilePrefix, i), new DcpShard(BemaEmaKey(profilePrefix, i), ema(i), item.Info.Shape, item.Offsets, item.Replicated));
+            var theta0 = Owned(copyAnchors ? anchor[i]!.clone() : anchor[i]!, copyAnchors, owned);
+            yield return new(BemaAnchorKey(profilePrefix, i), new DcpShard(BemaAnchorKey(profilePrefix, i), theta0, item.Info.Shape, item.Offsets, item.Replicated));
+        }
+        yield return new(CheckpointKeys.Of(profilePrefix, CheckpointKeys.BemaAlpha), _alpha[k]);
+    }
+
+    private static torch.Tensor Owned(torch.Tensor t, bool owned, List<torch.Tensor> list)
+    {
+        if (owned) list.Add(t);
+        return t;
+    }
+
+    // A load of BEMA profile k: its EMA and θ₀ from the resume keys (each checked: present, this shape, the right
+    // dtype), read into staging before anything is written.
+    private void StageBemaLoad(DcpReader reader, string directory, int k, string profilePrefix, List<(int Item, List<string> Names)> items,
+        List<(torch.Tensor Target, torch.Tensor Data)> staged)
+    {
+        var anchor = _anchors[k]!;
+        foreach (var (i, _) in items)
+        {
+            foreach (var (key, target) in new[] { (BemaEmaKey(profilePrefix, i), _arenas[k][i]!), (BemaAnchorKey(profilePrefix, i), anchor[i]!) })
+            {
+                if (reader.Metadata.Find(key) is not DcpTensorEntry entry)
+                {
+                    throw new CheckpointFormatException($"{directory}: '{key}' is missing; a BEMA profile resumes from its EMA and θ₀ (was the checkpoint written by a BEMA profile?).");
+                }
+                if (!TorchDTypes.TryGet(entry.DType, out var dtype, out _) || dtype != target.dtype || !entry.Size.AsSpan().SequenceEqual(_items[i].Info.Shape))
+                {
+                    throw new CheckpointFormatException(
+                        $"{directory}: '{key}' is {entry.DType} [{string.Join(", ", entry.Size)}], expected {target.dtype} [{string.Join(", ", _items[i].Info.Shape)}].");
+                }
+                staged.Add((target, reader.ReadSlice(key, _items[i].Offsets, _items[i].Sizes)));
+            }
+        }
+    }
+}

@@ -21,11 +21,11 @@ internal static class DcpCommit
     /// <param name="staging">The staging folder holding every rank's data files.</param>
     /// <param name="request">Rank 0's request: save id, world size, timeout, options.</param>
     /// <param name="own">Rank 0's entries.</param>
-    /// <param name="joined">When rank 0 joined the save, less the timeout: only failure word left since then counts.</param>
-    public static DcpMetadata Commit(string target, string staging, SaveRequest request, IReadOnlyList<ManifestEntry> own, DateTime joined)
+    /// <param name="freshSince">When rank 0 freshSince the save, less the timeout: only failure word left since then counts.</param>
+    public static DcpMetadata Commit(string target, string staging, SaveRequest request, IReadOnlyList<ManifestEntry> own, DateTime freshSince)
     {
         var options = request.Options;
-        var perRank = Gather(target, staging, request, own, joined);
+        var perRank = Gather(target, staging, request, own, freshSince);
         var metadata = Merge(target, request.SaveId, options.Naming, perRank);
 
         var temp = Path.Combine(staging, ".metadata.tmp");
@@ -43,7 +43,7 @@ internal static class DcpCommit
     /// Ranks other than 0: waits until <paramref name="target"/> holds the checkpoint of <paramref name="saveId"/>, or
     /// until a rank reports in <paramref name="staging"/> that it failed.
     /// </summary>
-    public static void WaitFor(string target, string staging, string saveId, TimeSpan timeout, DateTime joined)
+    public static void WaitFor(string target, string staging, string saveId, TimeSpan timeout, DateTime freshSince)
     {
         var deadline = DateTime.UtcNow + timeout;
         while (true)
@@ -61,7 +61,7 @@ internal static class DcpCommit
                 }
             }
             // After the commit is seen (word left by a rank that gave up while rank 0 still committed does not count).
-            DcpManifest.ThrowIfAnyRankFailed(target, staging, saveId, joined);
+            DcpManifest.ThrowIfAnyRankFailed(target, staging, saveId, freshSince);
             if (DateTime.UtcNow >= deadline)
             {
                 throw new TimeoutException($"{target}: save '{saveId}' was not committed by rank 0 within {timeout.TotalSeconds:F0} s.");
@@ -71,14 +71,14 @@ internal static class DcpCommit
     }
 
     // Every rank's entries in rank order: rank 0's own, then each other rank's manifest once all are there.
-    private static List<IReadOnlyList<ManifestEntry>> Gather(string target, string staging, SaveRequest request, IReadOnlyList<ManifestEntry> own, DateTime joined)
+    private static List<IReadOnlyList<ManifestEntry>> Gather(string target, string staging, SaveRequest request, IReadOnlyList<ManifestEntry> own, DateTime freshSince)
     {
         int worldSize = request.Rank.WorldSize;
         var deadline = DateTime.UtcNow + request.Timeout;
         var missing = Enumerable.Range(1, worldSize - 1).ToList();
         while (true)
         {
-            DcpManifest.ThrowIfAnyRankFailed(target, staging, request.SaveId, joined);
+            DcpManifest.ThrowIfAnyRankFailed(target, staging, request.SaveId, freshSince);
             missing.RemoveAll(r => File.Exists(DcpManifest.PathOf(staging, r)));
             if (missing.Count == 0) break;
             if (DateTime.UtcNow >= deadline)

@@ -75,6 +75,25 @@ internal static class DcpManifest
         }
     }
 
+    /// <summary>
+    /// The first word of a rank's failure in <paramref name="staging"/> left since <paramref name="since"/> (any age when
+    /// <see cref="DateTime.MinValue"/>), or null.
+    /// </summary>
+    public static string? FirstFailure(string staging, DateTime since)
+    {
+        string[] failed;
+        try
+        {
+            failed = Directory.GetFiles(staging, FailurePrefix + "*");
+        }
+        catch (DirectoryNotFoundException)
+        {
+            return null;
+        }
+        // File times come from the kernel's coarse clock, a few milliseconds behind: hence the slack.
+        return failed.Order(StringComparer.Ordinal).FirstOrDefault(f => since == DateTime.MinValue || File.GetLastWriteTimeUtc(f) >= since - TimeSpan.FromMilliseconds(20));
+    }
+
     /// <summary>Whether every rank of a world of <paramref name="worldSize"/> has left word that it failed (so none writes here any more).</summary>
     public static bool EveryRankFailed(string staging, int worldSize)
     {
@@ -91,18 +110,7 @@ internal static class DcpManifest
     /// </summary>
     public static void ThrowIfAnyRankFailed(string target, string staging, string saveId, DateTime since)
     {
-        string[] failed;
-        try
-        {
-            failed = Directory.GetFiles(staging, FailurePrefix + "*");
-        }
-        catch (DirectoryNotFoundException)
-        {
-            return;
-        }
-        // File times come from the kernel's coarse clock, a few milliseconds behind: hence the slack.
-        var file = failed.Order(StringComparer.Ordinal).FirstOrDefault(f => File.GetLastWriteTimeUtc(f) >= since - TimeSpan.FromMilliseconds(20));
-        if (file is null) return;
+        if (FirstFailure(staging, since) is not { } file) return;
         string why;
         try
         {

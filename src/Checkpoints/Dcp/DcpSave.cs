@@ -46,17 +46,17 @@ internal static class DcpSave
         SaveStaging? staging = null;
         // Word that a rank failed counts for as long as the others would wait for it; older word is an earlier attempt's
         // under the same save id (rank 0 also removes such a folder when nobody holds it).
-        var joined = DateTime.UtcNow - request.Timeout;
+        var freshSince = DateTime.UtcNow - request.Timeout;
         try
         {
             staging = SaveStaging.Begin(target, request.SaveId, rank.Rank,
-                DiskSpace.Estimate(values.Count + chunks.Count, dataBytes), removeStale: rank.Rank == 0, joined);
+                DiskSpace.Estimate(values.Count + chunks.Count, dataBytes), removeStale: rank.Rank == 0, freshSince);
             // A rank that joins a save another rank has given up on stops at once.
-            if (rank.WorldSize > 1) DcpManifest.ThrowIfAnyRankFailed(target, staging.Path, request.SaveId, joined);
+            if (rank.WorldSize > 1) DcpManifest.ThrowIfAnyRankFailed(target, staging.Path, request.SaveId, freshSince);
             var entries = DcpRankWriter.Write(staging.Path, request.SaveId, rank.Rank, values, chunks, request.Options);
-            if (rank.Rank == 0) return DcpCommit.Commit(target, staging.Path, request, entries, joined);
+            if (rank.Rank == 0) return DcpCommit.Commit(target, staging.Path, request, entries, freshSince);
             DcpManifest.Write(staging.Path, request.SaveId, rank, entries);
-            DcpCommit.WaitFor(target, staging.Path, request.SaveId, request.Timeout, joined);
+            DcpCommit.WaitFor(target, staging.Path, request.SaveId, request.Timeout, freshSince);
             return null;
         }
         catch (Exception e)

@@ -50,8 +50,7 @@ internal sealed class SaveStaging : IDisposable
             // An earlier attempt under the same save id that nobody holds any more: its manifests and failure word are
             // not this attempt's. (Fresh failure word is: a rank of this attempt failed before it took its lock.)
             var own = PathOf(target, id);
-            if (Directory.Exists(own) && !AnyHeld(Directory.GetFiles(parent, System.IO.Path.GetFileName(own) + LockInfix + "*"))
-                && !Directory.EnumerateFiles(own, ".failed-*").Any(f => File.GetLastWriteTimeUtc(f) >= freshSince))
+            if (Directory.Exists(own) && !AnyHeld(LocksOf(own)) && DcpManifest.FirstFailure(own, freshSince) is null)
             {
                 CheckpointFiles.TryDeleteDirectory(own);
             }
@@ -101,12 +100,12 @@ internal sealed class SaveStaging : IDisposable
             if (folder == keep) continue;
             try
             {
-                var locks = Directory.GetFiles(parent, System.IO.Path.GetFileName(folder) + LockInfix + "*");
+                var locks = LocksOf(folder);
                 // A lock-less folder holding a .metadata is a checkpoint swapped out by a committed save whose removal of
                 // it failed: nobody writes there any more.
                 // So is one holding a rank's word that the save failed.
                 bool abandoned = locks.Length == 0
-                    ? File.Exists(System.IO.Path.Combine(folder, ".metadata")) || Directory.GetFiles(folder, ".failed-*").Length > 0
+                    ? File.Exists(System.IO.Path.Combine(folder, ".metadata")) || DcpManifest.FirstFailure(folder, DateTime.MinValue) is not null
                       || DateTime.UtcNow - Directory.GetLastWriteTimeUtc(folder) > UnlockedGrace
                     : !AnyHeld(locks);
                 if (!abandoned) continue;
@@ -134,6 +133,10 @@ internal sealed class SaveStaging : IDisposable
         }
         return removed;
     }
+
+    // The lock files of the writers of staging folder `folder` (beside it).
+    private static string[] LocksOf(string folder) =>
+        Directory.GetFiles(System.IO.Path.GetDirectoryName(folder)!, System.IO.Path.GetFileName(folder) + LockInfix + "*");
 
     private static bool AnyHeld(string[] locks)
     {

@@ -18,6 +18,7 @@ namespace EmaGen.Tests.Dcp;
 /// untouched page read by the writer becomes resident on this project's machines), and each phase's peak growth is
 /// bounded on its own, far below the tensor, so a writer or reader that copied it would fail.
 /// </summary>
+[Collection(ProcessWideState.Name)]
 public sealed class LargeCheckpointTests
 {
     private const long Rows = 540;

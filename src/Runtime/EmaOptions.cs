@@ -106,6 +106,12 @@ public sealed class EmaOptions
     internal bool ForceTorchOps { get; init; }
 
     /// <summary>
+    /// Benchmark-only: the CPU update uses helper threads of its own even where it could run on LibTorch's OpenMP team
+    /// (what the update did before it borrowed that team; the benchmark prints both).
+    /// </summary>
+    internal bool OwnUpdateThreads { get; init; }
+
+    /// <summary>
     /// Threads the CPU update may use for large models (default: every processor). Updates below about a million
     /// elements always run on the calling thread, where waking helpers would cost more than it saves.
     /// </summary>

@@ -140,6 +140,10 @@ internal sealed unsafe class UpdateBenchmark
         using var guardOff = new EmaManager<SyntheticModel>(guardOffModel, new EmaOptions { Decay = _decay, Threads = _threads, NonFinite = NonFinitePolicy.Allow });
         using var distanceModel = new SyntheticModel(_shapes, _dtype, dynamic);
         using var distance = new EmaManager<SyntheticModel>(distanceModel, new EmaOptions { Decay = _decay, Threads = _threads, ReportDistance = true });
+        // The update as it was before it ran on LibTorch's OpenMP team: helper threads of its own (the root cause the
+        // after-op figures show).
+        using var ownThreadsModel = new SyntheticModel(_shapes, _dtype, dynamic);
+        using var ownThreads = new EmaManager<SyntheticModel>(ownThreadsModel, new EmaOptions { Decay = _decay, Threads = _threads, OwnUpdateThreads = true });
         int threads = ema.UpdateThreads;
 
         // Baselines over the same parameters: the seed's mul_+add_ per tensor, and lerp_ per tensor with a cached weight.
@@ -158,6 +162,8 @@ internal sealed unsafe class UpdateBenchmark
             ("emagen_1_thread", BytesPerElement, () => single.Update(model)),
             ("emagen_after_libtorch_op", BytesPerElement, () => ema.Update(model)),
             ("emagen_guard_off", BytesPerElement, () => guardOff.Update(guardOffModel)),
+            ("emagen_own_threads", BytesPerElement, () => ownThreads.Update(ownThreadsModel)),
+            ("emagen_own_threads_after_op", BytesPerElement, () => ownThreads.Update(ownThreadsModel)),
             ("emagen_rms_distance", BytesPerElement, () => distance.Update(distanceModel)),
             ("seed_mul_add_per_tensor", BytesPerElement, () =>
             {
@@ -179,7 +185,8 @@ internal sealed unsafe class UpdateBenchmark
         log.WriteLine($"warming up ({threads} threads)...");
         // What a trainer's update meets: the optimizer's last LibTorch op has just run and its OpenMP workers still spin.
         using var opInput = torch.ones(1 << 20);
-        var before = new Dictionary<string, Action> { ["emagen_after_libtorch_op"] = () => { using var _ = torch.no_grad(); opInput.add_(1f); } };
+        Action libTorchOp = () => { using var _ = torch.no_grad(); opInput.add_(1f); };
+        var before = new Dictionary<string, Action> { ["emagen_after_libtorch_op"] = libTorchOp, ["emagen_own_threads_after_op"] = libTorchOp };
         var samples = Timing.RoundRobin(variants.Select(v => (v.Name, v.Step)).ToList(), _rounds, before);
 
         long managedThread = GC.GetAllocatedBytesForCurrentThread();
@@ -244,6 +251,12 @@ internal sealed unsafe class UpdateBenchmark
             writer.WriteNumber("ratio_to_limit", Math.Round(PairedRatio(samples["emagen_default"], samples[limit], BytesPerElement), 3));
             writer.WriteNumber("unpacked_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_unpacked"], samples[limit], BytesPerElement), 3));
             writer.WriteNumber("after_libtorch_op_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_after_libtorch_op"], samples[limit], BytesPerElement), 3));
+            writer.WriteNumber("own_threads_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_own_threads"], samples[limit], BytesPerElement), 3));
+            writer.WriteNumber("own_threads_after_op_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_own_threads_after_op"], samples[limit], BytesPerElement), 3));
+            // The comparisons, each the median of per-round ratios.
+            writer.WriteNumber("default_over_unpacked", Math.Round(PairedOver(samples["emagen_default"], samples["emagen_unpacked"]), 3));
+            if (samples.ContainsKey("lerp_per_tensor")) writer.WriteNumber("default_over_lerp_per_tensor", Math.Round(PairedOver(samples["emagen_default"], samples["lerp_per_tensor"]), 3));
+            writer.WriteNumber("seed_mul_add_over_default", Math.Round(PairedOver(samples["seed_mul_add_per_tensor"], samples["emagen_default"]), 3));
             // The guard's cost: each round's default update (guard on) over the same round's guard-off update, median
             // over rounds; likewise the RMS distance option over the default.
             writer.WriteNumber("guard_on_ms", Math.Round(Timing.Median(samples["emagen_default"]), 3));
@@ -280,6 +293,10 @@ internal sealed unsafe class UpdateBenchmark
         }
         return Timing.Median(times);
     }
+
+    // Time of one variant over another's, per round, median over rounds.
+    internal static double PairedOver(List<double> numerator, List<double> denominator) =>
+        Timing.Median(numerator.Zip(denominator, (a, b) => a / b).ToList());
 
     // Bandwidth ratio per round (bytes per element of the variant vs the probe's 12), median over rounds.
     internal static double PairedRatio(List<double> variantMs, List<double> probeMs, int variantBytes) =>

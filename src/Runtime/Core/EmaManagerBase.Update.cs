@@ -69,7 +69,7 @@ public abstract partial class EmaManagerBase<TModel>
         for (int g = 0; g < groups.Count; g++) _torchGroup[g] = options.ForceTorchOps || groups[g].Device.type != DeviceType.CPU;
         _stepDecays = new double[_profiles.Length];
         int threads = options.EffectiveThreads;
-        if (threads > 1 && elements >= RawCpuBackend.ParallelThreshold) _pool = new CpuWorkerPool(threads);
+        if (threads > 1 && elements >= RawCpuBackend.ParallelThreshold) _pool = new CpuWorkerPool(threads, options.OwnUpdateThreads);
         _nonFinite = options.NonFinite;
         bool guard = _nonFinite != NonFinitePolicy.Allow;
         _raw = new RawCpuBackend(_arenas, _items, _live, _pool, guard, options.ReportDistance);

@@ -1,5 +1,6 @@
 using System;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Threading;
 
 namespace EmaGen;
@@ -18,23 +19,21 @@ internal interface IPartitionedWork
 }
 
 /// <summary>
-/// A few dedicated helper threads for the CPU update. Unlike <c>Parallel.For</c> it allocates nothing per run (one lock
-/// object per signal made up front, one shared work reference), which keeps the steady-state update free of managed
-/// allocations; <c>ManualResetEventSlim</c> would create its lock and kernel event lazily on the first wait that blocks,
-/// making the allocation count depend on thread timing.
+/// The threads of the CPU update. Where LibTorch runs its CPU ops on a GNU OpenMP team (<see cref="OpenMpTeam"/>), a run
+/// is a parallel region on that team: right after a LibTorch op (the optimizer's step, which a trainer's update follows)
+/// the team's workers busy-wait for more work for some milliseconds, each holding a core, and threads of our own would
+/// share those cores with them instead of using them. Elsewhere it keeps a few helper threads of its own.
 /// <para>
-/// Waking a sleeping helper is slow on a virtual machine, a large share of a small update. So a manager calls
+/// Either way it allocates nothing per run. The own helpers wait on one lock object per signal made up front
+/// (<c>ManualResetEventSlim</c> would create its lock and kernel event lazily on the first wait that blocks, making the
+/// allocation count depend on thread timing). Waking a sleeping helper is slow on a virtual machine, so a manager calls
 /// <see cref="WakeAhead"/> when a step starts: the helpers wake while the caller checks the model, take a share of the
 /// check's pointer reads (<see cref="LiveSlots"/>), then spin (bounded by <see cref="WakeAheadSpin"/>) until
-/// <see cref="Run"/> hands them work. Idle helpers never spin beyond that bound, so they do not take a core from the
-/// trainer between updates. The measured costs are in docs/performance.md.
-/// </para>
-/// <para>
-/// What this pool cannot help: right after a LibTorch op, LibTorch's OpenMP workers busy-wait for some milliseconds and
-/// hold the cores the helpers need (the update benchmark's <c>after_libtorch_op_ratio_to_limit</c>; see docs/performance.md).
+/// <see cref="Run"/> hands them work, and never longer, so they do not take a core from the trainer between updates.
+/// The measured costs are in docs/performance.md.
 /// </para>
 /// </summary>
-internal sealed class CpuWorkerPool : IDisposable
+internal sealed unsafe class CpuWorkerPool : IDisposable
 {
     private const int Sleeping = 0, Awake = 1, Assigned = 2;
 
@@ -58,9 +57,25 @@ internal sealed class CpuWorkerPool : IDisposable
     private Exception? _failure;
     private volatile bool _stopping;
 
-    public CpuWorkerPool(int threads)
+    // Set when the runs go to LibTorch's OpenMP team (no helper threads of our own); the pool's handle is the region's state.
+    private readonly bool _openMp;
+    private GCHandle _self;
+
+    /// <param name="threads">Threads a run uses, the caller's included.</param>
+    /// <param name="ownThreads">Helper threads of its own even where LibTorch's OpenMP team could run the work (the benchmark's comparison).</param>
+    public CpuWorkerPool(int threads, bool ownThreads = false)
     {
         Parallelism = Math.Max(1, threads);
+        _openMp = !ownThreads && Parallelism > 1 && OpenMpTeam.Available;
+        if (_openMp)
+        {
+            _self = GCHandle.Alloc(this);
+            _threads = [];
+            _signalLock = [new object()];
+            _signalSet = [false];
+            _state = [];
+            return;
+        }
         _threads = new Thread[Parallelism - 1];
         _signalLock = new object[Parallelism];
         _signalSet = new bool[Parallelism];
@@ -83,6 +98,7 @@ internal sealed class CpuWorkerPool : IDisposable
     /// </summary>
     public void WakeAhead(IAheadWork? ahead = null)
     {
+        if (_openMp) return;
         _ahead = ahead;
         for (int i = 0; i < _threads.Length; i++)
         {
@@ -93,6 +109,22 @@ internal sealed class CpuWorkerPool : IDisposable
     /// <summary>Runs <paramref name="work"/> split into <see cref="Parallelism"/> parts and returns when all are done.</summary>
     public void Run(IPartitionedWork work)
     {
+        if (_openMp)
+        {
+            _parts = Parallelism;
+            _failure = null;
+            _work = work;
+            try
+            {
+                OpenMpTeam.Run(&RegionBody, (void*)GCHandle.ToIntPtr(_self), Parallelism);
+            }
+            finally
+            {
+                _work = null;
+            }
+            if (_failure is { } failed) throw new InvalidOperationException("An EMA update thread failed.", failed);
+            return;
+        }
         if (_threads.Length == 0)
         {
             work.Execute(0, 1);
@@ -120,6 +152,20 @@ internal sealed class CpuWorkerPool : IDisposable
             _work = null;
         }
         if (_failure is { } failure) throw new InvalidOperationException("An EMA update thread failed.", failure);
+    }
+
+    [UnmanagedCallersOnly]
+    private static void RegionBody(void* state)
+    {
+        var pool = (CpuWorkerPool)GCHandle.FromIntPtr((IntPtr)state).Target!;
+        try
+        {
+            pool._work!.Execute(OpenMpTeam.ThreadNumber, pool._parts);
+        }
+        catch (Exception e)
+        {
+            pool._failure = e;
+        }
     }
 
     private void Loop(int part)
@@ -161,6 +207,7 @@ internal sealed class CpuWorkerPool : IDisposable
 
     public void Dispose()
     {
+        if (_self.IsAllocated) _self.Free();
         _stopping = true;
         for (int i = 0; i < _threads.Length; i++) Set(i);
         foreach (var thread in _threads) thread.Join();

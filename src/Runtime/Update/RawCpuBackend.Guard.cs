@@ -114,8 +114,8 @@ internal sealed unsafe partial class RawCpuBackend
     }
 
     // x - x is 0 for a finite x and NaN for an infinity or a NaN, and a sum with a non-finite term is non-finite, so one
-    // compare covers both vectors. A sum of two finite values that overflows is a false alarm: that block takes the
-    // element path, which gives the same bits for finite values.
+    // compare covers the vectors summed into its operands. A sum of finite values that overflows is a false alarm: that
+    // block takes the element path, which gives the same bits for finite values.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static bool AllFinite(Vector256<float> a, Vector256<float> b)
     {

@@ -177,26 +177,35 @@ internal sealed unsafe partial class RawCpuBackend
         int i = 0;
         if (Vector256.IsHardwareAccelerated)
         {
+            // 32 elements per round: four results share one finiteness test.
             var vw = Vector256.Create(w);
             var squares = Vector256<float>.Zero;
-            for (; i <= n - 16; i += 16)
+            for (; i <= n - 32; i += 32)
             {
                 var p0 = TLoad.Load8(p, i);
                 var p1 = TLoad.Load8(p, i + 8);
+                var p2 = TLoad.Load8(p, i + 16);
+                var p3 = TLoad.Load8(p, i + 24);
                 var r0 = Blend(Vector256.Load(ema + i), p0, vw);
                 var r1 = Blend(Vector256.Load(ema + i + 8), p1, vw);
-                if (TMode.Guard && !AllFinite(r0, r1))
+                var r2 = Blend(Vector256.Load(ema + i + 16), p2, vw);
+                var r3 = Blend(Vector256.Load(ema + i + 24), p3, vw);
+                if (TMode.Guard && !AllFinite(r0 + r1, r2 + r3))
                 {
-                    for (int j = i; j < i + 16; j++) ema[j] = Element<float, TMode>(ema[j], TLoad.Load1(p, j), w, ref s, at + j);
+                    for (int j = i; j < i + 32; j++) ema[j] = Element<float, TMode>(ema[j], TLoad.Load1(p, j), w, ref s, at + j);
                     continue;
                 }
                 r0.Store(ema + i);
                 r1.Store(ema + i + 8);
+                r2.Store(ema + i + 16);
+                r3.Store(ema + i + 24);
                 if (TMode.Rms)
                 {
                     var d0 = r0 - p0;
                     var d1 = r1 - p1;
-                    squares += d0 * d0 + d1 * d1;
+                    var d2 = r2 - p2;
+                    var d3 = r3 - p3;
+                    squares += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
                 }
             }
             if (TMode.Rms) s.SumSquares += Vector256.Sum(squares);

@@ -184,7 +184,9 @@ public sealed class FastPathTests
     {
         // 300 tensors: several blocks of pointer reads for the woken helper to share; 1.2M elements: threaded.
         torch.manual_seed(11);
-        using var pair = new ThreadedAndSingle(Enumerable.Repeat(4096L, 300).ToArray(), 0.75);
+        // Helper threads of the pool's own: only they share the pointer reads (LibTorch's OpenMP team is handed the
+        // kernels alone).
+        using var pair = new ThreadedAndSingle(Enumerable.Repeat(4096L, 300).ToArray(), 0.75, ownThreads: true);
         var (a, b, threaded, single) = (pair.A, pair.B, pair.Threaded, pair.Single);
         for (int step = 0; step < 6; step++)
         {
@@ -224,7 +226,7 @@ public sealed class FastPathTests
         torch.manual_seed(12);
         using var model = new ListModel(reflection: false);
         model.Heads.Add(nn.Linear(1024, 1024));
-        using var ema = new EmaManager<ListModel>(model, new EmaOptions { Decay = 0.5, Threads = 2 });
+        using var ema = new EmaManager<ListModel>(model, new EmaOptions { Decay = 0.5, Threads = 2, OwnUpdateThreads = true });
         Assert.Equal(2, ema.UpdateThreads);
         ema.Update(model);
         var before = ema.TrackedNames.ToDictionary(n => n, n => ema[n].data<float>().ToArray());
@@ -340,12 +342,12 @@ public sealed class FastPathTests
     // Two models with equal parameters, one averaged on two threads and one on the calling thread alone.
     private sealed class ThreadedAndSingle : IDisposable
     {
-        public ThreadedAndSingle(long[] sizes, double decay)
+        public ThreadedAndSingle(long[] sizes, double decay, bool ownThreads = false)
         {
             A = new SizedModel(ScalarType.Float32, sizes);
             B = new SizedModel(ScalarType.Float32, sizes);
             CopyParameters(A, B);
-            Threaded = new EmaManager<SizedModel>(A, new EmaOptions { Decay = decay, Threads = 2 });
+            Threaded = new EmaManager<SizedModel>(A, new EmaOptions { Decay = decay, Threads = 2, OwnUpdateThreads = ownThreads });
             Single = new EmaManager<SizedModel>(B, new EmaOptions { Decay = decay, Threads = 1 });
             Assert.Equal(2, Threaded.UpdateThreads);
             Assert.Equal(1, Single.UpdateThreads);

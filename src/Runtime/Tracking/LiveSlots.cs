@@ -23,8 +23,8 @@ namespace EmaGen;
 /// The data pointers of the tensors seen last step are read in one pass rather than one by one during the walk. Each
 /// read is a LibTorch call at the end of a chain of dependent cache misses (the Parameter object, its native handle,
 /// the TensorImpl, the StorageImpl), so each block of tensors is first touched level by level with loads that do not
-/// depend on each other (many misses in flight), and the blocks are shared with the update helpers woken at the start
-/// of the step (<see cref="CpuWorkerPool.WakeAhead"/>): a second core keeps its own misses in flight. Nothing is decided
+/// depend on each other (many misses in flight), and the blocks are shared with the update's other threads while the
+/// caller walks: a second core keeps its own misses in flight. Nothing is decided
 /// from the prefetches; a tensor whose object changed is read again by the caller.
 /// </para>
 /// </summary>
@@ -62,6 +62,8 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
     private readonly List<DynamicModuleContents> _dynamic = new();
     private int _dynamicCursor;
     private int _cursor;
+    // The walk shared with LibTorch's team (a SharedWalk of the manager's model type), made at the first check.
+    private IPartitionedWork? _walk;
 
     /// <param name="slots">The slots recorded at bind, with the tensors they held then.</param>
     /// <param name="watched">Per slot, whether its tensor is averaged (its pointer, dtype and device are followed).</param>
@@ -111,32 +113,25 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
 
     /// <summary>
     /// Walks <paramref name="model"/> and checks every slot; throws, naming the slot, before the caller writes anything.
-    /// Wakes <paramref name="pool"/>'s helpers first: they share the pointer reads while the caller walks, and are
-    /// running when the update is handed to them.
+    /// <paramref name="pool"/>'s threads share the pointer reads while the caller walks: in a region on LibTorch's team,
+    /// or as helpers of the pool's own woken ahead (then running when the update is handed to them).
     /// </summary>
     public void Check<TModel>(TModel model, CpuWorkerPool? pool) where TModel : torch.nn.Module, IEmaTracked<TModel>
     {
         ArmPointerPass();
-        pool?.WakeAhead(this);
         // The last check's parked tensors (re-checked then, or left by a check that threw).
         for (int c = 0; c < _changedCount; c++) _changed[_changedSlots[c]] = null;
         _changedCount = 0;
-        try
+        if (pool is { RunsOnLibTorchTeam: true })
         {
-            _cursor = 0;
-            _dynamicCursor = 0;
-            var visitor = new LiveSlotVisitor(this);
-            TModel.VisitParameters(model, ref visitor);
-            if (_cursor != _slots.Length)
-            {
-                throw new InvalidOperationException(
-                    $"The model has {_cursor} parameter slots, but had {_slots.Length} when the EMA manager was built.");
-            }
+            // The walk on the caller, the pointer blocks shared with the team's other threads, in one region.
+            var walk = _walk as SharedWalk<TModel> ?? (SharedWalk<TModel>)(_walk = new SharedWalk<TModel>(this));
+            walk.Run(model, pool);
         }
-        finally
+        else
         {
-            // Also when the walk threw: no helper may still be reading a block when the next check arms the pass.
-            CompletePointerPass();
+            pool?.WakeAhead(this);
+            Walk(model);
         }
         bool moved = false;
         for (int c = 0; c < _changedCount; c++)
@@ -166,6 +161,69 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
         if (!_tiesPending) return;
         CheckTies(_movedPending);
         _tiesPending = _movedPending = false;
+    }
+
+    // The generated walk over every slot, then the rest of the pointer pass; the walk's exception once all blocks are read.
+    private void Walk<TModel>(TModel model) where TModel : torch.nn.Module, IEmaTracked<TModel>
+    {
+        try
+        {
+            _cursor = 0;
+            _dynamicCursor = 0;
+            var visitor = new LiveSlotVisitor(this);
+            TModel.VisitParameters(model, ref visitor);
+            if (_cursor != _slots.Length)
+            {
+                throw new InvalidOperationException(
+                    $"The model has {_cursor} parameter slots, but had {_slots.Length} when the EMA manager was built.");
+            }
+        }
+        finally
+        {
+            // Also when the walk threw: no helper may still be reading a block when the next check arms the pass.
+            CompletePointerPass();
+        }
+    }
+
+    // One check's walk as a region on LibTorch's team: part 0 (the caller) walks, the other parts read pointer blocks
+    // until none are left. The walk's exception is carried out of the region and thrown as it was.
+    private sealed class SharedWalk<TModel>(LiveSlots slots) : IPartitionedWork where TModel : torch.nn.Module, IEmaTracked<TModel>
+    {
+        private TModel? _model;
+        private System.Runtime.ExceptionServices.ExceptionDispatchInfo? _failure;
+
+        public void Run(TModel model, CpuWorkerPool pool)
+        {
+            _model = model;
+            try
+            {
+                pool.Run(this);
+            }
+            finally
+            {
+                _model = null;
+            }
+            var failure = _failure;
+            _failure = null;
+            failure?.Throw();
+        }
+
+        public void Execute(int part, int parts)
+        {
+            if (part != 0)
+            {
+                slots.Help();
+                return;
+            }
+            try
+            {
+                slots.Walk(_model!);
+            }
+            catch (Exception e)
+            {
+                _failure = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e);
+            }
+        }
     }
 
     // Only after a change: an unchanged model keeps its ties.

@@ -89,6 +89,9 @@ internal sealed unsafe class CpuWorkerPool : IDisposable
         }
     }
 
+    /// <summary>Whether runs are regions on LibTorch's OpenMP team (else helper threads of the pool's own).</summary>
+    public bool RunsOnLibTorchTeam => _openMp;
+
     /// <summary>Threads a run uses, the caller's included.</summary>
     public int Parallelism { get; }
 

@@ -211,6 +211,9 @@ public abstract partial class EmaManagerBase<TModel>
         _onSlowPath?.Invoke(_slowPathReason);
     }
 
+    /// <summary>Benchmark-only: the CPU kernels' guard switched on or off over this manager's own buffers (RMS off).</summary>
+    internal void SetRawGuardForBenchmark(bool guard) => _raw.SetModeForBenchmark(guard, rms: false);
+
     /// <summary>Threads a CPU update uses (1 for small models or shards).</summary>
     public int UpdateThreads => _pool?.Parallelism ?? 1;
 

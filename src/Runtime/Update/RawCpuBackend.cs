@@ -46,7 +46,7 @@ internal sealed unsafe partial class RawCpuBackend : IUpdateBackend, IPartitione
     private int _chunkCount;
     // The kernels' mode (AllowMode, GuardMode, AllowRmsMode, GuardRmsMode) and, per part of the step (a chunk), each
     // profile's tally and the items it named (non-finite first, then healed).
-    private readonly int _mode;
+    private int _mode;
     private KernelStats[] _stats;
     private int[] _names;
     private int[] _nameCount;
@@ -108,6 +108,12 @@ internal sealed unsafe partial class RawCpuBackend : IUpdateBackend, IPartitione
             _groupItemOffsets[g] = _groupItems[g].Select(i => arenas[0].OffsetOf(i)).ToArray();
         }
     }
+
+    /// <summary>
+    /// Benchmark-only: switches the guard (and distance) of the kernels over the same buffers, so that the guard's cost
+    /// is measured without the placement of two models' memory in the figure.
+    /// </summary>
+    internal void SetModeForBenchmark(bool guard, bool rms) => _mode = (guard ? 1 : 0) + (rms ? 2 : 0);
 
     public void QueueGroup(int group) => Append(true, group, _groupParameters[group], _groupElements[group], _groupKernel[group]);
 

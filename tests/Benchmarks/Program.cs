@@ -198,6 +198,7 @@ internal sealed unsafe class UpdateBenchmark
         double managedPerUpdate = (double)(GC.GetAllocatedBytesForCurrentThread() - managedThread) / allocationSteps;
         double managedAllThreads = (double)(GC.GetTotalAllocatedBytes(precise: true) - managedAll) / allocationSteps;
         double tensorsPerUpdate = (double)(tensorStats.CreatedInScopeCount + tensorStats.CreatedOutsideScopeCount - tensorsBefore) / allocationSteps;
+        double unpackedManaged = ManagedBytesPerCall(() => packed.Update(packedModel));
 
         double bind1000Ms = MeasureBind1000();
 
@@ -272,6 +273,7 @@ internal sealed unsafe class UpdateBenchmark
             }
             writer.WriteNumber("managed_bytes_per_update", managedPerUpdate);
             writer.WriteNumber("managed_bytes_per_update_all_threads", managedAllThreads);
+            writer.WriteNumber("unpacked_managed_bytes_per_update", unpackedManaged);
             writer.WriteNumber("tensors_created_per_update", tensorsPerUpdate);
             writer.WriteNumber("bind_ms", Math.Round(bindMs, 2));
             writer.WriteNumber("bind_1000_params_ms", Math.Round(bind1000Ms, 2));
@@ -279,6 +281,14 @@ internal sealed unsafe class UpdateBenchmark
         }
         foreach (var t in seedShadows.Concat(lerpShadows)) t.Dispose();
         return System.Text.Encoding.UTF8.GetString(stream.ToArray());
+    }
+
+    // Managed bytes one call allocates on any thread, over 20 calls after the warm-up.
+    internal static double ManagedBytesPerCall(Action step)
+    {
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        for (int i = 0; i < 20; i++) step();
+        return (GC.GetTotalAllocatedBytes(precise: true) - before) / 20.0;
     }
 
     private double MeasureBind1000()

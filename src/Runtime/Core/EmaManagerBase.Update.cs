@@ -235,6 +235,7 @@ public abstract partial class EmaManagerBase<TModel>
                 else if (g.NotPackedReason is { } reason) notPacked.Add(reason);
             }
             var text = $"{groups.Count} group(s), {packed} packed; at the last update {_lastRawGroups} packed group(s) ran as one pass each and {_lastRawTensors} tensor(s) one by one";
+            if (_pool is not null) text += _pool.RunsOnLibTorchTeam ? $"; on {_pool.Parallelism} threads of LibTorch's OpenMP team" : $"; on {_pool.Parallelism} threads of its own";
             if (_lastTorchGroups + _lastTorchTensors > 0) text += $"; through TorchSharp ops: {_lastTorchGroups} packed group(s) and {_lastTorchTensors} tensor(s)";
             if (notPacked.Count > 0) text += "; not packed: " + string.Join("; ", notPacked);
             if (_slowPathReason is not null) text += "; slow path: " + _slowPathReason;

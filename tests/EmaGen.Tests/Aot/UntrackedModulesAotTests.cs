@@ -37,6 +37,19 @@ public sealed class UntrackedModulesAotTests
         foreach (var name in ema.TrackedNames) Console.WriteLine(FormattableString.Invariant($"shadow {name} {ema[name].sum().item<float>():R}"));
         Console.WriteLine(FormattableString.Invariant($"typed {ema.Shadow.blocks["b1.proj.weight"].sum().item<float>():R}"));
 
+        // Over a million elements on two threads: the update runs as a region on LibTorch's OpenMP team, whose
+        // workers call back into the binary.
+        using var wide = new Wide();
+        using var wideEma = new EmaManager<Wide>(wide, new EmaOptions { Decay = 0.9, Threads = 2 });
+        Console.WriteLine($"tracked wide on {wideEma.UpdateThreads} threads");
+        for (int step = 0; step < 3; step++)
+        {
+            using (torch.no_grad()) foreach (var (_, p) in wide.named_parameters()) p.add_(torch.randn_like(p));
+            wideEma.Update(wide);
+        }
+        foreach (var name in wideEma.TrackedNames) Console.WriteLine(FormattableString.Invariant($"shadow wide.{name} {wideEma[name].sum().item<float>():R}"));
+        Console.WriteLine($"tracked wide: {wideEma.UpdatePath}");
+
         public sealed class Inner : nn.Module<Tensor, Tensor>
         {
             private readonly Linear lin = nn.Linear(4, 4);
@@ -51,6 +64,14 @@ public sealed class UntrackedModulesAotTests
             private readonly Inner inner = new();
             public Block() : base(nameof(Block)) => RegisterComponents();
             public override Tensor forward(Tensor x) => inner.call(proj.call(x) * gain);
+        }
+
+        [EmaTracked]
+        public sealed partial class Wide : nn.Module<Tensor, Tensor>
+        {
+            private readonly Linear proj = nn.Linear(1024, 1024);
+            public Wide() : base(nameof(Wide)) => RegisterComponents();
+            public override Tensor forward(Tensor x) => proj.call(x);
         }
 
         [EmaTracked]
@@ -109,6 +130,8 @@ public sealed class UntrackedModulesAotTests
         Assert.Contains("parameter blocks.b1.inner.lin.weight [4, 4]", expected);
         Assert.Contains("parameter extra.0.gain [4]", expected);
         Assert.Contains("tracked 17", expected);
+        Assert.Contains("tracked wide on 2 threads", expected);
+        Assert.Contains(expected, l => l.StartsWith("tracked wide: ", StringComparison.Ordinal) && l.EndsWith("on 2 threads of LibTorch's OpenMP team", StringComparison.Ordinal));
         // Bit for bit: the update kernels compute one formula without fused multiply-add, so a NativeAOT binary built
         // for baseline x64 (128-bit vectors, no FMA) gives the JIT's values on this AVX-512 machine.
         Assert.Equal(expected, Results(aot.Output));

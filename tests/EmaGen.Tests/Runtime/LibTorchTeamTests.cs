@@ -74,6 +74,8 @@ public sealed class LibTorchTeamTests
         try
         {
             Assert.Equal(2, managers[0].UpdateThreads);
+            Assert.EndsWith("on 2 threads of LibTorch's OpenMP team", managers[0].UpdatePath);
+            Assert.EndsWith("on 2 threads of its own", managers[1].UpdatePath);
             Assert.Equal(1, managers[2].UpdateThreads);
             for (int step = 0; step < 8; step++)
             {

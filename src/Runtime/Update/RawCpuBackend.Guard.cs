@@ -123,6 +123,13 @@ internal sealed unsafe partial class RawCpuBackend
         return Vector256.EqualsAll(sum - sum, Vector256<float>.Zero);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool AllFinite(Vector128<float> a, Vector128<float> b)
+    {
+        var sum = a + b;
+        return Vector128.EqualsAll(sum - sum, Vector128<float>.Zero);
+    }
+
     private static bool NonFiniteBFloat16(ushort bits) => (bits & 0x7F80) == 0x7F80;
 
     private static bool NonFiniteFloat16(Half value) => !Half.IsFinite(value);

@@ -220,7 +220,7 @@ internal sealed unsafe partial class RawCpuBackend
                 var p1 = TLoad.Load4(p, i + 4);
                 var r0 = Blend(Vector128.Load(ema + i), p0, vw);
                 var r1 = Blend(Vector128.Load(ema + i + 4), p1, vw);
-                if (TMode.Guard && !Vector128.EqualsAll((r0 + r1) - (r0 + r1), Vector128<float>.Zero))
+                if (TMode.Guard && !AllFinite(r0, r1))
                 {
                     for (int j = i; j < i + 8; j++) ema[j] = Element<float, TMode>(ema[j], TLoad.Load1(p, j), w, ref s, at + j);
                     continue;

@@ -71,6 +71,26 @@ public sealed class TinyGptAotTests
         Assert.Contains($"EMA shadows: {named.Count} tensors", tied.Output);
         Assert.Contains("tied aliases: head.weight -> tokens.weight", tied.Output);
         Assert.Contains($"reloaded the checkpoint: {named.Count} of {named.Count} shadows match bit for bit", tied.Output);
+
+        // A NaN spike: the binary's kernels (128-bit vectors on baseline x64) take the guard's element path for every
+        // block the spike broke and keep the JIT's bits (256-bit vectors here).
+        var spike = ProcessRunner.Run(Path.Combine(folder["aot"], "TinyGpt"), folder.Path, 600_000,
+            "--arch", "gpt", "--steps", "12", "--nan-spike", "6", "--threads", "1", "--out", folder["run-spike"]);
+        Assert.True(spike.ExitCode == 0, "the AOT binary failed (spike):\n" + spike.Output);
+        var spikeOptions = new TrainOptions { Architecture = "gpt", Steps = 12, NanSpike = 6, Threads = 1 };
+        var jitSpike = new StringWriter();
+        int libTorchThreads = torch.get_num_threads();
+        try
+        {
+            Trainer.Run(spikeOptions, () => new GptModel(SyntheticLanguage.Vocabulary, spikeOptions.Context), jitSpike);
+        }
+        finally
+        {
+            torch.set_num_threads(libTorchThreads);
+        }
+        Assert.Contains("EMA weights intact", spike.Output);
+        Assert.Equal(Lines(jitSpike.ToString(), "EMA step report:"), Lines(spike.Output, "EMA step report:"));
+        Assert.Equal(Exact(jitSpike.ToString()), Exact(spike.Output));
     }
 
     private static System.Collections.Generic.List<string> Lines(string output, string prefix) =>

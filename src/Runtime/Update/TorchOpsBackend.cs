@@ -67,8 +67,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
                 for (int k = 0; k < _decays.Length; k++)
                 {
                     if (double.IsNaN(_decays[k])) continue;
-                    if (counted) BlendCountedFlat(_arenas[k].Groups[g].Shadow, parameters, _decays[k], k, first, Unit.Group(g));
-                    else Blend(_arenas[k].Groups[g].Shadow, parameters, _decays[k], k);
+                    Blend(_arenas[k].Groups[g].Shadow, parameters, new SliceStep(_decays[k], k, first, Unit.Group(g), counted));
                     if (_rms) _elements[k] += AveragedElements(Unit.Group(g));
                     first = false;
                 }
@@ -83,8 +82,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
                 for (int k = 0; k < _decays.Length; k++)
                 {
                     if (double.IsNaN(_decays[k])) continue;
-                    if (counted) BlendCounted(_arenas[k][item]!, view ?? live, _decays[k], k, first, Unit.Item(item));
-                    else Blend(_arenas[k][item]!, view ?? live, _decays[k], k);
+                    Blend(_arenas[k][item]!, view ?? live, new SliceStep(_decays[k], k, first, Unit.Item(item), counted));
                     if (_rms) _elements[k] += AveragedElements(Unit.Item(item));
                     first = false;
                 }
@@ -99,12 +97,15 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     }
 
     // LibTorch's lerp_ (ema + w * (p - ema), the raw kernels' form, whose fixed point is exactly the parameter) in
-    // place: no temporary for fp32 shadows of fp32 parameters, the least memory traffic the op path can have. Which
-    // ATen kernel runs depends on the CPU (a fused multiply-add where there is one), so its bits can differ from the
-    // raw kernels' (within a tested bound) and between machines; it turns a -0.0 shadow of a -0.0 parameter into +0.0.
-    // Low-precision values are widened exactly and a low-precision shadow is narrowed once.
-    /// <summary>Updates <paramref name="shadow"/> from <paramref name="parameter"/> (same shape) for profile <paramref name="profile"/>; integer and bool shadows are copied.</summary>
-    public void Blend(torch.Tensor shadow, torch.Tensor parameter, double decay, int profile)
+    // place: for a shadow of the parameter's dtype one op per unit and profile and no temporary, the least memory
+    // traffic the op path can have. Which ATen kernel runs depends on the device (a fused multiply-add where there is
+    // one), so its bits can differ from the raw kernels' (within a tested bound) and between machines, but not between
+    // runs on one; it turns a -0.0 shadow of a -0.0 parameter into +0.0. lerp_ takes one dtype, so a bf16/fp16
+    // parameter is widened exactly and a low-precision shadow widened and narrowed once: those copies, and the guard's
+    // masks and selections, are made a slice at a time, so what an update allocates stays under SliceBudgetBytes at
+    // any model size (docs/performance.md). Slices are fixed by the unit's size alone, so a step is deterministic.
+    /// <summary>Updates <paramref name="shadow"/> from <paramref name="parameter"/> (same shape) for one profile; integer and bool shadows are copied.</summary>
+    private void Blend(torch.Tensor shadow, torch.Tensor parameter, SliceStep step)
     {
         if (!DTypes.IsFloatingPoint(shadow.dtype))
         {
@@ -112,15 +113,86 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             return;
         }
         var compute = shadow.dtype == torch.ScalarType.Float64 ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
-        var weight = Weight(profile, compute, shadow.device, compute == torch.ScalarType.Float32 ? (float)(1.0 - decay) : 1.0 - decay);
-        using var wideParameter = parameter.dtype == compute ? null : parameter.to_type(compute);
-        if (shadow.dtype == compute)
+        step.Compute = compute;
+        step.Weight = Weight(step.Profile, compute, shadow.device, compute == torch.ScalarType.Float32 ? (float)(1.0 - step.Decay) : 1.0 - step.Decay);
+        long temporary = TemporaryBytesPerElement(shadow.dtype, parameter.dtype, compute, step.Counted);
+        if (temporary == 0)
         {
-            InPlace.Release(shadow.lerp_(wideParameter ?? parameter, weight), shadow);
+            InPlace.Release(shadow.lerp_(parameter, step.Weight), shadow);
             return;
         }
-        using var wide = shadow.to_type(compute);
-        InPlace.Release(wide.lerp_(wideParameter ?? parameter, weight), wide);
+        Sliced(shadow, parameter, Math.Max(SliceQuantum, SliceBudgetBytes / temporary / SliceQuantum * SliceQuantum), step);
+    }
+
+    // The most a slice's temporaries may take, and the multiple of elements a slice is cut at (vector bodies whole).
+    private const long SliceBudgetBytes = 48L << 20;
+    private const long SliceQuantum = 1 << 16;
+
+    // What one unit and profile's blend passes down to its slices.
+    private struct SliceStep(double decay, int profile, bool first, Unit unit, bool counted)
+    {
+        public readonly double Decay = decay;
+        public readonly int Profile = profile;
+        public readonly bool First = first;
+        public readonly Unit Unit = unit;
+        public readonly bool Counted = counted;
+        public torch.ScalarType Compute;
+        public torch.Tensor Weight = null!;
+    }
+
+    // Bytes of temporaries per element that one slice holds at once: the widened parameter and shadow, and under the
+    // guard two masks, two selections and a transient mask; the distance adds a difference and its square.
+    private long TemporaryBytesPerElement(torch.ScalarType shadow, torch.ScalarType parameter, torch.ScalarType compute, bool counted)
+    {
+        long wide = DTypes.SizeOf(compute);
+        long bytes = (parameter == compute ? 0 : wide) + (shadow == compute ? 0 : wide);
+        if (counted && _guard) bytes += 3 + 2 * wide;
+        if (counted && _rms) bytes += 2 * wide;
+        return bytes;
+    }
+
+    // Cuts a unit into slices of at most `slice` elements along its outer dimensions (a box of a tensor may be a
+    // strided view: narrowing keeps it a view, where flattening could copy it) and blends each.
+    private void Sliced(torch.Tensor shadow, torch.Tensor parameter, long slice, SliceStep step)
+    {
+        long n = shadow.numel();
+        if (n <= slice || shadow.dim() == 0)
+        {
+            BlendSlice(shadow, parameter, step);
+            return;
+        }
+        long rows = shadow.size(0);
+        if (rows == 1)
+        {
+            using var s = shadow.select(0, 0);
+            using var p = parameter.select(0, 0);
+            Sliced(s, p, slice, step);
+            return;
+        }
+        long perSlice = Math.Max(1, slice / (n / rows));
+        for (long r = 0; r < rows; r += perSlice)
+        {
+            using var s = shadow.narrow(0, r, Math.Min(perSlice, rows - r));
+            using var p = parameter.narrow(0, r, Math.Min(perSlice, rows - r));
+            Sliced(s, p, slice, step);
+        }
+    }
+
+    private void BlendSlice(torch.Tensor shadow, torch.Tensor parameter, SliceStep step)
+    {
+        if (step.Counted)
+        {
+            BlendCounted(shadow, parameter, step);
+            return;
+        }
+        using var wideParameter = parameter.dtype == step.Compute ? null : parameter.to_type(step.Compute);
+        if (shadow.dtype == step.Compute)
+        {
+            InPlace.Release(shadow.lerp_(wideParameter ?? parameter, step.Weight), shadow);
+            return;
+        }
+        using var wide = shadow.to_type(step.Compute);
+        InPlace.Release(wide.lerp_(wideParameter ?? parameter, step.Weight), wide);
         InPlace.Release(shadow.copy_(wide), shadow);
     }
 

@@ -150,6 +150,7 @@ internal sealed unsafe class UpdateBenchmark
         using var lerpWeight = torch.tensor((float)(1 - _decay));
 
         using var passes = new InPlacePasses(_elements, _decay, threads);
+        using var torchOps = new TorchOpsVariants(_shapes, _dtype, _decay, _threads, dynamic);
 
         var variants = new List<(string Name, int Bytes, Action Step)>
         {
@@ -165,6 +166,7 @@ internal sealed unsafe class UpdateBenchmark
                 for (int i = 0; i < weights.Length; i++) seedShadows[i].mul_(_decay).add_(weights[i], alpha: 1 - _decay);
             }),
         };
+        variants.AddRange(torchOps.Variants(BytesPerElement));
         variants.AddRange(passes.Variants());
         if (_dtype == ScalarType.BFloat16) variants.Add(passes.BFloat16Variant());
         if (_dtype == ScalarType.Float32)
@@ -192,6 +194,7 @@ internal sealed unsafe class UpdateBenchmark
         double managedAllThreads = (double)(GC.GetTotalAllocatedBytes(precise: true) - managedAll) / allocationSteps;
         double tensorsPerUpdate = (double)(tensorStats.CreatedInScopeCount + tensorStats.CreatedOutsideScopeCount - tensorsBefore) / allocationSteps;
 
+        torchOps.Measure();
         double bind1000Ms = MeasureBind1000();
 
         var stream = new MemoryStream();
@@ -244,6 +247,7 @@ internal sealed unsafe class UpdateBenchmark
             writer.WriteNumber("ratio_to_limit", Math.Round(PairedRatio(samples["emagen_default"], samples[limit], BytesPerElement), 3));
             writer.WriteNumber("unpacked_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_unpacked"], samples[limit], BytesPerElement), 3));
             writer.WriteNumber("after_libtorch_op_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_after_libtorch_op"], samples[limit], BytesPerElement), 3));
+            torchOps.Write(writer, samples, limit, BytesPerElement);
             // The guard's cost: each round's default update (guard on) over the same round's guard-off update, median
             // over rounds; likewise the RMS distance option over the default.
             writer.WriteNumber("guard_on_ms", Math.Round(Timing.Median(samples["emagen_default"]), 3));

@@ -4,7 +4,7 @@ using TorchSharp;
 namespace EmaGen;
 
 // The non-finite guard and the distance on the TorchSharp-op path. Per unit and profile, instead of one lerp_:
-// isfinite of the parameter and of the shadow, two where (keep the shadow where the parameter is not finite, then
+// a finite mask of the parameter and of the shadow, two where (keep the shadow where the parameter is not finite, then
 // heal a non-finite shadow from the parameter), the lerp_, a copy back, and one sum per count (docs/performance.md
 // lists the passes). Counts are added into device tensors and read only when a report asks: no host
 // synchronisation per step. Blend hands this a slice at a time, so the temporaries stay bounded.
@@ -99,8 +99,8 @@ internal sealed partial class TorchOpsBackend
         }
         else
         {
-            using var finiteParameter = p.isfinite();
-            using var finiteShadow = s.isfinite();
+            using var finiteParameter = Finite(p);
+            using var finiteShadow = Finite(s);
             using var target = torch.where(finiteParameter, p, s);
             using var start = torch.where(finiteShadow, s, target);
             int index = Index(step.Unit);
@@ -121,10 +121,19 @@ internal sealed partial class TorchOpsBackend
     // alive during the native call, so a collection can free it under LibTorch (seen as random add_ failures).
     private readonly Scalar _one = 1.0.ToScalar();
 
+    // x − x is 0 where x is finite and NaN elsewhere, and NaN alone is not equal to itself: two elementwise passes and
+    // one temporary of x's dtype, where LibTorch's isfinite is four passes and more temporaries.
+    private static torch.Tensor Finite(torch.Tensor x)
+    {
+        using var zeroOrNaN = x.sub(x);
+        return zeroOrNaN.eq(zeroOrNaN);
+    }
+
+    // count_nonzero, not a sum: a sum of a bool mask casts it to the sum's dtype (a temporary of that size) first.
     private void AddCount(DeviceCounts counts, long slot, torch.Tensor mask, bool negate)
     {
         using var flagged = negate ? mask.logical_not() : null;
-        using var n = (flagged ?? mask).sum(torch.ScalarType.Float64);
+        using var n = (flagged ?? mask).count_nonzero();
         using var cell = counts.Counts.select(0, slot);
         InPlace.Release(cell.add_(n, _one), cell);
     }
@@ -132,7 +141,8 @@ internal sealed partial class TorchOpsBackend
     private void AddSquares(DeviceCounts counts, int profile, torch.Tensor shadow, torch.Tensor target)
     {
         using var d = shadow.sub(target);
-        using var squares = d.square().sum(torch.ScalarType.Float64);
+        using var square = d.square();
+        using var squares = square.sum(torch.ScalarType.Float64);
         using var cell = counts.Squares.select(0, profile);
         InPlace.Release(cell.add_(squares, _one), cell);
     }

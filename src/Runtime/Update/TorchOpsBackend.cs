@@ -141,13 +141,14 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     }
 
     // Bytes of temporaries per element that one slice holds at once: the widened parameter and shadow, and under the
-    // guard two masks, two selections and a transient mask; the distance adds a difference and its square.
+    // guard two masks, two selections and a transient mask; the distance adds a difference, its square and the square
+    // cast to float64 for the sum.
     private long TemporaryBytesPerElement(torch.ScalarType shadow, torch.ScalarType parameter, torch.ScalarType compute, bool counted)
     {
         long wide = DTypes.SizeOf(compute);
         long bytes = (parameter == compute ? 0 : wide) + (shadow == compute ? 0 : wide);
         if (counted && _guard) bytes += 3 + 2 * wide;
-        if (counted && _rms) bytes += 2 * wide;
+        if (counted && _rms) bytes += 2 * wide + 8;
         return bytes;
     }
 

@@ -102,8 +102,9 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     // one), so its bits can differ from the raw kernels' (within a tested bound) and between machines, but not between
     // runs on one; it turns a -0.0 shadow of a -0.0 parameter into +0.0. lerp_ takes one dtype, so a bf16/fp16
     // parameter is widened exactly and a low-precision shadow widened and narrowed once: those copies, and the guard's
-    // masks and selections, are made a slice at a time, so what an update allocates stays under SliceBudgetBytes at
-    // any model size (docs/performance.md). Slices are fixed by the unit's size alone, so a step is deterministic.
+    // masks and selections, are made a slice at a time, so what an update holds beyond the model and its shadows stays
+    // under SliceBudgetBytes at any model size (docs/performance.md). Slices are fixed by the unit's size alone, so a
+    // step is deterministic.
     /// <summary>Updates <paramref name="shadow"/> from <paramref name="parameter"/> (same shape) for one profile; integer and bool shadows are copied.</summary>
     private void Blend(torch.Tensor shadow, torch.Tensor parameter, SliceStep step)
     {
@@ -121,11 +122,17 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             InPlace.Release(shadow.lerp_(parameter, step.Weight), shadow);
             return;
         }
-        Sliced(shadow, parameter, Math.Max(SliceQuantum, SliceBudgetBytes / temporary / SliceQuantum * SliceQuantum), step);
+        long budget = step.Counted ? CountedSliceBudgetBytes : SliceBudgetBytes;
+        long slice = Math.Max(SliceQuantum, budget / temporary / SliceQuantum * SliceQuantum);
+        step.ScratchElements = Math.Min(slice, shadow.numel());
+        Sliced(shadow, parameter, slice, step);
     }
 
     // The most a slice's temporaries may take, and the multiple of elements a slice is cut at (vector bodies whole).
+    // The guard's and the distance's temporaries are made and freed per slice (a host allocator may hold freed blocks
+    // between them, a device allocator caches them), so they get half the budget of the scratch buffers kept for widening.
     private const long SliceBudgetBytes = 48L << 20;
+    private const long CountedSliceBudgetBytes = 24L << 20;
     private const long SliceQuantum = 1 << 16;
 
     // What one unit and profile's blend passes down to its slices.
@@ -138,6 +145,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         public readonly bool Counted = counted;
         public torch.ScalarType Compute;
         public torch.Tensor Weight = null!;
+        public long ScratchElements;
     }
 
     // Bytes of temporaries per element that one slice holds at once: the widened parameter and shadow, and under the
@@ -186,15 +194,44 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             BlendCounted(shadow, parameter, step);
             return;
         }
-        using var wideParameter = parameter.dtype == step.Compute ? null : parameter.to_type(step.Compute);
+        using var wideParameter = parameter.dtype == step.Compute ? null : Widened(parameter, step, role: 0);
         if (shadow.dtype == step.Compute)
         {
             InPlace.Release(shadow.lerp_(wideParameter ?? parameter, step.Weight), shadow);
             return;
         }
-        using var wide = shadow.to_type(step.Compute);
+        using var wide = Widened(shadow, step, role: 1);
         InPlace.Release(wide.lerp_(wideParameter ?? parameter, step.Weight), wide);
         InPlace.Release(shadow.copy_(wide), shadow);
+    }
+
+    // Widened copies go into scratch buffers held across steps, one per (device, dtype, role: parameter or shadow),
+    // as large as the largest slice met (at most a slice): a steady-state step allocates no device memory for them.
+    private readonly List<(torch.Device Device, torch.ScalarType DType, int Role, torch.Tensor Buffer)> _scratch = new();
+
+    private torch.Tensor Widened(torch.Tensor slice, SliceStep step, int role)
+    {
+        var buffer = Scratch(slice.device, step.Compute, role, step.ScratchElements);
+        using var flat = buffer.narrow(0, 0, slice.numel());
+        var view = flat.view_as(slice);
+        InPlace.Release(view.copy_(slice), view);
+        return view;
+    }
+
+    private torch.Tensor Scratch(torch.Device device, torch.ScalarType dtype, int role, long elements)
+    {
+        for (int i = 0; i < _scratch.Count; i++)
+        {
+            var (d, t, r, buffer) = _scratch[i];
+            if (r != role || t != dtype || d.type != device.type || d.index != device.index) continue;
+            if (buffer.numel() >= elements) return buffer;
+            buffer.Dispose();
+            _scratch.RemoveAt(i);
+            break;
+        }
+        var made = torch.empty(elements, dtype, device).DetachFromDisposeScope();
+        _scratch.Add((device, dtype, role, made));
+        return made;
     }
 
     // The weight 1 - decay as a 0-dim tensor on the shadows' device, one per (profile, dtype, device), made once and
@@ -222,6 +259,8 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     {
         foreach (var (_, t, _) in _weights) t.Dispose();
         _weights.Clear();
+        foreach (var (_, _, _, buffer) in _scratch) buffer.Dispose();
+        _scratch.Clear();
         foreach (var c in _counts) c.Dispose();
         _counts.Clear();
         _one.Dispose();

@@ -111,8 +111,8 @@ public sealed class TorchOpsPathTests
         }
     }
 
-    // Units larger than a slice (a bf16 parameter widened for an fp32 shadow: 12M elements a slice; the guard's masks
-    // and selections: 4.5M for fp32, 2.6M for a bf16 parameter with a bf16 shadow): two identical runs give the same
+    // Units larger than a slice (a bf16 parameter widened for an fp32 shadow: 12.6M elements a slice; the guard's masks
+    // and selections: 2.2M for fp32, 1.3M for a bf16 parameter with a bf16 shadow): two identical runs give the same
     // bits, and every shadow is within n·u·(max|e| + 3·w·max|p − e|) of the float64 EMA after n steps (u: the shadow
     // dtype's unit roundoff; the bound above with n < 1/w). Odd sizes, so the last slice is short.
     [Theory]

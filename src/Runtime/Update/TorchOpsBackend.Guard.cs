@@ -88,8 +88,8 @@ internal sealed partial class TorchOpsBackend
         var weight = step.Weight;
         int profile = step.Profile;
         var counts = CountsOn(shadow.device);
-        using var wideParameter = parameter.dtype == compute ? null : parameter.to_type(compute);
-        using var wideShadow = shadow.dtype == compute ? null : shadow.to_type(compute);
+        using var wideParameter = parameter.dtype == compute ? null : Widened(parameter, step, role: 0);
+        using var wideShadow = shadow.dtype == compute ? null : Widened(shadow, step, role: 1);
         var p = wideParameter ?? parameter;
         var s = wideShadow ?? shadow;
         if (!_guard)

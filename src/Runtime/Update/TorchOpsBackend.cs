@@ -57,8 +57,9 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         if (counted) BeginCounts();
         try
         {
-            // no_grad allocates a guard object, so it is only opened when there is something to blend.
-            using var _ = torch.no_grad();
+            // no_grad allocates a guard object, so it is only opened where autograd could record: a packed group's flat
+            // buffers are plain tensors, but a queued box is a live parameter.
+            using var _ = _itemCount > 0 ? torch.no_grad() : null;
             for (int i = 0; i < _groupCount; i++)
             {
                 int g = _groups[i];
@@ -115,7 +116,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         }
         var compute = shadow.dtype == torch.ScalarType.Float64 ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
         step.Compute = compute;
-        step.Weight = Weight(step.Profile, compute, shadow.device, compute == torch.ScalarType.Float32 ? (float)(1.0 - step.Decay) : 1.0 - step.Decay);
+        step.Weight = Weight(step.Profile, compute, shadow.device_type, shadow.device_index, compute == torch.ScalarType.Float32 ? (float)(1.0 - step.Decay) : 1.0 - step.Decay);
         long temporary = TemporaryBytesPerElement(shadow.dtype, parameter.dtype, compute, step.Counted);
         if (temporary == 0)
         {
@@ -207,42 +208,42 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
 
     // Widened copies go into scratch buffers held across steps, one per (device, dtype, role: parameter or shadow),
     // as large as the largest slice met (at most a slice): a steady-state step allocates no device memory for them.
-    private readonly List<(torch.Device Device, torch.ScalarType DType, int Role, torch.Tensor Buffer)> _scratch = new();
+    private readonly List<(torch.ScalarType DType, int Role, torch.Tensor Buffer)> _scratch = new();
 
     private torch.Tensor Widened(torch.Tensor slice, SliceStep step, int role)
     {
-        var buffer = Scratch(slice.device, step.Compute, role, step.ScratchElements);
+        var buffer = Scratch(slice.device_type, slice.device_index, step.Compute, role, step.ScratchElements);
         using var flat = buffer.narrow(0, 0, slice.numel());
         var view = flat.view_as(slice);
         InPlace.Release(view.copy_(slice), view);
         return view;
     }
 
-    private torch.Tensor Scratch(torch.Device device, torch.ScalarType dtype, int role, long elements)
+    private torch.Tensor Scratch(DeviceType deviceType, int deviceIndex, torch.ScalarType dtype, int role, long elements)
     {
         for (int i = 0; i < _scratch.Count; i++)
         {
-            var (d, t, r, buffer) = _scratch[i];
-            if (r != role || t != dtype || d.type != device.type || d.index != device.index) continue;
+            var (t, r, buffer) = _scratch[i];
+            if (r != role || t != dtype || buffer.device_type != deviceType || buffer.device_index != deviceIndex) continue;
             if (buffer.numel() >= elements) return buffer;
             buffer.Dispose();
             _scratch.RemoveAt(i);
             break;
         }
-        var made = torch.empty(elements, dtype, device).DetachFromDisposeScope();
-        _scratch.Add((device, dtype, role, made));
+        var made = torch.empty(elements, dtype, new torch.Device(deviceType, deviceIndex)).DetachFromDisposeScope();
+        _scratch.Add((dtype, role, made));
         return made;
     }
 
     // The weight 1 - decay as a 0-dim tensor on the shadows' device, one per (profile, dtype, device), made once and
     // refilled only when a schedule changes the decay: lerp_ takes its weight as a tensor, and a fill is a launch,
-    // never a host synchronisation.
-    private torch.Tensor Weight(int profile, torch.ScalarType dtype, torch.Device device, double w)
+    // never a host synchronisation. The device comes as its type and index (Tensor.device makes an object per call).
+    private torch.Tensor Weight(int profile, torch.ScalarType dtype, DeviceType deviceType, int deviceIndex, double w)
     {
         for (int i = 0; i < _weights.Count; i++)
         {
             var (k, t, value) = _weights[i];
-            if (k != profile || t.dtype != dtype || t.device_type != device.type || t.device_index != device.index) continue;
+            if (k != profile || t.dtype != dtype || t.device_type != deviceType || t.device_index != deviceIndex) continue;
             if (value != w)
             {
                 InPlace.Release(t.fill_(w), t);
@@ -250,7 +251,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             }
             return t;
         }
-        var made = torch.tensor(w, dtype, device).DetachFromDisposeScope();
+        var made = torch.tensor(w, dtype, new torch.Device(deviceType, deviceIndex)).DetachFromDisposeScope();
         _weights.Add((profile, made, w));
         return made;
     }
@@ -259,7 +260,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     {
         foreach (var (_, t, _) in _weights) t.Dispose();
         _weights.Clear();
-        foreach (var (_, _, _, buffer) in _scratch) buffer.Dispose();
+        foreach (var (_, _, buffer) in _scratch) buffer.Dispose();
         _scratch.Clear();
         foreach (var c in _counts) c.Dispose();
         _counts.Clear();

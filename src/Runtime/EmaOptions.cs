@@ -101,7 +101,7 @@ public sealed class EmaOptions
 
     /// <summary>
     /// Test-only: every update goes through the TorchSharp-op path (what a CUDA run executes: one blend per packed
-    /// group, else per tensor) even on the CPU, so tests can prove it gives the raw kernels' bits.
+    /// group, else per tensor) even on the CPU, so tests and the update benchmark can exercise it without a device.
     /// </summary>
     internal bool ForceTorchOps { get; init; }
 

@@ -154,6 +154,7 @@ internal sealed unsafe class UpdateBenchmark
         using var lerpWeight = torch.tensor((float)(1 - _decay));
 
         using var passes = new InPlacePasses(_elements, _decay, threads);
+        using var torchOps = new TorchOpsVariants(_shapes, _dtype, _decay, _threads, dynamic);
 
         var variants = new List<(string Name, int Bytes, Action Step)>
         {
@@ -171,6 +172,7 @@ internal sealed unsafe class UpdateBenchmark
                 for (int i = 0; i < weights.Length; i++) seedShadows[i].mul_(_decay).add_(weights[i], alpha: 1 - _decay);
             }),
         };
+        variants.AddRange(torchOps.Variants(BytesPerElement));
         variants.AddRange(passes.Variants());
         if (_dtype == ScalarType.BFloat16) variants.Add(passes.BFloat16Variant());
         if (_dtype == ScalarType.Float32)
@@ -200,6 +202,7 @@ internal sealed unsafe class UpdateBenchmark
         double tensorsPerUpdate = (double)(tensorStats.CreatedInScopeCount + tensorStats.CreatedOutsideScopeCount - tensorsBefore) / allocationSteps;
         double unpackedManaged = ManagedBytesPerCall(() => packed.Update(packedModel));
 
+        torchOps.Measure();
         double bind1000Ms = MeasureBind1000();
 
         var stream = new MemoryStream();
@@ -258,6 +261,7 @@ internal sealed unsafe class UpdateBenchmark
             writer.WriteNumber("default_over_unpacked", Math.Round(PairedOver(samples["emagen_default"], samples["emagen_unpacked"]), 3));
             if (samples.ContainsKey("lerp_per_tensor")) writer.WriteNumber("default_over_lerp_per_tensor", Math.Round(PairedOver(samples["emagen_default"], samples["lerp_per_tensor"]), 3));
             writer.WriteNumber("seed_mul_add_over_default", Math.Round(PairedOver(samples["seed_mul_add_per_tensor"], samples["emagen_default"]), 3));
+            torchOps.Write(writer, samples, limit, BytesPerElement);
             // The guard's cost: each round's default update (guard on) over the same round's guard-off update, median
             // over rounds; likewise the RMS distance option over the default.
             writer.WriteNumber("guard_on_ms", Math.Round(Timing.Median(samples["emagen_default"]), 3));

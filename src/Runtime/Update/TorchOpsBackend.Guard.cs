@@ -4,15 +4,12 @@ using TorchSharp;
 namespace EmaGen;
 
 // The non-finite guard and the distance on the TorchSharp-op path. Per unit and profile, instead of one lerp_:
-// isfinite of the parameter and of the shadow, two where (keep the shadow where the parameter is not finite, then
+// a finite mask of the parameter and of the shadow, two where (keep the shadow where the parameter is not finite, then
 // heal a non-finite shadow from the parameter), the lerp_, a copy back, and one sum per count (docs/performance.md
 // lists the passes). Counts are added into device tensors and read only when a report asks: no host
-// synchronisation per step. A packed group is taken in slices so the temporaries stay bounded.
+// synchronisation per step. Blend hands this a slice at a time, so the temporaries stay bounded.
 internal sealed partial class TorchOpsBackend
 {
-    // Elements per slice of a packed group: the temporaries of one slice take at most a few times 64 MiB.
-    private const long SliceElements = 1 << 24;
-
     private readonly struct Unit
     {
         private Unit(int group, int item) => (GroupIndex, ItemIndex) = (group, item);
@@ -82,38 +79,17 @@ internal sealed partial class TorchOpsBackend
         return made;
     }
 
-    // A packed group's flat buffers, a slice at a time.
-    private void BlendCountedFlat(torch.Tensor shadow, torch.Tensor parameters, double decay, int profile, bool first, Unit unit)
-    {
-        long total = shadow.numel();
-        if (total <= SliceElements)
-        {
-            BlendCounted(shadow, parameters, decay, profile, first, unit);
-            return;
-        }
-        for (long offset = 0; offset < total; offset += SliceElements)
-        {
-            long n = Math.Min(SliceElements, total - offset);
-            using var s = shadow.narrow(0, offset, n);
-            using var p = parameters.narrow(0, offset, n);
-            BlendCounted(s, p, decay, profile, first, unit);
-        }
-    }
-
     // Blend under the guard (and/or with the distance): the same lerp_ as Blend on the elements that are finite on both
     // sides, the shadow kept where the parameter is not finite, the parameter taken where only the shadow is not.
-    private void BlendCounted(torch.Tensor shadow, torch.Tensor parameter, double decay, int profile, bool first, Unit unit)
+    // One slice of a unit (Blend cuts them and sets the step's weight and compute dtype).
+    private void BlendCounted(torch.Tensor shadow, torch.Tensor parameter, SliceStep step)
     {
-        if (!DTypes.IsFloatingPoint(shadow.dtype))
-        {
-            InPlace.Release(shadow.copy_(parameter), shadow);
-            return;
-        }
-        var compute = shadow.dtype == torch.ScalarType.Float64 ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
-        var weight = Weight(profile, compute, shadow.device, compute == torch.ScalarType.Float32 ? (float)(1.0 - decay) : 1.0 - decay);
+        var compute = step.Compute;
+        var weight = step.Weight;
+        int profile = step.Profile;
         var counts = CountsOn(shadow.device);
-        using var wideParameter = parameter.dtype == compute ? null : parameter.to_type(compute);
-        using var wideShadow = shadow.dtype == compute ? null : shadow.to_type(compute);
+        using var wideParameter = parameter.dtype == compute ? null : Widened(parameter, step, role: 0);
+        using var wideShadow = shadow.dtype == compute ? null : Widened(shadow, step, role: 1);
         var p = wideParameter ?? parameter;
         var s = wideShadow ?? shadow;
         if (!_guard)
@@ -123,12 +99,12 @@ internal sealed partial class TorchOpsBackend
         }
         else
         {
-            using var finiteParameter = p.isfinite();
-            using var finiteShadow = s.isfinite();
+            using var finiteParameter = Finite(p);
+            using var finiteShadow = Finite(s);
             using var target = torch.where(finiteParameter, p, s);
             using var start = torch.where(finiteShadow, s, target);
-            int index = Index(unit);
-            if (first) AddCount(counts, 2 * index, finiteParameter, negate: true);
+            int index = Index(step.Unit);
+            if (step.First) AddCount(counts, 2 * index, finiteParameter, negate: true);
             using (var healed = finiteShadow.logical_not())
             {
                 InPlace.Release(healed.logical_and_(finiteParameter), healed);
@@ -145,10 +121,19 @@ internal sealed partial class TorchOpsBackend
     // alive during the native call, so a collection can free it under LibTorch (seen as random add_ failures).
     private readonly Scalar _one = 1.0.ToScalar();
 
+    // x − x is 0 where x is finite and NaN elsewhere, and NaN alone is not equal to itself: two elementwise passes and
+    // one temporary of x's dtype, where LibTorch's isfinite is four passes and more temporaries.
+    private static torch.Tensor Finite(torch.Tensor x)
+    {
+        using var zeroOrNaN = x.sub(x);
+        return zeroOrNaN.eq(zeroOrNaN);
+    }
+
+    // count_nonzero, not a sum: a sum of a bool mask casts it to the sum's dtype (a temporary of that size) first.
     private void AddCount(DeviceCounts counts, long slot, torch.Tensor mask, bool negate)
     {
         using var flagged = negate ? mask.logical_not() : null;
-        using var n = (flagged ?? mask).sum(torch.ScalarType.Float64);
+        using var n = (flagged ?? mask).count_nonzero();
         using var cell = counts.Counts.select(0, slot);
         InPlace.Release(cell.add_(n, _one), cell);
     }
@@ -156,7 +141,8 @@ internal sealed partial class TorchOpsBackend
     private void AddSquares(DeviceCounts counts, int profile, torch.Tensor shadow, torch.Tensor target)
     {
         using var d = shadow.sub(target);
-        using var squares = d.square().sum(torch.ScalarType.Float64);
+        using var square = d.square();
+        using var squares = square.sum(torch.ScalarType.Float64);
         using var cell = counts.Squares.select(0, profile);
         InPlace.Release(cell.add_(squares, _one), cell);
     }

@@ -57,8 +57,9 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         if (counted) BeginCounts();
         try
         {
-            // no_grad allocates a guard object, so it is only opened when there is something to blend.
-            using var _ = torch.no_grad();
+            // no_grad allocates a guard object, so it is only opened where autograd could record: a packed group's flat
+            // buffers are plain tensors, but a queued box is a live parameter.
+            using var _ = _itemCount > 0 ? torch.no_grad() : null;
             for (int i = 0; i < _groupCount; i++)
             {
                 int g = _groups[i];
@@ -67,8 +68,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
                 for (int k = 0; k < _decays.Length; k++)
                 {
                     if (double.IsNaN(_decays[k])) continue;
-                    if (counted) BlendCountedFlat(_arenas[k].Groups[g].Shadow, parameters, _decays[k], k, first, Unit.Group(g));
-                    else Blend(_arenas[k].Groups[g].Shadow, parameters, _decays[k], k);
+                    Blend(_arenas[k].Groups[g].Shadow, parameters, new SliceStep(_decays[k], k, first, Unit.Group(g), counted));
                     if (_rms) _elements[k] += AveragedElements(Unit.Group(g));
                     first = false;
                 }
@@ -83,8 +83,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
                 for (int k = 0; k < _decays.Length; k++)
                 {
                     if (double.IsNaN(_decays[k])) continue;
-                    if (counted) BlendCounted(_arenas[k][item]!, view ?? live, _decays[k], k, first, Unit.Item(item));
-                    else Blend(_arenas[k][item]!, view ?? live, _decays[k], k);
+                    Blend(_arenas[k][item]!, view ?? live, new SliceStep(_decays[k], k, first, Unit.Item(item), counted));
                     if (_rms) _elements[k] += AveragedElements(Unit.Item(item));
                     first = false;
                 }
@@ -99,12 +98,16 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     }
 
     // LibTorch's lerp_ (ema + w * (p - ema), the raw kernels' form, whose fixed point is exactly the parameter) in
-    // place: no temporary for fp32 shadows of fp32 parameters, the least memory traffic the op path can have. Which
-    // ATen kernel runs depends on the CPU (a fused multiply-add where there is one), so its bits can differ from the
-    // raw kernels' (within a tested bound) and between machines; it turns a -0.0 shadow of a -0.0 parameter into +0.0.
-    // Low-precision values are widened exactly and a low-precision shadow is narrowed once.
-    /// <summary>Updates <paramref name="shadow"/> from <paramref name="parameter"/> (same shape) for profile <paramref name="profile"/>; integer and bool shadows are copied.</summary>
-    public void Blend(torch.Tensor shadow, torch.Tensor parameter, double decay, int profile)
+    // place: for a shadow of the parameter's dtype one op per unit and profile and no temporary, the least memory
+    // traffic the op path can have. Which ATen kernel runs depends on the device (a fused multiply-add where there is
+    // one), so its bits can differ from the raw kernels' (within a tested bound) and between machines, but not between
+    // runs on one; it turns a -0.0 shadow of a -0.0 parameter into +0.0. lerp_ takes one dtype, so a bf16/fp16
+    // parameter is widened exactly and a low-precision shadow widened and narrowed once: those copies, and the guard's
+    // masks and selections, are made a slice at a time, so what an update holds beyond the model and its shadows stays
+    // under SliceBudgetBytes at any model size (docs/performance.md). Slices are fixed by the unit's size alone, so a
+    // step is deterministic.
+    /// <summary>Updates <paramref name="shadow"/> from <paramref name="parameter"/> (same shape) for one profile; integer and bool shadows are copied.</summary>
+    private void Blend(torch.Tensor shadow, torch.Tensor parameter, SliceStep step)
     {
         if (!DTypes.IsFloatingPoint(shadow.dtype))
         {
@@ -112,27 +115,135 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             return;
         }
         var compute = shadow.dtype == torch.ScalarType.Float64 ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
-        var weight = Weight(profile, compute, shadow.device, compute == torch.ScalarType.Float32 ? (float)(1.0 - decay) : 1.0 - decay);
-        using var wideParameter = parameter.dtype == compute ? null : parameter.to_type(compute);
-        if (shadow.dtype == compute)
+        step.Compute = compute;
+        step.Weight = Weight(step.Profile, compute, shadow.device_type, shadow.device_index, compute == torch.ScalarType.Float32 ? (float)(1.0 - step.Decay) : 1.0 - step.Decay);
+        long temporary = TemporaryBytesPerElement(shadow.dtype, parameter.dtype, compute, step.Counted);
+        if (temporary == 0)
         {
-            InPlace.Release(shadow.lerp_(wideParameter ?? parameter, weight), shadow);
+            InPlace.Release(shadow.lerp_(parameter, step.Weight), shadow);
             return;
         }
-        using var wide = shadow.to_type(compute);
-        InPlace.Release(wide.lerp_(wideParameter ?? parameter, weight), wide);
+        long budget = step.Counted ? CountedSliceBudgetBytes : SliceBudgetBytes;
+        long slice = Math.Max(SliceQuantum, budget / temporary / SliceQuantum * SliceQuantum);
+        step.ScratchElements = Math.Min(slice, shadow.numel());
+        Sliced(shadow, parameter, slice, step);
+    }
+
+    // The most a slice's temporaries may take, and the multiple of elements a slice is cut at (vector bodies whole).
+    // The guard's and the distance's temporaries are made and freed per slice (a host allocator may hold freed blocks
+    // between them, a device allocator caches them), so they get half the budget of the scratch buffers kept for widening.
+    private const long SliceBudgetBytes = 48L << 20;
+    private const long CountedSliceBudgetBytes = 24L << 20;
+    private const long SliceQuantum = 1 << 16;
+
+    // What one unit and profile's blend passes down to its slices.
+    private struct SliceStep(double decay, int profile, bool first, Unit unit, bool counted)
+    {
+        public readonly double Decay = decay;
+        public readonly int Profile = profile;
+        public readonly bool First = first;
+        public readonly Unit Unit = unit;
+        public readonly bool Counted = counted;
+        public torch.ScalarType Compute;
+        public torch.Tensor Weight = null!;
+        public long ScratchElements;
+    }
+
+    // Bytes of temporaries per element that one slice holds at once: the widened parameter and shadow, and under the
+    // guard two masks, two selections and a transient mask; the distance adds a difference, its square and the square
+    // cast to float64 for the sum.
+    private long TemporaryBytesPerElement(torch.ScalarType shadow, torch.ScalarType parameter, torch.ScalarType compute, bool counted)
+    {
+        long wide = DTypes.SizeOf(compute);
+        long bytes = (parameter == compute ? 0 : wide) + (shadow == compute ? 0 : wide);
+        if (counted && _guard) bytes += 3 + 2 * wide;
+        if (counted && _rms) bytes += 2 * wide + 8;
+        return bytes;
+    }
+
+    // Cuts a unit into slices of at most `slice` elements along its outer dimensions (a box of a tensor may be a
+    // strided view: narrowing keeps it a view, where flattening could copy it) and blends each.
+    private void Sliced(torch.Tensor shadow, torch.Tensor parameter, long slice, SliceStep step)
+    {
+        long n = shadow.numel();
+        if (n <= slice || shadow.dim() == 0)
+        {
+            BlendSlice(shadow, parameter, step);
+            return;
+        }
+        long rows = shadow.size(0);
+        if (rows == 1)
+        {
+            using var s = shadow.select(0, 0);
+            using var p = parameter.select(0, 0);
+            Sliced(s, p, slice, step);
+            return;
+        }
+        long perSlice = Math.Max(1, slice / (n / rows));
+        for (long r = 0; r < rows; r += perSlice)
+        {
+            using var s = shadow.narrow(0, r, Math.Min(perSlice, rows - r));
+            using var p = parameter.narrow(0, r, Math.Min(perSlice, rows - r));
+            Sliced(s, p, slice, step);
+        }
+    }
+
+    private void BlendSlice(torch.Tensor shadow, torch.Tensor parameter, SliceStep step)
+    {
+        if (step.Counted)
+        {
+            BlendCounted(shadow, parameter, step);
+            return;
+        }
+        using var wideParameter = parameter.dtype == step.Compute ? null : Widened(parameter, step, role: 0);
+        if (shadow.dtype == step.Compute)
+        {
+            InPlace.Release(shadow.lerp_(wideParameter ?? parameter, step.Weight), shadow);
+            return;
+        }
+        using var wide = Widened(shadow, step, role: 1);
+        InPlace.Release(wide.lerp_(wideParameter ?? parameter, step.Weight), wide);
         InPlace.Release(shadow.copy_(wide), shadow);
+    }
+
+    // Widened copies go into scratch buffers held across steps, one per (device, dtype, role: parameter or shadow),
+    // as large as the largest slice met (at most a slice): a steady-state step allocates no device memory for them.
+    private readonly List<(torch.ScalarType DType, int Role, torch.Tensor Buffer)> _scratch = new();
+
+    private torch.Tensor Widened(torch.Tensor slice, SliceStep step, int role)
+    {
+        var buffer = Scratch(slice.device_type, slice.device_index, step.Compute, role, step.ScratchElements);
+        using var flat = buffer.narrow(0, 0, slice.numel());
+        var view = flat.view_as(slice);
+        InPlace.Release(view.copy_(slice), view);
+        return view;
+    }
+
+    private torch.Tensor Scratch(DeviceType deviceType, int deviceIndex, torch.ScalarType dtype, int role, long elements)
+    {
+        for (int i = 0; i < _scratch.Count; i++)
+        {
+            var (t, r, buffer) = _scratch[i];
+            if (r != role || t != dtype || buffer.device_type != deviceType || buffer.device_index != deviceIndex) continue;
+            if (buffer.numel() >= elements) return buffer;
+            buffer.Dispose();
+            _scratch.RemoveAt(i);
+            break;
+        }
+        var made = torch.empty(elements, dtype, new torch.Device(deviceType, deviceIndex)).DetachFromDisposeScope();
+        _scratch.Add((dtype, role, made));
+        return made;
     }
 
     // The weight 1 - decay as a 0-dim tensor on the shadows' device, one per (profile, dtype, device), made once and
     // refilled only when a schedule changes the decay: lerp_ takes its weight as a tensor, and a fill is a launch,
-    // never a host synchronisation.
-    private torch.Tensor Weight(int profile, torch.ScalarType dtype, torch.Device device, double w)
+    // never a host synchronisation. The device comes as its type and index (Tensor.device makes an object per call).
+    private torch.Tensor Weight(int profile, torch.ScalarType dtype, DeviceType deviceType, int deviceIndex, double w)
     {
         for (int i = 0; i < _weights.Count; i++)
         {
             var (k, t, value) = _weights[i];
-            if (k != profile || t.dtype != dtype || t.device_type != device.type || t.device_index != device.index) continue;
+            if (k != profile || t.dtype != dtype || t.device_type != deviceType || t.device_index != deviceIndex) continue;
             if (value != w)
             {
                 InPlace.Release(t.fill_(w), t);
@@ -140,7 +251,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             }
             return t;
         }
-        var made = torch.tensor(w, dtype, device).DetachFromDisposeScope();
+        var made = torch.tensor(w, dtype, new torch.Device(deviceType, deviceIndex)).DetachFromDisposeScope();
         _weights.Add((profile, made, w));
         return made;
     }
@@ -149,6 +260,8 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     {
         foreach (var (_, t, _) in _weights) t.Dispose();
         _weights.Clear();
+        foreach (var (_, _, buffer) in _scratch) buffer.Dispose();
+        _scratch.Clear();
         foreach (var c in _counts) c.Dispose();
         _counts.Clear();
         _one.Dispose();

@@ -94,6 +94,7 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
 
     internal void CopyTo(int profile, TModel model)
     {
+        if (IsBiasCorrected(profile)) Correction.WakeAhead();
         var pairs = ShadowPairs(model, profile);
         using var _ = torch.no_grad();
         if (IsBiasCorrected(profile))

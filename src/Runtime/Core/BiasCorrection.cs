@@ -58,6 +58,9 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
         WithOps(dest, ema, live, anchor, alpha, blend);
     }
 
+    /// <summary>Wakes the pool's helpers while the caller checks the model and queues (see <see cref="CpuWorkerPool.WakeAhead"/>).</summary>
+    public void WakeAhead() => _pool?.WakeAhead();
+
     /// <summary>Keeps <paramref name="view"/> alive until the next <see cref="Run"/> ends, then disposes it.</summary>
     public void Hold(torch.Tensor view) => _held.Add(view);
 

@@ -122,6 +122,7 @@ public abstract partial class EmaManagerBase<TModel>
     /// <summary>Profile <paramref name="profile"/>'s weights of every item written into <paramref name="dest"/> (per item) in one pass.</summary>
     private protected void WriteReadOut(int profile, Func<int, torch.Tensor> ema, Func<int, torch.Tensor> dest)
     {
+        Correction.WakeAhead();
         for (int i = 0; i < _items.Length; i++) QueueReadOut(profile, i, ema(i), dest(i));
         Correction.Run();
     }

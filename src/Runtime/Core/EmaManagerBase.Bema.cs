@@ -9,8 +9,9 @@ namespace EmaGen;
 // BEMA profiles (a schedule with IsBiasCorrected), for both managers. A step is the ordinary fused update of the EMA;
 // on top, each BEMA profile keeps θ₀ (the live weights at its last copy step, at bind before any) in the parameter's
 // dtype, and α of its last update. The bias-corrected weights ema + α·(θ − θ₀) exist only where a user reads a
-// profile's weights (copies, swaps, state dicts, checkpoints), made one tensor at a time from the weights of the model
-// the manager was last updated with (between updates of an every:K profile: those of the moment, not of the update).
+// profile's weights (copies, swaps, state dicts, checkpoints), formed in one pass straight into where they are read,
+// from the weights of the model the manager was last updated with (between updates of an every:K profile: those of the
+// moment, not of the update).
 public abstract partial class EmaManagerBase<TModel>
 {
     // Per profile: θ₀ (null for a profile without bias correction) and α of its last update (0 before the first, and

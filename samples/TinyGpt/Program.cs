@@ -18,6 +18,7 @@ try
             "--batch" => options with { BatchSize = Int() },
             "--lr" => options with { LearningRate = double.Parse(Value(), CultureInfo.InvariantCulture) },
             "--schedule" => options with { Schedule = Value() },
+            "--profile" => options with { Profiles = [.. options.Profiles, Value()] },
             "--threads" => options with { Threads = Int() },
             "--out" => options with { OutDir = Value() },
             "--list-parameters" => options with { ListParameters = true },
@@ -30,15 +31,18 @@ try
     if (options.Steps < 1) throw new ArgumentException("--steps must be at least 1");
     if (options.NanSpike < 0 || options.NanSpike >= options.Steps) throw new ArgumentException("--nan-spike needs a step in [1, --steps)");
     _ = EmaGen.EmaScheduleParser.Parse(options.Schedule);
+    foreach (var profile in options.Profiles) _ = Trainer.ParseProfile(profile);
 }
 catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
 {
     if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: TinyGpt [--steps N] [--arch gpt|encoder] [--seed S] [--batch B] [--lr LR] [--schedule SPEC] [--threads T] [--out DIR] [--list-parameters] [--tie-embeddings] [--nan-spike STEP]");
+    Console.Error.WriteLine("usage: TinyGpt [--steps N] [--arch gpt|encoder] [--seed S] [--batch B] [--lr LR] [--schedule SPEC] [--profile NAME=SPEC]... [--threads T] [--out DIR] [--list-parameters] [--tie-embeddings] [--nan-spike STEP]");
     Console.Error.WriteLine("  --arch gpt      own GPT blocks: MultiheadAttention + a Sequential MLP in a Module<Tensor, Tensor> field (default)");
     Console.Error.WriteLine("  --arch encoder  TorchSharp's TransformerEncoder with a causal mask");
     Console.Error.WriteLine("  --schedule S    EMA decay schedule (default power:0.10, EDM2's power function)");
     Console.Error.WriteLine("                  e.g. startafter:200:bema for BEMA, evaluated with its bias-corrected weights");
+    Console.Error.WriteLine("  --profile N=S   one more EMA profile (repeatable) beside the main one (named ema then), all updated in one pass and");
+    Console.Error.WriteLine("                  each evaluated; e.g. --profile lagfree=startafter:200:bema");
     Console.Error.WriteLine("  --threads T     LibTorch threads; equal T gives bit-equal runs (JIT and NativeAOT alike)");
     Console.Error.WriteLine("  --out DIR       save the EMA as a PyTorch DCP checkpoint in DIR/ema and check that it reloads bit for bit");
     Console.Error.WriteLine("  --tie-embeddings  the token embedding is the output head's weight (GPT-2 style): one parameter, one shadow");

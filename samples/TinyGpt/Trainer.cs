@@ -17,6 +17,8 @@ public sealed record TrainOptions
     /// <summary>A deliberately lively constant rate: the raw weights keep jittering around the optimum, the EMA does not.</summary>
     public double LearningRate { get; init; } = 3e-3;
     public string Schedule { get; init; } = "power:0.10";
+    /// <summary>More EMA profiles beside the main one (named <c>ema</c> then), as <c>NAME=SPEC</c>: e.g. a BEMA profile <c>lagfree=startafter:200:bema</c>.</summary>
+    public System.Collections.Generic.IReadOnlyList<string> Profiles { get; init; } = [];
     public int? Threads { get; init; }
     public string? OutDir { get; init; }
     public bool ListParameters { get; init; }
@@ -30,7 +32,11 @@ public sealed record TrainOptions
 }
 
 /// <summary>The held-out losses at the end, and along the run when it had a spike.</summary>
-public sealed record TrainResult(double Raw, double Ema, System.Collections.Generic.IReadOnlyList<EvalPoint> Curve);
+public sealed record TrainResult(double Raw, double Ema, System.Collections.Generic.IReadOnlyList<EvalPoint> Curve)
+{
+    /// <summary>The held-out loss of each profile given with <see cref="TrainOptions.Profiles"/>, by name.</summary>
+    public System.Collections.Generic.IReadOnlyList<(string Name, double Loss)> ProfileLosses { get; init; } = [];
+}
 
 /// <summary>Trains a language model with AdamW and an EMA, then compares raw and EMA weights on held-out text.</summary>
 public static class Trainer
@@ -43,11 +49,8 @@ public static class Trainer
         var language = new SyntheticLanguage(options.PhraseLength, options.Seed);
         using var model = create();
         var schedule = EmaScheduleParser.Parse(options.Schedule);
-        using var ema = new EmaManager<TModel>(model, new EmaOptions
-        {
-            Schedule = schedule,
-            OnFirstNonFinite = r => log.WriteLine($"OnFirstNonFinite: the EMA kept its weights through step {r.Step}"),
-        });
+        using var ema = new EmaManager<TModel>(model, EmaOptionsOf(options, schedule,
+            r => log.WriteLine($"OnFirstNonFinite: the EMA kept its weights through step {r.Step}")));
         long parameters = model.parameters().Sum(p => p.numel());
         log.WriteLine($"TinyGpt ({options.Architecture}{(options.TieEmbeddings ? ", tied embeddings" : "")}): {parameters:N0} parameters in {ema.Parameters.Count} tensors, EMA {schedule.Describe()}");
         // A tied weight is one tensor of the model: named_parameters() lists it once, and the EMA keeps one shadow of it.
@@ -96,8 +99,17 @@ public static class Trainer
         log.WriteLine("held-out loss (nats/token)  perplexity");
         log.WriteLine($"  raw weights    {raw:F4}      {Math.Exp(raw):F4}");
         log.WriteLine($"  EMA weights    {averaged:F4}      {Math.Exp(averaged):F4}");
+        // Every further profile through its own swap (a BEMA profile's: its bias-corrected weights).
+        var profileLosses = new System.Collections.Generic.List<(string Name, double Loss)>();
+        foreach (var profile in ema.Profiles.Skip(1))
+        {
+            double loss;
+            using (profile.SwapInto(model)) loss = Validate(model, batches);
+            profileLosses.Add((profile.Name, loss));
+            log.WriteLine($"  {profile.Name,-14} {loss:F4}      {Math.Exp(loss):F4}  ({profile.Schedule.Describe()})");
+        }
         log.WriteLine($"  the language   {floor:F4}      {Math.Exp(floor):F4}  (its own probabilities on this text: the floor)");
-        log.WriteLine(FormattableString.Invariant($"exact raw={raw:R} ema={averaged:R}"));
+        log.WriteLine(FormattableString.Invariant($"exact raw={raw:R} ema={averaged:R}{string.Concat(profileLosses.Select(p => $" {p.Name}={p.Loss:R}"))}"));
         foreach (var (inputs, targets) in batches.Concat(probe))
         {
             inputs.Dispose();
@@ -114,7 +126,7 @@ public static class Trainer
             var folder = Path.Combine(outDir, "ema");
             ema.Save(folder);
             using var fresh = create();
-            using var reloaded = new EmaManager<TModel>(fresh, new EmaOptions { Schedule = schedule });
+            using var reloaded = new EmaManager<TModel>(fresh, EmaOptionsOf(options, schedule));
             reloaded.Load(folder);
             int same = ema.TrackedNames.Count(n => ema[n].equal(reloaded[n]).all().item<bool>());
             log.WriteLine($"wrote {folder}; reloaded the checkpoint: {same} of {ema.Count} shadows match bit for bit");
@@ -125,7 +137,21 @@ public static class Trainer
                 log.WriteLine($"wrote {plot}");
             }
         }
-        return new TrainResult(raw, averaged, curve);
+        return new TrainResult(raw, averaged, curve) { ProfileLosses = profileLosses };
+    }
+
+    // One profile of the main schedule, or that one named "ema" and the --profile ones beside it, updated in one pass.
+    private static EmaOptions EmaOptionsOf(TrainOptions options, EmaSchedule schedule, Action<EmaStepReport>? onFirstNonFinite = null) =>
+        options.Profiles.Count == 0
+            ? new EmaOptions { Schedule = schedule, OnFirstNonFinite = onFirstNonFinite }
+            : new EmaOptions { Profiles = [new EmaProfileOptions("ema", schedule), .. options.Profiles.Select(ParseProfile)], OnFirstNonFinite = onFirstNonFinite };
+
+    /// <summary>A <c>--profile NAME=SPEC</c> argument.</summary>
+    public static EmaProfileOptions ParseProfile(string text)
+    {
+        int equals = text.IndexOf('=');
+        if (equals <= 0) throw new ArgumentException($"--profile '{text}': expected NAME=SPEC, e.g. lagfree=startafter:200:bema");
+        return new EmaProfileOptions(text[..equals], EmaScheduleParser.Parse(text[(equals + 1)..]));
     }
 
     private static System.Collections.Generic.List<(Tensor Inputs, Tensor Targets)> HeldOut(SyntheticLanguage language, int seed, int count)

@@ -72,7 +72,12 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
 
     // A dense manager's boxes are whole tensors: each is written as one full chunk.
     private static IEnumerable<KeyValuePair<string, object?>> WholeTensors(List<KeyValuePair<string, object?>> state) =>
-        state.Select(kv => kv.Value is DcpShard shard ? new KeyValuePair<string, object?>(kv.Key, shard.Local) : kv);
+        state.Select(kv => kv.Value switch
+        {
+            DcpShard shard => new KeyValuePair<string, object?>(kv.Key, shard.Local),
+            DeferredShard deferred => new KeyValuePair<string, object?>(kv.Key, deferred.Later),
+            _ => kv,
+        });
 
     /// <summary>Caller-owned copies of every shadow (first profile), keyed by parameter name, in <c>named_parameters()</c> order.</summary>
     public Dictionary<string, torch.Tensor> StateDict() => ProfileList[0].StateDict();
@@ -89,19 +94,16 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
 
     internal void CopyTo(int profile, TModel model)
     {
+        if (IsBiasCorrected(profile)) Correction.WakeAhead();
         var pairs = ShadowPairs(model, profile);
         using var _ = torch.no_grad();
-        for (int i = 0; i < pairs.Length; i++)
+        if (IsBiasCorrected(profile))
         {
-            var (target, shadow) = pairs[i];
-            if (!IsBiasCorrected(profile))
-            {
-                InPlace.Release(target.copy_(shadow), target);
-                continue;
-            }
             // A BEMA profile's weights, formed straight into the model in one pass.
-            WriteCorrected(profile, i, shadow, target);
+            WriteReadOut(profile, i => pairs[i].Shadow, i => pairs[i].Target);
+            return;
         }
+        foreach (var (target, shadow) in pairs) InPlace.Release(target.copy_(shadow), target);
     }
 
     /// <summary>
@@ -117,8 +119,9 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     /// Switch EMA (SEMA): moves <paramref name="model"/>'s own weights toward the first profile's averaged weights,
     /// <c>θ ← θ + blend·(ema − θ)</c> (blend 1 copies them in), in place and in one pass over the averaged tensors, so
     /// training continues from there; unlike <see cref="SwapInto(TModel)"/> nothing is restored. Call it at an epoch
-    /// end, or set <see cref="EmaOptions.SwitchEvery"/>. A shadow of the parameter's dtype needs no temporary tensor; an
-    /// fp32 shadow of a bf16/fp16 parameter is converted tensor by tensor.
+    /// end, or set <see cref="EmaOptions.SwitchEvery"/>. An fp32 or bf16 model (fp32 shadows) takes no temporary tensor
+    /// and allocates no managed memory; other dtypes are converted tensor by tensor. <see cref="EmaStepReport.Switched"/>
+    /// tells it in <see cref="EmaManagerBase{TModel}.LastUpdate"/>.
     /// </summary>
     /// <exception cref="System.ArgumentOutOfRangeException"><paramref name="blend"/> is outside (0, 1].</exception>
     public void SwitchInto(TModel model, double blend = 1.0) => SwitchInto(0, model, blend);
@@ -129,26 +132,17 @@ public sealed class EmaManager<TModel> : EmaManagerBase<TModel> where TModel : t
     internal void SwitchInto(int profile, TModel model, double blend)
     {
         EmaOptions.CheckBlend(blend, nameof(blend));
-        var pairs = ShadowPairs(model, profile);
-        using var _ = torch.no_grad();
-        for (int i = 0; i < pairs.Length; i++)
+        CheckModel(model);
+        // One pass over the averaged tensors, written in place: θ ← θ + blend·(w − θ), w the profile's weights as a
+        // reader gets them, θ the model's own (also θ of a BEMA profile's correction here).
+        for (int i = 0; i < ItemCount; i++)
         {
-            var (target, shadow) = pairs[i];
-            // A BEMA profile's corrected weights, or a shadow of another dtype, as a temporary of the parameter's dtype.
-            var source = IsBiasCorrected(profile) ? ReadOut(profile, i, shadow) : shadow;
-            var converted = source.dtype == target.dtype ? source : source.to_type(target.dtype);
-            try
-            {
-                if (blend == 1) InPlace.Release(target.copy_(converted), target);
-                else InPlace.Release(target.lerp_(converted, blend), target);
-            }
-            finally
-            {
-                if (!ReferenceEquals(converted, source)) converted.Dispose();
-                if (!ReferenceEquals(source, shadow)) source.Dispose();
-            }
+            var target = LiveTensor(i);
+            QueueReadOut(profile, i, ShadowOf(profile, i), target, target, blend);
         }
+        Correction.Run();
         LastSwitchStep = Step;
+        LastUpdate.Switched = true;
     }
 
     private protected override void AfterStep(TModel model)

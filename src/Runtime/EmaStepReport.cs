@@ -35,6 +35,12 @@ public sealed class EmaStepReport
     /// <summary>The step of the last update (0 before the first).</summary>
     public long Step { get; private set; }
 
+    /// <summary>
+    /// Whether the model was switched to the EMA after this update (Switch EMA: <see cref="EmaOptions.SwitchEvery"/>, or a
+    /// <c>SwitchInto</c> call since).
+    /// </summary>
+    public bool Switched { get; internal set; }
+
     /// <summary>Number of profiles; index <c>profile</c> of the members below.</summary>
     public int ProfileCount => _profiles.Length;
 
@@ -108,6 +114,7 @@ public sealed class EmaStepReport
             text.Append(CultureInfo.InvariantCulture, $"decay {Decay(k):R}");
             if (_distance) text.Append(CultureInfo.InvariantCulture, $", rms {RmsDistance(k):G4}");
         }
+        if (Switched) text.Append("; switched to the EMA");
         if (NonFiniteElements > 0) text.Append(CultureInfo.InvariantCulture, $"; non-finite {NonFiniteElements} in {string.Join(", ", NonFiniteTensors)}");
         if (HealedElements > 0) text.Append(CultureInfo.InvariantCulture, $"; healed {HealedElements} in {string.Join(", ", HealedTensors)}");
         return text.ToString();
@@ -118,6 +125,7 @@ public sealed class EmaStepReport
     {
         _tally.Clear();
         Step = step;
+        Switched = false;
         decays.CopyTo(_decays);
     }
 

@@ -10,7 +10,8 @@ namespace EmaGen;
 /// Where the shadow has the parameter's dtype and device, nothing is copied: the parameter is re-pointed at the shadow's
 /// storage (<c>set_</c>, as packing does) and back at its own on dispose, so a swap costs no memory and no traffic
 /// whether or not the model is packed. An fp32 shadow of a bf16/fp16 parameter cannot be lent that way, so those
-/// parameters are saved in a copy of their own dtype and the shadow is copied in.
+/// parameters are saved in a copy of their own dtype and the shadow is copied in. A BEMA profile's weights are not a
+/// shadow: every parameter is saved in a copy of its own and the corrected weights are formed straight into it.
 /// While swapped, the model's parameters and the shadows share storage: evaluate, do not train.
 /// </summary>
 public sealed class EmaWeightSwap : IDisposable
@@ -18,14 +19,13 @@ public sealed class EmaWeightSwap : IDisposable
     private readonly List<(torch.Tensor Target, torch.Tensor Own)> _repointed = new();
     private readonly List<(torch.Tensor Target, torch.Tensor Backup)> _copied = new();
     private readonly Action _onDispose;
-    private readonly torch.Tensor[] _owned;
     private bool _disposed;
 
-    // owned: tensors made for this swap (a BEMA profile's corrected weights), freed once the model has its own back.
-    internal EmaWeightSwap((torch.Tensor Target, torch.Tensor Shadow)[] pairs, Action onDispose, torch.Tensor[]? owned = null)
+    // saveOnly: every target is saved in a copy and nothing is written (the manager writes a BEMA profile's corrected
+    // weights into the targets itself).
+    internal EmaWeightSwap((torch.Tensor Target, torch.Tensor Shadow)[] pairs, Action onDispose, bool saveOnly = false)
     {
         _onDispose = onDispose;
-        _owned = owned ?? [];
         using var _ = torch.no_grad();
         try
         {
@@ -34,7 +34,7 @@ public sealed class EmaWeightSwap : IDisposable
             var copiedInto = new HashSet<IntPtr>();
             foreach (var (target, shadow) in pairs)
             {
-                if (target.dtype == shadow.dtype && target.device_type == shadow.device_type && target.device_index == shadow.device_index)
+                if (!saveOnly && target.dtype == shadow.dtype && target.device_type == shadow.device_type && target.device_index == shadow.device_index)
                 {
                     // Another handle of the same tensor, already re-pointed with it.
                     if (target.numel() > 0 && LiveSlots.DataPointer(target) == LiveSlots.DataPointer(shadow)) continue;
@@ -48,14 +48,13 @@ public sealed class EmaWeightSwap : IDisposable
                     if (!copiedInto.Add(LiveSlots.DataPointer(target))) continue;
                     var backup = target.detach().clone().DetachFromDisposeScope();
                     _copied.Add((target, backup));
-                    InPlace.Release(target.copy_(shadow), target);
+                    if (!saveOnly) InPlace.Release(target.copy_(shadow), target);
                 }
             }
         }
         catch
         {
             Restore();
-            foreach (var t in _owned) t.Dispose();
             throw;
         }
     }
@@ -70,7 +69,6 @@ public sealed class EmaWeightSwap : IDisposable
         _disposed = true;
         using var _ = torch.no_grad();
         Restore();
-        foreach (var t in _owned) t.Dispose();
         _onDispose();
     }
 

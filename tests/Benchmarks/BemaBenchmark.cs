@@ -11,7 +11,8 @@ namespace EmaGen.Benchmarks;
 /// <c>update --bema</c>: a fused update of an EMA profile beside a BEMA profile against one of two EMA profiles of the
 /// same model, paired per round (the target: within 3%), and the BEMA profile's correction pass (its weights
 /// copied into a model: reads θ, θ₀ and the EMA, writes the model; 16 bytes per fp32 element at best) against the
-/// fastest in-place pass of the run (<see cref="InPlacePasses"/>, 12 bytes per element), scaled to bytes.
+/// fastest in-place pass of the run (<see cref="InPlacePasses"/>, 12 bytes per element), scaled to bytes; the same
+/// correction by a one-thread manager beside it.
 /// </summary>
 internal sealed class BemaBenchmark
 {
@@ -37,12 +38,21 @@ internal sealed class BemaBenchmark
             Profiles = [new EmaProfileOptions("a", EmaSchedule.Constant(0.999)), new EmaProfileOptions("bema", EmaSchedule.Bema())],
             Threads = _threads,
         });
+        // The same correction on one thread: what the pool's split gains, in the same rounds.
+        using var oneThread = new EmaManager<SyntheticModel>(model, new EmaOptions
+        {
+            Profiles = [new EmaProfileOptions("bema", EmaSchedule.Bema())],
+            Threads = 1,
+        });
+        oneThread.Update(model);
+        emaAndBema.Update(model);
         using var passes = new InPlacePasses(_elements, 0.999, twoEma.UpdateThreads);
         var variants = new List<(string Name, Action Step)>
         {
             ("two_ema_profiles", () => twoEma.Update(model)),
             ("ema_and_bema_profiles", () => emaAndBema.Update(model)),
             ("bema_correction_pass", () => emaAndBema.Profiles[1].CopyTo(export)),
+            ("bema_correction_pass_one_thread", () => oneThread.Profiles[0].CopyTo(export)),
         };
         variants.AddRange(passes.Variants().Select(v => (v.Name, v.Step)));
         log.WriteLine($"warming up ({twoEma.UpdateThreads} threads)...");
@@ -51,6 +61,7 @@ internal sealed class BemaBenchmark
         string limit = InPlacePasses.Limit(samples);
         // Per round: the correction's time over the time the limit pass would take for 16 bytes per element.
         double correctionRatio = Timing.Median(samples["bema_correction_pass"].Zip(samples[limit], (c, l) => c / (l * 16.0 / 12.0)).ToList());
+        double oneThreadRatio = Timing.Median(samples["bema_correction_pass_one_thread"].Zip(samples[limit], (c, l) => c / (l * 16.0 / 12.0)).ToList());
 
         var stream = new MemoryStream();
         using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
@@ -71,9 +82,10 @@ internal sealed class BemaBenchmark
             w.WriteBoolean("within_3_percent", updateRatio <= 1.03);
             w.WriteString("limit", limit);
             w.WriteNumber("correction_pass_to_limit_ratio", Math.Round(correctionRatio, 3));
+            w.WriteNumber("one_thread_correction_pass_to_limit_ratio", Math.Round(oneThreadRatio, 3));
             w.WriteEndObject();
         }
-        log.WriteLine($"EMA+BEMA / two EMA update: {updateRatio:F3}; correction pass / limit (16 B/element): {correctionRatio:F3} (limit {limit})");
+        log.WriteLine($"EMA+BEMA / two EMA update: {updateRatio:F3}; correction pass / limit (16 B/element): {correctionRatio:F3}, on one thread {oneThreadRatio:F3} (limit {limit})");
         return System.Text.Encoding.UTF8.GetString(stream.ToArray());
     }
 }

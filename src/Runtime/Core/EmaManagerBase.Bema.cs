@@ -9,8 +9,9 @@ namespace EmaGen;
 // BEMA profiles (a schedule with IsBiasCorrected), for both managers. A step is the ordinary fused update of the EMA;
 // on top, each BEMA profile keeps θ₀ (the live weights at its last copy step, at bind before any) in the parameter's
 // dtype, and α of its last update. The bias-corrected weights ema + α·(θ − θ₀) exist only where a user reads a
-// profile's weights (copies, swaps, state dicts, checkpoints), made one tensor at a time from the weights of the model
-// the manager was last updated with (between updates of an every:K profile: those of the moment, not of the update).
+// profile's weights (copies, swaps, state dicts, checkpoints), formed in one pass straight into where they are read,
+// from the weights of the model the manager was last updated with (between updates of an every:K profile: those of the
+// moment, not of the update).
 public abstract partial class EmaManagerBase<TModel>
 {
     // Per profile: θ₀ (null for a profile without bias correction) and α of its last update (0 before the first, and
@@ -60,7 +61,7 @@ public abstract partial class EmaManagerBase<TModel>
                 using var _ = torch.no_grad();
                 for (int i = 0; i < _items.Length; i++)
                 {
-                    using var box = LiveBox(i);
+                    using var box = _items[i].BoxOf(_trained[i] ?? _slots[_items[i].Slot].Tensor!);
                     InPlace.Release(anchor[i]!.copy_(box), anchor[i]!);
                 }
                 _alpha[k] = 0;
@@ -72,7 +73,29 @@ public abstract partial class EmaManagerBase<TModel>
         }
     }
 
-    private torch.Tensor LiveBox(int item) => _items[item].BoxOf(_trained[item] ?? _slots[_items[item].Slot].Tensor!);
+    // The one pass that forms a profile's weights into a destination (copies, swaps, saves, Switch EMA), on the update's
+    // worker pool; made on first use.
+    private BiasCorrection? _correction;
+
+    private protected BiasCorrection Correction => _correction ??= new BiasCorrection(_pool, Options.ForceTorchOps);
+
+    /// <summary>
+    /// Queues into <see cref="Correction"/> item <paramref name="item"/>'s weights as profile <paramref name="profile"/>
+    /// gives them to a reader, written into <paramref name="dest"/> (any dtype; may be the live tensor itself):
+    /// <c>ema + α·(θ − θ₀)</c> for a BEMA profile, θ the manager's last trained weights (or, with
+    /// <paramref name="live"/>, those), <paramref name="ema"/> itself otherwise; with <paramref name="blend"/> below 1,
+    /// blended from θ toward that (Switch EMA). Allocates nothing for a whole (dense) box.
+    /// </summary>
+    private protected void QueueReadOut(int profile, int item, torch.Tensor ema, torch.Tensor dest, torch.Tensor? live = null, double blend = 1)
+    {
+        var theta = live ?? _trained[item] ?? _slots[_items[item].Slot].Tensor!;
+        if (!_items[item].LiveIsBox)
+        {
+            theta = _items[item].BoxOf(theta);
+            Correction.Hold(theta);
+        }
+        Correction.Queue(dest, ema, theta, _anchors[profile]?[item], _alpha[profile], blend);
+    }
 
     /// <summary>
     /// Item <paramref name="item"/>'s weights as profile <paramref name="profile"/> gives them to a reader, in a new
@@ -82,17 +105,38 @@ public abstract partial class EmaManagerBase<TModel>
     private protected torch.Tensor ReadOut(int profile, int item, torch.Tensor ema)
     {
         using var _ = torch.no_grad();
-        if (_anchors[profile] is not { } anchor) return ema.clone();
+        if (_anchors[profile] is null) return ema.clone();
         var d = torch.empty_like(ema);
-        WriteCorrected(profile, item, ema, d);
+        try
+        {
+            QueueReadOut(profile, item, ema, d);
+            Correction.Run();
+        }
+        catch
+        {
+            d.Dispose();
+            throw;
+        }
         return d;
     }
 
-    /// <summary>Profile <paramref name="profile"/>'s corrected weights of item <paramref name="item"/> written into <paramref name="dest"/> (any dtype; may be the live tensor itself).</summary>
-    private protected void WriteCorrected(int profile, int item, torch.Tensor ema, torch.Tensor dest)
+    /// <summary>Profile <paramref name="profile"/>'s weights of every item written into <paramref name="dest"/> (per item) in one pass.</summary>
+    private protected void WriteReadOut(int profile, Func<int, torch.Tensor> ema, Func<int, torch.Tensor> dest)
     {
-        using var box = LiveBox(item);
-        BiasCorrection.Write(dest, ema, box, _anchors[profile]![item]!, _alpha[profile]);
+        Correction.WakeAhead();
+        for (int i = 0; i < _items.Length; i++) QueueReadOut(profile, i, ema(i), dest(i));
+        Correction.Run();
+    }
+
+    /// <summary>
+    /// A BEMA profile's corrected box of item <paramref name="item"/>, made only when a synchronous save writes it and
+    /// freed right after: the write buffer is the only corrected copy, one tensor at a time.
+    /// </summary>
+    private DeferredShard DeferredReadOut(int profile, int item, string key)
+    {
+        var shadow = _arenas[profile][item]!;
+        var made = new DeferredTensor(() => ReadOut(profile, item, shadow), shadow.dtype, shadow.shape);
+        return new DeferredShard(key, made, _items[item].Info.Shape, _items[item].Offsets, _items[item].Replicated);
     }
 
     // The resume keys of a BEMA profile's checkpoint: its EMA, θ₀ and α (the profile's usual keys hold the corrected weights).
@@ -100,25 +144,16 @@ public abstract partial class EmaManagerBase<TModel>
 
     private string BemaAnchorKey(string profilePrefix, int item) => CheckpointKeys.Of(profilePrefix, CheckpointKeys.BemaTheta0) + "." + _items[item].Info.Name;
 
-    // What a checkpoint of BEMA profile k holds beside its corrected weights: each item's EMA (from `ema`) and θ₀
-    // (copied when `copyAnchors`, for a write that runs while training goes on), and α.
-    private IEnumerable<KeyValuePair<string, object?>> BemaResumeState(int k, string profilePrefix, Func<int, torch.Tensor> ema, bool copyAnchors, List<torch.Tensor> owned)
+    // What a checkpoint of BEMA profile k holds beside its corrected weights: each item's EMA and θ₀, and α.
+    private IEnumerable<KeyValuePair<string, object?>> BemaResumeState(int k, string profilePrefix, Func<int, torch.Tensor> ema, Func<int, torch.Tensor> anchor)
     {
-        var anchor = _anchors[k]!;
         for (int i = 0; i < _items.Length; i++)
         {
             var item = _items[i];
             yield return new(BemaEmaKey(profilePrefix, i), new DcpShard(BemaEmaKey(profilePrefix, i), ema(i), item.Info.Shape, item.Offsets, item.Replicated));
-            var theta0 = Owned(copyAnchors ? anchor[i]!.clone() : anchor[i]!, copyAnchors, owned);
-            yield return new(BemaAnchorKey(profilePrefix, i), new DcpShard(BemaAnchorKey(profilePrefix, i), theta0, item.Info.Shape, item.Offsets, item.Replicated));
+            yield return new(BemaAnchorKey(profilePrefix, i), new DcpShard(BemaAnchorKey(profilePrefix, i), anchor(i), item.Info.Shape, item.Offsets, item.Replicated));
         }
         yield return new(CheckpointKeys.Of(profilePrefix, CheckpointKeys.BemaAlpha), _alpha[k]);
-    }
-
-    private static torch.Tensor Owned(torch.Tensor t, bool owned, List<torch.Tensor> list)
-    {
-        if (owned) list.Add(t);
-        return t;
     }
 
     // A load of BEMA profile k: its EMA and θ₀ from the resume keys (each checked: present, this shape, the right

@@ -150,27 +150,38 @@ public abstract partial class EmaManagerBase<TModel>
 
     /// <summary>
     /// Every key a checkpoint of this manager holds, in order: each profile's boxes (<see cref="DcpShard"/>: a dense
-    /// manager's are whole) taken from <paramref name="shadowOf"/> (profile, item), and the stored values.
-    /// A BEMA profile's boxes are its corrected weights (new tensors, added to <paramref name="owned"/> for the caller to
-    /// free after the write), with its EMA and θ₀ (copied when <paramref name="copyAnchors"/>) under the resume keys.
+    /// manager's are whole), and the stored values. Without <paramref name="staged"/> (a synchronous save) the boxes are
+    /// the shadows themselves, and a BEMA profile's corrected weights are <see cref="DeferredShard"/>s made one at a time
+    /// by the write; with it (an asynchronous save) they are the staging views (<see cref="StagedSets"/>: the shadows,
+    /// then per BEMA profile θ₀ and the corrected weights). A BEMA profile's EMA and θ₀ sit under the resume keys.
     /// </summary>
-    private List<KeyValuePair<string, object?>> StateToSave(string prefix, List<torch.Tensor> owned, Func<int, int, torch.Tensor>? shadowOf = null, bool copyAnchors = false)
+    private List<KeyValuePair<string, object?>> StateToSave(string prefix, torch.Tensor?[][]? staged = null)
     {
-        shadowOf ??= (k, i) => _arenas[k][i]!;
         var state = new List<KeyValuePair<string, object?>>();
         if (NamedProfiles) state.AddRange(EmaCheckpoint.ManagerState(prefix, Step, _profiles.Select(p => p.Name)));
+        var shadows = staged ?? _arenas.Select(a => Enumerable.Range(0, _items.Length).Select(i => a[i]).ToArray()).ToArray();
+        int bema = _profiles.Length;
         for (int k = 0; k < _profiles.Length; k++)
         {
             var profilePrefix = ProfilePrefix(prefix, k);
             int profile = k;
             if (IsBiasCorrected(k))
             {
-                foreach (var shard in Shards(profilePrefix, i => Owned(ReadOut(profile, i, shadowOf(profile, i)), true, owned))) state.Add(new(shard.Key, shard));
-                state.AddRange(BemaResumeState(k, profilePrefix, i => shadowOf(profile, i), copyAnchors, owned));
+                for (int i = 0; i < _items.Length; i++)
+                {
+                    var item = _items[i];
+                    var key = profilePrefix + item.Info.Name;
+                    state.Add(new(key, staged is null
+                        ? DeferredReadOut(k, i, key)
+                        : new DcpShard(key, staged[bema + 1][i]!, item.Info.Shape, item.Offsets, item.Replicated)));
+                }
+                var anchors = staged?[bema];
+                state.AddRange(BemaResumeState(k, profilePrefix, i => shadows[profile][i]!, anchors is null ? i => _anchors[profile]![i]! : i => anchors[i]!));
+                bema += 2;
             }
             else
             {
-                foreach (var shard in Shards(profilePrefix, i => shadowOf(profile, i))) state.Add(new(shard.Key, shard));
+                foreach (var shard in Shards(profilePrefix, i => shadows[profile][i]!)) state.Add(new(shard.Key, shard));
             }
             if (_aliases.Length > 0) state.Add(EmaCheckpoint.AliasState(profilePrefix, TiedAliases));
             var stored = new EmaCheckpoint.StoredState(Step, Decay, _currentDecay[k], _profiles[k].Schedule.Describe(), SampleState(k));
@@ -178,6 +189,21 @@ public abstract partial class EmaManagerBase<TModel>
             if (_filters is not null) state.Add(new(CheckpointFilters.Key(profilePrefix), _filters));
         }
         return state;
+    }
+
+    // What an asynchronous save stages, kept from save to save: every profile's shadows (copied), then per BEMA profile
+    // its θ₀ (copied) and its corrected weights, formed straight from the live shadows into their staging buffers.
+    private List<StagedSet> StagedSets()
+    {
+        var sets = _arenas.Select(a => new StagedSet(a)).ToList();
+        for (int k = 0; k < _profiles.Length; k++)
+        {
+            if (_anchors[k] is not { } anchor) continue;
+            int profile = k;
+            sets.Add(new StagedSet(anchor));
+            sets.Add(new StagedSet(_arenas[k], views => WriteReadOut(profile, i => _arenas[profile][i]!, i => views[i]!)));
+        }
+        return sets;
     }
 
     /// <summary>
@@ -189,39 +215,12 @@ public abstract partial class EmaManagerBase<TModel>
     {
         ThrowIfDisposed();
         ThrowIfSwapped();
-        var owned = new List<torch.Tensor>();
-        Task task;
-        try
-        {
-            task = _saves.Start(_arenas, staged => request(StateToSave(prefix, owned, (k, i) => staged[k][i]!, copyAnchors: true)));
-        }
-        catch
-        {
-            foreach (var t in owned) t.Dispose();
-            throw;
-        }
-        if (owned.Count == 0) return task;
-        // A BEMA profile's corrected weights and θ₀ copies live until the write that reads them has ended.
-        return task.ContinueWith(t =>
-        {
-            foreach (var o in owned) o.Dispose();
-            return t;
-        }, TaskScheduler.Default).Unwrap();
+        return _saves.Start(StagedSets(), staged => request(StateToSave(prefix, staged)));
     }
 
-    /// <summary>A synchronous save of the state <paramref name="request"/> turns into this rank's save; made tensors freed after it.</summary>
-    private protected void SaveNow(string prefix, Func<List<KeyValuePair<string, object?>>, SaveRequest> request)
-    {
-        var owned = new List<torch.Tensor>();
-        try
-        {
-            Saves.Run(request(StateToSave(prefix, owned)));
-        }
-        finally
-        {
-            foreach (var t in owned) t.Dispose();
-        }
-    }
+    /// <summary>A synchronous save of the state <paramref name="request"/> turns into this rank's save.</summary>
+    private protected void SaveNow(string prefix, Func<List<KeyValuePair<string, object?>>, SaveRequest> request) =>
+        Saves.Run(request(StateToSave(prefix)));
 
     /// <summary>Caller-owned copies of this rank's boxes of profile <paramref name="profile"/> as a reader gets them (a BEMA profile's corrected).</summary>
     internal List<DcpShard> ReadOutShards(int profile)

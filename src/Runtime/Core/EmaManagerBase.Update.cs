@@ -247,33 +247,57 @@ public abstract partial class EmaManagerBase<TModel>
     // `profile`'s shadow, for copies and swaps; a tied tensor once.
     private protected (torch.Tensor Target, torch.Tensor Shadow)[] ShadowPairs(TModel model, int profile)
     {
+        CheckModel(model);
+        var pairs = new (torch.Tensor, torch.Tensor)[_items.Length];
+        for (int i = 0; i < _items.Length; i++) pairs[i] = (_live.Tensor(_items[i].Slot)!, _arenas[profile][i]!);
+        return pairs;
+    }
+
+    // Checks `model` against the layout for a copy, swap or switch, without waking the update threads.
+    private protected void CheckModel(TModel model)
+    {
         ArgumentNullException.ThrowIfNull(model);
         ThrowIfDisposed();
         ThrowIfSwapped();
         // Dynamic submodules are read afresh, so a parameter re-pointed inside one is followed (or reported).
         _live.RefreshDynamic();
         _live.Check(model, pool: null);
-        var pairs = new (torch.Tensor, torch.Tensor)[_items.Length];
-        for (int i = 0; i < _items.Length; i++) pairs[i] = (_live.Tensor(_items[i].Slot)!, _arenas[profile][i]!);
-        return pairs;
     }
+
+    private protected int ItemCount => _items.Length;
+
+    // After CheckModel: item `item`'s tensor in the checked model, and profile `profile`'s shadow of it.
+    private protected torch.Tensor LiveTensor(int item) => _live.Tensor(_items[item].Slot)!;
+
+    private protected torch.Tensor ShadowOf(int profile, int item) => _arenas[profile][item]!;
 
     // While a swap is active the shadow storage holds the model's own weights: updates, saves and loads wait for its end.
     private protected EmaWeightSwap BeginSwap(TModel model, int profile)
     {
         var pairs = ShadowPairs(model, profile).ToList();
-        // A BEMA profile lends its corrected weights, made for the swap and freed with it.
-        var lent = new torch.Tensor[_items.Length];
-        for (int i = 0; i < _items.Length; i++) lent[i] = IsBiasCorrected(profile) ? ReadOut(profile, i, pairs[i].Shadow) : pairs[i].Shadow;
-        var owned = IsBiasCorrected(profile) ? lent : [];
-        for (int i = 0; i < _items.Length; i++) pairs[i] = (pairs[i].Target, lent[i]);
+        var targets = pairs.Select(p => p.Target).ToArray();
         // A swap re-points tensor objects: another object over a tied tensor's memory is re-pointed with its owner.
         foreach (var (slot, item) in _aliases)
         {
             var alias = _live.Tensor(slot)!;
-            if (!ReferenceEquals(alias, _live.Tensor(_items[item].Slot))) pairs.Add((alias, lent[item]));
+            if (!ReferenceEquals(alias, _live.Tensor(_items[item].Slot))) pairs.Add((alias, _arenas[profile][item]!));
         }
-        var swap = new EmaWeightSwap(pairs.ToArray(), () => _activeSwap = null, owned);
+        // A BEMA profile's corrected weights are formed straight into the parameters once the swap has saved them.
+        bool corrected = IsBiasCorrected(profile);
+        var swap = new EmaWeightSwap(pairs.ToArray(), () => _activeSwap = null, saveOnly: corrected);
+        if (corrected)
+        {
+            try
+            {
+                using var _ = torch.no_grad();
+                WriteReadOut(profile, i => _arenas[profile][i]!, i => targets[i]);
+            }
+            catch
+            {
+                swap.Dispose();
+                throw;
+            }
+        }
         _activeSwap = swap;
         return swap;
     }

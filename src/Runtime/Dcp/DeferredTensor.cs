@@ -11,3 +11,9 @@ namespace EmaGen.Dcp;
 /// <param name="DType">The dtype of the tensor <paramref name="Make"/> returns (checked when it is made).</param>
 /// <param name="Shape">The shape of the tensor <paramref name="Make"/> returns (checked when it is made).</param>
 internal sealed record DeferredTensor(Func<torch.Tensor> Make, torch.ScalarType DType, long[] Shape);
+
+/// <summary>
+/// A box of a checkpoint's tensor (as <see cref="DcpShard"/>: key, where it sits in the global tensor) whose data is a
+/// <see cref="DeferredTensor"/>: made when written, freed right after.
+/// </summary>
+internal sealed record DeferredShard(string Key, DeferredTensor Later, long[] GlobalSize, long[] Offsets, bool Replicated);

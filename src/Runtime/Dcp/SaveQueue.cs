@@ -48,12 +48,13 @@ internal sealed class SaveQueue : IDisposable
     }
 
     /// <summary>
-    /// Saves the shadows of <paramref name="arenas"/> (one per profile, the same on every call): copies every group
+    /// Saves the shadows of <paramref name="arenas"/> (one per profile, then a BEMA profile's θ₀ and corrected weights;
+    /// the same on every call): copies (or fills, see <see cref="StagedSet"/>) every group
     /// buffer into staging copies kept for the next call (one more copy of the shadows, made on the first call, because
     /// refreshing it costs less than a fresh allocation's page faults), then <paramref name="request"/> builds the save
     /// from views of the staged shadows (per arena, per arena index).
     /// </summary>
-    public Task Start(IReadOnlyList<ShadowArena> arenas, Func<torch.Tensor?[][], SaveRequest> request)
+    public Task Start(IReadOnlyList<StagedSet> arenas, Func<torch.Tensor?[][], SaveRequest> request)
     {
         lock (_turn)
         {

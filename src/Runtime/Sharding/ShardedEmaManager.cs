@@ -106,6 +106,10 @@ public sealed class ShardedEmaManager<TModel> : EmaManagerBase<TModel> where TMo
 
     // This rank's part of the save: its boxes as chunks, the values (written by rank 0).
     private SaveRequest RankSave(string directory, string saveId, TimeSpan timeout, List<KeyValuePair<string, object?>> state) =>
-        TensorChunks.Sharded(directory, saveId, Placement, state.Select(kv => kv.Value).OfType<DcpShard>(),
-            state.Where(kv => kv.Value is not DcpShard), timeout);
+        TensorChunks.Request(directory, saveId, Placement, state.Select(kv => kv.Value switch
+            {
+                DcpShard shard => TensorChunks.Box(shard.Key, new TensorChunks.Local(shard.Local, null), shard.GlobalSize, shard.Offsets, shard.Replicated),
+                DeferredShard deferred => TensorChunks.Box(deferred.Key, new TensorChunks.Local(null, deferred.Later), deferred.GlobalSize, deferred.Offsets, deferred.Replicated),
+                _ => null,
+            }).OfType<SaveChunk>().ToList(), state.Where(kv => kv.Value is not (DcpShard or DeferredShard)), timeout);
 }

@@ -50,4 +50,30 @@ public sealed class TinyGptSampleTests
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         }
     }
+
+    [Fact]
+    public void ABemaProfileIsEvaluatedWithItsCorrectedWeightsAndTheCheckpointReloads()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "emagen-tinygpt-" + Guid.NewGuid().ToString("N"));
+        var log = new StringWriter();
+        try
+        {
+            var options = new TrainOptions { Steps = 40, ValidationBatches = 2, OutDir = dir, Profiles = ["lagfree=startafter:10:bema"] };
+            var result = Trainer.Run(options, () => new GptModel(SyntheticLanguage.Vocabulary, options.Context), log);
+            var text = log.ToString();
+            var (name, loss) = Assert.Single(result.ProfileLosses);
+            Assert.Equal("lagfree", name);
+            Assert.True(double.IsFinite(loss));
+            // Its own figure, not the main EMA's or the raw weights'.
+            Assert.NotEqual(result.Ema, loss);
+            Assert.NotEqual(result.Raw, loss);
+            Assert.Contains("lagfree        ", text);
+            Assert.Matches(@"reloaded the checkpoint: (\d+) of \1 shadows match bit for bit", text);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+        Assert.Throws<ArgumentException>(() => Trainer.ParseProfile("lagfree"));
+    }
 }

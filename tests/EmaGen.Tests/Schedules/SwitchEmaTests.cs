@@ -64,6 +64,33 @@ public sealed class SwitchEmaTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new EmaManager<SizedModel>(model, new EmaOptions { SwitchEvery = 0 }));
     }
 
+    [Theory]
+    [InlineData(ScalarType.Float32, 1.0)]
+    [InlineData(ScalarType.BFloat16, 0.5)]
+    public void ASwitchingUpdateAllocatesNothingAndTheReportSaysItSwitched(ScalarType dtype, double blend)
+    {
+        manual_seed(4);
+        using var model = new SizedModel(dtype, 400_000, 700_001, 65);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.9, SwitchEvery = 2, SwitchBlend = blend, Threads = 2 });
+        Assert.Equal(2, ema.UpdateThreads);
+        // Every other update switches; measured over warmed-up pairs of a switching and a plain update.
+        long allocated = Allocations.OfSteadyState(() =>
+        {
+            ema.Update(model);
+            ema.Update(model);
+        }, warmup: 3, measured: 4);
+        Assert.Equal(0, allocated);
+        Assert.Equal(ema.Step, ema.LastSwitchStep);
+        Assert.True(ema.LastUpdate.Switched);
+        Assert.Contains("switched", ema.LastUpdate.ToString());
+        Move(model);
+        ema.Update(model);
+        Assert.False(ema.LastUpdate.Switched);
+        // An explicit switch after the update is told too, until the next update.
+        Assert.Equal(0, Allocations.OfSteadyState(() => ema.SwitchInto(model, blend), warmup: 1, measured: 3));
+        Assert.True(ema.LastUpdate.Switched);
+    }
+
     [Fact]
     public void TheShardedManagerRefusesSwitchEmaSayingWhy()
     {

@@ -15,6 +15,11 @@ namespace EmaGen;
 /// so neither the split into boxes nor the split into chunks changes a bit. Other cases take TorchSharp ops with the
 /// same roundings, at once, in <see cref="Queue"/> (also every case when the manager forces TorchSharp ops).
 /// Queuing allocates nothing, so a switch of an fp32 or bf16 model allocates no managed memory.
+/// <para>
+/// Under the non-finite guard a correction term <c>α·(θ − θ₀)</c> that is not finite (a broken live weight, or a θ₀
+/// taken from an uninitialised module) is left out: that element reads the EMA, as the update keeps the EMA through a
+/// bad step.
+/// </para>
 /// </summary>
 internal sealed unsafe class BiasCorrection : IPartitionedWork
 {
@@ -26,12 +31,13 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
         public float* Ema;
         public void* Live, Anchor, Dest;
         public long Start, Count;
-        public bool Wide, OutWide;
+        public bool Wide, OutWide, Guard;
         public float Alpha, Blend;
     }
 
     private readonly CpuWorkerPool? _pool;
     private readonly bool _forceOps;
+    private readonly bool _guard;
     private Job[] _jobs = new Job[8];
     private int _count;
     private long _elements;
@@ -39,7 +45,7 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
     // Box views made for queued jobs, disposed after the run.
     private readonly List<torch.Tensor> _held = new();
 
-    public BiasCorrection(CpuWorkerPool? pool, bool forceOps) => (_pool, _forceOps) = (pool, forceOps);
+    public BiasCorrection(CpuWorkerPool? pool, bool forceOps, bool guard) => (_pool, _forceOps, _guard) = (pool, forceOps, guard);
 
     /// <summary>Runs one job now: <paramref name="dest"/> from the arguments of <see cref="Queue"/>.</summary>
     public void Write(torch.Tensor dest, torch.Tensor ema, torch.Tensor live, torch.Tensor? anchor, double alpha, double blend = 1)
@@ -55,7 +61,7 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
     public void Queue(torch.Tensor dest, torch.Tensor ema, torch.Tensor live, torch.Tensor? anchor, double alpha, double blend = 1)
     {
         if (!_forceOps && TryQueue(dest, ema, live, anchor, (float)alpha, (float)blend)) return;
-        WithOps(dest, ema, live, anchor, alpha, blend);
+        WithOps(dest, ema, live, anchor, alpha, blend, _guard);
     }
 
     /// <summary>Wakes the pool's helpers while the caller checks the model and queues (see <see cref="CpuWorkerPool.WakeAhead"/>).</summary>
@@ -103,7 +109,7 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
 
     // The op path: the same roundings as the raw loop, one op each (LibTorch converts a double scalar to the fp32
     // tensor's type before it multiplies).
-    private static void WithOps(torch.Tensor dest, torch.Tensor ema, torch.Tensor live, torch.Tensor? anchor, double alpha, double blend)
+    private static void WithOps(torch.Tensor dest, torch.Tensor ema, torch.Tensor live, torch.Tensor? anchor, double alpha, double blend, bool guard)
     {
         using var _ = torch.no_grad();
         using var c = anchor is null ? ema.to_type(torch.ScalarType.Float32, copy: true) : live.to_type(ema.dtype, copy: true);
@@ -111,6 +117,11 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
         {
             InPlace.Release(c.sub_(anchor), c);
             InPlace.Release(c.mul_(alpha), c);
+            if (guard)
+            {
+                using var finite = c.isfinite();
+                InPlace.Release(c.masked_fill_(finite.logical_not_(), 0), c);
+            }
             InPlace.Release(c.add_(ema), c);
         }
         if (blend != 1)
@@ -144,6 +155,7 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
             OutWide = dest.dtype == torch.ScalarType.Float32,
             Alpha = alpha,
             Blend = blend,
+            Guard = _guard,
         };
         _elements += n;
         return true;
@@ -182,6 +194,7 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
                 {
                     var diff = t - Vector256.Load((float*)a0 + j);
                     var scaled = diff * va;
+                    if (job.Guard) scaled = Vector256.ConditionalSelect(Vector256.Equals(scaled - scaled, Vector256<float>.Zero), scaled, Vector256<float>.Zero);
                     c = scaled + c;
                 }
                 if (blended)
@@ -200,6 +213,7 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
             {
                 float diff = t - (job.Wide ? ((float*)a0)[j] : Widen(((ushort*)a0)[j]));
                 float scaled = diff * alpha;
+                if (job.Guard && !float.IsFinite(scaled)) scaled = 0;
                 c = scaled + c;
             }
             if (blended)

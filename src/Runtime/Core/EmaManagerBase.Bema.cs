@@ -62,7 +62,15 @@ public abstract partial class EmaManagerBase<TModel>
                 for (int i = 0; i < _items.Length; i++)
                 {
                     using var box = _items[i].BoxOf(_trained[i] ?? _slots[_items[i].Slot].Tensor!);
-                    InPlace.Release(anchor[i]!.copy_(box), anchor[i]!);
+                    if (_nonFinite == NonFinitePolicy.Allow || !DTypes.IsFloatingPoint(box.dtype))
+                    {
+                        InPlace.Release(anchor[i]!.copy_(box), anchor[i]!);
+                        continue;
+                    }
+                    // Under the guard, as the EMA's copy: a non-finite live element leaves θ₀ as it was.
+                    using var finite = box.isfinite();
+                    using var kept = torch.where(finite, box, anchor[i]!);
+                    InPlace.Release(anchor[i]!.copy_(kept), anchor[i]!);
                 }
                 _alpha[k] = 0;
             }
@@ -77,7 +85,7 @@ public abstract partial class EmaManagerBase<TModel>
     // worker pool; made on first use.
     private BiasCorrection? _correction;
 
-    private protected BiasCorrection Correction => _correction ??= new BiasCorrection(_pool, Options.ForceTorchOps);
+    private protected BiasCorrection Correction => _correction ??= new BiasCorrection(_pool, Options.ForceTorchOps, _nonFinite != NonFinitePolicy.Allow);
 
     /// <summary>
     /// Queues into <see cref="Correction"/> item <paramref name="item"/>'s weights as profile <paramref name="profile"/>

@@ -90,9 +90,9 @@ public sealed class BemaReadOutTests
         using var raw = empty(n, dtype: output);
         using var chunked = empty(n, dtype: output);
         using var ops = empty(n, dtype: output);
-        new BiasCorrection(null, forceOps: false).Write(raw, ema, live, anchor, alpha, blend);
-        using (var pool = new CpuWorkerPool(3)) new BiasCorrection(pool, forceOps: false).Write(chunked, ema, live, anchor, alpha, blend);
-        new BiasCorrection(null, forceOps: true).Write(ops, ema, live, anchor, alpha, blend);
+        new BiasCorrection(null, forceOps: false, guard: true).Write(raw, ema, live, anchor, alpha, blend);
+        using (var pool = new CpuWorkerPool(3)) new BiasCorrection(pool, forceOps: false, guard: true).Write(chunked, ema, live, anchor, alpha, blend);
+        new BiasCorrection(null, forceOps: true, guard: true).Write(ops, ema, live, anchor, alpha, blend);
         Assert.Equal(TensorValues.Bits(raw), TensorValues.Bits(chunked));
         Assert.Equal(TensorValues.Bits(raw), TensorValues.Bits(ops));
 

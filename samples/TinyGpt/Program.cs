@@ -24,6 +24,8 @@ try
             "--list-parameters" => options with { ListParameters = true },
             "--tie-embeddings" => options with { TieEmbeddings = true },
             "--nan-spike" => options with { NanSpike = Int() },
+            "--switch-every" => options with { SwitchEvery = Int() },
+            "--switch-blend" => options with { SwitchBlend = double.Parse(Value(), CultureInfo.InvariantCulture) },
             "--help" or "-h" => throw new OperationCanceledException(),
             _ => throw new ArgumentException($"unknown option '{args[i]}'"),
         };
@@ -36,7 +38,7 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException or OperationCanceledException)
 {
     if (e is not OperationCanceledException) Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine("usage: TinyGpt [--steps N] [--arch gpt|encoder] [--seed S] [--batch B] [--lr LR] [--schedule SPEC] [--profile NAME=SPEC]... [--threads T] [--out DIR] [--list-parameters] [--tie-embeddings] [--nan-spike STEP]");
+    Console.Error.WriteLine("usage: TinyGpt [--steps N] [--arch gpt|encoder] [--seed S] [--batch B] [--lr LR] [--schedule SPEC] [--profile NAME=SPEC]... [--threads T] [--out DIR] [--list-parameters] [--tie-embeddings] [--nan-spike STEP] [--switch-every K [--switch-blend B]]");
     Console.Error.WriteLine("  --arch gpt      own GPT blocks: MultiheadAttention + a Sequential MLP in a Module<Tensor, Tensor> field (default)");
     Console.Error.WriteLine("  --arch encoder  TorchSharp's TransformerEncoder with a causal mask");
     Console.Error.WriteLine("  --schedule S    EMA decay schedule (default power:0.10, EDM2's power function)");
@@ -46,6 +48,7 @@ catch (Exception e) when (e is ArgumentException or FormatException or Operation
     Console.Error.WriteLine("  --threads T     LibTorch threads; equal T gives bit-equal runs (JIT and NativeAOT alike)");
     Console.Error.WriteLine("  --out DIR       save the EMA as a PyTorch DCP checkpoint in DIR/ema and check that it reloads bit for bit");
     Console.Error.WriteLine("  --tie-embeddings  the token embedding is the output head's weight (GPT-2 style): one parameter, one shadow");
+    Console.Error.WriteLine("  --switch-every K  Switch EMA: every K steps the model is moved to the EMA by --switch-blend (default 1: copied)");
     Console.Error.WriteLine("  --nan-spike STEP  the loss of STEP overflows to infinity (NaN raw weights): the EMA stays intact, its step report is");
     Console.Error.WriteLine("                  printed, training resumes from the EMA weights; with --out also DIR/loss.svg (raw vs EMA over steps)");
     return e is OperationCanceledException ? 0 : 2;

@@ -19,6 +19,12 @@ public sealed record TrainOptions
     public string Schedule { get; init; } = "power:0.10";
     /// <summary>More EMA profiles beside the main one (named <c>ema</c> then), as <c>NAME=SPEC</c>: e.g. a BEMA profile <c>lagfree=startafter:200:bema</c>.</summary>
     public System.Collections.Generic.IReadOnlyList<string> Profiles { get; init; } = [];
+
+    /// <summary>Switch EMA: every this many steps the model is moved toward the EMA by <see cref="SwitchBlend"/> (null: never).</summary>
+    public int? SwitchEvery { get; init; }
+
+    /// <summary>The Switch EMA blend in (0, 1]; 1 copies the EMA into the model.</summary>
+    public double SwitchBlend { get; init; } = 1.0;
     public int? Threads { get; init; }
     public string? OutDir { get; init; }
     public bool ListParameters { get; init; }
@@ -80,6 +86,7 @@ public static class Trainer
             loss.backward();
             optimizer.step();
             ema.Update(model);
+            if (ema.LastUpdate.Switched) log.WriteLine($"step {step,5}  Switch EMA: the model moved to its EMA (blend {options.SwitchBlend.ToString(System.Globalization.CultureInfo.InvariantCulture)})");
             if (probe.Count > 0 && (step % evalEvery == 0 || step == options.NanSpike || step == options.Steps)) curve.Add(Evaluate(ema, model, step, probe));
             if (step == options.NanSpike) optimizer = NanSpike.Recover(ema, model, optimizer, NewOptimizer, log);
             if (step % logEvery == 0 || step == options.Steps) log.WriteLine($"step {step,5}  train loss {loss.item<float>():F4}");
@@ -143,8 +150,8 @@ public static class Trainer
     // One profile of the main schedule, or that one named "ema" and the --profile ones beside it, updated in one pass.
     private static EmaOptions EmaOptionsOf(TrainOptions options, EmaSchedule schedule, Action<EmaStepReport>? onFirstNonFinite = null) =>
         options.Profiles.Count == 0
-            ? new EmaOptions { Schedule = schedule, OnFirstNonFinite = onFirstNonFinite }
-            : new EmaOptions { Profiles = [new EmaProfileOptions("ema", schedule), .. options.Profiles.Select(ParseProfile)], OnFirstNonFinite = onFirstNonFinite };
+            ? new EmaOptions { Schedule = schedule, OnFirstNonFinite = onFirstNonFinite, SwitchEvery = options.SwitchEvery, SwitchBlend = options.SwitchBlend }
+            : new EmaOptions { Profiles = [new EmaProfileOptions("ema", schedule), .. options.Profiles.Select(ParseProfile)], OnFirstNonFinite = onFirstNonFinite, SwitchEvery = options.SwitchEvery, SwitchBlend = options.SwitchBlend };
 
     /// <summary>A <c>--profile NAME=SPEC</c> argument.</summary>
     public static EmaProfileOptions ParseProfile(string text)

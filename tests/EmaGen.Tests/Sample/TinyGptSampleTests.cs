@@ -76,4 +76,16 @@ public sealed class TinyGptSampleTests
         }
         Assert.Throws<ArgumentException>(() => Trainer.ParseProfile("lagfree"));
     }
+
+    [Fact]
+    public void SwitchEveryMovesTheModelToItsEmaAtThoseSteps()
+    {
+        var log = new StringWriter();
+        var options = new TrainOptions { Steps = 30, ValidationBatches = 1, SwitchEvery = 10 };
+        var result = Trainer.Run(options, () => new GptModel(SyntheticLanguage.Vocabulary, options.Context), log);
+        var switches = log.ToString().Split('\n').Where(l => l.Contains("Switch EMA:", StringComparison.Ordinal)).Select(l => l.Trim()).ToList();
+        Assert.Equal(new[] { 10, 20, 30 }.Select(s => $"step {s,5}  Switch EMA: the model moved to its EMA (blend 1)"), switches);
+        // The last step switched with blend 1: the raw weights are the EMA's, so both evaluate alike.
+        Assert.Equal(result.Ema, result.Raw);
+    }
 }

@@ -61,4 +61,41 @@ public sealed class DenoiserSampleTests
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         }
     }
+
+    [Fact]
+    public void ALagFreeBemaProfileIsReportedAndItsExportHoldsTheCorrectedWeights()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "emagen-sample-" + Guid.NewGuid().ToString("N"));
+        var log = new StringWriter();
+        try
+        {
+            var result = Trainer.Run(new TrainOptions
+            {
+                Steps = 130, EvalPoints = 300, LogEvery = 65, OutDir = dir, Profiles = ["ema=power:0.10", "lagfree=startafter:100:bema"],
+            }, log);
+            var lagfree = Assert.Single(result.Profiles, p => p.Name == "lagfree");
+            Assert.True(double.IsFinite(lagfree.Distance) && lagfree.Distance > 0, $"lagfree: {lagfree.Distance}");
+            Assert.Contains("EMA lagfree", log.ToString());
+
+            // What people ship: the export of the BEMA profile holds its usual keys (the corrected weights), no resume key.
+            var checkpoint = Path.Combine(dir, "ema");
+            var exported = Path.Combine(dir, "export");
+            EmaGen.Export.SafetensorsExport.Run(checkpoint, exported, new EmaGen.Export.ExportOptions(Profile: "lagfree"));
+            var file = Path.Combine(exported, EmaGen.Export.SafetensorsExport.SingleFile);
+            var (tensors, _, dataStart) = EmaGen.Dcp.SafetensorsFile.ReadHeader(file);
+            using var model = new DenoiserModel();
+            Assert.Equal(model.named_parameters().Select(p => p.name).Order(), tensors.Select(t => t.Name).Order());
+            var reader = EmaGen.Dcp.DcpReader.Open(checkpoint);
+            foreach (var entry in tensors)
+            {
+                using var stored = reader.ReadTensor("ema.lagfree." + entry.Name);
+                using var host = EmaGen.Dcp.SafetensorsFile.ReadTensor(file, entry, dataStart);
+                Assert.Equal(stored.data<float>().ToArray(), host.Span<float>().ToArray());
+            }
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+    }
 }

@@ -266,14 +266,16 @@ internal sealed unsafe class UpdateBenchmark
             // over rounds; likewise the RMS distance option over the default.
             writer.WriteNumber("guard_on_ms", Math.Round(Timing.Median(samples["emagen_default"]), 3));
             writer.WriteNumber("guard_off_ms", Math.Round(Timing.Median(samples["emagen_guard_off"]), 3));
-            writer.WriteNumber("guard_on_over_off", Math.Round(Timing.Median(samples["emagen_default"].Zip(samples["emagen_guard_off"], (on, off) => on / off).ToList()), 3));
-            writer.WriteNumber("rms_distance_over_default", Math.Round(Timing.Median(samples["emagen_rms_distance"].Zip(samples["emagen_default"], (rms, on) => rms / on).ToList()), 3));
-            log.WriteLine($"guard on / off (paired median) {Timing.Median(samples["emagen_default"].Zip(samples["emagen_guard_off"], (on, off) => on / off).ToList()):F3}; rms distance / default {Timing.Median(samples["emagen_rms_distance"].Zip(samples["emagen_default"], (rms, on) => rms / on).ToList()):F3}");
+            double guardOnOverOff = PairedOver(samples["emagen_default"], samples["emagen_guard_off"]);
+            double rmsOverDefault = PairedOver(samples["emagen_rms_distance"], samples["emagen_default"]);
+            writer.WriteNumber("guard_on_over_off", Math.Round(guardOnOverOff, 3));
+            writer.WriteNumber("rms_distance_over_default", Math.Round(rmsOverDefault, 3));
+            log.WriteLine($"guard on / off (paired median) {guardOnOverOff:F3}; rms distance / default {rmsOverDefault:F3}");
             writer.WriteString("update_path", ema.UpdatePath);
             if (_dtype == ScalarType.BFloat16)
             {
                 // The issue's bf16 target: against a probe that moves what this update moves (2 + 4 read, 4 written).
-                writer.WriteNumber("ratio_to_bf16_probe", Math.Round(Timing.Median(samples["emagen_default"].Zip(samples["probe_bf16_widen"], (v, p) => p / v).ToList()), 3));
+                writer.WriteNumber("ratio_to_bf16_probe", Math.Round(PairedOver(samples["probe_bf16_widen"], samples["emagen_default"]), 3));
             }
             writer.WriteNumber("managed_bytes_per_update", managedPerUpdate);
             writer.WriteNumber("managed_bytes_per_update_all_threads", managedAllThreads);

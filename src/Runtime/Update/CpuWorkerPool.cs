@@ -67,20 +67,14 @@ internal sealed unsafe class CpuWorkerPool : IDisposable
     {
         Parallelism = Math.Max(1, threads);
         _openMp = !ownThreads && Parallelism > 1 && OpenMpTeam.Available;
-        if (_openMp)
-        {
-            _self = GCHandle.Alloc(this);
-            _threads = [];
-            _signalLock = [new object()];
-            _signalSet = [false];
-            _state = [];
-            return;
-        }
-        _threads = new Thread[Parallelism - 1];
-        _signalLock = new object[Parallelism];
-        _signalSet = new bool[Parallelism];
+        if (_openMp) _self = GCHandle.Alloc(this);
+        // On LibTorch's team the pool has no helper threads of its own.
+        int helpers = _openMp ? 0 : Parallelism - 1;
+        _threads = new Thread[helpers];
+        _signalLock = new object[helpers + 1];
+        _signalSet = new bool[helpers + 1];
         for (int i = 0; i < _signalLock.Length; i++) _signalLock[i] = new object();
-        _state = new int[Parallelism - 1];
+        _state = new int[helpers];
         for (int i = 0; i < _threads.Length; i++)
         {
             int part = i + 1;
@@ -112,29 +106,34 @@ internal sealed unsafe class CpuWorkerPool : IDisposable
     /// <summary>Runs <paramref name="work"/> split into <see cref="Parallelism"/> parts and returns when all are done.</summary>
     public void Run(IPartitionedWork work)
     {
-        if (_openMp)
-        {
-            _parts = Parallelism;
-            _failure = null;
-            _work = work;
-            try
-            {
-                OpenMpTeam.Run(&RegionBody, (void*)GCHandle.ToIntPtr(_self), Parallelism);
-            }
-            finally
-            {
-                _work = null;
-            }
-            if (_failure is { } failed) throw new InvalidOperationException("An EMA update thread failed.", failed);
-            return;
-        }
-        if (_threads.Length == 0)
+        if (!_openMp && _threads.Length == 0)
         {
             work.Execute(0, 1);
             return;
         }
         _parts = Parallelism;
         _failure = null;
+        if (_openMp) RunRegion(work);
+        else RunOnHelpers(work);
+        if (_failure is { } failure) throw new InvalidOperationException("An EMA update thread failed.", failure);
+    }
+
+    // One parallel region on LibTorch's team; each of its threads runs its part (RegionBody).
+    private void RunRegion(IPartitionedWork work)
+    {
+        _work = work;
+        try
+        {
+            OpenMpTeam.Run(&RegionBody, (void*)GCHandle.ToIntPtr(_self), Parallelism);
+        }
+        finally
+        {
+            _work = null;
+        }
+    }
+
+    private void RunOnHelpers(IPartitionedWork work)
+    {
         _remaining = _threads.Length;
         Reset(Done);
         _work = work;
@@ -154,7 +153,6 @@ internal sealed unsafe class CpuWorkerPool : IDisposable
             Wait(Done);
             _work = null;
         }
-        if (_failure is { } failure) throw new InvalidOperationException("An EMA update thread failed.", failure);
     }
 
     [UnmanagedCallersOnly]

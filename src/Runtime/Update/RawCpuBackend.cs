@@ -56,7 +56,7 @@ internal sealed unsafe partial class RawCpuBackend : IUpdateBackend, IPartitione
 
     public RawCpuBackend(ShadowArena[] arenas, ShadowItem[] items, LiveSlots live, CpuWorkerPool? pool, bool guard, bool rms)
     {
-        _mode = (guard ? 1 : 0) + (rms ? 2 : 0);
+        _mode = ModeOf(guard, rms);
         _stats = new KernelStats[arenas.Length];
         _names = new int[2 * NamesPerPart];
         _nameCount = new int[2];
@@ -113,7 +113,9 @@ internal sealed unsafe partial class RawCpuBackend : IUpdateBackend, IPartitione
     /// Benchmark-only: switches the guard (and distance) of the kernels over the same buffers, so that the guard's cost
     /// is measured without the placement of two models' memory in the figure.
     /// </summary>
-    internal void SetModeForBenchmark(bool guard, bool rms) => _mode = (guard ? 1 : 0) + (rms ? 2 : 0);
+    internal void SetModeForBenchmark(bool guard, bool rms) => _mode = ModeOf(guard, rms);
+
+    private static int ModeOf(bool guard, bool rms) => (guard ? 1 : 0) + (rms ? 2 : 0);
 
     public void QueueGroup(int group) => Append(true, group, _groupParameters[group], _groupElements[group], _groupKernel[group]);
 

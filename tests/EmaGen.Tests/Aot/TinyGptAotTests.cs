@@ -35,18 +35,7 @@ public sealed class TinyGptAotTests
                 "--arch", arch, "--steps", "25", "--threads", "1", "--list-parameters", "--out", folder["run-" + arch]);
             Assert.True(run.ExitCode == 0, $"the AOT binary failed ({arch}):\n" + run.Output);
 
-            var options = new TrainOptions { Architecture = arch, Steps = 25, Threads = 1, ListParameters = true };
-            var jit = new StringWriter();
-            int threads = torch.get_num_threads();
-            try
-            {
-                if (arch == "gpt") Trainer.Run(options, () => new GptModel(SyntheticLanguage.Vocabulary, options.Context), jit);
-                else Trainer.Run(options, () => new EncoderGptModel(SyntheticLanguage.Vocabulary, options.Context), jit);
-            }
-            finally
-            {
-                torch.set_num_threads(threads);
-            }
+            var jit = RunJit(new TrainOptions { Architecture = arch, Steps = 25, Threads = 1, ListParameters = true });
             var expected = Lines(jit.ToString(), "parameter ");
             Assert.True(expected.Count > 20, $"{arch}: only {expected.Count} parameters listed");
             Assert.Equal(expected, Lines(run.Output, "parameter "));
@@ -77,20 +66,27 @@ public sealed class TinyGptAotTests
         var spike = ProcessRunner.Run(Path.Combine(folder["aot"], "TinyGpt"), folder.Path, 600_000,
             "--arch", "gpt", "--steps", "12", "--nan-spike", "6", "--threads", "1", "--out", folder["run-spike"]);
         Assert.True(spike.ExitCode == 0, "the AOT binary failed (spike):\n" + spike.Output);
-        var spikeOptions = new TrainOptions { Architecture = "gpt", Steps = 12, NanSpike = 6, Threads = 1 };
-        var jitSpike = new StringWriter();
-        int libTorchThreads = torch.get_num_threads();
-        try
-        {
-            Trainer.Run(spikeOptions, () => new GptModel(SyntheticLanguage.Vocabulary, spikeOptions.Context), jitSpike);
-        }
-        finally
-        {
-            torch.set_num_threads(libTorchThreads);
-        }
+        var jitSpike = RunJit(new TrainOptions { Architecture = "gpt", Steps = 12, NanSpike = 6, Threads = 1 });
         Assert.Contains("EMA weights intact", spike.Output);
         Assert.Equal(Lines(jitSpike.ToString(), "EMA step report:"), Lines(spike.Output, "EMA step report:"));
         Assert.Equal(Exact(jitSpike.ToString()), Exact(spike.Output));
+    }
+
+    // The same training in this process (the JIT build); the trainer sets LibTorch's thread count, restored after.
+    private static StringWriter RunJit(TrainOptions options)
+    {
+        var log = new StringWriter();
+        int threads = torch.get_num_threads();
+        try
+        {
+            if (options.Architecture == "gpt") Trainer.Run(options, () => new GptModel(SyntheticLanguage.Vocabulary, options.Context), log);
+            else Trainer.Run(options, () => new EncoderGptModel(SyntheticLanguage.Vocabulary, options.Context), log);
+        }
+        finally
+        {
+            torch.set_num_threads(threads);
+        }
+        return log;
     }
 
     private static System.Collections.Generic.List<string> Lines(string output, string prefix) =>

@@ -373,7 +373,7 @@ public sealed class FastPathTests
     private static float[][] Values(EmaManager<SizedModel> ema) =>
         ema.TrackedNames.Select(n => ema[n].data<float>().ToArray()).ToArray();
 
-    private static void CopyParameters(SizedModel from, SizedModel to)
+    internal static void CopyParameters(SizedModel from, SizedModel to)
     {
         using var _ = torch.no_grad();
         for (int i = 0; i < from.Count; i++) to[i].copy_(from[i]);

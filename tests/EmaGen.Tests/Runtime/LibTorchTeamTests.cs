@@ -64,7 +64,7 @@ public sealed class LibTorchTeamTests
         torch.manual_seed(31);
         long[] sizes = Enumerable.Range(0, 40).Select(i => 30_000L + 17 * i).ToArray();
         var models = Enumerable.Range(0, 3).Select(_ => new SizedModel(ScalarType.Float32, sizes)).ToArray();
-        for (int m = 1; m < models.Length; m++) Copy(models[0], models[m]);
+        for (int m = 1; m < models.Length; m++) FastPathTests.CopyParameters(models[0], models[m]);
         var options = new[]
         {
             new EmaOptions { Decay = 0.9, Threads = 2 },
@@ -89,7 +89,7 @@ public sealed class LibTorchTeamTests
                     nan.fill_(float.NaN);
                     inf.fill_(float.PositiveInfinity);
                 }
-                for (int m = 1; m < models.Length; m++) Copy(models[0], models[m]);
+                for (int m = 1; m < models.Length; m++) FastPathTests.CopyParameters(models[0], models[m]);
                 foreach (var (ema, model) in managers.Zip(models)) ema.Update(model);
                 Assert.Equal(step % 3 == 1 ? 2 : 0, managers[0].LastUpdate.NonFiniteElements);
                 Assert.Equal(managers[2].LastUpdate.NonFiniteTensors, managers[0].LastUpdate.NonFiniteTensors);
@@ -108,12 +108,6 @@ public sealed class LibTorchTeamTests
             foreach (var ema in managers) ema.Dispose();
             foreach (var model in models) model.Dispose();
         }
-    }
-
-    private static void Copy(SizedModel from, SizedModel to)
-    {
-        using var _ = torch.no_grad();
-        for (int i = 0; i < from.Count; i++) to[i].copy_(from[i]);
     }
 
     private sealed class RecordingWork : IPartitionedWork

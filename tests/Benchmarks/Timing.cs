@@ -15,15 +15,17 @@ internal static class Timing
     /// cache state: a 64 MiB sweep evicts whatever the previous variant left in the 32 MiB L3, so no variant profits
     /// from its predecessor.
     /// <para>
-    /// Each round starts one variant later than the one before, so every variant follows every other equally often.
-    /// A fixed order was unfair: LibTorch's OpenMP workers (GNU libgomp, shipped with LibTorch) busy-wait for 5-10 ms
-    /// after a parallel op, holding a core, and the sweep does not outlast that; on this project's 2-core VM the
-    /// variant placed right after LibTorch's flat <c>lerp_</c> ran 3.0-3.1 ms where the same manager two places later ran
-    /// 2.7-2.8 ms (5M/1000 fp32). With rotation that cost falls in a minority of a variant's rounds, outside its median.
-    /// What the cost is for a trainer, whose update does follow a LibTorch op, the update benchmark reports separately
-    /// (<c>emagen_after_libtorch_op</c>, using <paramref name="before"/>).
+    /// Each round runs the variants in a fresh order (a seeded shuffle, the same for every run), so that every variant
+    /// follows every other about equally often. What ran before a step moves its time: LibTorch's OpenMP workers (GNU
+    /// libgomp, shipped with LibTorch) busy-wait for milliseconds after a parallel region, holding a core, and sleep
+    /// after that, so a step on that team right after another parallel step finds them spinning and one after a
+    /// one-thread variant or a pass on other threads pays their wake-up. The cyclic rotation used before gave every
+    /// variant the same predecessor in every round (a rotation moves the start, not the neighbours), which put that
+    /// cost into some variants' medians and not others': on 5M/1000 fp32 one manager's same update ran 0.66 ms after a
+    /// two-thread step and 0.74 ms after a one-thread one. What the update costs where a trainer calls it, right after
+    /// a LibTorch op, the update benchmark reports separately (<c>emagen_after_libtorch_op</c>, using
+    /// <paramref name="before"/>).
     /// </para>
-    /// </summary>
     /// <param name="before">Per variant name, an untimed action run right before each timed step (after the sweep).</param>
     public static Dictionary<string, List<double>> RoundRobin(IReadOnlyList<(string Name, Action Step)> variants, int rounds,
         IReadOnlyDictionary<string, Action>? before = null)
@@ -35,11 +37,14 @@ internal static class Timing
         }
         var samples = variants.ToDictionary(v => v.Name, _ => new List<double>());
         var sweep = new float[16 << 20];
+        var order = Enumerable.Range(0, variants.Count).ToArray();
+        var shuffle = new Random(20261206);
         for (int r = 0; r < rounds; r++)
         {
-            for (int v = 0; v < variants.Count; v++)
+            shuffle.Shuffle(order);
+            foreach (int v in order)
             {
-                var (name, step) = variants[(r + v) % variants.Count];
+                var (name, step) = variants[v];
                 for (int i = 0; i < sweep.Length; i += 16) sweep[i] += 1;
                 if (before is not null && before.TryGetValue(name, out var setup)) setup();
                 var clock = Stopwatch.StartNew();

@@ -126,7 +126,9 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         long budget = step.Counted ? CountedSliceBudgetBytes : SliceBudgetBytes;
         long slice = Math.Max(SliceQuantum, budget / temporary / SliceQuantum * SliceQuantum);
         step.ScratchElements = Math.Min(slice, shadow.numel());
-        Sliced(shadow, parameter, slice, step);
+        // A packed group's buffers are flat and kept: its slices are made once (TorchOpsBackend.Slices.cs).
+        if (!step.Counted && step.Unit.GroupIndex >= 0 && shadow.dim() == 1) BlendPlanned(shadow, parameter, slice, step);
+        else Sliced(shadow, parameter, slice, step);
     }
 
     // The most a slice's temporaries may take, and the multiple of elements a slice is cut at (vector bodies whole).
@@ -228,6 +230,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             if (buffer.numel() >= elements) return buffer;
             buffer.Dispose();
             _scratch.RemoveAt(i);
+            _scratchGeneration++;
             break;
         }
         var made = torch.empty(elements, dtype, new torch.Device(deviceType, deviceIndex)).DetachFromDisposeScope();
@@ -246,7 +249,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             if (k != profile || t.dtype != dtype || t.device_type != deviceType || t.device_index != deviceIndex) continue;
             if (value != w)
             {
-                InPlace.Release(t.fill_(w), t);
+                Refill(t, w);
                 _weights[i] = (k, t, w);
             }
             return t;
@@ -256,8 +259,24 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         return made;
     }
 
+    // A schedule that moves the decay refills the weight every step. On the CPU the value is written in place (a fill
+    // takes a Scalar, a managed object per call); elsewhere it is a fill launch, with the Scalar kept alive across the
+    // native call (nothing else holds it, and a collection could free it under LibTorch) and freed at once.
+    private static unsafe void Refill(torch.Tensor weight, double w)
+    {
+        if (weight.device_type == DeviceType.CPU)
+        {
+            if (weight.dtype == torch.ScalarType.Float64) *(double*)LiveSlots.DataPointer(weight) = w;
+            else *(float*)LiveSlots.DataPointer(weight) = (float)w;
+            return;
+        }
+        using var value = w.ToScalar();
+        InPlace.Release(weight.fill_(value), weight);
+    }
+
     public void Dispose()
     {
+        DisposePlans();
         foreach (var (_, t, _) in _weights) t.Dispose();
         _weights.Clear();
         foreach (var (_, _, buffer) in _scratch) buffer.Dispose();

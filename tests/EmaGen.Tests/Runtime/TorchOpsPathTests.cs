@@ -180,6 +180,32 @@ public sealed class TorchOpsPathTests
         }
     }
 
+    // What a CUDA user's steady-state update costs the managed heap: nothing. A bf16 group widened for its fp32 shadows
+    // is cut into slices (13M elements: two slices a profile), whose views are made at the first step and kept; a power
+    // schedule moves the decay every step and refills its weight in place, not through a Scalar. The fp32 group is one
+    // lerp_ a profile. The values still move (the update ran).
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void ASteadyStateUpdateAllocatesNothing(ScalarType dtype)
+    {
+        var options = new EmaOptions
+        {
+            Profiles = new[] { new EmaProfileOptions("constant", EmaSchedule.Constant(0.999)), new EmaProfileOptions("power", EmaSchedule.PowerFunction(0.05)) },
+            ForceTorchOps = true,
+            NonFinite = NonFinitePolicy.Allow,
+        };
+        torch.manual_seed(3);
+        using var model = new SizedModel(dtype, 13_000_037, 37);
+        using var ema = new EmaManager<SizedModel>(model, options);
+        using (torch.no_grad()) model[0].add_(1);
+        using var before = ema.Profiles[1]["leaves.0.w"].clone();
+        long bytes = Allocations.OfSteadyState(() => ema.Update(model), warmup: 20, measured: 10);
+        Assert.Contains("through TorchSharp ops: 1 packed group(s)", ema.UpdatePath);
+        Assert.Equal(0, bytes);
+        Assert.False(TensorValues.Bits(before).SequenceEqual(TensorValues.Bits(ema.Profiles[1]["leaves.0.w"])), "the power profile did not move");
+    }
+
     private static EmaOptions Options(NonFinitePolicy policy) => new()
     {
         Profiles = Decays.Select((d, i) => new EmaProfileOptions($"d{i}", EmaSchedule.Constant(d))).ToArray(),

@@ -278,6 +278,32 @@ public sealed class BemaTests
                 using var stored = reader.ReadTensor("ema.lagfree." + name);
                 Assert.Equal(TensorValues.Bits(shard.Local), TensorValues.Bits(stored));
             }
+            // An asynchronous save of every rank holds the corrected shards as they were at the call, while the ranks
+            // train on before it is awaited (each rank forms its corrected shard into staging at the call).
+            var saves = ranks.Select(rank => rank.SaveAsync(folder["a"], "a1", TimeSpan.FromSeconds(30))).ToList();
+            for (int step = 101; step <= 105; step++)
+            {
+                Move(model, step);
+                foreach (var rank in ranks) rank.Update(model);
+            }
+            await Task.WhenAll(saves);
+            var asyncReader = DcpReader.Open(folder["a"]);
+            foreach (var (name, shard) in whole)
+            {
+                using var stored = asyncReader.ReadTensor("ema.lagfree." + name);
+                Assert.Equal(TensorValues.Bits(shard.Local), TensorValues.Bits(stored));
+            }
+            // Not vacuous: the ranks' corrected weights have moved since the call.
+            var nowShards = ranks[0].StateDict(1);
+            bool moved = false;
+            foreach (var (name, shard) in nowShards)
+            {
+                var full = whole[name].Local;
+                using var then = full.shape.Length == 0 || shard.Local.shape[0] == full.shape[0] ? full.alias() : full.narrow(0, shard.Offsets[0], shard.Local.shape[0]);
+                moved |= !TensorValues.Bits(then).SequenceEqual(TensorValues.Bits(shard.Local));
+                shard.Local.Dispose();
+            }
+            Assert.True(moved, "the corrected weights did not move after the call");
             // And resuming world size 1 from it gives back its own EMA.
             using var back = new ShardedEmaManager<SizedModel>(model, 0, 1, Options());
             back.Load(folder["s"]);

@@ -141,6 +141,9 @@ internal sealed partial class TorchOpsBackend
     private void AddSquares(DeviceCounts counts, int profile, torch.Tensor shadow, torch.Tensor target)
     {
         using var d = shadow.sub(target);
+        // Under the guard a difference is non-finite only where shadow and parameter both were (the shadow kept as it
+        // is): left out, as the raw kernels leave out every element whose parameter is not finite.
+        if (_guard) InPlace.Release(d.nan_to_num_(0.0, 0.0, 0.0), d);
         using var square = d.square();
         using var squares = square.sum(torch.ScalarType.Float64);
         using var cell = counts.Squares.select(0, profile);

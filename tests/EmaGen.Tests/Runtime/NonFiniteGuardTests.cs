@@ -333,7 +333,19 @@ public sealed class NonFiniteGuardTests
         for (int step = 1; step <= 3; step++)
         {
             SetParameters(model, step, Sizes);
-            if (step == 3) Inject(model, 2, 9, float.NaN);
+            if (step == 3)
+            {
+                // Non-finite on both sides at one element (kept as it is), and a parameter alone at another: the
+                // distance is over the finite elements on every path, not NaN.
+                Inject(model, 2, 9, float.NaN);
+                Inject(model, 0, 1, float.PositiveInfinity);
+                using var _ = torch.no_grad();
+                for (int k = 0; k < set; k++)
+                {
+                    using var cell = ema.Profiles[k]["leaves.2.w"].narrow(0, 9, 1);
+                    cell.fill_(float.NaN);
+                }
+            }
             ema.Update(model);
         }
         for (int k = 0; k < set; k++)

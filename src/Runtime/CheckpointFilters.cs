@@ -27,7 +27,7 @@ internal static class CheckpointFilters
             }
             stored = text;
         }
-        if (stored == mine || !strict) return;
+        if (stored == mine || (stored is not null && mine is not null && NameFilter.Canonical(stored) == mine) || !strict) return;
         throw new System.ArgumentException(
             $"{directory}: the checkpoint was written with name filters {stored ?? "(none)"}, this manager uses {mine ?? "(none)"} (EmaOptions.Include/Exclude); load with strict: false to load the names both have.");
     }

@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Linq;
 
 namespace EmaGen;
 
@@ -79,8 +80,24 @@ internal sealed class NameFilter
         return new ArgumentException($"EmaOptions.{option} pattern '{pattern}' matches no parameter{(names.Count == 0 ? "" : $" of the model ({names.Count} names: {some})")}.", option);
     }
 
-    /// <summary>The patterns as a checkpoint records them: <c>include=a|b;exclude=c</c>.</summary>
-    public string Describe() => $"include={string.Join("|", _include)};exclude={string.Join("|", _exclude)}";
+    /// <summary>
+    /// The patterns as a checkpoint records them: <c>include=a|b;exclude=c</c>, each list without repeats and in ordinal
+    /// order, so the same filters given in another order describe the same (a strict load compares descriptions).
+    /// </summary>
+    public string Describe() => Describe(_include, _exclude);
+
+    private static string Describe(IEnumerable<string> include, IEnumerable<string> exclude) =>
+        $"include={string.Join("|", include.Distinct().Order(StringComparer.Ordinal))};exclude={string.Join("|", exclude.Distinct().Order(StringComparer.Ordinal))}";
+
+    /// <summary>A recorded description in the order <see cref="Describe()"/> gives (older checkpoints kept the options' order); other text as it is.</summary>
+    public static string Canonical(string description)
+    {
+        const string include = "include=", exclude = ";exclude=";
+        int split = description.IndexOf(exclude, StringComparison.Ordinal);
+        if (!description.StartsWith(include, StringComparison.Ordinal) || split < include.Length) return description;
+        static string[] List(string text) => text.Length == 0 ? [] : text.Split('|');
+        return Describe(List(description[include.Length..split]), List(description[(split + exclude.Length)..]));
+    }
 
     /// <summary>Glob match of the whole <paramref name="name"/>: <c>*</c> any run of characters, <c>?</c> one.</summary>
     public static bool Matches(string pattern, string name)

@@ -118,6 +118,13 @@ public sealed class NameFilterCheckpointTests
         Assert.Equal(before, EmaGen.Tests.Support.TensorValues.Bits(other["fc1_lora_a"]));
         using var unfiltered = new EmaManager<AdapterModel>(model, new EmaOptions { Decay = 0.5 });
         Assert.Contains("this manager uses (none)", Assert.Throws<ArgumentException>(() => unfiltered.Load(folder["a"])).Message);
+        // The same filters in another order are the same filters.
+        using (var twoPatterns = new EmaManager<AdapterModel>(model, new EmaOptions { Decay = 0.5, Include = ["fc1.*", "*_lora_*"] }))
+        {
+            twoPatterns.Save(folder["b"]);
+            Assert.Equal("include=*_lora_*|fc1.*;exclude=", EmaGen.Dcp.DcpReader.Open(folder["b"]).ReadValue("ema._emagen.filters"));
+        }
+        using (var reordered = new EmaManager<AdapterModel>(model, new EmaOptions { Decay = 0.5, Include = ["*_lora_*", "fc1.*", "*_lora_*"] })) reordered.Load(folder["b"]);
         // Non-strict: the names both have.
         other.Load(folder["a"], strict: false);
         Assert.Equal(EmaGen.Tests.Support.TensorValues.Bits(same["fc1_lora_a"]), EmaGen.Tests.Support.TensorValues.Bits(other["fc1_lora_a"]));

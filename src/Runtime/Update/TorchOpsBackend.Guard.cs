@@ -180,7 +180,7 @@ internal sealed partial class TorchOpsBackend
     }
 
     // A tensor unit is named; a packed group's non-finite tensors are found in the parameters as they are now (read
-    // right after the update, the step's own values); its healed tensors are not told apart.
+    // right after the update, the step's own values), its healed tensors from the shadows (TorchOpsBackend.Healing.cs).
     private void NameUnit(StepTally tally, int unit, bool healed)
     {
         if (unit >= _groups.Length)
@@ -189,7 +189,7 @@ internal sealed partial class TorchOpsBackend
             return;
         }
         var arena = _arenas[0];
-        bool found = false;
+        bool found = healed && NameHealedInGroup(tally, unit);
         for (int i = 0; i < _items.Length; i++)
         {
             if (arena.GroupOf(i) != unit) continue;

@@ -55,6 +55,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         if (_groupCount == 0 && _itemCount == 0) return;
         bool counted = _guard || _rms;
         if (counted) BeginCounts();
+        if (_guard && _groupCount > 0) ReadHealableShadows();
         try
         {
             // no_grad allocates a guard object, so it is only opened where autograd could record: a packed group's flat

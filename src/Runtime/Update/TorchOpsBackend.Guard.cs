@@ -195,9 +195,7 @@ internal sealed partial class TorchOpsBackend
             if (arena.GroupOf(i) != unit) continue;
             if (!healed)
             {
-                using var finite = _live.Tensor(_items[i].Slot)!.isfinite();
-                using var all = finite.all();
-                if (all.item<bool>()) continue;
+                if (NonFiniteElements(_live.Tensor(_items[i].Slot)!) == 0) continue;
                 found = true;
                 tally.AddName(healed, _items[i].Info.Name);
             }
@@ -206,7 +204,7 @@ internal sealed partial class TorchOpsBackend
     }
 }
 
-// The throw policy's pre-scan on the device: one isfinite().all() read back per queued unit (a host synchronisation
+// The throw policy's pre-scan on the device: one read back per queued unit (a host synchronisation
 // each, the price of refusing before anything is written).
 internal sealed partial class TorchOpsBackend
 {
@@ -216,10 +214,10 @@ internal sealed partial class TorchOpsBackend
         for (int i = 0; i < _groupCount; i++)
         {
             int g = _groups[i];
-            if (AllFinite(_arenas[0].Groups[g].PackedParameters!)) continue;
+            if (NonFiniteElements(_arenas[0].Groups[g].PackedParameters!) == 0) continue;
             for (int item = 0; item < _items.Length; item++)
             {
-                if (_arenas[0].GroupOf(item) == g && !AllFinite(_live.Tensor(_items[item].Slot)!)) return item;
+                if (_arenas[0].GroupOf(item) == g && NonFiniteElements(_live.Tensor(_items[item].Slot)!) > 0) return item;
             }
         }
         for (int i = 0; i < _itemCount; i++)
@@ -227,7 +225,7 @@ internal sealed partial class TorchOpsBackend
             int item = _queued[i];
             var live = _live.Tensor(_items[item].Slot)!;
             using var view = _items[item].LiveIsBox ? null : _items[item].BoxOf(live);
-            if (!AllFinite(view ?? live)) return item;
+            if (NonFiniteElements(view ?? live) > 0) return item;
         }
         return -1;
     }
@@ -236,13 +234,5 @@ internal sealed partial class TorchOpsBackend
     {
         _groupCount = 0;
         _itemCount = 0;
-    }
-
-    private static bool AllFinite(torch.Tensor t)
-    {
-        if (!DTypes.IsFloatingPoint(t.dtype)) return true;
-        using var finite = t.isfinite();
-        using var all = finite.all();
-        return all.item<bool>();
     }
 }

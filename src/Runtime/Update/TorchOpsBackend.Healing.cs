@@ -36,10 +36,10 @@ internal sealed partial class TorchOpsBackend
             _shadowsRead[g] = true;
             for (int k = 0; k < _arenas.Length; k++)
             {
-                bool finite = AllFinite(_arenas[k].Groups[g].Shadow);
+                bool finite = NonFiniteElements(_arenas[k].Groups[g].Shadow) == 0;
                 for (int i = 0; i < _items.Length; i++)
                 {
-                    if (_arenas[0].GroupOf(i) == g) _nonFiniteShadow[k][i] = finite ? 0 : NonFiniteCount(_arenas[k][i]!);
+                    if (_arenas[0].GroupOf(i) == g) _nonFiniteShadow[k][i] = finite ? 0 : NonFiniteElements(_arenas[k][i]!);
                 }
             }
         }
@@ -64,7 +64,7 @@ internal sealed partial class TorchOpsBackend
             for (int k = 0; k < _arenas.Length; k++)
             {
                 if (_nonFiniteShadow[k][i] == 0) continue;
-                long now = NonFiniteCount(_arenas[k][i]!);
+                long now = NonFiniteElements(_arenas[k][i]!);
                 fell |= now < _nonFiniteShadow[k][i];
                 _nonFiniteShadow[k][i] = now;
             }
@@ -73,14 +73,5 @@ internal sealed partial class TorchOpsBackend
             found = true;
         }
         return found;
-    }
-
-    private static long NonFiniteCount(torch.Tensor t)
-    {
-        if (!DTypes.IsFloatingPoint(t.dtype)) return 0;
-        using var finite = t.isfinite();
-        using var flagged = finite.logical_not();
-        using var n = flagged.count_nonzero();
-        return n.item<long>();
     }
 }

@@ -319,6 +319,32 @@ public sealed class NonFiniteGuardTests
         Assert.Equal(2, ema.Step);
     }
 
+    // On the op path the scans that find and name non-finite elements (the throw policy's pre-scan, the report's
+    // names) go a slice at a time, so their masks stay bounded: a bad element in the last slice of a large packed
+    // tensor (5M elements: three slices of the scan) is found and named.
+    [Theory]
+    [InlineData(NonFinitePolicy.Throw)]
+    [InlineData(NonFinitePolicy.KeepAndHeal)]
+    public void TheOpPathFindsANonFiniteElementInTheLastSliceOfALargeTensor(NonFinitePolicy policy)
+    {
+        const long large = 5_000_037;
+        var options = new EmaOptions { Decay = 0.9, ForceTorchOps = true, NonFinite = policy };
+        using var model = new SizedModel(torch.ScalarType.Float32, large, 37);
+        using var ema = new EmaManager<SizedModel>(model, options);
+        ema.Update(model);
+        Inject(model, 0, large - 2, float.PositiveInfinity);
+        if (policy == NonFinitePolicy.Throw)
+        {
+            var error = Assert.Throws<NotFiniteNumberException>(() => ema.Update(model));
+            Assert.Contains("'leaves.0.w'", error.Message);
+            return;
+        }
+        ema.Update(model);
+        Assert.Contains("through TorchSharp ops: 1 packed group(s)", ema.UpdatePath);
+        Assert.Equal(1, ema.LastUpdate.NonFiniteElements);
+        Assert.Equal(new[] { "leaves.0.w" }, ema.LastUpdate.NonFiniteTensors);
+    }
+
     [Fact]
     public void AllowBlendsTheNaNInAsBefore()
     {

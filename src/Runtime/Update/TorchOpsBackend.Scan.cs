@@ -1,0 +1,51 @@
+using System;
+using TorchSharp;
+
+namespace EmaGen;
+
+// Counting non-finite elements on the device (the throw policy's pre-scan, the report's names, which shadows can heal)
+// a slice at a time, so the masks stay within the counted slice budget at any tensor size; one read back per call.
+internal sealed partial class TorchOpsBackend
+{
+    // A slice's temporaries: x − x in x's dtype (at most 8 bytes) and two bool masks.
+    private const long ScanSliceElements = CountedSliceBudgetBytes / 10;
+
+    /// <summary>How many elements of <paramref name="t"/> are NaN or infinite (0 for integer and bool tensors).</summary>
+    private long NonFiniteElements(torch.Tensor t)
+    {
+        if (!DTypes.IsFloatingPoint(t.dtype)) return 0;
+        // x − x of a live parameter records no graph.
+        using var _ = torch.no_grad();
+        // Float64, as the step's counts: exact to 2^53 elements, and added with the same alpha.
+        using var total = torch.zeros(1, torch.ScalarType.Float64, t.device);
+        AddNonFinite(t, total);
+        return (long)total.item<double>();
+    }
+
+    // Along the outer dimensions, as Sliced cuts a unit: narrowing keeps a strided box a view.
+    private void AddNonFinite(torch.Tensor t, torch.Tensor total)
+    {
+        long n = t.numel();
+        if (n <= ScanSliceElements || t.dim() == 0)
+        {
+            using var finite = Finite(t);
+            using var flagged = finite.logical_not();
+            using var count = flagged.count_nonzero();
+            InPlace.Release(total.add_(count, _one), total);
+            return;
+        }
+        long rows = t.size(0);
+        if (rows == 1)
+        {
+            using var row = t.select(0, 0);
+            AddNonFinite(row, total);
+            return;
+        }
+        long perSlice = Math.Max(1, ScanSliceElements / (n / rows));
+        for (long r = 0; r < rows; r += perSlice)
+        {
+            using var slice = t.narrow(0, r, Math.Min(perSlice, rows - r));
+            AddNonFinite(slice, total);
+        }
+    }
+}

@@ -7,7 +7,10 @@ namespace EmaGen;
 /// training samples seen, not the number of updates, so a changing batch size (curricula, gradient accumulation) gives
 /// the average the paper defines. The half-life and the power function read their time in samples; a constant decay
 /// is per update either way; the wrappers keep counting updates (<c>startafter</c> copies for its first N updates,
-/// <c>every</c> updates every K-th call and spans the samples since its last update). Kept apart from the schedules'
+/// <c>every</c> updates every K-th call and spans the samples since its last update). Unlike on the step clock, where
+/// <c>startafter</c>'s inner schedule counts from its start, the inner schedule's time in samples is the run's: EDM2's
+/// power function averages over every sample seen (its profile starts as a copy of the weights at that point either
+/// way), and the samples seen before the start are not stored apart in a checkpoint. Kept apart from the schedules'
 /// step formulas so that those stay pure functions of the step.
 /// </summary>
 internal static class SampleTime

@@ -119,7 +119,9 @@ public abstract partial class EmaManagerBase<TModel>
 
     /// <summary>
     /// What the last <see cref="Update(TModel)"/> did (the step, each profile's decay, what the non-finite guard kept or healed,
-    /// the distances when <see cref="EmaOptions.ReportDistance"/> is set); the same object, refilled by each update.
+    /// the distances when <see cref="EmaOptions.ReportDistance"/> is set); the same object, refilled by each update. After an
+    /// update refused by <see cref="NonFinitePolicy.Throw"/> it describes that refused update: its step is one past
+    /// <see cref="EmaManagerBase{TModel}.Step"/>, and counts the op path had not yet read from the device for the update before are gone.
     /// </summary>
     public EmaStepReport LastUpdate => _report;
 

@@ -26,6 +26,7 @@ internal static class Timing
     /// a LibTorch op, the update benchmark reports separately (<c>emagen_after_libtorch_op</c>, using
     /// <paramref name="before"/>).
     /// </para>
+    /// </summary>
     /// <param name="before">Per variant name, an untimed action run right before each timed step (after the sweep).</param>
     public static Dictionary<string, List<double>> RoundRobin(IReadOnlyList<(string Name, Action Step)> variants, int rounds,
         IReadOnlyDictionary<string, Action>? before = null)

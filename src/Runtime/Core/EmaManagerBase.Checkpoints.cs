@@ -332,11 +332,15 @@ public abstract partial class EmaManagerBase<TModel>
 
     private void Commit(List<(torch.Tensor Target, torch.Tensor Source)> plan)
     {
-        using (torch.no_grad())
+        try
         {
+            using var _ = torch.no_grad();
             foreach (var (target, source) in plan) InPlace.Release(target.copy_(source), target);
         }
-        // A loaded shadow may hold non-finite elements: the op path reads again which tensors can heal.
-        _torch.ShadowsWritten();
+        finally
+        {
+            // A loaded shadow may hold non-finite elements: the op path reads again which tensors can heal.
+            _torch.ShadowsWritten();
+        }
     }
 }

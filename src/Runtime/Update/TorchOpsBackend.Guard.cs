@@ -153,6 +153,7 @@ internal sealed partial class TorchOpsBackend
     /// <summary>Reads this step's device counts into <paramref name="tally"/> (a host synchronisation per device).</summary>
     public void ReadInto(StepTally tally)
     {
+        _healingUnread = false;
         long nonFinite = 0;
         var squares = new double[_decays.Length];
         foreach (var c in _counts)

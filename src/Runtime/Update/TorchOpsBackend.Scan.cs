@@ -7,8 +7,9 @@ namespace EmaGen;
 // a slice at a time, so the masks stay within the counted slice budget at any tensor size; one read back per call.
 internal sealed partial class TorchOpsBackend
 {
-    // A slice's temporaries: x − x in x's dtype (at most 8 bytes) and two bool masks.
-    private const long ScanSliceElements = CountedSliceBudgetBytes / 10;
+    // A slice's temporaries: x − x in x's dtype (at most 8 bytes) and two bool masks. The length is the guarded fp32
+    // blend's (11 bytes of temporaries per element), so a host allocator hands the scan and the step the same blocks.
+    private const long ScanSliceElements = CountedSliceBudgetBytes / 11 / SliceQuantum * SliceQuantum;
 
     /// <summary>How many elements of <paramref name="t"/> are NaN or infinite (0 for integer and bool tensors).</summary>
     private long NonFiniteElements(torch.Tensor t)

@@ -10,11 +10,9 @@ namespace EmaGen;
 // narrowed along its one dimension), so the bits are the same either way.
 internal sealed partial class TorchOpsBackend
 {
-    private sealed class SlicePlan(int scratchGeneration) : IDisposable
+    // A scratch buffer replaced by a larger one (met later in a first step) disposes every plan (Scratch).
+    private sealed class SlicePlan : IDisposable
     {
-        // The scratch buffers the wide views were made over; a buffer replaced by a larger one (met later in a first
-        // step) makes the plan stale.
-        public readonly int ScratchGeneration = scratchGeneration;
         public readonly List<PlannedSlice> Slices = new();
 
         public void Dispose()
@@ -34,14 +32,12 @@ internal sealed partial class TorchOpsBackend
 
     // Per group shadow (one per profile and group), by reference: the lookup allocates nothing.
     private readonly Dictionary<torch.Tensor, SlicePlan> _plans = new(ReferenceEqualityComparer.Instance);
-    private int _scratchGeneration;
 
     // A packed group's blend without the guard's or the distance's temporaries (they are made per slice anyway).
     private void BlendPlanned(torch.Tensor shadow, torch.Tensor parameter, long slice, SliceStep step)
     {
-        if (!_plans.TryGetValue(shadow, out var plan) || plan.ScratchGeneration != _scratchGeneration)
+        if (!_plans.TryGetValue(shadow, out var plan))
         {
-            plan?.Dispose();
             plan = MakePlan(shadow, parameter, slice, step);
             _plans[shadow] = plan;
         }
@@ -68,19 +64,20 @@ internal sealed partial class TorchOpsBackend
     {
         var device = shadow.device_type;
         int index = shadow.device_index;
-        // The scratch buffers first: taking them may replace a smaller one, which moves the generation.
+        // The scratch buffers first: taking them may replace a smaller one, which disposes the plans made so far.
         var parameterScratch = parameter.dtype == step.Compute ? null : Scratch(device, index, step.Compute, 0, step.ScratchElements);
         var shadowScratch = shadow.dtype == step.Compute ? null : Scratch(device, index, step.Compute, 1, step.ScratchElements);
-        var plan = new SlicePlan(_scratchGeneration);
+        var plan = new SlicePlan();
         long n = shadow.numel();
         for (long at = 0; at < n; at += slice)
         {
             long length = Math.Min(slice, n - at);
+            // Kept across steps: out of any dispose scope the caller's update runs in.
             plan.Slices.Add(new PlannedSlice(
-                shadow.narrow(0, at, length),
-                parameter.narrow(0, at, length),
-                parameterScratch?.narrow(0, 0, length),
-                shadowScratch?.narrow(0, 0, length)));
+                shadow.narrow(0, at, length).DetachFromDisposeScope(),
+                parameter.narrow(0, at, length).DetachFromDisposeScope(),
+                parameterScratch?.narrow(0, 0, length).DetachFromDisposeScope(),
+                shadowScratch?.narrow(0, 0, length).DetachFromDisposeScope()));
         }
         return plan;
     }

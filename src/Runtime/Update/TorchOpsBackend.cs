@@ -43,7 +43,12 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
 
     public void QueueGroup(int group) => _groups[_groupCount++] = group;
 
-    public void QueueTensor(int item) => _queued[_itemCount++] = item;
+    public void QueueTensor(int item)
+    {
+        _queued[_itemCount++] = item;
+        // A packed group's tensor run on its own: its heal is named as a tensor, and the group's baseline goes stale.
+        if (_arenas[0].Groups[_arenas[0].GroupOf(item)].PackedParameters is not null) HealingBaselineStale(_arenas[0].GroupOf(item));
+    }
 
     /// <summary>
     /// Blends every queued unit into each profile whose decay is a number; with the guard or the distance on, the
@@ -54,10 +59,10 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         decays.CopyTo(_decays);
         if (_groupCount == 0 && _itemCount == 0) return;
         bool counted = _guard || _rms;
-        if (counted) BeginCounts();
-        if (_guard && _groupCount > 0) ReadHealableShadows();
         try
         {
+            if (counted) BeginCounts();
+            if (_guard) BeginHealing();
             // no_grad allocates a guard object, so it is only opened where autograd could record: a packed group's flat
             // buffers are plain tensors, but a queued box is a live parameter.
             using var _ = _itemCount > 0 ? torch.no_grad() : null;
@@ -90,6 +95,7 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
                 }
             }
             if (counted) tally.Pending = this;
+            if (_guard) _healingUnread = true;
         }
         finally
         {
@@ -229,9 +235,10 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             var (t, r, buffer) = _scratch[i];
             if (r != role || t != dtype || buffer.device_type != deviceType || buffer.device_index != deviceIndex) continue;
             if (buffer.numel() >= elements) return buffer;
+            // The kept slice plans hold views of the old buffer, which would keep it alive beside the new one.
+            DisposePlans();
             buffer.Dispose();
             _scratch.RemoveAt(i);
-            _scratchGeneration++;
             break;
         }
         var made = torch.empty(elements, dtype, new torch.Device(deviceType, deviceIndex)).DetachFromDisposeScope();

@@ -319,6 +319,36 @@ public sealed class NonFiniteGuardTests
         Assert.Equal(2, ema.Step);
     }
 
+    // The op path names a packed group's healed tensors from what it read before; a step whose report nobody read may
+    // have healed what that still counts, so the next heal in the group is named by the group, never by a tensor that
+    // healed earlier (here leaves.2.w heals unread at step 1, leaves.0.w at step 2).
+    [Fact]
+    public void AHealAfterAnUnreadStepIsNotPinnedOnAnEarlierHeal()
+    {
+        var options = new EmaOptions { Decay = 0.9, ForceTorchOps = true };
+        using var model = new SizedModel(torch.ScalarType.Float32, Sizes);
+        SetParameters(model, 0, Sizes);
+        using var ema = new EmaManager<SizedModel>(model, options);
+        using (torch.no_grad())
+        {
+            ema.ProfileList[0]["leaves.0.w"][3] = float.NaN;
+            ema.ProfileList[0]["leaves.2.w"][5] = float.NaN;
+        }
+        SetParameters(model, 1, Sizes);
+        Inject(model, 0, 3, float.NaN);
+        ema.Update(model);
+        SetParameters(model, 2, Sizes);
+        ema.Update(model);
+        Assert.Equal(1, ema.LastUpdate.HealedElements);
+        Assert.Equal(new[] { "(a packed Float32 group)" }, ema.LastUpdate.HealedTensors);
+        Assert.Contains("through TorchSharp ops: 1 packed group(s)", ema.UpdatePath);
+        // Read every step from here: a step without a heal names none.
+        SetParameters(model, 3, Sizes);
+        ema.Update(model);
+        Assert.Equal(0, ema.LastUpdate.HealedElements);
+        Assert.Empty(ema.LastUpdate.HealedTensors);
+    }
+
     // On the op path the scans that find and name non-finite elements (the throw policy's pre-scan, the report's
     // names) go a slice at a time, so their masks stay bounded: a bad element in the last slice of a large packed
     // tensor (5M elements: three slices of the scan) is found and named.

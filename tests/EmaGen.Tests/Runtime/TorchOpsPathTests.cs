@@ -206,6 +206,32 @@ public sealed class TorchOpsPathTests
         Assert.False(TensorValues.Bits(before).SequenceEqual(TensorValues.Bits(ema.Profiles[1]["leaves.0.w"])), "the power profile did not move");
     }
 
+    // A trainer that runs each step in a dispose scope: what the op path keeps across steps (a sliced group's views,
+    // scratch buffers, weights) is out of the scope, so the next step runs, and gives the bits of a run without scopes.
+    [Fact]
+    public void UpdatesInsideDisposeScopesKeepWhatTheOpPathKeeps()
+    {
+        var options = new EmaOptions { Decay = 0.99, ForceTorchOps = true, NonFinite = NonFinitePolicy.Allow };
+        torch.manual_seed(4);
+        using var model = new SizedModel(ScalarType.BFloat16, 13_000_037, 37);
+        using var twinModel = new SizedModel(ScalarType.BFloat16, 13_000_037, 37);
+        Copy(model, twinModel);
+        using var scoped = new EmaManager<SizedModel>(model, options);
+        using var plain = new EmaManager<SizedModel>(twinModel, options);
+        for (int step = 0; step < 3; step++)
+        {
+            using (torch.no_grad())
+            {
+                model[0].add_(1);
+                twinModel[0].add_(1);
+            }
+            using (torch.NewDisposeScope()) scoped.Update(model);
+            plain.Update(twinModel);
+        }
+        Assert.Contains("through TorchSharp ops: 1 packed group(s)", scoped.UpdatePath);
+        Assert.True(TensorValues.Bits(scoped["leaves.0.w"]).SequenceEqual(TensorValues.Bits(plain["leaves.0.w"])));
+    }
+
     private static EmaOptions Options(NonFinitePolicy policy) => new()
     {
         Profiles = Decays.Select((d, i) => new EmaProfileOptions($"d{i}", EmaSchedule.Constant(d))).ToArray(),

@@ -69,9 +69,10 @@ internal sealed partial class TorchOpsVariants : IDisposable
         writer.WriteString("torch_ops_update_path", _ema.UpdatePath);
     }
 
-    // The largest of three fresh measurements. Each is a lower bound of the update's peak: memory the rest of the
-    // process hands back to the kernel inside the window (the GC decommits on its own schedule) lowers the resident set
-    // by as much, and one bf16 run at 50M read 23 MB where the others read 48 MiB.
+    // The largest of three fresh measurements. Each is a lower bound of the update's peak: native memory freed inside
+    // the window lowers the resident set by as much. The finalizers a collection starts free earlier tensors' memory
+    // on their own thread, so the collection waits for them (without that, one bf16 run at 50M read 23 MB and one
+    // attempt 2.8 MB, where the update's scratch alone is 48 MiB).
     private long FreshPeakExtraBytes(EmaOptions options)
     {
         long peak = -1;
@@ -84,13 +85,15 @@ internal sealed partial class TorchOpsVariants : IDisposable
         return peak;
     }
 
-    // Free heap memory goes back to the kernel first (malloc_trim), so a temporary the update allocates must take fresh
-    // pages and shows in the peak; then the peak is reset to the current resident set and read after a few updates.
+    // Pending finalizers run and free heap memory goes back to the kernel first (malloc_trim), so a temporary the update
+    // allocates must take fresh pages and shows in the peak; then the peak is reset to the current resident set and read after a few updates.
     // −1 where the kernel does not offer the reset (not Linux).
     private static long PeakExtraBytes(Action update)
     {
         try
         {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
             GC.Collect();
             MallocTrim(0);
             long before = Memory.ResetPeak();

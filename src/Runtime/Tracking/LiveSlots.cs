@@ -122,7 +122,9 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
         // The last check's parked tensors (re-checked then, or left by a check that threw).
         for (int c = 0; c < _changedCount; c++) _changed[_changedSlots[c]] = null;
         _changedCount = 0;
-        if (pool is { RunsOnLibTorchTeam: true })
+        // One block (up to 64 tensors) is microseconds on the caller: a region would cost more than it shares, and
+        // when the team has stopped spinning the caller would wait for its wake-up before the step could begin.
+        if (pool is { RunsOnLibTorchTeam: true } && _blocks > 1)
         {
             // The walk on the caller, the pointer blocks shared with the team's other threads, in one region.
             var walk = _walk as SharedWalk<TModel> ?? (SharedWalk<TModel>)(_walk = new SharedWalk<TModel>(this));

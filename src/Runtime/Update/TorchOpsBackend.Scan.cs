@@ -23,30 +23,20 @@ internal sealed partial class TorchOpsBackend
         return (long)total.item<double>();
     }
 
-    // Along the outer dimensions, as Sliced cuts a unit: narrowing keeps a strided box a view.
     private void AddNonFinite(torch.Tensor t, torch.Tensor total)
     {
-        long n = t.numel();
-        if (n <= ScanSliceElements || t.dim() == 0)
+        var count = new CountEachSlice(this, total);
+        ForEachSlice(t, null, ScanSliceElements, ref count);
+    }
+
+    private readonly struct CountEachSlice(TorchOpsBackend backend, torch.Tensor total) : ISliceAction
+    {
+        public void Run(torch.Tensor t, torch.Tensor? unused)
         {
             using var finite = Finite(t);
             using var flagged = finite.logical_not();
             using var count = flagged.count_nonzero();
-            InPlace.Release(total.add_(count, _one), total);
-            return;
-        }
-        long rows = t.size(0);
-        if (rows == 1)
-        {
-            using var row = t.select(0, 0);
-            AddNonFinite(row, total);
-            return;
-        }
-        long perSlice = Math.Max(1, ScanSliceElements / (n / rows));
-        for (long r = 0; r < rows; r += perSlice)
-        {
-            using var slice = t.narrow(0, r, Math.Min(perSlice, rows - r));
-            AddNonFinite(slice, total);
+            InPlace.Release(total.add_(count, backend._one), total);
         }
     }
 }

@@ -41,23 +41,7 @@ internal sealed partial class TorchOpsBackend
             plan = MakePlan(shadow, parameter, slice, step);
             _plans[shadow] = plan;
         }
-        foreach (var s in plan.Slices)
-        {
-            var p = s.Parameter;
-            if (s.WideParameter is { } wideParameter)
-            {
-                InPlace.Release(wideParameter.copy_(s.Parameter), wideParameter);
-                p = wideParameter;
-            }
-            if (s.WideShadow is not { } wideShadow)
-            {
-                InPlace.Release(s.Shadow.lerp_(p, step.Weight), s.Shadow);
-                continue;
-            }
-            InPlace.Release(wideShadow.copy_(s.Shadow), wideShadow);
-            InPlace.Release(wideShadow.lerp_(p, step.Weight), wideShadow);
-            InPlace.Release(s.Shadow.copy_(wideShadow), s.Shadow);
-        }
+        foreach (var s in plan.Slices) LerpSlice(s.Shadow, s.Parameter, s.WideParameter, s.WideShadow, step.Weight);
     }
 
     private SlicePlan MakePlan(torch.Tensor shadow, torch.Tensor parameter, long slice, SliceStep step)

@@ -47,7 +47,8 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     {
         _queued[_itemCount++] = item;
         // A packed group's tensor run on its own: its heal is named as a tensor, and the group's baseline goes stale.
-        if (_arenas[0].Groups[_arenas[0].GroupOf(item)].PackedParameters is not null) HealingBaselineStale(_arenas[0].GroupOf(item));
+        int group = _arenas[0].GroupOf(item);
+        if (_arenas[0].Groups[group].PackedParameters is not null) HealingBaselineStale(group);
     }
 
     /// <summary>
@@ -170,31 +171,16 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
         return bytes;
     }
 
-    // Cuts a unit into slices of at most `slice` elements along its outer dimensions (a box of a tensor may be a
-    // strided view: narrowing keeps it a view, where flattening could copy it) and blends each.
+    // Cuts a unit into slices of at most `slice` elements and blends each.
     private void Sliced(torch.Tensor shadow, torch.Tensor parameter, long slice, SliceStep step)
     {
-        long n = shadow.numel();
-        if (n <= slice || shadow.dim() == 0)
-        {
-            BlendSlice(shadow, parameter, step);
-            return;
-        }
-        long rows = shadow.size(0);
-        if (rows == 1)
-        {
-            using var s = shadow.select(0, 0);
-            using var p = parameter.select(0, 0);
-            Sliced(s, p, slice, step);
-            return;
-        }
-        long perSlice = Math.Max(1, slice / (n / rows));
-        for (long r = 0; r < rows; r += perSlice)
-        {
-            using var s = shadow.narrow(0, r, Math.Min(perSlice, rows - r));
-            using var p = parameter.narrow(0, r, Math.Min(perSlice, rows - r));
-            Sliced(s, p, slice, step);
-        }
+        var blend = new BlendEachSlice(this, step);
+        ForEachSlice(shadow, parameter, slice, ref blend);
+    }
+
+    private readonly struct BlendEachSlice(TorchOpsBackend backend, SliceStep step) : ISliceAction
+    {
+        public void Run(torch.Tensor shadow, torch.Tensor? parameter) => backend.BlendSlice(shadow, parameter!, step);
     }
 
     private void BlendSlice(torch.Tensor shadow, torch.Tensor parameter, SliceStep step)
@@ -204,26 +190,48 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
             BlendCounted(shadow, parameter, step);
             return;
         }
-        using var wideParameter = parameter.dtype == step.Compute ? null : Widened(parameter, step, role: 0);
-        if (shadow.dtype == step.Compute)
+        using var wideParameter = parameter.dtype == step.Compute ? null : ScratchView(parameter, step, role: 0);
+        using var wideShadow = shadow.dtype == step.Compute ? null : ScratchView(shadow, step, role: 1);
+        LerpSlice(shadow, parameter, wideParameter, wideShadow, step.Weight);
+    }
+
+    // One slice's lerp_ in the compute dtype, given scratch views shaped like it where a side is narrower (null where
+    // it is not): the parameter widened exactly, the shadow widened, blended and narrowed back once. Every plain blend
+    // goes through here, planned (a packed group's kept views) or not, so both give the same bits.
+    private static void LerpSlice(torch.Tensor shadow, torch.Tensor parameter, torch.Tensor? wideParameter, torch.Tensor? wideShadow, torch.Tensor weight)
+    {
+        var p = parameter;
+        if (wideParameter is not null)
         {
-            InPlace.Release(shadow.lerp_(wideParameter ?? parameter, step.Weight), shadow);
+            InPlace.Release(wideParameter.copy_(parameter), wideParameter);
+            p = wideParameter;
+        }
+        if (wideShadow is null)
+        {
+            InPlace.Release(shadow.lerp_(p, weight), shadow);
             return;
         }
-        using var wide = Widened(shadow, step, role: 1);
-        InPlace.Release(wide.lerp_(wideParameter ?? parameter, step.Weight), wide);
-        InPlace.Release(shadow.copy_(wide), shadow);
+        InPlace.Release(wideShadow.copy_(shadow), wideShadow);
+        InPlace.Release(wideShadow.lerp_(p, weight), wideShadow);
+        InPlace.Release(shadow.copy_(wideShadow), shadow);
     }
 
     // Widened copies go into scratch buffers held across steps, one per (device, dtype, role: parameter or shadow),
     // as large as the largest slice met (at most a slice): a steady-state step allocates no device memory for them.
     private readonly List<(torch.ScalarType DType, int Role, torch.Tensor Buffer)> _scratch = new();
 
-    private torch.Tensor Widened(torch.Tensor slice, SliceStep step, int role)
+    // A view of the scratch buffer shaped like `slice`, in the compute dtype (its contents are the last slice's).
+    private torch.Tensor ScratchView(torch.Tensor slice, SliceStep step, int role)
     {
         var buffer = Scratch(slice.device_type, slice.device_index, step.Compute, role, step.ScratchElements);
         using var flat = buffer.narrow(0, 0, slice.numel());
-        var view = flat.view_as(slice);
+        return flat.view_as(slice);
+    }
+
+    // `slice` copied into its scratch view (widened exactly).
+    private torch.Tensor Widened(torch.Tensor slice, SliceStep step, int role)
+    {
+        var view = ScratchView(slice, step, role);
         InPlace.Release(view.copy_(slice), view);
         return view;
     }
@@ -274,8 +282,8 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     {
         if (weight.device_type == DeviceType.CPU)
         {
-            if (weight.dtype == torch.ScalarType.Float64) *(double*)LiveSlots.DataPointer(weight) = w;
-            else *(float*)LiveSlots.DataPointer(weight) = (float)w;
+            if (weight.dtype == torch.ScalarType.Float64) *(double*)NativeTensor.DataPointer(weight) = w;
+            else *(float*)NativeTensor.DataPointer(weight) = (float)w;
             return;
         }
         using var value = w.ToScalar();

@@ -28,6 +28,9 @@ public abstract partial class EmaManagerBase<TModel>
     // The profiles' schedules, read by every step without going through the profile objects.
     private EmaSchedule[] _schedules = null!;
     private bool[] _wholeGroup = null!;
+    // The LiveSlots.Changes that _wholeGroup was decided at (never before the first step), and whether every group is whole.
+    private int _wholeGroupsDecidedAt = -1;
+    private bool _allGroupsWhole;
     private double[] _stepDecays = null!;
     private string? _slowPathReason;
     private int _lastRawGroups, _lastRawTensors, _lastTorchGroups, _lastTorchTensors;
@@ -132,11 +135,11 @@ public abstract partial class EmaManagerBase<TModel>
         // The helpers wake while the model is checked, not when the kernels are handed to them.
         _live.Check(model, _pool);
         int groups = _packedGroup.Length;
-        for (int g = 0; g < groups; g++) _wholeGroup[g] = _packedGroup[g];
-        for (int i = 0; i < _items.Length; i++)
+        // Which groups run whole follows from the live pointers and layouts alone: decided again only after they changed.
+        if (_live.Changes != _wholeGroupsDecidedAt)
         {
-            int g = _groupOfItem[i];
-            _wholeGroup[g] &= _packedPointer[i] != IntPtr.Zero && _packedPointer[i] == _live.Pointer(_items[i].Slot) && (_torchGroup[g] || RawOk(i));
+            DecideWholeGroups();
+            _wholeGroupsDecidedAt = _live.Changes;
         }
         _lastRawGroups = _lastRawTensors = _lastTorchGroups = _lastTorchTensors = 0;
         bool anyPackedBroken = false;
@@ -156,7 +159,7 @@ public abstract partial class EmaManagerBase<TModel>
             }
         }
         if (anyPackedBroken && _slowPathReason is null) NoteSlowPath();
-        for (int i = 0; i < _items.Length; i++)
+        for (int i = 0; i < _items.Length && !_allGroupsWhole; i++)
         {
             int g = _groupOfItem[i];
             if (_wholeGroup[g] || _items[i].Numel == 0) continue;
@@ -176,6 +179,19 @@ public abstract partial class EmaManagerBase<TModel>
         _raw.Run(decays, _tally);
         // TorchSharp ops only run when something was queued for them (on the CPU, usually nothing).
         if (torch) _torch.Run(decays, _tally);
+    }
+
+    // Per group, whether every parameter still aliases the packed buffer where it was put and takes its group's kernel.
+    private void DecideWholeGroups()
+    {
+        int groups = _packedGroup.Length;
+        for (int g = 0; g < groups; g++) _wholeGroup[g] = _packedGroup[g];
+        for (int i = 0; i < _items.Length; i++)
+        {
+            int g = _groupOfItem[i];
+            _wholeGroup[g] &= _packedPointer[i] != IntPtr.Zero && _packedPointer[i] == _live.Pointer(_items[i].Slot) && (_torchGroup[g] || RawOk(i));
+        }
+        _allGroupsWhole = Array.TrueForAll(_wholeGroup, whole => whole);
     }
 
     // The throw policy: a pre-scan of every queued parameter before any profile is written.

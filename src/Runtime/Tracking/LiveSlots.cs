@@ -102,6 +102,13 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
 
     public int Count => _slots.Length;
 
+    /// <summary>
+    /// Counts the checks that found a watched slot's tensor object or data pointer changed (counted before the re-check,
+    /// so also when it threw): while it stands still, whatever was derived from <see cref="Pointer"/> and
+    /// <see cref="IsContiguous"/> still holds.
+    /// </summary>
+    public int Changes { get; private set; }
+
     /// <summary>The tensor the last successful <see cref="Check{TModel}"/> found in watched slot <paramref name="slot"/>.</summary>
     public torch.Tensor? Tensor(int slot) => _known[slot];
 
@@ -136,6 +143,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
             Walk(model);
         }
         bool moved = false;
+        if (_changedCount > 0) Changes++;
         for (int c = 0; c < _changedCount; c++)
         {
             int s = _changedSlots[c];
@@ -151,6 +159,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
         {
             if (!_watched[s] || _read[s] == _knownPointer[s]) continue;
             // The same object at another address (set_, a storage swap), or one disposed since (zero: the call throws).
+            if (!moved) Changes++;
             var tensor = _known[s]!;
             var pointer = _read[s] != IntPtr.Zero ? _read[s] : DataPointer(tensor);
             Recheck(s, tensor);

@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using EmaGen.Tests.Models;
+using EmaGen.Tests.Support;
 using TorchSharp;
 using TorchSharp.Modules;
 using Xunit;
@@ -105,5 +106,31 @@ public sealed class DefaultPackingTests
         Assert.Contains("through TorchSharp ops: 0 packed group(s) and 2 tensor(s)", ema.UpdatePath);
         var actual = ema["leaves.1.w"].data<float>().ToArray();
         for (int i = 0; i < 40; i++) Assert.Equal(0.5f * shadow[i] + 0.5f * 4f, actual[i], 5);
+    }
+
+    [Fact]
+    public void AGroupRunsWholeAgainOnceItsParameterAliasesThePackedBufferAgain()
+    {
+        // Which groups run whole is decided again only when a check finds a tensor or pointer changed: steady steps
+        // reuse it, a re-point breaks the group, and pointing the parameter back home restores it.
+        using var model = new SizedModel(ScalarType.Float32, 5, 40);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, OnSlowPath = _ => { } });
+        using var home = model[1].detach();
+        for (int step = 0; step < 3; step++) ema.Update(model);
+        Assert.Contains("1 packed group(s) ran as one pass each and 0 tensor(s) one by one", ema.UpdatePath);
+        using (torch.no_grad()) model[1].set_(torch.full(40, 4f));
+        ema.Update(model);
+        ema.Update(model);
+        Assert.Contains("0 packed group(s) ran as one pass each and 2 tensor(s) one by one", ema.UpdatePath);
+        var shadow = ema["leaves.1.w"].data<float>().ToArray();
+        using (torch.no_grad())
+        {
+            model[1].set_(home);
+            home.fill_(-2f);
+        }
+        ema.Update(model);
+        Assert.Contains("1 packed group(s) ran as one pass each and 0 tensor(s) one by one", ema.UpdatePath);
+        // The packed buffer is live again: its values, not the abandoned tensor's, are averaged.
+        Assert.Equal(shadow.Select(v => Lerp.Of(v, -2f, 0.5)), ema["leaves.1.w"].data<float>().ToArray());
     }
 }

@@ -17,6 +17,12 @@ internal sealed unsafe class BandwidthProbe : IPartitionedWork, IDisposable
     {
         Fma,
         Fma256,
+        /// <summary>The update's own formula, ema − (ema − p)·w, without the guard, 32 elements per round.</summary>
+        Exact,
+        /// <summary>The update's fp32 kernel under the non-finite guard (what a default step runs).</summary>
+        KernelGuard,
+        /// <summary>The update's fp32 kernel with the guard off (<c>NonFinitePolicy.Allow</c>).</summary>
+        KernelAllow,
         TensorPrimitivesLerp,
         /// <summary>b holds bf16 (read 2 + 4 bytes, write 4): the limit for an fp32 shadow of a bf16 parameter.</summary>
         WidenBFloat16,
@@ -67,6 +73,16 @@ internal sealed unsafe class BandwidthProbe : IPartitionedWork, IDisposable
             {
                 Fma(_a + lo, _b + lo, n, _d, _w, wide: false);
             }
+            else if (_loop == Loop.Exact)
+            {
+                Exact(_a + lo, _b + lo, n, _w);
+            }
+            else if (_loop is Loop.KernelGuard or Loop.KernelAllow)
+            {
+                var stats = default(KernelStats);
+                if (_loop == Loop.KernelGuard) RawCpuBackend.RunKernel<GuardMode>(KernelKind.Float32, _a + lo, _b + lo, n, _d, ref stats, lo);
+                else RawCpuBackend.RunKernel<AllowMode>(KernelKind.Float32, _a + lo, _b + lo, n, _d, ref stats, lo);
+            }
             else if (_loop == Loop.WidenBFloat16)
             {
                 WidenBf16(_a + lo, (ushort*)_b + lo, n, _d, _w);
@@ -93,6 +109,28 @@ internal sealed unsafe class BandwidthProbe : IPartitionedWork, IDisposable
             Vector256.FusedMultiplyAdd(Vector256.Load(a + i + 8), vd, Vector256.ShiftLeft(hi, 16).AsSingle() * vw).Store(a + i + 8);
         }
         for (; i < n; i++) a[i] = a[i] * d + BitConverter.Int32BitsToSingle(b[i] << 16) * w;
+    }
+
+    private static void Exact(float* a, float* b, int n, float w)
+    {
+        int i = 0;
+        var vw = Vector256.Create(w);
+        for (; i <= n - 32; i += 32)
+        {
+            var b0 = Vector256.Load(b + i);
+            var b1 = Vector256.Load(b + i + 8);
+            var b2 = Vector256.Load(b + i + 16);
+            var b3 = Vector256.Load(b + i + 24);
+            var a0 = Vector256.Load(a + i);
+            var a1 = Vector256.Load(a + i + 8);
+            var a2 = Vector256.Load(a + i + 16);
+            var a3 = Vector256.Load(a + i + 24);
+            (a0 - (a0 - b0) * vw).Store(a + i);
+            (a1 - (a1 - b1) * vw).Store(a + i + 8);
+            (a2 - (a2 - b2) * vw).Store(a + i + 16);
+            (a3 - (a3 - b3) * vw).Store(a + i + 24);
+        }
+        for (; i < n; i++) a[i] = a[i] - (a[i] - b[i]) * w;
     }
 
     private static void Fma(float* a, float* b, int n, float d, float w, bool wide)

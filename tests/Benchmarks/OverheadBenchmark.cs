@@ -16,6 +16,14 @@ namespace EmaGen.Benchmarks;
 /// per-step check (<see cref="LiveSlots"/>) on the caller alone, the check with the update threads woken ahead and
 /// sharing its pointer reads (then handed empty work: what a step costs before it streams), the same with the threads
 /// woken ahead but not sharing the reads, one run of empty work on sleeping update threads (waking them), and the update.
+/// <para>
+/// Then what the update's stream costs beside a plain loop, each pass over the manager's own packed buffers (the
+/// parameters and the shadow), on the same threads and 1 MiB chunks as the update: the update's fp32 kernel under the
+/// guard (<c>kernel_guard</c>) and without it (<c>kernel_allow</c>), a plain loop with the update's formula
+/// (<c>plain_exact_loop</c>) and the limit's FMA loop (<c>fma_loop</c>). Paired per round: update over kernel_guard is
+/// the step's checks and bookkeeping, kernel_guard over kernel_allow the guard, kernel_allow over plain_exact_loop the
+/// kernel's shape, plain_exact_loop over fma_loop the exact formula.
+/// </para>
 /// <c>dotnet run -c Release --project tests/Benchmarks -- overhead --params 5000000 --tensors 1000</c>
 /// </summary>
 internal static class OverheadBenchmark
@@ -50,6 +58,8 @@ internal static class OverheadBenchmark
             ("wake_threads_cold", () => pool.Run(nothing)),
             ("update", () => ema.Update(model)),
         };
+        var passes = StreamPasses(ema, model, elements);
+        variants.AddRange(passes.Select(p => (p.Name, (Action)p.Probe.Run)));
         Console.Error.WriteLine($"{tensors} tensors, {elements:N0} fp32 elements, {ema.UpdateThreads} update threads");
         var samples = Timing.RoundRobin(variants, 31);
         var stream = new MemoryStream();
@@ -64,10 +74,36 @@ internal static class OverheadBenchmark
                 writer.WriteNumber(name + "_ms", Math.Round(ms, 3));
                 Console.Error.WriteLine($"{name,-20} {ms,8:F3} ms");
             }
+            foreach (var (over, under) in new[] { ("update", "kernel_guard"), ("kernel_guard", "kernel_allow"), ("kernel_allow", "plain_exact_loop"), ("plain_exact_loop", "fma_loop"), ("update", "fma_loop") })
+            {
+                double ratio = UpdateBenchmark.PairedOver(samples[over], samples[under]);
+                writer.WriteNumber($"{over}_over_{under}", Math.Round(ratio, 3));
+                Console.Error.WriteLine($"{over} / {under} (paired median) {ratio:F3}");
+            }
             writer.WriteEndObject();
         }
         Console.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
         return 0;
+    }
+
+    // The stream passes over the manager's own buffers: the packed parameters and the shadow of one packed group.
+    private static unsafe (string Name, BandwidthProbe Probe)[] StreamPasses(EmaManager<SyntheticModel> ema, SyntheticModel model, long elements)
+    {
+        if (!ema.UpdatePath.StartsWith("1 group(s), 1 packed", StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException($"The stream passes need one packed group: {ema.UpdatePath}");
+        }
+        // The first parameter and its shadow start their group's flat buffers.
+        var shadow = (float*)NativeTensor.DataPointer(ema[ema.TrackedNames[0]]);
+        var parameters = (float*)NativeTensor.DataPointer(model.parameters().First());
+        float decay = (float)ema.Decay;
+        return new[]
+        {
+            ("kernel_guard", BandwidthProbe.Loop.KernelGuard),
+            ("kernel_allow", BandwidthProbe.Loop.KernelAllow),
+            ("plain_exact_loop", BandwidthProbe.Loop.Exact),
+            ("fma_loop", BandwidthProbe.Loop.Fma256),
+        }.Select(v => (v.Item1, new BandwidthProbe(shadow, parameters, elements, decay, ema.UpdateThreads, v.Item2))).ToArray();
     }
 
     private sealed class NoWork : IPartitionedWork

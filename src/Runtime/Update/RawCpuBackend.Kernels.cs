@@ -177,35 +177,61 @@ internal sealed unsafe partial class RawCpuBackend
         int i = 0;
         if (Vector256.IsHardwareAccelerated)
         {
-            // 32 elements per round: four results share one finiteness test.
+            // 64 elements per round: eight results share one finiteness test, so the guard adds few instructions per
+            // byte streamed (docs/performance.md). The distance loads the parameters again, from L1.
             var vw = Vector256.Create(w);
             var squares = Vector256<float>.Zero;
-            for (; i <= n - 32; i += 32)
+            for (; i <= n - 64; i += 64)
             {
-                var p0 = TLoad.Load8(p, i);
-                var p1 = TLoad.Load8(p, i + 8);
-                var p2 = TLoad.Load8(p, i + 16);
-                var p3 = TLoad.Load8(p, i + 24);
-                var r0 = Blend(Vector256.Load(ema + i), p0, vw);
-                var r1 = Blend(Vector256.Load(ema + i + 8), p1, vw);
-                var r2 = Blend(Vector256.Load(ema + i + 16), p2, vw);
-                var r3 = Blend(Vector256.Load(ema + i + 24), p3, vw);
-                if (TMode.Guard && !AllFinite(r0 + r1, r2 + r3))
+                var r0 = Blend(Vector256.Load(ema + i), TLoad.Load8(p, i), vw);
+                var r1 = Blend(Vector256.Load(ema + i + 8), TLoad.Load8(p, i + 8), vw);
+                var r2 = Blend(Vector256.Load(ema + i + 16), TLoad.Load8(p, i + 16), vw);
+                var r3 = Blend(Vector256.Load(ema + i + 24), TLoad.Load8(p, i + 24), vw);
+                var r4 = Blend(Vector256.Load(ema + i + 32), TLoad.Load8(p, i + 32), vw);
+                var r5 = Blend(Vector256.Load(ema + i + 40), TLoad.Load8(p, i + 40), vw);
+                var r6 = Blend(Vector256.Load(ema + i + 48), TLoad.Load8(p, i + 48), vw);
+                var r7 = Blend(Vector256.Load(ema + i + 56), TLoad.Load8(p, i + 56), vw);
+                if (TMode.Guard && !AllFinite((r0 + r1) + (r2 + r3), (r4 + r5) + (r6 + r7)))
                 {
-                    for (int j = i; j < i + 32; j++) ema[j] = Element<float, TMode>(ema[j], TLoad.Load1(p, j), w, ref s, at + j);
+                    Elements<TLoad, TMode>(ema, p, i, 64, w, ref s, at);
                     continue;
                 }
                 r0.Store(ema + i);
                 r1.Store(ema + i + 8);
                 r2.Store(ema + i + 16);
                 r3.Store(ema + i + 24);
+                r4.Store(ema + i + 32);
+                r5.Store(ema + i + 40);
+                r6.Store(ema + i + 48);
+                r7.Store(ema + i + 56);
+                if (TMode.Rms)
+                {
+                    var d0 = r0 - TLoad.Load8(p, i);
+                    var d1 = r1 - TLoad.Load8(p, i + 8);
+                    var d2 = r2 - TLoad.Load8(p, i + 16);
+                    var d3 = r3 - TLoad.Load8(p, i + 24);
+                    var d4 = r4 - TLoad.Load8(p, i + 32);
+                    var d5 = r5 - TLoad.Load8(p, i + 40);
+                    var d6 = r6 - TLoad.Load8(p, i + 48);
+                    var d7 = r7 - TLoad.Load8(p, i + 56);
+                    squares += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7));
+                }
+            }
+            // The rest of a short tensor a vector at a time.
+            for (; i <= n - 8; i += 8)
+            {
+                var p0 = TLoad.Load8(p, i);
+                var r0 = Blend(Vector256.Load(ema + i), p0, vw);
+                if (TMode.Guard && !AllFinite(r0, Vector256<float>.Zero))
+                {
+                    Elements<TLoad, TMode>(ema, p, i, 8, w, ref s, at);
+                    continue;
+                }
+                r0.Store(ema + i);
                 if (TMode.Rms)
                 {
                     var d0 = r0 - p0;
-                    var d1 = r1 - p1;
-                    var d2 = r2 - p2;
-                    var d3 = r3 - p3;
-                    squares += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+                    squares += d0 * d0;
                 }
             }
             if (TMode.Rms) s.SumSquares += Vector256.Sum(squares);
@@ -222,7 +248,7 @@ internal sealed unsafe partial class RawCpuBackend
                 var r1 = Blend(Vector128.Load(ema + i + 4), p1, vw);
                 if (TMode.Guard && !AllFinite(r0, r1))
                 {
-                    for (int j = i; j < i + 8; j++) ema[j] = Element<float, TMode>(ema[j], TLoad.Load1(p, j), w, ref s, at + j);
+                    Elements<TLoad, TMode>(ema, p, i, 8, w, ref s, at);
                     continue;
                 }
                 r0.Store(ema + i);
@@ -237,6 +263,15 @@ internal sealed unsafe partial class RawCpuBackend
             if (TMode.Rms) s.SumSquares += Vector128.Sum(squares);
         }
         for (; i < n; i++) ema[i] = Element<float, TMode>(ema[i], TLoad.Load1(p, i), w, ref s, at + i);
+    }
+
+    // A block that holds a non-finite value (or a false alarm) element by element, out of the vector loop's body.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void Elements<TLoad, TMode>(float* ema, void* p, int from, int count, float w, ref KernelStats s, long at)
+        where TLoad : struct, IParameterLoad
+        where TMode : struct, IKernelMode
+    {
+        for (int j = from; j < from + count; j++) ema[j] = Element<float, TMode>(ema[j], TLoad.Load1(p, j), w, ref s, at + j);
     }
 
     // Two shadows of the same parameters: each parameter vector is loaded (and widened) once and feeds both.

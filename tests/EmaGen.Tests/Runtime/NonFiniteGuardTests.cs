@@ -464,6 +464,49 @@ public sealed class NonFiniteGuardTests
         Assert.True(double.IsNaN(plain.LastUpdate.RmsDistance(0)));
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void EveryBlockShapeOfTheCpuKernelGivesTheElementRule(bool pack)
+    {
+        // Lengths around the kernel's 64-element rounds and 8-element vectors, so that non-finite values fall in a
+        // round, in the vector remainder and in the scalar tail; packed (one entry) and tensor by tensor.
+        long[] sizes = [1, 7, 8, 9, 63, 64, 65, 72, 127, 129, 200];
+        using var model = new SizedModel(torch.ScalarType.Float32, sizes);
+        SetParameters(model, 0, sizes);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.75, PackParameters = pack });
+        SetParameters(model, 1, sizes);
+        var poisoned = new List<(int Leaf, long Element)>();
+        for (int i = 0; i < sizes.Length; i++)
+        {
+            // The last element (tail or remainder), and one inside the first round where there is one.
+            poisoned.Add((i, sizes[i] - 1));
+            if (sizes[i] > 40) poisoned.Add((i, 37));
+        }
+        foreach (var (leaf, element) in poisoned) Inject(model, leaf, element, leaf % 2 == 0 ? float.NaN : float.NegativeInfinity);
+        // A non-finite shadow element heals from its finite parameter.
+        using (torch.no_grad())
+        {
+            using var cell = ema["leaves.10.w"].narrow(0, 100, 1);
+            cell.fill_(float.NaN);
+        }
+        var before = sizes.Select((_, i) => ema[$"leaves.{i}.w"].data<float>().ToArray()).ToArray();
+        ema.Update(model);
+        for (int i = 0; i < sizes.Length; i++)
+        {
+            var p = model[i].data<float>().ToArray();
+            var actual = ema[$"leaves.{i}.w"].data<float>().ToArray();
+            for (int j = 0; j < p.Length; j++)
+            {
+                float e = before[i][j];
+                float expected = !float.IsFinite(p[j]) ? e : !float.IsFinite(e) ? p[j] : Lerp.Of(e, p[j], 0.75);
+                Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(actual[j]), $"leaves.{i}.w[{j}]: {actual[j]}, expected {expected}");
+            }
+        }
+        Assert.Equal(poisoned.Count, ema.LastUpdate.NonFiniteElements);
+        Assert.Equal(1, ema.LastUpdate.HealedElements);
+    }
+
     [Fact]
     public void UpdatingAndReadingTheReportAllocatesNothingEvenOnABadStep()
     {

@@ -291,36 +291,59 @@ internal sealed unsafe partial class RawCpuBackend
         var vw1 = Vector256.Create(w1);
         var squares0 = Vector256<float>.Zero;
         var squares1 = Vector256<float>.Zero;
-        for (; i <= n - 16; i += 16)
+        // 32 elements of both shadows per round: eight results share one finiteness test, as in Single.
+        for (; i <= n - 32; i += 32)
         {
             var p0 = TLoad.Load8(p, i);
             var p1 = TLoad.Load8(p, i + 8);
+            var p2 = TLoad.Load8(p, i + 16);
+            var p3 = TLoad.Load8(p, i + 24);
             var a0 = Blend(Vector256.Load(ema0 + i), p0, vw0);
             var a1 = Blend(Vector256.Load(ema0 + i + 8), p1, vw0);
+            var a2 = Blend(Vector256.Load(ema0 + i + 16), p2, vw0);
+            var a3 = Blend(Vector256.Load(ema0 + i + 24), p3, vw0);
             var b0 = Blend(Vector256.Load(ema1 + i), p0, vw1);
             var b1 = Blend(Vector256.Load(ema1 + i + 8), p1, vw1);
-            if (TMode.Guard && !AllFinite(a0 + a1, b0 + b1))
+            var b2 = Blend(Vector256.Load(ema1 + i + 16), p2, vw1);
+            var b3 = Blend(Vector256.Load(ema1 + i + 24), p3, vw1);
+            if (TMode.Guard && !AllFinite((a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)))
             {
-                for (int j = i; j < i + 16; j++)
-                {
-                    float v = TLoad.Load1(p, j);
-                    ema0[j] = Element<float, TMode>(ema0[j], v, w0, ref s0, at + j);
-                    ema1[j] = Element<float, TMode>(ema1[j], v, w1, ref s1, at + j);
-                }
+                PairElements<TLoad, TMode>(ema0, ema1, p, i, 32, w0, w1, ref s0, ref s1, at);
                 continue;
             }
             a0.Store(ema0 + i);
             a1.Store(ema0 + i + 8);
+            a2.Store(ema0 + i + 16);
+            a3.Store(ema0 + i + 24);
             b0.Store(ema1 + i);
             b1.Store(ema1 + i + 8);
+            b2.Store(ema1 + i + 16);
+            b3.Store(ema1 + i + 24);
+            if (TMode.Rms)
+            {
+                squares0 += Squares(a0, a1, a2, a3, p0, p1, p2, p3);
+                squares1 += Squares(b0, b1, b2, b3, p0, p1, p2, p3);
+            }
+        }
+        // The rest of a short tensor a vector at a time.
+        for (; i <= n - 8; i += 8)
+        {
+            var p0 = TLoad.Load8(p, i);
+            var a0 = Blend(Vector256.Load(ema0 + i), p0, vw0);
+            var b0 = Blend(Vector256.Load(ema1 + i), p0, vw1);
+            if (TMode.Guard && !AllFinite(a0, b0))
+            {
+                PairElements<TLoad, TMode>(ema0, ema1, p, i, 8, w0, w1, ref s0, ref s1, at);
+                continue;
+            }
+            a0.Store(ema0 + i);
+            b0.Store(ema1 + i);
             if (TMode.Rms)
             {
                 var d0 = a0 - p0;
-                var d1 = a1 - p1;
                 var e0 = b0 - p0;
-                var e1 = b1 - p1;
-                squares0 += d0 * d0 + d1 * d1;
-                squares1 += e0 * e0 + e1 * e1;
+                squares0 += d0 * d0;
+                squares1 += e0 * e0;
             }
         }
         if (TMode.Rms)
@@ -328,11 +351,32 @@ internal sealed unsafe partial class RawCpuBackend
             s0.SumSquares += Vector256.Sum(squares0);
             s1.SumSquares += Vector256.Sum(squares1);
         }
-        for (; i < n; i++)
+        PairElements<TLoad, TMode>(ema0, ema1, p, i, n - i, w0, w1, ref s0, ref s1, at);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Squares(Vector256<float> r0, Vector256<float> r1, Vector256<float> r2, Vector256<float> r3,
+        Vector256<float> p0, Vector256<float> p1, Vector256<float> p2, Vector256<float> p3)
+    {
+        var d0 = r0 - p0;
+        var d1 = r1 - p1;
+        var d2 = r2 - p2;
+        var d3 = r3 - p3;
+        return (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+
+    // Both shadows of a block element by element (a non-finite value or a false alarm, and the scalar tail).
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void PairElements<TLoad, TMode>(float* ema0, float* ema1, void* p, int from, int count, float w0, float w1,
+        ref KernelStats s0, ref KernelStats s1, long at)
+        where TLoad : struct, IParameterLoad
+        where TMode : struct, IKernelMode
+    {
+        for (int j = from; j < from + count; j++)
         {
-            float v = TLoad.Load1(p, i);
-            ema0[i] = Element<float, TMode>(ema0[i], v, w0, ref s0, at + i);
-            ema1[i] = Element<float, TMode>(ema1[i], v, w1, ref s1, at + i);
+            float v = TLoad.Load1(p, j);
+            ema0[j] = Element<float, TMode>(ema0[j], v, w0, ref s0, at + j);
+            ema1[j] = Element<float, TMode>(ema1[j], v, w1, ref s1, at + j);
         }
     }
 

@@ -465,16 +465,24 @@ public sealed class NonFiniteGuardTests
     }
 
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void EveryBlockShapeOfTheCpuKernelGivesTheElementRule(bool pack)
+    [InlineData(true, 1)]
+    [InlineData(false, 1)]
+    [InlineData(true, 2)]
+    [InlineData(false, 2)]
+    public void EveryBlockShapeOfTheCpuKernelGivesTheElementRule(bool pack, int profiles)
     {
-        // Lengths around the kernel's 64-element rounds and 8-element vectors, so that non-finite values fall in a
-        // round, in the vector remainder and in the scalar tail; packed (one entry) and tensor by tensor.
+        // Lengths around the kernels' rounds (64 elements for one shadow, 32 for the pair kernel of two) and 8-element
+        // vectors, so that non-finite values fall in a round, in the vector remainder and in the scalar tail; packed
+        // (one entry) and tensor by tensor.
         long[] sizes = [1, 7, 8, 9, 63, 64, 65, 72, 127, 129, 200];
         using var model = new SizedModel(torch.ScalarType.Float32, sizes);
         SetParameters(model, 0, sizes);
-        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.75, PackParameters = pack });
+        double[] decays = profiles == 1 ? [0.75] : [0.75, 0.5];
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions
+        {
+            Profiles = decays.Select((d, k) => new EmaProfileOptions($"p{k}", EmaSchedule.Constant(d))).ToArray(),
+            PackParameters = pack,
+        });
         SetParameters(model, 1, sizes);
         var poisoned = new List<(int Leaf, long Element)>();
         for (int i = 0; i < sizes.Length; i++)
@@ -484,27 +492,34 @@ public sealed class NonFiniteGuardTests
             if (sizes[i] > 40) poisoned.Add((i, 37));
         }
         foreach (var (leaf, element) in poisoned) Inject(model, leaf, element, leaf % 2 == 0 ? float.NaN : float.NegativeInfinity);
-        // A non-finite shadow element heals from its finite parameter.
+        // A non-finite shadow element heals from its finite parameter (in every profile).
         using (torch.no_grad())
         {
-            using var cell = ema["leaves.10.w"].narrow(0, 100, 1);
-            cell.fill_(float.NaN);
-        }
-        var before = sizes.Select((_, i) => ema[$"leaves.{i}.w"].data<float>().ToArray()).ToArray();
-        ema.Update(model);
-        for (int i = 0; i < sizes.Length; i++)
-        {
-            var p = model[i].data<float>().ToArray();
-            var actual = ema[$"leaves.{i}.w"].data<float>().ToArray();
-            for (int j = 0; j < p.Length; j++)
+            foreach (var profile in ema.Profiles)
             {
-                float e = before[i][j];
-                float expected = !float.IsFinite(p[j]) ? e : !float.IsFinite(e) ? p[j] : Lerp.Of(e, p[j], 0.75);
-                Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(actual[j]), $"leaves.{i}.w[{j}]: {actual[j]}, expected {expected}");
+                using var cell = profile["leaves.10.w"].narrow(0, 100, 1);
+                cell.fill_(float.NaN);
+            }
+        }
+        var before = ema.Profiles.Select(profile => sizes.Select((_, i) => profile[$"leaves.{i}.w"].data<float>().ToArray()).ToArray()).ToArray();
+        ema.Update(model);
+        for (int k = 0; k < profiles; k++)
+        {
+            for (int i = 0; i < sizes.Length; i++)
+            {
+                var p = model[i].data<float>().ToArray();
+                var actual = ema.Profiles[k][$"leaves.{i}.w"].data<float>().ToArray();
+                for (int j = 0; j < p.Length; j++)
+                {
+                    float e = before[k][i][j];
+                    float expected = !float.IsFinite(p[j]) ? e : !float.IsFinite(e) ? p[j] : Lerp.Of(e, p[j], decays[k]);
+                    Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(actual[j]),
+                        $"profile {k} leaves.{i}.w[{j}]: {actual[j]}, expected {expected}");
+                }
             }
         }
         Assert.Equal(poisoned.Count, ema.LastUpdate.NonFiniteElements);
-        Assert.Equal(1, ema.LastUpdate.HealedElements);
+        Assert.Equal(profiles, ema.LastUpdate.HealedElements);
     }
 
     [Fact]

@@ -16,6 +16,8 @@ namespace EmaGen.Benchmarks;
 /// per-step check (<see cref="LiveSlots"/>) on the caller alone, the check with the update threads woken ahead and
 /// sharing its pointer reads (then handed empty work: what a step costs before it streams), the same with the threads
 /// woken ahead but not sharing the reads, one run of empty work on sleeping update threads (waking them), and the update.
+/// The pointer pass and the shared check are timed twice: as the manager runs them (packed parameters read through
+/// handles of the check's own) and reading every tensor through the model's objects (<c>_through_model</c>).
 /// <para>
 /// Then what the update's stream costs beside a plain loop, each pass over the manager's own packed buffers (the
 /// parameters and the shadow), on the same threads and 1 MiB chunks as the update: the update's fp32 kernel under the
@@ -43,8 +45,13 @@ internal static class OverheadBenchmark
         var collector = new SlotCollector();
         SyntheticModel.VisitParameters(model, ref collector);
         var slots = collector.Slots.ToArray();
-        var live = new LiveSlots(slots, slots.Select(s => s.Tensor is not null).ToArray(), ties: []);
+        // As the manager checks: the packed parameters (where binding put them) read through handles of the check's own.
+        var packedAt = slots.Select(s => s.Tensor is { } t ? NativeTensor.DataPointer(t) : IntPtr.Zero).ToArray();
+        using var live = new LiveSlots(slots, slots.Select(s => s.Tensor is not null).ToArray(), ties: [], packedAt);
         live.Check(model, null);
+        // The same check reading every tensor through the model's own objects and handles (what unpacked tensors get).
+        using var throughModel = new LiveSlots(slots, slots.Select(s => s.Tensor is not null).ToArray(), ties: []);
+        throughModel.Check(model, null);
         using var pool = new CpuWorkerPool(Math.Max(2, ema.UpdateThreads));
         var nothing = new NoWork();
 
@@ -52,8 +59,10 @@ internal static class OverheadBenchmark
         {
             ("walk_only", () => { var v = new CountingVisitor(); SyntheticModel.VisitParameters(model, ref v); }),
             ("pointer_pass", () => live.ReadKnownPointers()),
+            ("pointer_pass_through_model", () => throughModel.ReadKnownPointers()),
             ("model_check", () => live.Check(model, null)),
             ("model_check_shared", () => { live.Check(model, pool); pool.Run(nothing); }),
+            ("model_check_shared_through_model", () => { throughModel.Check(model, pool); pool.Run(nothing); }),
             ("model_check_unshared", () => { pool.WakeAhead(); live.Check(model, null); pool.Run(nothing); }),
             ("wake_threads_cold", () => pool.Run(nothing)),
             ("update", () => ema.Update(model)),
@@ -74,7 +83,7 @@ internal static class OverheadBenchmark
                 writer.WriteNumber(name + "_ms", Math.Round(ms, 3));
                 Console.Error.WriteLine($"{name,-20} {ms,8:F3} ms");
             }
-            foreach (var (over, under) in new[] { ("update", "kernel_guard"), ("kernel_guard", "kernel_allow"), ("kernel_allow", "plain_exact_loop"), ("plain_exact_loop", "fma_loop"), ("update", "fma_loop") })
+            foreach (var (over, under) in new[] { ("pointer_pass_through_model", "pointer_pass"), ("model_check_shared_through_model", "model_check_shared"), ("update", "kernel_guard"), ("kernel_guard", "kernel_allow"), ("kernel_allow", "plain_exact_loop"), ("plain_exact_loop", "fma_loop"), ("update", "fma_loop") })
             {
                 double ratio = UpdateBenchmark.PairedOver(samples[over], samples[under]);
                 writer.WriteNumber($"{over}_over_{under}", Math.Round(ratio, 3));

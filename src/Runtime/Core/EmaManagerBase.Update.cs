@@ -49,10 +49,10 @@ public abstract partial class EmaManagerBase<TModel>
         foreach (var item in _items) watched[item.Slot] = true;
         // A tied weight's other names are followed too: each must stay the owner's tensor.
         foreach (var (slot, _) in _aliases) watched[slot] = true;
-        _live = new LiveSlots(_slots, watched, _aliases.Select(a => (a.Slot, _items[a.Item].Slot)).ToArray());
         _groupOfItem = new int[_items.Length];
         _packedPointer = new IntPtr[_items.Length];
         _rawCapable = new bool[_items.Length];
+        var packedAt = new IntPtr[_slots.Length];
         long elements = 0;
         for (int i = 0; i < _items.Length; i++)
         {
@@ -63,8 +63,11 @@ public abstract partial class EmaManagerBase<TModel>
             if (groups[_groupOfItem[i]].PackedParameters is { } packed)
             {
                 _packedPointer[i] = LiveSlots.DataPointer(packed) + (nint)(arena.OffsetOf(i) * DTypes.SizeOf(_items[i].Info.DType));
+                packedAt[_items[i].Slot] = _packedPointer[i];
             }
         }
+        foreach (var (slot, item) in _aliases) packedAt[slot] = _packedPointer[item];
+        _live = new LiveSlots(_slots, watched, _aliases.Select(a => (a.Slot, _items[a.Item].Slot)).ToArray(), packedAt);
         _schedules = _profiles.Select(p => p.Schedule).ToArray();
         _packedGroup = groups.Select(g => g.PackedParameters is not null).ToArray();
         _torchGroup = new bool[groups.Count];

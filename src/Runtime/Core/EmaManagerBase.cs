@@ -275,6 +275,7 @@ public abstract partial class EmaManagerBase<TModel> : IDisposable, IProfileHost
         {
             _pool?.Dispose();
             _torch.Dispose();
+            _live.Dispose();
             foreach (var arena in _arenas) arena.Dispose();
             foreach (var anchor in _anchors) anchor?.Dispose();
         }

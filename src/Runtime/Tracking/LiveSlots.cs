@@ -21,14 +21,23 @@ namespace EmaGen;
 /// </para>
 /// <para>
 /// The data pointers of the tensors seen last step are read in one pass rather than one by one during the walk. Each
-/// read is a LibTorch call at the end of a chain of dependent cache misses (the Parameter object, its native handle,
-/// the TensorImpl, the StorageImpl), so each block of tensors is first touched level by level with loads that do not
-/// depend on each other (many misses in flight), and the blocks are shared with the update's other threads while the
-/// caller walks: a second core keeps its own misses in flight. Nothing is decided
-/// from the prefetches; a tensor whose object changed is read again by the caller.
+/// read is a LibTorch call at the end of a chain of dependent cache misses (the native handle, the TensorImpl, the
+/// StorageImpl), so each block of tensors is first touched level by level with loads that do not depend on each other
+/// (many misses in flight), and the blocks are shared with the update's other threads while the caller walks: a second
+/// core keeps its own misses in flight. Nothing is decided from the prefetches; a tensor whose object changed is read
+/// again by the caller.
+/// </para>
+/// <para>
+/// The pass reads a packed parameter through a handle of its own: a second LibTorch handle of the same TensorImpl (what
+/// <c>contiguous()</c> returns for a contiguous tensor), made when the tensor is first seen where packing put it. A
+/// <c>set_()</c> changes that TensorImpl, so the own handle sees every re-point the model's does, and the pass never
+/// touches the model's managed Tensor object (a cold line per tensor fewer) nor its native handle. Only tensors in the
+/// manager's own flat buffers get one, and only while they stay there: an own handle keeps its TensorImpl alive, which
+/// then holds nothing but the manager's own storage (a disposed model's other tensors are not kept). A packed tensor
+/// disposed while the model still holds it is therefore not noticed here (its forward pass fails first).
 /// </para>
 /// </summary>
-internal sealed unsafe partial class LiveSlots : IAheadWork
+internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
 {
     private const int BlockSize = 64;
 
@@ -52,6 +61,11 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
     private readonly int[] _changedSlots;
     private int _changedCount;
     private readonly IntPtr[] _knownPointer;
+    // Per watched slot, a handle of the same TensorImpl as _known's while it lies where packing put it (else zero), and
+    // the Tensor object that owns it; and where packing put the slot's tensor (zero when unpacked).
+    private readonly IntPtr[] _packedAt;
+    private readonly IntPtr[] _ownHandle;
+    private readonly torch.Tensor?[] _own;
     private readonly bool[] _contiguous;
     private readonly IntPtr[] _read;
     private readonly int _blocks;
@@ -68,8 +82,10 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
     /// <param name="slots">The slots recorded at bind, with the tensors they held then.</param>
     /// <param name="watched">Per slot, whether its tensor is averaged (its pointer, dtype and device are followed).</param>
     /// <param name="ties">Watched slots bound as another name of an earlier watched slot's tensor (tied weights), with that slot.</param>
-    public LiveSlots(ParameterSlot[] slots, bool[] watched, (int Alias, int Owner)[] ties)
+    /// <param name="packedAt">Per slot, the data pointer packing gave its tensor in the manager's flat buffer (zero when unpacked).</param>
+    public LiveSlots(ParameterSlot[] slots, bool[] watched, (int Alias, int Owner)[] ties, IntPtr[]? packedAt = null)
     {
+        _packedAt = packedAt ?? new IntPtr[slots.Length];
         _slots = slots;
         _watched = watched;
         _ties = ties;
@@ -93,6 +109,8 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
         _changed = new torch.Tensor?[slots.Length];
         _changedSlots = new int[slots.Length];
         _knownPointer = new IntPtr[slots.Length];
+        _ownHandle = new IntPtr[slots.Length];
+        _own = new torch.Tensor?[slots.Length];
         _contiguous = new bool[slots.Length];
         _read = new IntPtr[slots.Length];
         _blocks = (slots.Length + BlockSize - 1) / BlockSize;
@@ -152,6 +170,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
             Recheck(s, tensor);
             moved |= pointer != _knownPointer[s];
             _known[s] = tensor;
+            Follow(s, tensor, pointer);
             _knownPointer[s] = pointer;
             _read[s] = pointer;
         }
@@ -164,6 +183,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
             var pointer = _read[s] != IntPtr.Zero ? _read[s] : DataPointer(tensor);
             Recheck(s, tensor);
             _knownPointer[s] = pointer;
+            Follow(s, tensor, pointer);
             moved = true;
         }
         // Pending until a check passes: a check that threw has already recorded the new tensors.
@@ -362,6 +382,11 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
     {
         for (int i = from; i < to; i++)
         {
+            if (_ownHandle[i] != IntPtr.Zero)
+            {
+                _read[i] = _ownHandle[i];
+                continue;
+            }
             var tensor = _known[i];
             _read[i] = tensor is null || tensor.IsInvalid ? IntPtr.Zero : tensor.Handle;
         }
@@ -400,6 +425,38 @@ internal sealed unsafe partial class LiveSlots : IAheadWork
             byte* storage = *(byte**)(impl + 24);
             Sse.Prefetch0(storage);
             Sse.Prefetch0(storage + 64);
+        }
+    }
+
+    // A handle of the pass's own for slot `slot`'s tensor, now at `pointer`, while it lies where packing put it:
+    // contiguous() of a contiguous tensor is the same TensorImpl under a second handle. Kept only when it is (compared
+    // through the handles' one member, the TensorImpl pointer); a copy or a view would not follow a set_().
+    private void Follow(int slot, torch.Tensor tensor, IntPtr pointer)
+    {
+        var held = _own[slot];
+        if (held is not null && _ownHandle[slot] != IntPtr.Zero && pointer == _packedAt[slot] && *(IntPtr*)held.Handle == *(IntPtr*)tensor.Handle) return;
+        _ownHandle[slot] = IntPtr.Zero;
+        _own[slot] = null;
+        held?.Dispose();
+        if (_packedAt[slot] == IntPtr.Zero || pointer != _packedAt[slot] || !_contiguous[slot]) return;
+        var own = tensor.contiguous().DetachFromDisposeScope();
+        if (ReferenceEquals(own, tensor)) return;
+        if (*(IntPtr*)own.Handle != *(IntPtr*)tensor.Handle)
+        {
+            own.Dispose();
+            return;
+        }
+        _own[slot] = own;
+        _ownHandle[slot] = own.Handle;
+    }
+
+    public void Dispose()
+    {
+        for (int s = 0; s < _own.Length; s++)
+        {
+            _ownHandle[s] = IntPtr.Zero;
+            _own[s]?.Dispose();
+            _own[s] = null;
         }
     }
 

@@ -68,6 +68,12 @@ public sealed class EmaOptions
     /// (say by <c>to(device)</c>), updates fall back to the per-tensor path and stay correct; the manager says so once,
     /// in <see cref="EmaManagerBase{TModel}.UpdatePath"/> and through <see cref="OnSlowPath"/>. <c>false</c> never packs.
     /// </para>
+    /// <para>
+    /// The per-step check reads each packed parameter through a LibTorch handle of its own, which keeps that
+    /// parameter's native tensor (and what it holds, such as its gradient) alive after the model is disposed, until the
+    /// manager is disposed or next checks another model (<c>CopyTo</c>, <c>SwapInto</c>). A packed parameter disposed
+    /// while the model still holds it is not reported by the update (the model's own forward pass fails on it).
+    /// </para>
     /// </summary>
     public bool? PackParameters { get; init; }
 

@@ -192,6 +192,8 @@ public abstract partial class EmaManagerBase<TModel>
         for (int i = 0; i < _items.Length; i++)
         {
             int g = _groupOfItem[i];
+            // An empty tensor has no data pointer (LibTorch gives null) and nothing to average: it never breaks a group.
+            if (_items[i].Numel == 0) continue;
             _wholeGroup[g] &= _packedPointer[i] != IntPtr.Zero && _packedPointer[i] == _live.Pointer(_items[i].Slot) && (_torchGroup[g] || RawOk(i));
         }
         _allGroupsWhole = Array.TrueForAll(_wholeGroup, whole => whole);
@@ -218,7 +220,7 @@ public abstract partial class EmaManagerBase<TModel>
         for (int i = 0; i < _items.Length; i++)
         {
             int g = _groupOfItem[i];
-            if (!_packedGroup[g] || _wholeGroup[g]) continue;
+            if (!_packedGroup[g] || _wholeGroup[g] || _items[i].Numel == 0) continue;
             bool moved = _packedPointer[i] != _live.Pointer(_items[i].Slot);
             if (culprit < 0 || moved) culprit = i;
             if (moved) break;

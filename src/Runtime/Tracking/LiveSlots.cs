@@ -32,9 +32,10 @@ namespace EmaGen;
 /// <c>contiguous()</c> returns for a contiguous tensor), made when the tensor is first seen where packing put it. A
 /// <c>set_()</c> changes that TensorImpl, so the own handle sees every re-point the model's does, and the pass never
 /// touches the model's managed Tensor object (a cold line per tensor fewer) nor its native handle. Only tensors in the
-/// manager's own flat buffers get one, and only while they stay there: an own handle keeps its TensorImpl alive, which
-/// then holds nothing but the manager's own storage (a disposed model's other tensors are not kept). A packed tensor
-/// disposed while the model still holds it is therefore not noticed here (its forward pass fails first).
+/// manager's own flat buffers get one, and only while they stay there, so the storage an own handle keeps alive is the
+/// manager's own; the TensorImpl itself (with the parameter's gradient) outlives a disposed model until the manager is
+/// disposed or checks another model (documented at EmaOptions.PackParameters). A packed tensor disposed while the
+/// model still holds it is therefore not noticed here (its forward pass fails first).
 /// </para>
 /// </summary>
 internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
@@ -440,6 +441,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         held?.Dispose();
         if (_packedAt[slot] == IntPtr.Zero || pointer != _packedAt[slot] || !_contiguous[slot]) return;
         var own = tensor.contiguous().DetachFromDisposeScope();
+        // A TorchSharp that returned the tensor itself would hand over the model's object: never own (or dispose) it.
         if (ReferenceEquals(own, tensor)) return;
         if (*(IntPtr*)own.Handle != *(IntPtr*)tensor.Handle)
         {

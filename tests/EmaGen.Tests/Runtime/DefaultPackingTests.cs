@@ -133,4 +133,19 @@ public sealed class DefaultPackingTests
         // The packed buffer is live again: its values, not the abandoned tensor's, are averaged.
         Assert.Equal(shadow.Select(v => Lerp.Of(v, -2f, 0.5)), ema["leaves.1.w"].data<float>().ToArray());
     }
+
+    [Fact]
+    public void AnEmptyParameterDoesNotKeepItsGroupOffTheOnePass()
+    {
+        // LibTorch gives an empty tensor no data pointer: it must not read as re-pointed out of the flat buffer.
+        var messages = new List<string>();
+        using var model = new SizedModel(ScalarType.Float32, 5, 0, 40);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, OnSlowPath = messages.Add });
+        var shadow = ema["leaves.2.w"].data<float>().ToArray();
+        using (torch.no_grad()) model[2].fill_(3f);
+        ema.Update(model);
+        Assert.Contains("1 packed group(s) ran as one pass each and 0 tensor(s) one by one", ema.UpdatePath);
+        Assert.Empty(messages);
+        Assert.Equal(shadow.Select(v => Lerp.Of(v, 3f, 0.5)), ema["leaves.2.w"].data<float>().ToArray());
+    }
 }

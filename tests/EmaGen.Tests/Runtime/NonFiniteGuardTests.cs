@@ -465,23 +465,27 @@ public sealed class NonFiniteGuardTests
     }
 
     [Theory]
-    [InlineData(true, 1)]
-    [InlineData(false, 1)]
-    [InlineData(true, 2)]
-    [InlineData(false, 2)]
-    public void EveryBlockShapeOfTheCpuKernelGivesTheElementRule(bool pack, int profiles)
+    [InlineData(true, 1, torch.ScalarType.Float32)]
+    [InlineData(false, 1, torch.ScalarType.Float32)]
+    [InlineData(true, 2, torch.ScalarType.Float32)]
+    [InlineData(false, 2, torch.ScalarType.Float32)]
+    [InlineData(true, 1, torch.ScalarType.BFloat16)]
+    [InlineData(false, 2, torch.ScalarType.BFloat16)]
+    public void EveryBlockShapeOfTheCpuKernelGivesTheElementRule(bool pack, int profiles, torch.ScalarType dtype)
     {
         // Lengths around the kernels' rounds (64 elements for one shadow, 32 for the pair kernel of two) and 8-element
-        // vectors, so that non-finite values fall in a round, in the vector remainder and in the scalar tail; packed
-        // (one entry) and tensor by tensor.
-        long[] sizes = [1, 7, 8, 9, 63, 64, 65, 72, 127, 129, 200];
-        using var model = new SizedModel(torch.ScalarType.Float32, sizes);
+        // vectors, so that non-finite values and heals fall in a round, in the vector remainder and in the scalar tail;
+        // tensor by tensor, and packed (one entry of 848 elements with the alignment padding: rounds and a remainder).
+        // fp32 shadows of fp32 and of bf16 parameters (the same kernels, another parameter load), with the distance on.
+        long[] sizes = [1, 7, 8, 9, 63, 64, 65, 72, 127, 129, 200, 16];
+        using var model = new SizedModel(dtype, sizes);
         SetParameters(model, 0, sizes);
         double[] decays = profiles == 1 ? [0.75] : [0.75, 0.5];
         using var ema = new EmaManager<SizedModel>(model, new EmaOptions
         {
             Profiles = decays.Select((d, k) => new EmaProfileOptions($"p{k}", EmaSchedule.Constant(d))).ToArray(),
             PackParameters = pack,
+            ReportDistance = true,
         });
         SetParameters(model, 1, sizes);
         var poisoned = new List<(int Leaf, long Element)>();
@@ -492,22 +496,29 @@ public sealed class NonFiniteGuardTests
             if (sizes[i] > 40) poisoned.Add((i, 37));
         }
         foreach (var (leaf, element) in poisoned) Inject(model, leaf, element, leaf % 2 == 0 ? float.NaN : float.NegativeInfinity);
-        // A non-finite shadow element heals from its finite parameter (in every profile).
+        // Non-finite shadow elements heal from their finite parameters (in every profile): in a round (element 100 of
+        // the 200), in a vector remainder (elements 64-71 of the 72), in a scalar tail (the 7-element leaf).
+        (int Leaf, long Element)[] healing = [(10, 100), (7, 66), (1, 2)];
         using (torch.no_grad())
         {
             foreach (var profile in ema.Profiles)
             {
-                using var cell = profile["leaves.10.w"].narrow(0, 100, 1);
-                cell.fill_(float.NaN);
+                foreach (var (leaf, element) in healing)
+                {
+                    using var cell = profile[$"leaves.{leaf}.w"].narrow(0, element, 1);
+                    cell.fill_(float.NaN);
+                }
             }
         }
         var before = ema.Profiles.Select(profile => sizes.Select((_, i) => profile[$"leaves.{i}.w"].data<float>().ToArray()).ToArray()).ToArray();
         ema.Update(model);
         for (int k = 0; k < profiles; k++)
         {
+            double sum = 0;
+            long finite = 0;
             for (int i = 0; i < sizes.Length; i++)
             {
-                var p = model[i].data<float>().ToArray();
+                var p = TensorValues.Doubles(model[i]).Select(v => (float)v).ToArray();
                 var actual = ema.Profiles[k][$"leaves.{i}.w"].data<float>().ToArray();
                 for (int j = 0; j < p.Length; j++)
                 {
@@ -515,11 +526,16 @@ public sealed class NonFiniteGuardTests
                     float expected = !float.IsFinite(p[j]) ? e : !float.IsFinite(e) ? p[j] : Lerp.Of(e, p[j], decays[k]);
                     Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(actual[j]),
                         $"profile {k} leaves.{i}.w[{j}]: {actual[j]}, expected {expected}");
+                    if (!float.IsFinite(p[j])) continue;
+                    sum += ((double)actual[j] - p[j]) * ((double)actual[j] - p[j]);
+                    finite++;
                 }
             }
+            double rms = Math.Sqrt(sum / finite);
+            Assert.InRange(ema.LastUpdate.RmsDistance(k), rms * (1 - 1e-5), rms * (1 + 1e-5));
         }
         Assert.Equal(poisoned.Count, ema.LastUpdate.NonFiniteElements);
-        Assert.Equal(profiles, ema.LastUpdate.HealedElements);
+        Assert.Equal(profiles * healing.Length, ema.LastUpdate.HealedElements);
     }
 
     [Fact]

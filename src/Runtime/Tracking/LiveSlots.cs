@@ -435,7 +435,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     private void Follow(int slot, torch.Tensor tensor, IntPtr pointer)
     {
         var held = _own[slot];
-        if (held is not null && _ownHandle[slot] != IntPtr.Zero && pointer == _packedAt[slot] && *(IntPtr*)held.Handle == *(IntPtr*)tensor.Handle) return;
+        if (held is not null && pointer == _packedAt[slot] && *(IntPtr*)held.Handle == *(IntPtr*)tensor.Handle) return;
         _ownHandle[slot] = IntPtr.Zero;
         _own[slot] = null;
         held?.Dispose();

@@ -206,15 +206,8 @@ internal sealed unsafe partial class RawCpuBackend
                 r7.Store(ema + i + 56);
                 if (TMode.Rms)
                 {
-                    var d0 = r0 - TLoad.Load8(p, i);
-                    var d1 = r1 - TLoad.Load8(p, i + 8);
-                    var d2 = r2 - TLoad.Load8(p, i + 16);
-                    var d3 = r3 - TLoad.Load8(p, i + 24);
-                    var d4 = r4 - TLoad.Load8(p, i + 32);
-                    var d5 = r5 - TLoad.Load8(p, i + 40);
-                    var d6 = r6 - TLoad.Load8(p, i + 48);
-                    var d7 = r7 - TLoad.Load8(p, i + 56);
-                    squares += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7));
+                    squares += Squares(r0, r1, r2, r3, TLoad.Load8(p, i), TLoad.Load8(p, i + 8), TLoad.Load8(p, i + 16), TLoad.Load8(p, i + 24))
+                        + Squares(r4, r5, r6, r7, TLoad.Load8(p, i + 32), TLoad.Load8(p, i + 40), TLoad.Load8(p, i + 48), TLoad.Load8(p, i + 56));
                 }
             }
             // The rest of a short tensor a vector at a time.
@@ -262,10 +255,11 @@ internal sealed unsafe partial class RawCpuBackend
             }
             if (TMode.Rms) s.SumSquares += Vector128.Sum(squares);
         }
-        for (; i < n; i++) ema[i] = Element<float, TMode>(ema[i], TLoad.Load1(p, i), w, ref s, at + i);
+        Elements<TLoad, TMode>(ema, p, i, n - i, w, ref s, at);
     }
 
-    // A block that holds a non-finite value (or a false alarm) element by element, out of the vector loop's body.
+    // A block that holds a non-finite value (or a false alarm) element by element, out of the vector loop's body; and
+    // the scalar tail.
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void Elements<TLoad, TMode>(float* ema, void* p, int from, int count, float w, ref KernelStats s, long at)
         where TLoad : struct, IParameterLoad

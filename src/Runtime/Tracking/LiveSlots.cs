@@ -37,6 +37,13 @@ namespace EmaGen;
 /// disposed or checks another model (documented at EmaOptions.PackParameters). A packed tensor disposed while the
 /// model still holds it is therefore not noticed here (its forward pass fails first).
 /// </para>
+/// <para>
+/// Through an own handle the pass does not call LibTorch at all while the tensor stays put: it compares the fields its
+/// data pointer is made of (<see cref="TensorImplFields"/>: the StorageImpl, the storage offset, the dtype, the
+/// storage's data pointer), two cache lines of the TensorImpl against the three or four that <c>data_ptr()</c> reads.
+/// A field that moved sends that tensor to the LibTorch call. The fields are only trusted where they were shown to
+/// give LibTorch's own answer for that tensor.
+/// </para>
 /// </summary>
 internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
 {
@@ -67,6 +74,9 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     private readonly IntPtr[] _packedAt;
     private readonly IntPtr[] _ownHandle;
     private readonly torch.Tensor?[] _own;
+    // Per watched slot with an own handle, its TensorImpl's placement fields as read when the handle was made: while they
+    // stand, the tensor is where packing put it, and the pass needs no call into LibTorch (see TensorImplFields).
+    private readonly TensorImplFields[] _ownFields;
     private readonly bool[] _contiguous;
     private readonly IntPtr[] _read;
     private readonly int _blocks;
@@ -112,6 +122,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         _knownPointer = new IntPtr[slots.Length];
         _ownHandle = new IntPtr[slots.Length];
         _own = new torch.Tensor?[slots.Length];
+        _ownFields = new TensorImplFields[slots.Length];
         _contiguous = new bool[slots.Length];
         _read = new IntPtr[slots.Length];
         _blocks = (slots.Length + BlockSize - 1) / BlockSize;
@@ -383,18 +394,17 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     {
         for (int i = from; i < to; i++)
         {
-            if (_ownHandle[i] != IntPtr.Zero)
-            {
-                _read[i] = _ownHandle[i];
-                continue;
-            }
-            var tensor = _known[i];
-            _read[i] = tensor is null || tensor.IsInvalid ? IntPtr.Zero : tensor.Handle;
+            _read[i] = IntPtr.Zero;
+            if (_ownFields[i].IsRead) _ownFields[i].Prefetch();
+            else if (_ownHandle[i] != IntPtr.Zero) _read[i] = _ownHandle[i];
+            else if (_known[i] is { IsInvalid: false } tensor) _read[i] = tensor.Handle;
         }
         if (Sse.IsSupported) Prefetch(_read, from, to);
         for (int i = from; i < to; i++)
         {
-            if (_read[i] != IntPtr.Zero) _read[i] = TensorData(_read[i]);
+            // A tensor whose fields moved is read through LibTorch, as any other.
+            if (_ownFields[i].IsRead) _read[i] = _ownFields[i].Unchanged() ? _packedAt[i] : TensorData(_ownHandle[i]);
+            else if (_read[i] != IntPtr.Zero) _read[i] = TensorData(_read[i]);
         }
     }
 
@@ -406,8 +416,11 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         {
             if (handles[i] != IntPtr.Zero) Sse.Prefetch0((void*)handles[i]);
         }
-        // LibTorchSharp's handle points at an at::Tensor, whose only member is its TensorImpl pointer; c10::TensorImpl
-        // keeps its StorageImpl pointer right after the 24-byte intrusive_ptr_target header.
+        // LibTorchSharp's handle points at an at::Tensor, whose only member is its TensorImpl pointer. LibTorch 2.10's
+        // c10::TensorImpl is 192 bytes: its StorageImpl pointer right after the 16-byte intrusive_ptr_target header,
+        // the storage offset, element count and dtype at 152-175, the flags data_ptr() tests at 184. The four lines
+        // cover the whole object at any 16-byte alignment: a pass that left the last line to the call paid one miss
+        // per tensor, one after another.
         for (int i = from; i < to; i++)
         {
             if (handles[i] == IntPtr.Zero) continue;
@@ -416,6 +429,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
             Sse.Prefetch0(impl);
             Sse.Prefetch0(impl + 64);
             Sse.Prefetch0(impl + 128);
+            Sse.Prefetch0(impl + 184);
         }
         for (int i = from; i < to; i++)
         {
@@ -423,7 +437,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
             byte* impl = *(byte**)handles[i];
             if (impl == null) continue;
             // data_ptr() reads the StorageImpl's data pointer and, on its second line, its access-check flags.
-            byte* storage = *(byte**)(impl + 24);
+            byte* storage = *(byte**)(impl + 16);
             Sse.Prefetch0(storage);
             Sse.Prefetch0(storage + 64);
         }
@@ -435,8 +449,13 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     private void Follow(int slot, torch.Tensor tensor, IntPtr pointer)
     {
         var held = _own[slot];
-        if (held is not null && pointer == _packedAt[slot] && *(IntPtr*)held.Handle == *(IntPtr*)tensor.Handle) return;
+        if (held is not null && pointer == _packedAt[slot] && *(IntPtr*)held.Handle == *(IntPtr*)tensor.Handle)
+        {
+            TensorImplFields.TryRead(held.Handle, pointer, _dtype[slot], out _ownFields[slot]);
+            return;
+        }
         _ownHandle[slot] = IntPtr.Zero;
+        _ownFields[slot] = default;
         _own[slot] = null;
         held?.Dispose();
         if (_packedAt[slot] == IntPtr.Zero || pointer != _packedAt[slot] || !_contiguous[slot]) return;
@@ -450,6 +469,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         }
         _own[slot] = own;
         _ownHandle[slot] = own.Handle;
+        TensorImplFields.TryRead(own.Handle, pointer, _dtype[slot], out _ownFields[slot]);
     }
 
     public void Dispose()
@@ -457,6 +477,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         for (int s = 0; s < _own.Length; s++)
         {
             _ownHandle[s] = IntPtr.Zero;
+            _ownFields[s] = default;
             _own[s]?.Dispose();
             _own[s] = null;
         }

@@ -135,6 +135,40 @@ public sealed class DefaultPackingTests
     }
 
     [Fact]
+    public void ARepointToAnotherPlaceInThePackedBufferIsCaught()
+    {
+        // The same storage at another offset: only the TensorImpl's storage offset tells it apart, which the check reads
+        // without a call into LibTorch. The parameter must be averaged from where it now points.
+        torch.manual_seed(6);
+        var messages = new List<string>();
+        using var model = new SizedModel(ScalarType.Float32, 5, 40, 50);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, OnSlowPath = messages.Add });
+        for (int step = 0; step < 3; step++) ema.Update(model);
+        var shadow = ema["leaves.1.w"].data<float>().ToArray();
+        using (torch.no_grad()) model[1].set_(model[2].narrow(0, 10, 40));
+        var now = model[1].data<float>().ToArray();
+        Assert.NotEqual(shadow, now);
+        ema.Update(model);
+        Assert.Contains("'leaves.1.w' no longer aliases its packed flat buffer", Assert.Single(messages));
+        Assert.Equal(shadow.Zip(now, (e, p) => Lerp.Of(e, p, 0.5)), ema["leaves.1.w"].data<float>().ToArray());
+    }
+
+    [Fact]
+    public void TheCheckReadsPlacementFieldsOnThisLibTorch()
+    {
+        // The layout the check reads is LibTorch 2.10's: if an upgrade moves it, the check falls back to a call per
+        // tensor (still correct, slower), and this test says so.
+        Assert.True(TensorImplFields.LayoutHolds);
+        using var whole = torch.arange(100, dtype: ScalarType.Float32);
+        using var view = whole.narrow(0, 3, 90);
+        Assert.True(TensorImplFields.TryRead(view.Handle, NativeTensor.DataPointer(view), ScalarType.Float32, out var fields));
+        Assert.True(fields.Unchanged());
+        Assert.False(TensorImplFields.TryRead(view.Handle, NativeTensor.DataPointer(whole), ScalarType.Float32, out _));
+        using (torch.no_grad()) view.set_(whole.narrow(0, 4, 90));
+        Assert.False(fields.Unchanged());
+    }
+
+    [Fact]
     public void AnEmptyParameterDoesNotKeepItsGroupOffTheOnePass()
     {
         // LibTorch gives an empty tensor no data pointer: it must not read as re-pointed out of the flat buffer.

@@ -1,0 +1,103 @@
+using System;
+using System.Runtime.Intrinsics.X86;
+using TorchSharp;
+
+namespace EmaGen;
+
+/// <summary>
+/// The fields of a LibTorch <c>c10::TensorImpl</c> that make its data pointer (its StorageImpl, that storage's data, the
+/// storage offset and the dtype), as read straight from memory, so that the per-step check can ask "still where it
+/// was?" of a tensor it holds a handle of its own to with two cache lines and no call into LibTorch.
+/// <para>
+/// The offsets are LibTorch 2.10's (what TorchSharp 0.107 ships): <c>storage_</c> right after the 16-byte
+/// <c>intrusive_ptr_target</c> header, <c>storage_offset_</c> at 152, <c>data_type_</c> at 168, and the StorageImpl's data
+/// pointer at 16. Nothing trusts them unproven: <see cref="LayoutHolds"/> checks them once against tensors made for the
+/// purpose, and a <see cref="TensorImplFields"/> is only taken when its fields give exactly the data pointer LibTorch
+/// returned for that tensor. Another layout therefore takes no snapshot, and the check calls LibTorch as before.
+/// </para>
+/// </summary>
+internal readonly unsafe struct TensorImplFields
+{
+    private const int StorageAt = 16;
+    private const int StorageOffsetAt = 152;
+    private const int DataTypeAt = 168;
+    private const int StorageDataAt = 16;
+
+    private readonly byte* _impl;
+    private readonly byte* _storage;
+    private readonly long _storageOffset;
+    private readonly ushort _dataType;
+    private readonly byte* _data;
+
+    private TensorImplFields(byte* impl)
+    {
+        _impl = impl;
+        _storage = *(byte**)(impl + StorageAt);
+        _storageOffset = *(long*)(impl + StorageOffsetAt);
+        _dataType = *(ushort*)(impl + DataTypeAt);
+        _data = _storage == null ? null : *(byte**)(_storage + StorageDataAt);
+    }
+
+    /// <summary>Whether this was read from a TensorImpl (a default value was not).</summary>
+    public bool IsRead => _impl != null;
+
+    /// <summary>Whether these offsets are LibTorch's, shown once on a view at a known offset of a tensor made for the purpose.</summary>
+    public static bool LayoutHolds { get; } = CheckLayout();
+
+    /// <summary>
+    /// The fields of the TensorImpl behind <paramref name="handle"/> (an at::Tensor: its one member is the TensorImpl
+    /// pointer), when they give <paramref name="dataPointer"/>, the pointer LibTorch returned for it; else false.
+    /// The caller keeps the TensorImpl alive for as long as it compares.
+    /// </summary>
+    public static bool TryRead(IntPtr handle, IntPtr dataPointer, torch.ScalarType dtype, out TensorImplFields fields)
+    {
+        fields = default;
+        if (!LayoutHolds || handle == IntPtr.Zero || dataPointer == IntPtr.Zero) return false;
+        var read = new TensorImplFields(*(byte**)handle);
+        if (read._data == null || read._data + read._storageOffset * DTypes.SizeOf(dtype) != (byte*)dataPointer) return false;
+        fields = read;
+        return true;
+    }
+
+    /// <summary>Whether the TensorImpl's fields, and its storage's data pointer, are still those read: then so is its data pointer.</summary>
+    public bool Unchanged()
+    {
+        byte* storage = *(byte**)(_impl + StorageAt);
+        return storage == _storage && *(long*)(_impl + StorageOffsetAt) == _storageOffset
+            && *(ushort*)(_impl + DataTypeAt) == _dataType && *(byte**)(storage + StorageDataAt) == _data;
+    }
+
+    /// <summary>Brings the lines <see cref="Unchanged"/> reads toward the cache (the storage's is usually shared and warm).</summary>
+    public void Prefetch()
+    {
+        if (!Sse.IsSupported) return;
+        Sse.Prefetch0(_impl + StorageAt);
+        Sse.Prefetch0(_impl + StorageOffsetAt);
+        Sse.Prefetch0(_impl + DataTypeAt + 1);
+    }
+
+    private static bool CheckLayout()
+    {
+        try
+        {
+            using var whole = torch.zeros(64, dtype: torch.ScalarType.Float32);
+            using var view = whole.narrow(0, 7, 5);
+            using var wider = torch.zeros(1, dtype: torch.ScalarType.Float64);
+            byte* wholeImpl = *(byte**)whole.Handle;
+            byte* viewImpl = *(byte**)view.Handle;
+            // Plain loads inside the two objects first; the storage pointer is followed only once both agree on it and it
+            // looks like a heap address.
+            byte* storage = *(byte**)(viewImpl + StorageAt);
+            if (storage != *(byte**)(wholeImpl + StorageAt) || (ulong)storage < 65536 || ((ulong)storage & 7) != 0) return false;
+            if (*(long*)(viewImpl + StorageOffsetAt) != 7 || *(long*)(wholeImpl + StorageOffsetAt) != 0) return false;
+            ushort dataType = *(ushort*)(viewImpl + DataTypeAt);
+            if (dataType != *(ushort*)(wholeImpl + DataTypeAt) || dataType == *(ushort*)(*(byte**)wider.Handle + DataTypeAt)) return false;
+            return *(byte**)(storage + StorageDataAt) == (byte*)LiveSlots.DataPointer(whole)
+                && LiveSlots.DataPointer(view) == LiveSlots.DataPointer(whole) + 7 * sizeof(float);
+        }
+        catch (Exception)
+        {
+            return false;
+        }
+    }
+}

@@ -90,9 +90,14 @@ internal static class DcpManifest
         {
             return null;
         }
-        // File times come from the kernel's coarse clock, a few milliseconds behind: hence the slack.
-        return failed.Order(StringComparer.Ordinal).FirstOrDefault(f => since == DateTime.MinValue || File.GetLastWriteTimeUtc(f) >= since - TimeSpan.FromMilliseconds(20));
+        return failed.Order(StringComparer.Ordinal).FirstOrDefault(f => IsFailure(f, since));
     }
+
+    /// <summary>Whether <paramref name="file"/> is a rank's word that it failed, left since <paramref name="since"/> (any age when <see cref="DateTime.MinValue"/>).</summary>
+    public static bool IsFailure(string file, DateTime since) =>
+        Path.GetFileName(file).StartsWith(FailurePrefix, StringComparison.Ordinal)
+        // File times come from the kernel's coarse clock, a few milliseconds behind: hence the slack.
+        && (since == DateTime.MinValue || File.GetLastWriteTimeUtc(file) >= since - TimeSpan.FromMilliseconds(20));
 
     /// <summary>Whether every rank of a world of <paramref name="worldSize"/> has left word that it failed (so none writes here any more).</summary>
     public static bool EveryRankFailed(string staging, int worldSize)

@@ -45,7 +45,7 @@ internal static class DcpSave
         // rank 0 removes what crashed saves left behind.
         SaveStaging? staging = null;
         // Word that a rank failed counts for as long as the others would wait for it; older word is an earlier attempt's
-        // under the same save id (rank 0 also removes such a folder when nobody holds it).
+        // under the same save id (rank 0 also clears such a folder when nobody holds it).
         var freshSince = DateTime.UtcNow - request.Timeout;
         try
         {

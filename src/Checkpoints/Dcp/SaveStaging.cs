@@ -52,7 +52,7 @@ internal sealed class SaveStaging : IDisposable
             var own = PathOf(target, id);
             if (Directory.Exists(own) && !AnyHeld(LocksOf(own)) && DcpManifest.FirstFailure(own, freshSince) is null)
             {
-                CheckpointFiles.TryDeleteDirectory(own);
+                ClearEarlierAttempt(own, freshSince);
             }
         }
         DiskSpace.Require(parent, neededBytes, target);
@@ -75,6 +75,20 @@ internal sealed class SaveStaging : IDisposable
             throw;
         }
         return new SaveStaging(path, held);
+    }
+
+    // Emptied, not removed, and this attempt's failure word kept: a rank that failed before it took its lock creates the
+    // folder and then leaves its word in it, so the folder can be unlocked and without word when checked above, and the
+    // word can land before the removal. Removing the folder lost that word: rank 0 then waited out the timeout for the
+    // rank, and, its own word alone there, nobody removed the folder once both had returned.
+    private static void ClearEarlierAttempt(string folder, DateTime freshSince)
+    {
+        foreach (var entry in Directory.GetFileSystemEntries(folder))
+        {
+            if (DcpManifest.IsFailure(entry, freshSince)) continue;
+            if (Directory.Exists(entry)) CheckpointFiles.DeleteDirectory(entry);
+            else CheckpointFiles.DeleteFile(entry);
+        }
     }
 
     public static string PathOf(string target, string id)

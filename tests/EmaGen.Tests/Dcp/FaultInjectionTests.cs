@@ -168,6 +168,69 @@ public sealed class FaultInjectionTests(ITestOutputHelper output)
         Report($"sharded {(async ? "SaveAsync" : "Save")} (2 ranks, rank {failingRank} failing; the other rank timed out at {timeouts} of the runs)", runs);
     }
 
+    /// <summary>
+    /// The interleaving that once left the staging folder behind in <see cref="ShardedSaveOfTwoRanks"/>: rank 1 fails
+    /// before it takes its lock and creates the staging folder to leave its word there, and rank 0, starting meanwhile,
+    /// finds that folder unlocked and without word (yet). The word must survive rank 0's clearing of an earlier attempt,
+    /// so rank 0 stops at once naming rank 1 (instead of timing out) and the folder is gone once both have returned.
+    /// </summary>
+    [Fact]
+    public async Task ARankFailingBeforeItsLockKeepsItsWordWhileRankZeroStarts()
+    {
+        using var folder = TestPaths.NewTempFolder();
+        var target = folder["ckpt"];
+        using var block = torch.zeros(2);
+        var timeout = TimeSpan.FromSeconds(3);
+        var patience = TimeSpan.FromSeconds(30);
+        var folderMade = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var zeroLocks = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var oneReturned = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        DcpMetadata? Save(int rank) => DcpSave.Run(TensorChunks.Sharded(target, "second", new RankInfo(rank, 2),
+            [new DcpShard("w", block, new long[] { 4 }, new long[] { 2 * rank })], values: null, timeout));
+
+        var one = Task.Run(() =>
+        {
+            using var _ = new FileOps((op, path) =>
+            {
+                if (op == FileOp.CreateFile && path.EndsWith(".lock-1", StringComparison.Ordinal)) throw new IOException($"simulated failure: '{path}'");
+                if (op == FileOp.CreateFile && Path.GetFileName(path) == ".failed-1")
+                {
+                    // The staging folder exists, the word does not: rank 0 starts now, and rank 1 writes its word once
+                    // rank 0 is past its clearing of the folder (about to take its lock).
+                    folderMade.SetResult();
+                    Assert.True(zeroLocks.Task.Wait(patience));
+                }
+            });
+            try
+            {
+                return Record(() => Save(1));
+            }
+            finally
+            {
+                oneReturned.SetResult();
+            }
+        });
+        var zero = Task.Run(() =>
+        {
+            using var _ = new FileOps((op, path) =>
+            {
+                Assert.True(folderMade.Task.Wait(patience));
+                if (op == FileOp.CreateFile && path.EndsWith(".lock-0", StringComparison.Ordinal))
+                {
+                    zeroLocks.SetResult();
+                    Assert.True(oneReturned.Task.Wait(patience));
+                }
+            });
+            return Record(() => Save(0));
+        });
+        var errors = await Task.WhenAll(one, zero);
+
+        Assert.Contains("simulated failure", Assert.IsType<IOException>(errors[0]).Message);
+        Assert.True(errors[1] is IOException && errors[1]!.Message.Contains("failed on rank 1", StringComparison.Ordinal), $"rank 0: {errors[1]}");
+        Assert.False(Directory.Exists(target));
+        AssertNothingLeft(folder.Path);
+    }
+
     [Theory]
     [InlineData("to-safetensors")]
     [InlineData("to-dcp")]

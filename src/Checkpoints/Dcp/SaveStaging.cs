@@ -80,7 +80,8 @@ internal sealed class SaveStaging : IDisposable
     // Emptied, not removed, and this attempt's failure word kept: a rank that failed before it took its lock creates the
     // folder and then leaves its word in it, so the folder can be unlocked and without word when checked above, and the
     // word can land before the removal. Removing the folder lost that word: rank 0 then waited out the timeout for the
-    // rank, and, its own word alone there, nobody removed the folder once both had returned.
+    // rank, and, its own word alone there, nobody removed the folder once both had returned. A leftover that cannot be
+    // removed fails this save with an IOException naming it: merging an earlier attempt's manifest would be worse.
     private static void ClearEarlierAttempt(string folder, DateTime freshSince)
     {
         foreach (var entry in Directory.GetFileSystemEntries(folder))

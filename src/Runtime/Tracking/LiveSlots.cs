@@ -40,9 +40,10 @@ namespace EmaGen;
 /// <para>
 /// Through an own handle the pass does not call LibTorch at all while the tensor stays put: it compares the fields its
 /// data pointer is made of (<see cref="TensorImplFields"/>: the StorageImpl, the storage offset, the dtype, the
-/// storage's data pointer), two cache lines of the TensorImpl against the three or four that <c>data_ptr()</c> reads.
-/// A field that moved sends that tensor to the LibTorch call. The fields are only trusted where they were shown to
-/// give LibTorch's own answer for that tensor.
+/// storage's data pointer) and its element count, two or three cache lines of the TensorImpl against the three or four
+/// that <c>data_ptr()</c> reads. A field that moved sends that tensor to the LibTorch call; a count that moved sends it
+/// to the re-check, which throws. The fields are only trusted where they were shown to give LibTorch's own answer for
+/// that tensor.
 /// </para>
 /// </summary>
 internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
@@ -74,8 +75,9 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     private readonly IntPtr[] _packedAt;
     private readonly IntPtr[] _ownHandle;
     private readonly torch.Tensor?[] _own;
-    // Per watched slot with an own handle, its TensorImpl's placement fields as read when the handle was made: while they
-    // stand, the tensor is where packing put it, and the pass needs no call into LibTorch (see TensorImplFields).
+    // Per watched slot with an own handle, its TensorImpl's placement fields and element count as read when the handle was
+    // made: while they stand, the tensor is where packing put it with its bound size, and the pass needs no call into
+    // LibTorch (see TensorImplFields).
     private readonly TensorImplFields[] _ownFields;
     private readonly bool[] _contiguous;
     private readonly IntPtr[] _read;
@@ -403,9 +405,17 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         for (int i = from; i < to; i++)
         {
             // A tensor whose fields moved is read through LibTorch, as any other.
-            if (_ownFields[i].IsRead) _read[i] = _ownFields[i].Unchanged() ? _packedAt[i] : TensorData(_ownHandle[i]);
+            // (A shrunk tensor can keep its pointer: zero, which no known pointer is, makes the caller re-check it.)
+            if (_ownFields[i].IsRead) _read[i] = _ownFields[i].Unchanged() ? _packedAt[i] : OwnMoved(i);
             else if (_read[i] != IntPtr.Zero) _read[i] = TensorData(_read[i]);
         }
+    }
+
+    // A packed tensor whose fields moved: its LibTorch pointer, or zero when it no longer has its bound element count.
+    private IntPtr OwnMoved(int slot)
+    {
+        var pointer = TensorData(_ownHandle[slot]);
+        return pointer == _packedAt[slot] && NumelOf(_ownHandle[slot]) != _numel[slot] ? IntPtr.Zero : pointer;
     }
 
     // Level by level over a block of handles; only loads and prefetches, so a wrong guess about LibTorch's layout costs
@@ -451,7 +461,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         var held = _own[slot];
         if (held is not null && pointer == _packedAt[slot] && *(IntPtr*)held.Handle == *(IntPtr*)tensor.Handle)
         {
-            TensorImplFields.TryRead(held.Handle, pointer, _dtype[slot], out _ownFields[slot]);
+            TensorImplFields.TryRead(held.Handle, pointer, _numel[slot], _dtype[slot], out _ownFields[slot]);
             return;
         }
         _ownHandle[slot] = IntPtr.Zero;
@@ -469,7 +479,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         }
         _own[slot] = own;
         _ownHandle[slot] = own.Handle;
-        TensorImplFields.TryRead(own.Handle, pointer, _dtype[slot], out _ownFields[slot]);
+        TensorImplFields.TryRead(own.Handle, pointer, _numel[slot], _dtype[slot], out _ownFields[slot]);
     }
 
     public void Dispose()
@@ -489,6 +499,9 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     // TorchSharp exposes the data pointer only through Tensor.bytes, which also checks and builds a span per call; this
     // export is one call that allocates nothing. It is read for every averaged tensor on every step, returns at once
     // and never calls back into .NET (a failure is caught inside LibTorchSharp), so the GC transition is skipped.
+    [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_numel")]
+    private static partial long NumelOf(IntPtr tensor);
+
     [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_data")]
     [SuppressGCTransition]
     private static partial IntPtr TensorData(IntPtr tensor);

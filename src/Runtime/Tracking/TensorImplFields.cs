@@ -6,11 +6,13 @@ namespace EmaGen;
 
 /// <summary>
 /// The fields of a LibTorch <c>c10::TensorImpl</c> that make its data pointer (its StorageImpl, that storage's data, the
-/// storage offset and the dtype), as read straight from memory, so that the per-step check can ask "still where it
-/// was?" of a tensor it holds a handle of its own to with two cache lines and no call into LibTorch.
+/// storage offset and the dtype) and its element count, as read straight from memory, so that the per-step check can
+/// ask "still where it was, and as large?" of a tensor it holds a handle of its own to with two or three cache lines and
+/// no call into LibTorch. The count matters: <c>data_ptr()</c> answers null for an emptied tensor whatever its offset, and
+/// a tensor shrunk in place keeps its pointer; either must reach the check's re-check, which throws.
 /// <para>
 /// The offsets are LibTorch 2.10's (what TorchSharp 0.107 ships): <c>storage_</c> right after the 16-byte
-/// <c>intrusive_ptr_target</c> header, <c>storage_offset_</c> at 152, <c>data_type_</c> at 168, and the StorageImpl's data
+/// <c>intrusive_ptr_target</c> header, <c>storage_offset_</c> at 152, <c>numel_</c> at 160, <c>data_type_</c> at 168, and the StorageImpl's data
 /// pointer at 16. Nothing trusts them unproven: <see cref="LayoutHolds"/> checks them once against tensors made for the
 /// purpose, and a <see cref="TensorImplFields"/> is only taken when its fields give exactly the data pointer LibTorch
 /// returned for that tensor. Another layout therefore takes no snapshot, and the check calls LibTorch as before.
@@ -20,12 +22,14 @@ internal readonly unsafe struct TensorImplFields
 {
     private const int StorageAt = 16;
     private const int StorageOffsetAt = 152;
+    private const int NumelAt = 160;
     private const int DataTypeAt = 168;
     private const int StorageDataAt = 16;
 
     private readonly byte* _impl;
     private readonly byte* _storage;
     private readonly long _storageOffset;
+    private readonly long _numel;
     private readonly ushort _dataType;
     private readonly byte* _data;
 
@@ -34,6 +38,7 @@ internal readonly unsafe struct TensorImplFields
         _impl = impl;
         _storage = *(byte**)(impl + StorageAt);
         _storageOffset = *(long*)(impl + StorageOffsetAt);
+        _numel = *(long*)(impl + NumelAt);
         _dataType = *(ushort*)(impl + DataTypeAt);
         _data = _storage == null ? null : *(byte**)(_storage + StorageDataAt);
     }
@@ -46,24 +51,28 @@ internal readonly unsafe struct TensorImplFields
 
     /// <summary>
     /// The fields of the TensorImpl behind <paramref name="handle"/> (an at::Tensor: its one member is the TensorImpl
-    /// pointer), when they give <paramref name="dataPointer"/>, the pointer LibTorch returned for it; else false.
-    /// The caller keeps the TensorImpl alive for as long as it compares.
+    /// pointer), when they give <paramref name="dataPointer"/>, the pointer LibTorch returned for it, and
+    /// <paramref name="numel"/> elements; else false. The caller keeps the TensorImpl alive for as long as it compares.
     /// </summary>
-    public static bool TryRead(IntPtr handle, IntPtr dataPointer, torch.ScalarType dtype, out TensorImplFields fields)
+    public static bool TryRead(IntPtr handle, IntPtr dataPointer, long numel, torch.ScalarType dtype, out TensorImplFields fields)
     {
         fields = default;
-        if (!LayoutHolds || handle == IntPtr.Zero || dataPointer == IntPtr.Zero) return false;
+        if (!LayoutHolds || handle == IntPtr.Zero || dataPointer == IntPtr.Zero || numel <= 0) return false;
         var read = new TensorImplFields(*(byte**)handle);
-        if (read._data == null || read._data + read._storageOffset * DTypes.SizeOf(dtype) != (byte*)dataPointer) return false;
+        if (read._numel != numel || read._data == null || read._data + read._storageOffset * DTypes.SizeOf(dtype) != (byte*)dataPointer) return false;
         fields = read;
         return true;
     }
 
-    /// <summary>Whether the TensorImpl's fields, and its storage's data pointer, are still those read: then so is its data pointer.</summary>
+    /// <summary>
+    /// Whether the TensorImpl's fields, and its storage's data pointer, are still those read: then so are its data pointer
+    /// and element count. (Not its strides: a <c>set_()</c> onto the same place with other strides passes here, as it
+    /// passed the pointer compare before; nor a lazily cloned storage that <c>data_ptr()</c> would copy on access.)
+    /// </summary>
     public bool Unchanged()
     {
         byte* storage = *(byte**)(_impl + StorageAt);
-        return storage == _storage && *(long*)(_impl + StorageOffsetAt) == _storageOffset
+        return storage == _storage && *(long*)(_impl + StorageOffsetAt) == _storageOffset && *(long*)(_impl + NumelAt) == _numel
             && *(ushort*)(_impl + DataTypeAt) == _dataType && *(byte**)(storage + StorageDataAt) == _data;
     }
 
@@ -72,6 +81,7 @@ internal readonly unsafe struct TensorImplFields
     {
         if (!Sse.IsSupported) return;
         Sse.Prefetch0(_impl + StorageAt);
+        // The offset, count and dtype span bytes 152-169: its first and last byte, on one line or two.
         Sse.Prefetch0(_impl + StorageOffsetAt);
         Sse.Prefetch0(_impl + DataTypeAt + 1);
     }
@@ -90,6 +100,7 @@ internal readonly unsafe struct TensorImplFields
             byte* storage = *(byte**)(viewImpl + StorageAt);
             if (storage != *(byte**)(wholeImpl + StorageAt) || (ulong)storage < 65536 || ((ulong)storage & 7) != 0) return false;
             if (*(long*)(viewImpl + StorageOffsetAt) != 7 || *(long*)(wholeImpl + StorageOffsetAt) != 0) return false;
+            if (*(long*)(viewImpl + NumelAt) != 5 || *(long*)(wholeImpl + NumelAt) != 64) return false;
             ushort dataType = *(ushort*)(viewImpl + DataTypeAt);
             if (dataType != *(ushort*)(wholeImpl + DataTypeAt) || dataType == *(ushort*)(*(byte**)wider.Handle + DataTypeAt)) return false;
             return *(byte**)(storage + StorageDataAt) == (byte*)LiveSlots.DataPointer(whole)

@@ -153,6 +153,24 @@ public sealed class DefaultPackingTests
         Assert.Equal(shadow.Zip(now, (e, p) => Lerp.Of(e, p, 0.5)), ema["leaves.1.w"].data<float>().ToArray());
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(20)]
+    public void APackedParameterShrunkInPlaceThrowsBeforeAnythingIsWritten(long size)
+    {
+        // Emptied (LibTorch then gives no data pointer) or shrunk at the same place (the pointer stays): storage, offset
+        // and dtype are unchanged, the element count is not. The update must refuse it, writing nothing.
+        using var model = new SizedModel(ScalarType.Float32, 5, 40, 50);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, OnSlowPath = _ => { } });
+        for (int step = 0; step < 3; step++) ema.Update(model);
+        var shadows = Enumerable.Range(0, 3).Select(i => ema[$"leaves.{i}.w"].data<float>().ToArray()).ToArray();
+        using (torch.no_grad()) model[1].set_(model[1].detach().narrow(0, 0, size));
+        var error = Assert.Throws<InvalidOperationException>(() => ema.Update(model));
+        Assert.Contains($"'leaves.1.w' has {size} elements, but 40", error.Message);
+        Assert.Equal(3, ema.Step);
+        for (int i = 0; i < 3; i++) Assert.Equal(shadows[i], ema[$"leaves.{i}.w"].data<float>().ToArray());
+    }
+
     [Fact]
     public void TheCheckReadsPlacementFieldsOnThisLibTorch()
     {
@@ -161,9 +179,10 @@ public sealed class DefaultPackingTests
         Assert.True(TensorImplFields.LayoutHolds);
         using var whole = torch.arange(100, dtype: ScalarType.Float32);
         using var view = whole.narrow(0, 3, 90);
-        Assert.True(TensorImplFields.TryRead(view.Handle, NativeTensor.DataPointer(view), ScalarType.Float32, out var fields));
+        Assert.True(TensorImplFields.TryRead(view.Handle, NativeTensor.DataPointer(view), 90, ScalarType.Float32, out var fields));
         Assert.True(fields.Unchanged());
-        Assert.False(TensorImplFields.TryRead(view.Handle, NativeTensor.DataPointer(whole), ScalarType.Float32, out _));
+        Assert.False(TensorImplFields.TryRead(view.Handle, NativeTensor.DataPointer(whole), 90, ScalarType.Float32, out _));
+        Assert.False(TensorImplFields.TryRead(view.Handle, NativeTensor.DataPointer(view), 89, ScalarType.Float32, out _));
         using (torch.no_grad()) view.set_(whole.narrow(0, 4, 90));
         Assert.False(fields.Unchanged());
     }

@@ -108,28 +108,33 @@ internal sealed unsafe class BiasCorrection : IPartitionedWork
     }
 
     // The op path: the same roundings as the raw loop, one op each (LibTorch converts a double scalar to the fp32
-    // tensor's type before it multiplies).
+    // tensor's type before it multiplies). Every scalar is a local held to the end: TorchSharp 0.107 passes a temporary
+    // Scalar's raw handle and keeps the object no longer, so its finalizer can free it during the native call.
     private static void WithOps(torch.Tensor dest, torch.Tensor ema, torch.Tensor live, torch.Tensor? anchor, double alpha, double blend, bool guard)
     {
         using var _ = torch.no_grad();
+        using var one = 1.ToScalar();
+        using var zero = 0.ToScalar();
+        using var alphaScalar = alpha.ToScalar();
+        using var blendScalar = blend.ToScalar();
         using var c = anchor is null ? ema.to_type(torch.ScalarType.Float32, copy: true) : live.to_type(ema.dtype, copy: true);
         if (anchor is not null)
         {
             InPlace.Release(c.sub_(anchor), c);
-            InPlace.Release(c.mul_(alpha), c);
+            InPlace.Release(c.mul_(alphaScalar), c);
             if (guard)
             {
                 using var finite = c.isfinite();
-                InPlace.Release(c.masked_fill_(finite.logical_not_(), 0), c);
+                InPlace.Release(c.masked_fill_(finite.logical_not_(), zero), c);
             }
-            InPlace.Release(c.add_(ema), c);
+            InPlace.Release(c.add_(ema, one), c);
         }
         if (blend != 1)
         {
             using var t = live.to_type(c.dtype, copy: true);
             InPlace.Release(c.sub_(t), c);
-            InPlace.Release(c.mul_(blend), c);
-            InPlace.Release(c.add_(t), c);
+            InPlace.Release(c.mul_(blendScalar), c);
+            InPlace.Release(c.add_(t, one), c);
         }
         InPlace.Release(dest.copy_(c), dest);
     }

@@ -102,8 +102,8 @@ public sealed class ExactBlendTests
         {
             using (torch.no_grad())
             {
-                using var noise = torch.randn(257).mul_(0.01).to_type(dtype);
-                model[0].add_(noise);
+                using var noise = torch.randn(257).mul_(HeldScalars.Hundredth).to_type(dtype);
+                model[0].add_(noise, HeldScalars.One);
             }
             var p = TensorValues.Doubles(model[0]);
             for (int j = 0; j < exact.Length; j++)

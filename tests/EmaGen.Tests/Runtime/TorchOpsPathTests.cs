@@ -57,8 +57,8 @@ public sealed class TorchOpsPathTests
         {
             using (torch.no_grad())
             {
-                using var noise = torch.randn(size).mul_(0.01).to_type(dtype);
-                model[0].add_(noise);
+                using var noise = torch.randn(size).mul_(HeldScalars.Hundredth).to_type(dtype);
+                model[0].add_(noise, HeldScalars.One);
                 twinModel[0].copy_(model[0]);
                 resumedModel[0].copy_(model[0]);
             }
@@ -148,7 +148,9 @@ public sealed class TorchOpsPathTests
                         double d = k == 0 ? 0.9 : 0.999;
                         using var gap = (p - exact[k]).abs_().max();
                         maxGap[k] = Math.Max(maxGap[k], gap.item<double>());
-                        exact[k].mul_(d).add_(p, alpha: 1 - d);
+                        using var decay = d.ToScalar();
+                        using var weight = (1 - d).ToScalar();
+                        exact[k].mul_(decay).add_(p, weight);
                         using var top = exact[k].abs().max();
                         maxShadow[k] = Math.Max(maxShadow[k], top.item<double>());
                     }

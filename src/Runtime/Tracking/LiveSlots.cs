@@ -426,20 +426,13 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         {
             if (handles[i] != IntPtr.Zero) Sse.Prefetch0((void*)handles[i]);
         }
-        // LibTorchSharp's handle points at an at::Tensor, whose only member is its TensorImpl pointer. LibTorch 2.10's
-        // c10::TensorImpl is 192 bytes: its StorageImpl pointer right after the 16-byte intrusive_ptr_target header,
-        // the storage offset, element count and dtype at 152-175, the flags data_ptr() tests at 184. The four lines
-        // cover the whole object at any 16-byte alignment: a pass that left the last line to the call paid one miss
-        // per tensor, one after another.
+        // LibTorchSharp's handle points at an at::Tensor, whose only member is its TensorImpl pointer; what lies where in
+        // the TensorImpl is TensorImplFields' to know.
         for (int i = from; i < to; i++)
         {
             if (handles[i] == IntPtr.Zero) continue;
             byte* impl = *(byte**)handles[i];
-            if (impl == null) continue;
-            Sse.Prefetch0(impl);
-            Sse.Prefetch0(impl + 64);
-            Sse.Prefetch0(impl + 128);
-            Sse.Prefetch0(impl + 184);
+            if (impl != null) TensorImplFields.PrefetchObject(impl);
         }
         for (int i = from; i < to; i++)
         {
@@ -447,7 +440,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
             byte* impl = *(byte**)handles[i];
             if (impl == null) continue;
             // data_ptr() reads the StorageImpl's data pointer and, on its second line, its access-check flags.
-            byte* storage = *(byte**)(impl + 16);
+            byte* storage = TensorImplFields.StorageOf(impl);
             Sse.Prefetch0(storage);
             Sse.Prefetch0(storage + 64);
         }
@@ -499,12 +492,13 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     // TorchSharp exposes the data pointer only through Tensor.bytes, which also checks and builds a span per call; this
     // export is one call that allocates nothing. It is read for every averaged tensor on every step, returns at once
     // and never calls back into .NET (a failure is caught inside LibTorchSharp), so the GC transition is skipped.
-    [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_numel")]
-    private static partial long NumelOf(IntPtr tensor);
-
     [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_data")]
     [SuppressGCTransition]
     private static partial IntPtr TensorData(IntPtr tensor);
+
+    // Only for a packed tensor whose placement fields moved (rare), so with the GC transition.
+    [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_numel")]
+    private static partial long NumelOf(IntPtr tensor);
 }
 
 /// <summary>Hands each visited slot to <see cref="LiveSlots"/>; names are never concatenated.</summary>

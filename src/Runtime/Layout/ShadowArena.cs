@@ -81,7 +81,7 @@ internal sealed class ShadowArena : IDisposable
                 Device = device,
                 ShadowDType = shadowDType,
                 ParameterDType = parameterDType,
-                Shadow = torch.zeros(total, shadowDType, device).DetachFromDisposeScope(),
+                Shadow = HugePages.Zeros(total, shadowDType, device).DetachFromDisposeScope(),
                 Elements = total,
             };
             int groupIndex = _groups.Count;
@@ -160,7 +160,7 @@ internal sealed class ShadowArena : IDisposable
                 return;
             }
         }
-        var flat = torch.zeros(group.Elements, group.ParameterDType, group.Device).DetachFromDisposeScope();
+        var flat = HugePages.Zeros(group.Elements, group.ParameterDType, group.Device).DetachFromDisposeScope();
         foreach (int index in indices)
         {
             using var view = Slice(flat, _offsetOf[index], parameters[index]);

@@ -221,8 +221,9 @@ public abstract partial class EmaManagerBase<TModel>
         {
             int g = _groupOfItem[i];
             if (!_packedGroup[g] || _wholeGroup[g] || _items[i].Numel == 0) continue;
+            // A parameter that moved, else the first one the raw kernel cannot take (say one restrided in place).
             bool moved = _packedPointer[i] != _live.Pointer(_items[i].Slot);
-            if (culprit < 0 || moved) culprit = i;
+            if (moved || (culprit < 0 && !_torchGroup[g] && !RawOk(i))) culprit = i;
             if (moved) break;
         }
         if (culprit < 0) return;

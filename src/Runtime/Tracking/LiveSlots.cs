@@ -40,9 +40,10 @@ namespace EmaGen;
 /// <para>
 /// Through an own handle the pass does not call LibTorch at all while the tensor stays put: it compares the fields its
 /// data pointer is made of (<see cref="TensorImplFields"/>: the StorageImpl, the storage offset, the dtype, the
-/// storage's data pointer) and its element count, two or three cache lines of the TensorImpl against the three or four
-/// that <c>data_ptr()</c> reads. A field that moved sends that tensor to the LibTorch call; a count that moved sends it
-/// to the re-check, which throws. The fields are only trusted where they were shown to give LibTorch's own answer for
+/// storage's data pointer), its element count and its contiguity flag, two or three cache lines of the TensorImpl
+/// against the three or four that <c>data_ptr()</c> reads. A field that moved sends that tensor to the LibTorch call,
+/// and to the re-check when its pointer is still the packed one: a count that moved throws there, strides that moved
+/// send it to the strided path. The fields are only trusted where they were shown to give LibTorch's own answer for
 /// that tensor.
 /// </para>
 /// </summary>
@@ -405,17 +406,18 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         for (int i = from; i < to; i++)
         {
             // A tensor whose fields moved is read through LibTorch, as any other.
-            // (A shrunk tensor can keep its pointer: zero, which no known pointer is, makes the caller re-check it.)
+            // (A shrunk or restrided tensor can keep its pointer: zero, which no known pointer is, makes the caller re-check it.)
             if (_ownFields[i].IsRead) _read[i] = _ownFields[i].Unchanged() ? _packedAt[i] : OwnMoved(i);
             else if (_read[i] != IntPtr.Zero) _read[i] = TensorData(_read[i]);
         }
     }
 
-    // A packed tensor whose fields moved: its LibTorch pointer, or zero when it no longer has its bound element count.
+    // A packed tensor whose fields moved: its LibTorch pointer, or zero (which no known pointer is) when that is still
+    // where packing put it, so that the caller re-checks what else moved: its element count, or its strides.
     private IntPtr OwnMoved(int slot)
     {
         var pointer = TensorData(_ownHandle[slot]);
-        return pointer == _packedAt[slot] && NumelOf(_ownHandle[slot]) != _numel[slot] ? IntPtr.Zero : pointer;
+        return pointer == _packedAt[slot] ? IntPtr.Zero : pointer;
     }
 
     // Level by level over a block of handles; only loads and prefetches, so a wrong guess about LibTorch's layout costs
@@ -496,9 +498,6 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     [SuppressGCTransition]
     private static partial IntPtr TensorData(IntPtr tensor);
 
-    // Only for a packed tensor whose placement fields moved (rare), so with the GC transition.
-    [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_numel")]
-    private static partial long NumelOf(IntPtr tensor);
 }
 
 /// <summary>Hands each visited slot to <see cref="LiveSlots"/>; names are never concatenated.</summary>

@@ -6,14 +6,17 @@ namespace EmaGen;
 
 /// <summary>
 /// The fields of a LibTorch <c>c10::TensorImpl</c> that make its data pointer (its StorageImpl, that storage's data, the
-/// storage offset and the dtype) and its element count, as read straight from memory, so that the per-step check can
-/// ask "still where it was, and as large?" of a tensor it holds a handle of its own to with two or three cache lines and
-/// no call into LibTorch. The count matters: <c>data_ptr()</c> answers null for an emptied tensor whatever its offset, and
-/// a tensor shrunk in place keeps its pointer; either must reach the check's re-check, which throws.
+/// storage offset and the dtype), its element count and its layout flags, as read straight from memory, so that the
+/// per-step check can ask "still where it was, as large and laid out the same?" of a tensor it holds a handle of its
+/// own to with two or three cache lines and no call into LibTorch. The count matters: <c>data_ptr()</c> answers null for
+/// an emptied tensor whatever its offset, and a tensor shrunk in place keeps its pointer; either must reach the check's
+/// re-check, which throws. So do the flags: a <c>set_()</c> onto the same place and size with other strides keeps the
+/// pointer and the count, but not <c>is_contiguous_</c>, and the re-check then sends the tensor to the strided path.
 /// <para>
 /// The offsets are LibTorch 2.10's (what TorchSharp 0.107 ships): <c>storage_</c> right after the 16-byte
-/// <c>intrusive_ptr_target</c> header, <c>storage_offset_</c> at 152, <c>numel_</c> at 160, <c>data_type_</c> at 168, and the StorageImpl's data
-/// pointer at 16. Nothing trusts them unproven: <see cref="LayoutHolds"/> checks them once against tensors made for the
+/// <c>intrusive_ptr_target</c> header, <c>storage_offset_</c> at 152, <c>numel_</c> at 160, <c>data_type_</c> at 168 followed by
+/// <c>device_opt_</c> and the first bytes of layout flags (<c>is_contiguous_</c> among them) up to 176, and the StorageImpl's
+/// data pointer at 16. Nothing trusts them unproven: <see cref="LayoutHolds"/> checks them once against tensors made for the
 /// purpose, and a <see cref="TensorImplFields"/> is only taken when its fields give exactly the data pointer LibTorch
 /// returned for that tensor. Another layout therefore takes no snapshot, and the check calls LibTorch as before.
 /// </para>
@@ -24,13 +27,16 @@ internal readonly unsafe struct TensorImplFields
     private const int StorageOffsetAt = 152;
     private const int NumelAt = 160;
     private const int DataTypeAt = 168;
+    // The dtype, the device and the first layout flags, compared as one word where the flags are shown to follow the
+    // dtype (else the dtype alone).
+    private const int TypeAndFlagsBytes = 8;
     private const int StorageDataAt = 16;
 
     private readonly byte* _impl;
     private readonly byte* _storage;
     private readonly long _storageOffset;
     private readonly long _numel;
-    private readonly ushort _dataType;
+    private readonly ulong _typeAndFlags;
     private readonly byte* _data;
 
     private TensorImplFields(byte* impl)
@@ -39,7 +45,7 @@ internal readonly unsafe struct TensorImplFields
         _storage = *(byte**)(impl + StorageAt);
         _storageOffset = *(long*)(impl + StorageOffsetAt);
         _numel = *(long*)(impl + NumelAt);
-        _dataType = *(ushort*)(impl + DataTypeAt);
+        _typeAndFlags = *(ulong*)(impl + DataTypeAt) & s_typeAndFlagsMask;
         _data = _storage == null ? null : *(byte**)(_storage + StorageDataAt);
     }
 
@@ -48,6 +54,14 @@ internal readonly unsafe struct TensorImplFields
 
     /// <summary>Whether these offsets are LibTorch's, shown once on a view at a known offset of a tensor made for the purpose.</summary>
     public static bool LayoutHolds { get; } = CheckLayout();
+
+    /// <summary>
+    /// Whether the word at <c>data_type_</c> also holds the contiguity flag, shown once by a <c>set_()</c> onto a matrix and
+    /// its transpose (the same storage, offset, count and dtype): then the compare sees a tensor restrided in place.
+    /// </summary>
+    public static bool FlagsHold { get; } = LayoutHolds && CheckFlags();
+
+    private static readonly ulong s_typeAndFlagsMask = FlagsHold ? ulong.MaxValue : ushort.MaxValue;
 
     /// <summary>
     /// The fields of the TensorImpl behind <paramref name="handle"/> (an at::Tensor: its one member is the TensorImpl
@@ -65,15 +79,15 @@ internal readonly unsafe struct TensorImplFields
     }
 
     /// <summary>
-    /// Whether the TensorImpl's fields, and its storage's data pointer, are still those read: then so are its data pointer
-    /// and element count. (Not its strides: a <c>set_()</c> onto the same place with other strides passes here, as it
-    /// passed the pointer compare before; nor a lazily cloned storage that <c>data_ptr()</c> would copy on access.)
+    /// Whether the TensorImpl's fields, and its storage's data pointer, are still those read: then so are its data pointer,
+    /// element count and (where <see cref="FlagsHold"/>) contiguity. (Not a lazily cloned storage that <c>data_ptr()</c>
+    /// would copy on access, nor a reshape that keeps the tensor contiguous, which averages the same memory alike.)
     /// </summary>
     public bool Unchanged()
     {
         byte* storage = *(byte**)(_impl + StorageAt);
         return storage == _storage && *(long*)(_impl + StorageOffsetAt) == _storageOffset && *(long*)(_impl + NumelAt) == _numel
-            && *(ushort*)(_impl + DataTypeAt) == _dataType && *(byte**)(storage + StorageDataAt) == _data;
+            && (*(ulong*)(_impl + DataTypeAt) & s_typeAndFlagsMask) == _typeAndFlags && *(byte**)(storage + StorageDataAt) == _data;
     }
 
     /// <summary>
@@ -98,9 +112,9 @@ internal readonly unsafe struct TensorImplFields
     {
         if (!Sse.IsSupported) return;
         Sse.Prefetch0(_impl + StorageAt);
-        // The offset, count and dtype span bytes 152-169: its first and last byte, on one line or two.
+        // The offset, count, dtype and flags span bytes 152-175: their first and last byte, on one line or two.
         Sse.Prefetch0(_impl + StorageOffsetAt);
-        Sse.Prefetch0(_impl + DataTypeAt + 1);
+        Sse.Prefetch0(_impl + DataTypeAt + TypeAndFlagsBytes - 1);
     }
 
     private static bool CheckLayout()
@@ -122,6 +136,33 @@ internal readonly unsafe struct TensorImplFields
             if (dataType != *(ushort*)(wholeImpl + DataTypeAt) || dataType == *(ushort*)(*(byte**)wider.Handle + DataTypeAt)) return false;
             return *(byte**)(storage + StorageDataAt) == (byte*)LiveSlots.DataPointer(whole)
                 && LiveSlots.DataPointer(view) == LiveSlots.DataPointer(whole) + 7 * sizeof(float);
+        }
+        catch (Exception)
+        {
+            return false;
+        }
+    }
+
+    private static bool CheckFlags()
+    {
+        try
+        {
+            // One TensorImpl set_() onto a matrix, its transpose, and the matrix again: the word must move with the
+            // strides alone (the dtype bytes stay) and come back with them. Compared within one object only: the word's
+            // last bytes may be padding, which differs between objects but not within one.
+            using var matrix = torch.zeros(4, 4, dtype: torch.ScalarType.Float32);
+            using var transposed = matrix.t();
+            using var target = torch.zeros(1, dtype: torch.ScalarType.Float32);
+            byte* impl = *(byte**)target.Handle;
+            using var _ = torch.no_grad();
+            InPlace.Release(target.set_(matrix), target);
+            ulong contiguous = *(ulong*)(impl + DataTypeAt);
+            InPlace.Release(target.set_(transposed), target);
+            ulong restrided = *(ulong*)(impl + DataTypeAt);
+            bool sawTranspose = !target.is_contiguous();
+            InPlace.Release(target.set_(matrix), target);
+            ulong back = *(ulong*)(impl + DataTypeAt);
+            return sawTranspose && *(byte**)target.Handle == impl && restrided != contiguous && (ushort)restrided == (ushort)contiguous && back == contiguous;
         }
         catch (Exception)
         {

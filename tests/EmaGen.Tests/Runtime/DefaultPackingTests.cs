@@ -153,6 +153,31 @@ public sealed class DefaultPackingTests
         Assert.Equal(shadow.Zip(now, (e, p) => Lerp.Of(e, p, 0.5)), ema["leaves.1.w"].data<float>().ToArray());
     }
 
+    [Fact]
+    public void APackedParameterRestridedInPlaceIsAveragedByItsElements()
+    {
+        // The same storage, offset, element count and dtype, so the same data pointer: only the strides differ (every
+        // second element of the flat buffer). The update must average the tensor's own elements, not the 40 floats that
+        // follow its pointer.
+        var messages = new List<string>();
+        using var model = new SizedModel(ScalarType.Float32, 5, 40, 50);
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, OnSlowPath = messages.Add });
+        for (int step = 0; step < 3; step++) ema.Update(model);
+        var shadow = ema["leaves.1.w"].data<float>().ToArray();
+        var pointer = NativeTensor.DataPointer(model[1]);
+        using (torch.no_grad()) model[1].set_(model[1].detach().as_strided(new long[] { 40 }, new long[] { 2 }, model[1].storage_offset()));
+        Assert.Equal(pointer, NativeTensor.DataPointer(model[1]));
+        Assert.False(model[1].is_contiguous());
+        var now = model[1].data<float>().ToArray();
+        ema.Update(model);
+        Assert.Contains("'leaves.1.w' cannot take the raw CPU kernel", Assert.Single(messages));
+        // A strided tensor takes the TorchSharp-op path (LibTorch's lerp_, which may fuse): within a rounding of the
+        // blend. The 40 floats after the pointer would miss it by far more (every second one belongs to the tensor).
+        var averaged = ema["leaves.1.w"].data<float>().ToArray();
+        var expected = shadow.Zip(now, (e, p) => Lerp.Of(e, p, 0.5)).ToArray();
+        for (int i = 0; i < expected.Length; i++) Assert.True(Math.Abs(averaged[i] - expected[i]) <= 1e-6f * Math.Max(1f, Math.Abs(expected[i])), $"element {i}: {averaged[i]} vs {expected[i]}");
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(20)]
@@ -185,6 +210,13 @@ public sealed class DefaultPackingTests
         Assert.False(TensorImplFields.TryRead(view.Handle, NativeTensor.DataPointer(view), 89, ScalarType.Float32, out _));
         using (torch.no_grad()) view.set_(whole.narrow(0, 4, 90));
         Assert.False(fields.Unchanged());
+        // A transpose in place: storage, offset, count and dtype stay; only the strides (and the contiguity flag) move.
+        Assert.True(TensorImplFields.FlagsHold);
+        using var matrix = torch.arange(16, dtype: ScalarType.Float32).reshape(4, 4);
+        Assert.True(TensorImplFields.TryRead(matrix.Handle, NativeTensor.DataPointer(matrix), 16, ScalarType.Float32, out var square));
+        using (torch.no_grad()) matrix.set_(matrix.detach().t());
+        Assert.False(matrix.is_contiguous());
+        Assert.False(square.Unchanged());
     }
 
     [Fact]

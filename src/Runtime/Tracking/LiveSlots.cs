@@ -408,7 +408,14 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
             // A tensor whose fields moved is read through LibTorch, as any other.
             // (A shrunk or restrided tensor can keep its pointer: zero, which no known pointer is, makes the caller re-check it.)
             if (_ownFields[i].IsRead) _read[i] = _ownFields[i].Unchanged() ? _packedAt[i] : OwnMoved(i);
-            else if (_read[i] != IntPtr.Zero) _read[i] = TensorData(_read[i]);
+            else if (_read[i] != IntPtr.Zero)
+            {
+                var handle = _read[i];
+                _read[i] = TensorData(handle);
+                // Any other tensor shrunk (or grown) in place where it was: zero again sends it to the re-check. Where
+                // the layout is not LibTorch 2.10's this is not known, and only a moved pointer is followed.
+                if (_read[i] == _knownPointer[i] && _read[i] != IntPtr.Zero && TensorImplFields.CountDiffers(handle, _numel[i])) _read[i] = IntPtr.Zero;
+            }
         }
     }
 

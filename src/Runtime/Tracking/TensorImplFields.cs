@@ -104,6 +104,13 @@ internal readonly unsafe struct TensorImplFields
         Sse.Prefetch0(impl + 184);
     }
 
+    /// <summary>
+    /// Whether the tensor behind <paramref name="handle"/> no longer has <paramref name="numel"/> elements, read from its
+    /// <c>numel_</c> (a line a <c>data_ptr()</c> call has just read); false where <see cref="LayoutHolds"/> does not. A
+    /// tensor shrunk in place keeps its data pointer: this is how the check sees it without a call.
+    /// </summary>
+    public static bool CountDiffers(IntPtr handle, long numel) => LayoutHolds && *(long*)(*(byte**)handle + NumelAt) != numel;
+
     /// <summary>The StorageImpl pointer of a TensorImpl, for prefetching only (unproven unless <see cref="LayoutHolds"/>).</summary>
     public static byte* StorageOf(byte* impl) => *(byte**)(impl + StorageAt);
 

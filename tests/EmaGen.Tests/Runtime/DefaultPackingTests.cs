@@ -179,14 +179,17 @@ public sealed class DefaultPackingTests
     }
 
     [Theory]
-    [InlineData(0)]
-    [InlineData(20)]
-    public void APackedParameterShrunkInPlaceThrowsBeforeAnythingIsWritten(long size)
+    [InlineData(0, true)]
+    [InlineData(20, true)]
+    [InlineData(0, false)]
+    [InlineData(20, false)]
+    public void AParameterShrunkInPlaceThrowsBeforeAnythingIsWritten(long size, bool packed)
     {
         // Emptied (LibTorch then gives no data pointer) or shrunk at the same place (the pointer stays): storage, offset
-        // and dtype are unchanged, the element count is not. The update must refuse it, writing nothing.
+        // and dtype are unchanged, the element count is not. The update must refuse it, writing nothing, whether the
+        // check reads the tensor's fields (packed) or calls LibTorch for its pointer (unpacked).
         using var model = new SizedModel(ScalarType.Float32, 5, 40, 50);
-        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, OnSlowPath = _ => { } });
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, PackParameters = packed, OnSlowPath = _ => { } });
         for (int step = 0; step < 3; step++) ema.Update(model);
         var shadows = Enumerable.Range(0, 3).Select(i => ema[$"leaves.{i}.w"].data<float>().ToArray()).ToArray();
         using (torch.no_grad()) model[1].set_(model[1].detach().narrow(0, 0, size));

@@ -272,7 +272,9 @@ internal sealed unsafe class UpdateBenchmark
             writer.WriteNumber("own_threads_after_op_ratio_to_limit", Math.Round(PairedRatio(samples["emagen_own_threads_after_op"], samples[limit], BytesPerElement), 3));
             // The Vector512 pass over memory allocated as EmaGen allocates its own buffers (huge pages where offered),
             // against the same pass over ordinary tensors (above 1: faster); it is one of the passes the limit is taken from.
+            // (Under --no-hugepages both passes run over ordinary pages, and hugepages_off says so.)
             var hugeProbe = samples[InPlacePasses.HugePageProbe];
+            writer.WriteBoolean("hugepages_off", HugePages.OffForBenchmark);
             writer.WriteNumber("hugepage_probe_speedup", Math.Round(PairedOver(samples["probe_fma"], hugeProbe), 3));
             writer.WriteNumber("ratio_to_hugepage_probe", Math.Round(PairedRatio(samples["emagen_default"], hugeProbe, BytesPerElement), 3));
             // The comparisons, each the median of per-round ratios.

@@ -194,7 +194,7 @@ public abstract partial class EmaManagerBase<TModel>
             int g = _groupOfItem[i];
             // An empty tensor has no data pointer (LibTorch gives null) and nothing to average: it never breaks a group.
             if (_items[i].Numel == 0) continue;
-            _wholeGroup[g] &= _packedPointer[i] != IntPtr.Zero && _packedPointer[i] == _live.Pointer(_items[i].Slot) && (_torchGroup[g] || RawOk(i));
+            _wholeGroup[g] &= _packedPointer[i] != IntPtr.Zero && _packedPointer[i] == _live.Pointer(_items[i].Slot) && FitsWholeGroup(i, g);
         }
         _allGroupsWhole = Array.TrueForAll(_wholeGroup, whole => whole);
     }
@@ -213,6 +213,11 @@ public abstract partial class EmaManagerBase<TModel>
 
     private bool RawOk(int item) => _rawCapable[item] && _live.IsContiguous(_items[item].Slot);
 
+    // Whether an item at its packed place can be blended in its group's one pass: laid out as packed (a tensor restrided
+    // in place keeps its pointer, and a pass over the flat buffer would average the memory after it), and on the CPU of
+    // a dtype the raw kernels take.
+    private bool FitsWholeGroup(int item, int group) => _torchGroup[group] ? _live.IsContiguous(_items[item].Slot) : RawOk(item);
+
     // The first time a packed group does not run as one unit: say so once, naming a parameter.
     private void NoteSlowPath()
     {
@@ -221,9 +226,9 @@ public abstract partial class EmaManagerBase<TModel>
         {
             int g = _groupOfItem[i];
             if (!_packedGroup[g] || _wholeGroup[g] || _items[i].Numel == 0) continue;
-            // A parameter that moved, else the first one the raw kernel cannot take (say one restrided in place).
+            // A parameter that moved, else the first one the group's one pass cannot take (say one restrided in place).
             bool moved = _packedPointer[i] != _live.Pointer(_items[i].Slot);
-            if (moved || (culprit < 0 && !_torchGroup[g] && !RawOk(i))) culprit = i;
+            if (moved || (culprit < 0 && !FitsWholeGroup(i, g))) culprit = i;
             if (moved) break;
         }
         if (culprit < 0) return;
@@ -231,7 +236,9 @@ public abstract partial class EmaManagerBase<TModel>
         var group = _arenas[0].Groups[_groupOfItem[culprit]];
         _slowPathReason = _packedPointer[culprit] != _live.Pointer(_items[culprit].Slot)
             ? $"parameter '{name}' no longer aliases its packed flat buffer (re-pointed after the EMA manager was built, say by to() or set_()); its group of {group.ShadowDType} shadows is updated tensor by tensor from now on. Build a new manager to pack again."
-            : $"parameter '{name}' cannot take the raw CPU kernel (layout or dtype); its packed group is updated tensor by tensor.";
+            : !_live.IsContiguous(_items[culprit].Slot)
+            ? $"parameter '{name}' is no longer contiguous where packing put it (restrided in place, say by set_()); its packed group is updated tensor by tensor while it stays so."
+            : $"parameter '{name}' cannot take the raw CPU kernel (its dtype); its packed group is updated tensor by tensor.";
         _onSlowPath?.Invoke(_slowPathReason);
     }
 

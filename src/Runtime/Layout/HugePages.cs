@@ -8,16 +8,23 @@ namespace EmaGen;
 /// <summary>
 /// The manager's flat CPU buffers (shadows, packed parameters, BEMA anchors) on transparent huge pages where Linux
 /// offers them. Every update streams these buffers whole; on 4 KiB pages the stream takes a TLB miss every 4 KiB per
-/// buffer, and the hardware prefetchers stop at each page boundary, so a pass over ordinary memory is measurably
-/// slower than the same pass over huge pages (docs/performance.md, "Huge pages"). Packed parameters are the model's
-/// own memory from then on, so the trainer's forward, backward and optimizer step read them through huge pages too.
+/// buffer and the hardware prefetchers restart at each page. Where a step is short this costs the update measurably,
+/// elsewhere nothing measurable (docs/performance.md, "Huge pages"). Packed parameters are the model's own memory from
+/// then on, so the trainer's forward, backward and optimizer step read them through huge pages too.
 /// <para>
-/// Only the buffer's own whole huge pages are advised (the aligned interior), so no neighbouring allocation changes;
-/// the advice is <c>MADV_HUGEPAGE</c> before the buffer is first written (pages then fault in huge, no copy) and
-/// <c>MADV_COLLAPSE</c> after (for pages the allocator had already touched). The system's choice stands: with
-/// <c>transparent_hugepage</c> set to <c>never</c> nothing is asked, and a refused advice (no huge page free, a kernel
-/// before 6.1 for the collapse, another OS) leaves the buffer on ordinary pages, which only costs speed. Nothing here
-/// changes the buffer's size or contents, and no setting of the process or of LibTorch.
+/// Only the buffer's own whole huge pages are advised (the aligned interior): <c>MADV_HUGEPAGE</c> before the buffer is
+/// first written (fresh pages then fault in huge, no copy) and <c>MADV_COLLAPSE</c> after (for pages the allocator had
+/// already touched). The system's choice stands: with <c>transparent_hugepage</c> set to <c>never</c> nothing is asked,
+/// and where no huge page can be had (none free at fault time, a kernel before 6.1 for the collapse, another OS) the
+/// buffer stays on ordinary pages, which only costs speed. With <c>defrag</c> left at the kernel's default the kernel
+/// may compact memory for these faults, so building a manager can take longer on a host whose memory is fragmented.
+/// </para>
+/// <para>
+/// What outlives the buffer: the advice is a property of the address range, not of the buffer. A buffer under 32 MiB
+/// may come from the C allocator's heap; once freed, that range can be reused for other allocations and keeps the
+/// advice, so the kernel may back it with huge pages as it would under <c>transparent_hugepage=always</c> (at most the
+/// freed buffer's size in resident memory). Nothing changes the buffer's size or contents, and no setting of
+/// LibTorch's.
 /// </para>
 /// </summary>
 internal static partial class HugePages

@@ -76,10 +76,13 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     private readonly IntPtr[] _packedAt;
     private readonly IntPtr[] _ownHandle;
     private readonly torch.Tensor?[] _own;
-    // Per watched slot with an own handle, its TensorImpl's placement fields and element count as read when the handle was
-    // made: while they stand, the tensor is where packing put it with its bound size, and the pass needs no call into
-    // LibTorch (see TensorImplFields).
+    // Per watched slot with an own handle, its TensorImpl's placement fields, element count and layout flags as read when
+    // the handle was made or last re-checked: while they stand, the tensor is where packing put it with its bound size and
+    // layout, and the pass needs no call into LibTorch (see TensorImplFields).
     private readonly TensorImplFields[] _ownFields;
+    // Per watched slot, its tensor's dtype, device and layout-flag word at the last re-check, for tensors read through
+    // LibTorch (TensorImplFields.LayoutMoved).
+    private readonly ulong[] _typeAndFlags;
     private readonly bool[] _contiguous;
     private readonly IntPtr[] _read;
     private readonly int _blocks;
@@ -126,6 +129,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         _ownHandle = new IntPtr[slots.Length];
         _own = new torch.Tensor?[slots.Length];
         _ownFields = new TensorImplFields[slots.Length];
+        _typeAndFlags = new ulong[slots.Length];
         _contiguous = new bool[slots.Length];
         _read = new IntPtr[slots.Length];
         _blocks = (slots.Length + BlockSize - 1) / BlockSize;
@@ -136,8 +140,8 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     public int Count => _slots.Length;
 
     /// <summary>
-    /// Counts the checks that found a watched slot's tensor object or data pointer changed (counted before the re-check,
-    /// so also when it threw): while it stands still, whatever was derived from <see cref="Pointer"/> and
+    /// Counts the checks that found a watched slot's tensor object, data pointer or layout changed (counted before the
+    /// re-check, so also when it threw): while it stands still, whatever was derived from <see cref="Pointer"/> and
     /// <see cref="IsContiguous"/> still holds.
     /// </summary>
     public int Changes { get; private set; }
@@ -192,7 +196,8 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
         for (int s = 0; s < _slots.Length; s++)
         {
             if (!_watched[s] || _read[s] == _knownPointer[s]) continue;
-            // The same object at another address (set_, a storage swap), or one disposed since (zero: the call throws).
+            // The same object at another address (set_, a storage swap), one disposed since (zero: the call throws), or
+            // one shrunk or restrided where it was (zero from the pointer pass).
             if (!moved) Changes++;
             var tensor = _known[s]!;
             var pointer = _read[s] != IntPtr.Zero ? _read[s] : DataPointer(tensor);
@@ -412,9 +417,9 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
             {
                 var handle = _read[i];
                 _read[i] = TensorData(handle);
-                // Any other tensor shrunk (or grown) in place where it was: zero again sends it to the re-check. Where
+                // Any other tensor shrunk or restrided in place where it was: zero again sends it to the re-check. Where
                 // the layout is not LibTorch 2.10's this is not known, and only a moved pointer is followed.
-                if (_read[i] == _knownPointer[i] && _read[i] != IntPtr.Zero && TensorImplFields.CountDiffers(handle, _numel[i])) _read[i] = IntPtr.Zero;
+                if (_read[i] == _knownPointer[i] && _read[i] != IntPtr.Zero && TensorImplFields.LayoutMoved(handle, _numel[i], _typeAndFlags[i])) _read[i] = IntPtr.Zero;
             }
         }
     }
@@ -460,6 +465,7 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     // through the handles' one member, the TensorImpl pointer); a copy or a view would not follow a set_().
     private void Follow(int slot, torch.Tensor tensor, IntPtr pointer)
     {
+        _typeAndFlags[slot] = TensorImplFields.TypeAndFlagsOf(tensor.Handle);
         var held = _own[slot];
         if (held is not null && pointer == _packedAt[slot] && *(IntPtr*)held.Handle == *(IntPtr*)tensor.Handle)
         {

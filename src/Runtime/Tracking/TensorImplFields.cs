@@ -105,11 +105,23 @@ internal readonly unsafe struct TensorImplFields
     }
 
     /// <summary>
-    /// Whether the tensor behind <paramref name="handle"/> no longer has <paramref name="numel"/> elements, read from its
-    /// <c>numel_</c> (a line a <c>data_ptr()</c> call has just read); false where <see cref="LayoutHolds"/> does not. A
-    /// tensor shrunk in place keeps its data pointer: this is how the check sees it without a call.
+    /// The dtype, device and layout-flag word of the tensor behind <paramref name="handle"/>, as <see cref="Unchanged"/>
+    /// compares it (the dtype alone where <see cref="FlagsHold"/> does not; zero where <see cref="LayoutHolds"/> does not).
     /// </summary>
-    public static bool CountDiffers(IntPtr handle, long numel) => LayoutHolds && *(long*)(*(byte**)handle + NumelAt) != numel;
+    public static ulong TypeAndFlagsOf(IntPtr handle) => LayoutHolds ? *(ulong*)(*(byte**)handle + DataTypeAt) & s_typeAndFlagsMask : 0;
+
+    /// <summary>
+    /// Whether the tensor behind <paramref name="handle"/> no longer has <paramref name="numel"/> elements or the word
+    /// <paramref name="typeAndFlags"/> (<see cref="TypeAndFlagsOf"/>), read from the lines a <c>data_ptr()</c> call has just
+    /// read; false where <see cref="LayoutHolds"/> does not. A tensor shrunk or restrided in place keeps its data pointer:
+    /// this is how the check sees it without another call.
+    /// </summary>
+    public static bool LayoutMoved(IntPtr handle, long numel, ulong typeAndFlags)
+    {
+        if (!LayoutHolds) return false;
+        byte* impl = *(byte**)handle;
+        return *(long*)(impl + NumelAt) != numel || (*(ulong*)(impl + DataTypeAt) & s_typeAndFlagsMask) != typeAndFlags;
+    }
 
     /// <summary>The StorageImpl pointer of a TensorImpl, for prefetching only (unproven unless <see cref="LayoutHolds"/>).</summary>
     public static byte* StorageOf(byte* impl) => *(byte**)(impl + StorageAt);

@@ -153,24 +153,30 @@ public sealed class DefaultPackingTests
         Assert.Equal(shadow.Zip(now, (e, p) => Lerp.Of(e, p, 0.5)), ema["leaves.1.w"].data<float>().ToArray());
     }
 
-    [Fact]
-    public void APackedParameterRestridedInPlaceIsAveragedByItsElements()
+    [Theory]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    [InlineData(false, false)]
+    public void AParameterRestridedInPlaceIsAveragedByItsElements(bool packed, bool torchOps)
     {
         // The same storage, offset, element count and dtype, so the same data pointer: only the strides differ (every
-        // second element of the flat buffer). The update must average the tensor's own elements, not the 40 floats that
-        // follow its pointer.
+        // second element of the memory it starts at where the flat buffer has room, else its first element 40 times).
+        // The update must average the tensor's own elements, not the 40 floats that follow its pointer: packed (the
+        // check reads its fields; the raw kernels or, as on CUDA, a TorchSharp blend per packed group) or not (the
+        // check calls LibTorch for its pointer).
         var messages = new List<string>();
         using var model = new SizedModel(ScalarType.Float32, 5, 40, 50);
-        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, OnSlowPath = messages.Add });
+        using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = 0.5, PackParameters = packed, ForceTorchOps = torchOps, OnSlowPath = messages.Add });
         for (int step = 0; step < 3; step++) ema.Update(model);
         var shadow = ema["leaves.1.w"].data<float>().ToArray();
         var pointer = NativeTensor.DataPointer(model[1]);
-        using (torch.no_grad()) model[1].set_(model[1].detach().as_strided(new long[] { 40 }, new long[] { 2 }, model[1].storage_offset()));
+        using (torch.no_grad()) model[1].set_(model[1].detach().as_strided(new long[] { 40 }, new long[] { packed ? 2 : 0 }, model[1].storage_offset()));
         Assert.Equal(pointer, NativeTensor.DataPointer(model[1]));
         Assert.False(model[1].is_contiguous());
         var now = model[1].data<float>().ToArray();
         ema.Update(model);
-        Assert.Contains("'leaves.1.w' cannot take the raw CPU kernel", Assert.Single(messages));
+        if (packed) Assert.Contains("'leaves.1.w' is no longer contiguous where packing put it", Assert.Single(messages));
+        else Assert.Empty(messages);
         // A strided tensor takes the TorchSharp-op path (LibTorch's lerp_, which may fuse): within a rounding of the
         // blend. The 40 floats after the pointer would miss it by far more (every second one belongs to the tensor).
         var averaged = ema["leaves.1.w"].data<float>().ToArray();

@@ -9,9 +9,11 @@ using TorchSharp;
 /// The reference in-place passes an update is measured against, over two flat fp32 buffers of a given element count
 /// (12 bytes per element): three tuned loops on the update's worker pool (Vector512 FMA, Vector256 FMA,
 /// TensorPrimitives.Lerp) and LibTorch's own multi-threaded flat <c>lerp_</c>. The fastest of them in a run is the limit.
-/// Beside them, the Vector512 loop over two buffers that EmaGen itself would allocate (on transparent huge pages where
-/// the system offers them, see HugePages): the update's own memory must not be what beats the limit, so this pass
-/// counts toward it too.
+/// Beside them, the Vector512 loop over the memory the update itself streams: the default manager's own flat shadow and
+/// packed parameter buffers where the caller hands them over, else two buffers allocated the way the manager allocates
+/// its own (on transparent huge pages where the system offers them, see HugePages). The update's memory must not be
+/// what beats the limit, so this pass counts toward it too; over the very same pages it also carries the same luck of
+/// where a virtual machine's host put them, which two other buffers would not.
 /// </summary>
 internal sealed unsafe class InPlacePasses : IDisposable
 {
@@ -21,11 +23,12 @@ internal sealed unsafe class InPlacePasses : IDisposable
     private readonly torch.Tensor _bf16;
     private readonly BandwidthProbe[] _probes;
     private readonly BandwidthProbe _bf16Probe;
-    private readonly torch.Tensor _hugeA;
-    private readonly torch.Tensor _hugeB;
+    private readonly torch.Tensor? _hugeA;
+    private readonly torch.Tensor? _hugeB;
     private readonly BandwidthProbe _hugeProbe;
 
-    public InPlacePasses(long elements, double decay, int threads)
+    /// <param name="ownMemory">The update's own fp32 shadow and fp32 parameter buffers, at least <paramref name="elements"/> long each, for the pass over its memory (null: buffers allocated as the manager allocates its own).</param>
+    public InPlacePasses(long elements, double decay, int threads, (IntPtr Shadow, IntPtr Parameters)? ownMemory = null)
     {
         _a = torch.randn(elements);
         _b = torch.randn(elements);
@@ -36,6 +39,12 @@ internal sealed unsafe class InPlacePasses : IDisposable
         _bf16Probe = new BandwidthProbe(pa, (float*)NativeTensor.DataPointer(_bf16), elements, (float)decay, threads, BandwidthProbe.Loop.WidenBFloat16);
         _probes = new[] { BandwidthProbe.Loop.Fma, BandwidthProbe.Loop.TensorPrimitivesLerp, BandwidthProbe.Loop.Fma256 }
             .Select(loop => new BandwidthProbe(pa, pb, elements, (float)decay, threads, loop)).ToArray();
+        if (ownMemory is { } own)
+        {
+            // a = a*d + b*w over the shadow and the parameters: the same traffic as an update, values that stay finite.
+            _hugeProbe = new BandwidthProbe((float*)own.Shadow, (float*)own.Parameters, elements, (float)decay, threads, BandwidthProbe.Loop.Fma);
+            return;
+        }
         _hugeA = HugePages.Zeros(elements, torch.ScalarType.Float32, torch.CPU);
         _hugeB = HugePages.Zeros(elements, torch.ScalarType.Float32, torch.CPU);
         InPlace.Release(_hugeA.copy_(_a), _hugeA);
@@ -44,8 +53,8 @@ internal sealed unsafe class InPlacePasses : IDisposable
             BandwidthProbe.Loop.Fma);
     }
 
-    /// <summary>The name of the pass over memory allocated as EmaGen allocates its own buffers.</summary>
-    public const string HugePageProbe = "hugepage_probe_fma";
+    /// <summary>The name of the pass over the update's own memory (or memory allocated as EmaGen allocates its own).</summary>
+    public const string OwnMemoryProbe = "own_memory_probe_fma";
 
     /// <summary>The passes as benchmark variants (name, bytes per element, step).</summary>
     public IEnumerable<(string Name, int Bytes, Action Step)> Variants()
@@ -58,7 +67,7 @@ internal sealed unsafe class InPlacePasses : IDisposable
             using var _ = torch.no_grad();
             _a.lerp_(_b, _weight);
         });
-        yield return (HugePageProbe, 12, () => _hugeProbe.Run());
+        yield return (OwnMemoryProbe, 12, () => _hugeProbe.Run());
     }
 
     /// <summary>The limit for bf16 parameters with fp32 shadows: reads 2 + 4 bytes and writes 4 per element.</summary>
@@ -66,7 +75,7 @@ internal sealed unsafe class InPlacePasses : IDisposable
 
     /// <summary>The fastest pass of a run (lowest median time; all move 12 bytes per element), over either kind of memory.</summary>
     public static string Limit(IReadOnlyDictionary<string, List<double>> samples) =>
-        samples.Where(kv => (kv.Key.StartsWith("probe_", StringComparison.Ordinal) && kv.Key != "probe_bf16_widen") || kv.Key is "libtorch_flat_lerp" or HugePageProbe)
+        samples.Where(kv => (kv.Key.StartsWith("probe_", StringComparison.Ordinal) && kv.Key != "probe_bf16_widen") || kv.Key is "libtorch_flat_lerp" or OwnMemoryProbe)
             .OrderBy(kv => Timing.Median(kv.Value)).First().Key;
 
     public void Dispose()
@@ -74,8 +83,8 @@ internal sealed unsafe class InPlacePasses : IDisposable
         foreach (var p in _probes) p.Dispose();
         _bf16Probe.Dispose();
         _hugeProbe.Dispose();
-        _hugeA.Dispose();
-        _hugeB.Dispose();
+        _hugeA?.Dispose();
+        _hugeB?.Dispose();
         _bf16.Dispose();
         _a.Dispose();
         _b.Dispose();

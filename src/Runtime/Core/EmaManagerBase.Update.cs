@@ -242,6 +242,16 @@ public abstract partial class EmaManagerBase<TModel>
         _onSlowPath?.Invoke(_slowPathReason);
     }
 
+    /// <summary>
+    /// Benchmark-only: the first group's flat shadow (first profile) and packed parameter buffer, zero where a buffer is
+    /// not on the CPU or the group is not packed, and its elements (the limit's pass over the update's own memory).
+    /// </summary>
+    internal (IntPtr Shadow, IntPtr Parameters, long Elements) FirstGroupForBenchmark()
+    {
+        var group = _arenas[0].Groups[0];
+        return (NativeTensor.CpuDataPointer(group.Shadow), group.PackedParameters is { } packed ? NativeTensor.CpuDataPointer(packed) : IntPtr.Zero, group.Elements);
+    }
+
     /// <summary>Benchmark-only: the CPU kernels' guard switched on or off over this manager's own buffers (RMS off).</summary>
     internal void SetRawGuardForBenchmark(bool guard) => _raw.SetModeForBenchmark(guard, rms: false);
 

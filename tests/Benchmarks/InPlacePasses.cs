@@ -23,9 +23,9 @@ internal sealed unsafe class InPlacePasses : IDisposable
     private readonly torch.Tensor _bf16;
     private readonly BandwidthProbe[] _probes;
     private readonly BandwidthProbe _bf16Probe;
-    private readonly torch.Tensor? _hugeA;
-    private readonly torch.Tensor? _hugeB;
-    private readonly BandwidthProbe _hugeProbe;
+    private readonly torch.Tensor? _ownMemoryA;
+    private readonly torch.Tensor? _ownMemoryB;
+    private readonly BandwidthProbe _ownMemoryProbe;
 
     /// <param name="ownMemory">The update's own fp32 shadow and fp32 parameter buffers, at least <paramref name="elements"/> long each, for the pass over its memory (null: buffers allocated as the manager allocates its own).</param>
     public InPlacePasses(long elements, double decay, int threads, (IntPtr Shadow, IntPtr Parameters)? ownMemory = null)
@@ -42,14 +42,14 @@ internal sealed unsafe class InPlacePasses : IDisposable
         if (ownMemory is { } own)
         {
             // a = a*d + b*w over the shadow and the parameters: the same traffic as an update, values that stay finite.
-            _hugeProbe = new BandwidthProbe((float*)own.Shadow, (float*)own.Parameters, elements, (float)decay, threads, BandwidthProbe.Loop.Fma);
+            _ownMemoryProbe = new BandwidthProbe((float*)own.Shadow, (float*)own.Parameters, elements, (float)decay, threads, BandwidthProbe.Loop.Fma);
             return;
         }
-        _hugeA = HugePages.Zeros(elements, torch.ScalarType.Float32, torch.CPU);
-        _hugeB = HugePages.Zeros(elements, torch.ScalarType.Float32, torch.CPU);
-        InPlace.Release(_hugeA.copy_(_a), _hugeA);
-        InPlace.Release(_hugeB.copy_(_b), _hugeB);
-        _hugeProbe = new BandwidthProbe((float*)NativeTensor.DataPointer(_hugeA), (float*)NativeTensor.DataPointer(_hugeB), elements, (float)decay, threads,
+        _ownMemoryA = HugePages.Zeros(elements, torch.ScalarType.Float32, torch.CPU);
+        _ownMemoryB = HugePages.Zeros(elements, torch.ScalarType.Float32, torch.CPU);
+        InPlace.Release(_ownMemoryA.copy_(_a), _ownMemoryA);
+        InPlace.Release(_ownMemoryB.copy_(_b), _ownMemoryB);
+        _ownMemoryProbe = new BandwidthProbe((float*)NativeTensor.DataPointer(_ownMemoryA), (float*)NativeTensor.DataPointer(_ownMemoryB), elements, (float)decay, threads,
             BandwidthProbe.Loop.Fma);
     }
 
@@ -67,7 +67,7 @@ internal sealed unsafe class InPlacePasses : IDisposable
             using var _ = torch.no_grad();
             _a.lerp_(_b, _weight);
         });
-        yield return (OwnMemoryProbe, 12, () => _hugeProbe.Run());
+        yield return (OwnMemoryProbe, 12, () => _ownMemoryProbe.Run());
     }
 
     /// <summary>The limit for bf16 parameters with fp32 shadows: reads 2 + 4 bytes and writes 4 per element.</summary>
@@ -82,9 +82,9 @@ internal sealed unsafe class InPlacePasses : IDisposable
     {
         foreach (var p in _probes) p.Dispose();
         _bf16Probe.Dispose();
-        _hugeProbe.Dispose();
-        _hugeA?.Dispose();
-        _hugeB?.Dispose();
+        _ownMemoryProbe.Dispose();
+        _ownMemoryA?.Dispose();
+        _ownMemoryB?.Dispose();
         _bf16.Dispose();
         _a.Dispose();
         _b.Dispose();

@@ -510,7 +510,6 @@ internal sealed unsafe partial class LiveSlots : IAheadWork, IDisposable
     [LibraryImport("LibTorchSharp", EntryPoint = "THSTensor_data")]
     [SuppressGCTransition]
     private static partial IntPtr TensorData(IntPtr tensor);
-
 }
 
 /// <summary>Hands each visited slot to <see cref="LiveSlots"/>; names are never concatenated.</summary>

@@ -44,8 +44,8 @@ internal readonly unsafe struct TensorImplFields
         _impl = impl;
         _storage = *(byte**)(impl + StorageAt);
         _storageOffset = *(long*)(impl + StorageOffsetAt);
-        _numel = *(long*)(impl + NumelAt);
-        _typeAndFlags = *(ulong*)(impl + DataTypeAt) & s_typeAndFlagsMask;
+        _numel = ReadNumel(impl);
+        _typeAndFlags = ReadTypeAndFlags(impl);
         _data = _storage == null ? null : *(byte**)(_storage + StorageDataAt);
     }
 
@@ -86,8 +86,8 @@ internal readonly unsafe struct TensorImplFields
     public bool Unchanged()
     {
         byte* storage = *(byte**)(_impl + StorageAt);
-        return storage == _storage && *(long*)(_impl + StorageOffsetAt) == _storageOffset && *(long*)(_impl + NumelAt) == _numel
-            && (*(ulong*)(_impl + DataTypeAt) & s_typeAndFlagsMask) == _typeAndFlags && *(byte**)(storage + StorageDataAt) == _data;
+        return storage == _storage && *(long*)(_impl + StorageOffsetAt) == _storageOffset && ReadNumel(_impl) == _numel
+            && ReadTypeAndFlags(_impl) == _typeAndFlags && *(byte**)(storage + StorageDataAt) == _data;
     }
 
     /// <summary>
@@ -108,7 +108,7 @@ internal readonly unsafe struct TensorImplFields
     /// The dtype, device and layout-flag word of the tensor behind <paramref name="handle"/>, as <see cref="Unchanged"/>
     /// compares it (the dtype alone where <see cref="FlagsHold"/> does not; zero where <see cref="LayoutHolds"/> does not).
     /// </summary>
-    public static ulong TypeAndFlagsOf(IntPtr handle) => LayoutHolds ? *(ulong*)(*(byte**)handle + DataTypeAt) & s_typeAndFlagsMask : 0;
+    public static ulong TypeAndFlagsOf(IntPtr handle) => LayoutHolds ? ReadTypeAndFlags(*(byte**)handle) : 0;
 
     /// <summary>
     /// Whether the tensor behind <paramref name="handle"/> no longer has <paramref name="numel"/> elements or the word
@@ -120,8 +120,13 @@ internal readonly unsafe struct TensorImplFields
     {
         if (!LayoutHolds) return false;
         byte* impl = *(byte**)handle;
-        return *(long*)(impl + NumelAt) != numel || (*(ulong*)(impl + DataTypeAt) & s_typeAndFlagsMask) != typeAndFlags;
+        return ReadNumel(impl) != numel || ReadTypeAndFlags(impl) != typeAndFlags;
     }
+
+    private static long ReadNumel(byte* impl) => *(long*)(impl + NumelAt);
+
+    // The word from data_type_ on, as far as it is shown to hold what the compare needs (see FlagsHold).
+    private static ulong ReadTypeAndFlags(byte* impl) => *(ulong*)(impl + DataTypeAt) & s_typeAndFlagsMask;
 
     /// <summary>The StorageImpl pointer of a TensorImpl, for prefetching only (unproven unless <see cref="LayoutHolds"/>).</summary>
     public static byte* StorageOf(byte* impl) => *(byte**)(impl + StorageAt);

@@ -46,17 +46,7 @@ public sealed class HugePagesTests
         }
 
         // Padding after the 5- and 7-element tensors is zero in both buffers (the guard reads it every step).
-        foreach (var (tensor, shadowName) in new[] { (model[1], "leaves.1.w"), (model[3], "leaves.3.w") })
-        {
-            foreach (var at in new[] { LiveSlots.DataPointer(tensor), LiveSlots.DataPointer(ema[shadowName]) })
-            {
-                unsafe
-                {
-                    var padding = new ReadOnlySpan<float>((float*)at + tensor.numel(), 16 - (int)tensor.numel());
-                    Assert.Equal(new float[padding.Length], padding.ToArray());
-                }
-            }
-        }
+        AssertPaddingIsZero(ema, (model[1], "leaves.1.w"), (model[3], "leaves.3.w"));
         Assert.Equal(model[2].data<float>().ToArray(), ema["leaves.2.w"].data<float>().ToArray());
     }
 
@@ -71,19 +61,22 @@ public sealed class HugePagesTests
             using var dirty = full(336, float.NaN);
         }
         using var ema = new EmaManager<SizedModel>(model);
-        foreach (var (tensor, shadowName) in new[] { (model[0], "leaves.0.w"), (model[2], "leaves.2.w") })
+        AssertPaddingIsZero(ema, (model[0], "leaves.0.w"), (model[2], "leaves.2.w"));
+        ema.Update(model);
+        Assert.Equal(0, ema.LastUpdate.NonFiniteElements);
+    }
+
+    // The floats between each tensor's end and the next 64-byte boundary, in the packed parameters and in its shadow.
+    private static unsafe void AssertPaddingIsZero(EmaManager<SizedModel> ema, params (Tensor Tensor, string ShadowName)[] tensors)
+    {
+        foreach (var (tensor, shadowName) in tensors)
         {
             foreach (var at in new[] { LiveSlots.DataPointer(tensor), LiveSlots.DataPointer(ema[shadowName]) })
             {
-                unsafe
-                {
-                    var padding = new ReadOnlySpan<float>((float*)at + tensor.numel(), 16 - (int)tensor.numel());
-                    Assert.Equal(new float[padding.Length], padding.ToArray());
-                }
+                var padding = new ReadOnlySpan<float>((float*)at + tensor.numel(), 16 - (int)tensor.numel());
+                Assert.Equal(new float[padding.Length], padding.ToArray());
             }
         }
-        ema.Update(model);
-        Assert.Equal(0, ema.LastUpdate.NonFiniteElements);
     }
 
     private static string ReadSetting()

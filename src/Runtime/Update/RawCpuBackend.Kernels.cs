@@ -146,6 +146,9 @@ internal sealed unsafe partial class RawCpuBackend
         static abstract Vector256<float> Load8(void* p, int i);
         static abstract Vector128<float> Load4(void* p, int i);
         static abstract float Load1(void* p, int i);
+
+        /// <summary>Prefetches the parameter lines that hold elements i to i + 31.</summary>
+        static abstract void Prefetch32(void* p, int i);
     }
 
     private readonly struct Float32Load : IParameterLoad
@@ -153,6 +156,12 @@ internal sealed unsafe partial class RawCpuBackend
         public static Vector256<float> Load8(void* p, int i) => Vector256.Load((float*)p + i);
         public static Vector128<float> Load4(void* p, int i) => Vector128.Load((float*)p + i);
         public static float Load1(void* p, int i) => ((float*)p)[i];
+
+        public static void Prefetch32(void* p, int i)
+        {
+            Sse.Prefetch0((float*)p + i);
+            Sse.Prefetch0((float*)p + i + 16);
+        }
     }
 
     // bf16 is the upper half of an fp32: widening is a 16-bit shift, done in registers. On AVX2 the zero-extending
@@ -165,6 +174,8 @@ internal sealed unsafe partial class RawCpuBackend
         public static Vector128<float> Load4(void* p, int i) =>
             Vector128.ShiftLeft(Vector128.WidenLower(Vector128.CreateScalar(*(ulong*)((ushort*)p + i)).AsUInt16()), 16).AsSingle();
         public static float Load1(void* p, int i) => FromBFloat16(((ushort*)p)[i]);
+
+        public static void Prefetch32(void* p, int i) => Sse.Prefetch0((ushort*)p + i);
     }
 
     // One fp32 shadow from fp32 or bf16 parameters. 256-bit vectors on purpose: on an AVX-512 machine the 256-bit loop
@@ -288,6 +299,7 @@ internal sealed unsafe partial class RawCpuBackend
         // 32 elements of both shadows per round: eight results share one finiteness test, as in Single.
         for (; i <= n - 32; i += 32)
         {
+            if (Sse.IsSupported) PrefetchPairRound<TLoad>(ema0, ema1, p, i + PairPrefetchDistance);
             var p0 = TLoad.Load8(p, i);
             var p1 = TLoad.Load8(p, i + 8);
             var p2 = TLoad.Load8(p, i + 16);
@@ -346,6 +358,24 @@ internal sealed unsafe partial class RawCpuBackend
             s1.SumSquares += Vector256.Sum(squares1);
         }
         PairElements<TLoad, TMode>(ema0, ema1, p, i, n - i, w0, w1, ref s0, ref s1, at);
+    }
+
+    // Five streams per core (the parameters read, two shadows read and written) are more than the hardware prefetchers
+    // keep far enough ahead, and the pair kernel fell short of its traffic ratio to Single (two profiles cost more than
+    // 5/3 of one). A software prefetch of every stream's lines 512 elements ahead (2 KiB of fp32) gives it back. Single's
+    // three streams gained nothing from the same prefetch, and lost some: it has none (docs/performance.md). A prefetch
+    // past a tensor's end touches the next tensor's lines (the next packed one) or nothing: it never faults.
+    private const int PairPrefetchDistance = 512;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchPairRound<TLoad>(float* ema0, float* ema1, void* p, int i)
+        where TLoad : struct, IParameterLoad
+    {
+        Sse.Prefetch0(ema0 + i);
+        Sse.Prefetch0(ema0 + i + 16);
+        Sse.Prefetch0(ema1 + i);
+        Sse.Prefetch0(ema1 + i + 16);
+        TLoad.Prefetch32(p, i);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

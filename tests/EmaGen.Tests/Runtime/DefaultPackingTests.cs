@@ -33,7 +33,13 @@ public sealed class DefaultPackingTests
         off.Update(unpacked);
         Assert.StartsWith("1 group(s), 0 packed; at the last update 0 packed group(s) ran as one pass each and 3 tensor(s) one by one", off.UpdatePath);
 
-        using var sharded = new ShardedEmaManager<SizedModel>(new SizedModel(ScalarType.Float32, 8, 8), 0, 2);
+        // The sharded manager's default leaves the model's parameters where they are.
+        using var shardedModel = new SizedModel(ScalarType.Float32, 8, 8);
+        var before = Enumerable.Range(0, 2).Select(i => (long)NativeTensor.DataPointer(shardedModel[i])).ToArray();
+        using var sharded = new ShardedEmaManager<SizedModel>(shardedModel, 0, 2);
+        sharded.Update(shardedModel);
+        Assert.Equal(before, Enumerable.Range(0, 2).Select(i => (long)NativeTensor.DataPointer(shardedModel[i])).ToArray());
+        Assert.Contains(" 0 packed", sharded.UpdatePath);
         Assert.Throws<NotSupportedException>(() => new ShardedEmaManager<SizedModel>(unpacked, 0, 2, new EmaOptions { PackParameters = true }));
     }
 

@@ -135,7 +135,9 @@ public abstract partial class EmaManagerBase<TModel>
     // nothing, when a slot does not match.
     private void RunStep(TModel model, double[] decays)
     {
-        // The helpers wake while the model is checked, not when the kernels are handed to them.
+        // On LibTorch's OpenMP team the check is a parallel region of its own (the caller walks, the other threads read
+        // pointers); with helper threads of the pool's own, they wake while the model is checked, not when the kernels
+        // are handed to them.
         _live.Check(model, _pool);
         int groups = _packedGroup.Length;
         // Which groups run whole follows from the live pointers and layouts alone: decided again only after they changed.

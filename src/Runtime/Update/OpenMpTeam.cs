@@ -16,6 +16,11 @@ namespace EmaGen;
 /// Found once per process: the libgomp mapped next to LibTorch's CPU library. Absent (another platform, a LibTorch
 /// built without OpenMP or with Intel's runtime), the update keeps its own helper threads.
 /// </para>
+/// <para>
+/// libgomp keeps one team per thread that opens a region. The team that spins after the optimizer's step is the team of
+/// the thread that ran it, so the update gains only when called on that thread; a caller on changing threads gets a team
+/// per thread, as LibTorch's own ops on those threads do (docs/performance.md).
+/// </para>
 /// </summary>
 internal static unsafe class OpenMpTeam
 {

@@ -7,7 +7,8 @@ using System.Runtime.Intrinsics.X86;
 namespace EmaGen;
 
 // CPU kernels for ema = decay * ema + (1 - decay) * p over raw memory, one pass, in place.
-// One exact blend everywhere (Blend): ema + w * (p - ema), w = 1 - decay rounded once to the shadow's precision. Its
+// One exact blend everywhere (Blend): ema + w * (p - ema), w = 1 - decay rounded once to the precision the kernel
+// computes in (fp32; fp64 for fp64 shadows: a bf16 or fp16 shadow is widened, blended in fp32 and narrowed once). Its
 // fixed point is exactly the parameter: a weight that does not move keeps a shadow bit-equal to it, at any decay,
 // whereas ema * d + p * w with d and w rounded apart settles at a biased value (d + w misses 1). Low-precision values
 // are widened exactly first and the result narrowed once, round to nearest even. No fused multiply-add: it is not
@@ -27,7 +28,7 @@ internal sealed unsafe partial class RawCpuBackend
     /// <summary>
     /// The update of one fp32 element; every kernel computes exactly this: <c>ema − (ema − p)·w</c> (the value of
     /// <c>ema + w·(p − ema)</c>, written so that a −0.0 shadow of a −0.0 parameter stays −0.0), w = 1 − decay rounded
-    /// once to the shadow's precision. A shadow equal to its parameter stays unchanged at any decay; decay 0 is a copy
+    /// once to the kernel's precision (fp32, or fp64 for fp64 shadows). A shadow equal to its parameter stays unchanged at any decay; decay 0 is a copy
     /// of the parameter (<see cref="RunKernel{TMode}"/>), exact as the schedules that start there need.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -362,9 +363,10 @@ internal sealed unsafe partial class RawCpuBackend
 
     // Five streams per core (the parameters read, two shadows read and written) are more than the hardware prefetchers
     // keep far enough ahead, and the pair kernel fell short of its traffic ratio to Single (two profiles cost more than
-    // 5/3 of one). A software prefetch of every stream's lines 512 elements ahead (2 KiB of fp32) gives it back. Single's
-    // three streams gained nothing from the same prefetch, and lost some: it has none (docs/performance.md). A prefetch
-    // past a tensor's end touches the next tensor's lines (the next packed one) or nothing: it never faults.
+    // 5/3 of one). A software prefetch of every stream's lines 512 elements ahead (2 KiB of fp32) brings it to about that
+    // ratio. Single's three streams gained nothing from the same prefetch, and lost some: it has none
+    // (docs/performance.md). A prefetch past a tensor's end touches the next tensor's lines (the next packed one) or
+    // nothing: it never faults.
     private const int PairPrefetchDistance = 512;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -9,7 +9,7 @@ namespace EmaGen;
 /// without a kernel) and everything with <see cref="EmaOptions.ForceTorchOps"/>: <see cref="Blend"/> per queued
 /// unit and written profile, on the tensors' own device. A packed group is one blend over its flat buffers, so a CUDA
 /// model pays a few launches per (device, dtype) group and profile, not per tensor; the weight is a device tensor
-/// refilled each step, never read back, so there is no host synchronisation.
+/// refilled when a schedule moves the decay, never read back, so there is no host synchronisation.
 /// </summary>
 internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
 {
@@ -110,7 +110,9 @@ internal sealed partial class TorchOpsBackend : IUpdateBackend, IDisposable
     // traffic the op path can have. Which ATen kernel runs depends on the device (a fused multiply-add where there is
     // one), so its bits can differ from the raw kernels' (within a tested bound) and between machines, but not between
     // runs on one; it turns a -0.0 shadow of a -0.0 parameter into +0.0. lerp_ takes one dtype, so a bf16/fp16
-    // parameter is widened exactly and a low-precision shadow widened and narrowed once: those copies, and the guard's
+    // parameter is widened exactly; a low-precision shadow is widened and narrowed once rather than blended by a lerp_
+    // of its own dtype, which casts the weight down to that dtype too (w = 0.001 off by up to 2⁻⁹ of itself in bf16, a
+    // biased average, not a rounding error of the result): those copies, and the guard's
     // masks and selections, are made a slice at a time, so what an update holds beyond the model and its shadows stays
     // under SliceBudgetBytes at any model size (docs/performance.md). Slices are fixed by the unit's size alone, so a
     // step is deterministic.

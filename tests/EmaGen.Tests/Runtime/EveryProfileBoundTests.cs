@@ -53,9 +53,7 @@ public sealed class EveryProfileBoundTests
             NonFinite = policy,
         };
         using var ema = new EmaManager<SizedModel>(model, options);
-        var exact = Decays.Select(_ => TensorValues.Doubles(model[0])).ToArray();
-        var maxShadow = exact.Select(e => e.Max(Math.Abs)).ToArray();
-        var maxGap = new double[Decays.Length];
+        var exact = Decays.Select(d => new Float64Ema(d, TensorValues.Doubles(model[0]))).ToArray();
         for (int step = 0; step < steps; step++)
         {
             using (torch.no_grad())
@@ -64,15 +62,7 @@ public sealed class EveryProfileBoundTests
                 model[0].copy_(fresh);
             }
             var p = TensorValues.Doubles(model[0]);
-            for (int k = 0; k < Decays.Length; k++)
-            {
-                for (int j = 0; j < size; j++)
-                {
-                    maxGap[k] = Math.Max(maxGap[k], Math.Abs(p[j] - exact[k][j]));
-                    exact[k][j] = Decays[k] * exact[k][j] + (1 - Decays[k]) * p[j];
-                    maxShadow[k] = Math.Max(maxShadow[k], Math.Abs(exact[k][j]));
-                }
-            }
+            foreach (var e in exact) e.Step(p);
             ema.Update(model);
         }
         Assert.Contains(torchOps ? "through TorchSharp ops" : "ran as one pass", ema.UpdatePath);
@@ -81,18 +71,11 @@ public sealed class EveryProfileBoundTests
         {
             var shadow = ema.Profiles[k]["leaves.0.w"];
             Assert.Equal(lowPrecisionShadow ? dtype : ScalarType.Float32, shadow.dtype);
-            double u = shadow.dtype switch
-            {
-                ScalarType.BFloat16 => Math.Pow(2, -8),
-                ScalarType.Float16 => Math.Pow(2, -11),
-                _ => Math.Pow(2, -24),
-            };
-            double w = 1 - Decays[k];
-            double bound = 1.01 * Math.Min(steps, 1 / w) * u * (maxShadow[k] + 3 * w * maxGap[k]);
-            double worst = TensorValues.Doubles(shadow).Zip(exact[k], (a, b) => Math.Abs(a - b)).Max();
+            double bound = exact[k].Bound(steps, shadow.dtype);
+            double worst = exact[k].Distance(shadow);
             Assert.True(worst <= bound, $"decay {Decays[k]} ({dtype} → {shadow.dtype}, {(torchOps ? "op path" : "raw")}, {policy}): |shadow − fp64| = {worst:G3} over the bound {bound:G3}");
             // Not vacuous: the average is far further than the bound from the last parameters.
-            Assert.True(exact[k].Zip(last, (a, b) => Math.Abs(a - b)).Max() > 5 * bound, $"decay {Decays[k]}: the bound {bound:G3} is too loose to test");
+            Assert.True(exact[k].DistanceFrom(last) > 5 * bound, $"decay {Decays[k]}: the bound {bound:G3} is too loose to test");
         }
     }
 

@@ -84,7 +84,7 @@ public sealed class ExactBlendTests
     // Bound: each fp32 step rounds p − e, w·(p − e) and e + w·(p − e), and w itself is 1 − decay rounded to fp32, so a
     // step adds at most u·(|e'| + 3·w·|p − e|), u = 2⁻²⁴ (less with a fused multiply-add); older errors shrink by the
     // decay each step, so the error never exceeds the largest per-step error divided by w = 1 − decay:
-    // |e32 − e64| ≤ u·(max|e|/w + 3·max|p − e|). The test allows 1.01 times that.
+    // |e32 − e64| ≤ u·(max|e|/w + 3·max|p − e|) (Float64Ema.Bound, n being past 1/w). The test allows 1.01 times that.
     [Theory]
     [InlineData(ScalarType.Float32, false)]
     [InlineData(ScalarType.Float32, true)]
@@ -96,31 +96,23 @@ public sealed class ExactBlendTests
         torch.manual_seed(32);
         using var model = new SizedModel(dtype, 257);
         using var ema = new EmaManager<SizedModel>(model, new EmaOptions { Decay = decay, ForceTorchOps = torchOps });
-        var exact = TensorValues.Doubles(model[0]);
-        double maxShadow = 0, maxGap = 0;
-        for (int step = 0; step < 5_000; step++)
+        var exact = new Float64Ema(decay, TensorValues.Doubles(model[0]));
+        const int steps = 5_000;
+        for (int step = 0; step < steps; step++)
         {
             using (torch.no_grad())
             {
                 using var noise = torch.randn(257).mul_(HeldScalars.Hundredth).to_type(dtype);
                 model[0].add_(noise, HeldScalars.One);
             }
-            var p = TensorValues.Doubles(model[0]);
-            for (int j = 0; j < exact.Length; j++)
-            {
-                maxGap = Math.Max(maxGap, Math.Abs(p[j] - exact[j]));
-                exact[j] = decay * exact[j] + (1 - decay) * p[j];
-                maxShadow = Math.Max(maxShadow, Math.Abs(exact[j]));
-            }
+            exact.Step(TensorValues.Doubles(model[0]));
             ema.Update(model);
         }
-        var shadow = TensorValues.Doubles(ema["leaves.0.w"]);
-        double u = Math.Pow(2, -24), w = 1 - decay;
-        double bound = 1.01 * u * (maxShadow / w + 3 * maxGap);
-        double worst = shadow.Zip(exact, (a, b) => Math.Abs(a - b)).Max();
+        double bound = exact.Bound(steps, ScalarType.Float32);
+        double worst = exact.Distance(ema["leaves.0.w"]);
         Assert.True(worst <= bound, $"|fp32 − fp64| = {worst:G3} over the bound {bound:G3}");
         // Not vacuous: the walk carried the parameter far beyond the bound away from the average.
-        Assert.True(exact.Zip(TensorValues.Doubles(model[0]), (a, b) => Math.Abs(a - b)).Max() > 100 * bound);
+        Assert.True(exact.DistanceFrom(TensorValues.Doubles(model[0])) > 100 * bound);
     }
 
     [Fact]

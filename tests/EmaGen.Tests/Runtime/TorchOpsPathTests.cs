@@ -50,9 +50,7 @@ public sealed class TorchOpsPathTests
         using var ema = new EmaManager<SizedModel>(model, Options(policy));
         using var twin = new EmaManager<SizedModel>(twinModel, Options(policy));
         var resumed = new EmaManager<SizedModel>(resumedModel, Options(policy));
-        var exact = Decays.Select(_ => TensorValues.Doubles(model[0])).ToArray();
-        var maxShadow = new double[Decays.Length];
-        var maxGap = new double[Decays.Length];
+        var exact = Decays.Select(d => new Float64Ema(d, TensorValues.Doubles(model[0]))).ToArray();
         for (int step = 0; step < steps; step++)
         {
             using (torch.no_grad())
@@ -63,15 +61,7 @@ public sealed class TorchOpsPathTests
                 resumedModel[0].copy_(model[0]);
             }
             var p = TensorValues.Doubles(model[0]);
-            for (int k = 0; k < Decays.Length; k++)
-            {
-                for (int j = 0; j < size; j++)
-                {
-                    maxGap[k] = Math.Max(maxGap[k], Math.Abs(p[j] - exact[k][j]));
-                    exact[k][j] = Decays[k] * exact[k][j] + (1 - Decays[k]) * p[j];
-                    maxShadow[k] = Math.Max(maxShadow[k], Math.Abs(exact[k][j]));
-                }
-            }
+            foreach (var e in exact) e.Step(p);
             ema.Update(model);
             twin.Update(twinModel);
             if (step == steps / 2)
@@ -96,12 +86,11 @@ public sealed class TorchOpsPathTests
         {
             var shadow = ema.Profiles[k]["leaves.0.w"];
             Assert.Equal(ScalarType.Float32, shadow.dtype);
-            double u = Math.Pow(2, -24), w = 1 - Decays[k];
-            double bound = 1.01 * Math.Min(steps, 1 / w) * u * (maxShadow[k] + 3 * w * maxGap[k]);
-            double worst = TensorValues.Doubles(shadow).Zip(exact[k], (a, b) => Math.Abs(a - b)).Max();
+            double bound = exact[k].Bound(steps, ScalarType.Float32);
+            double worst = exact[k].Distance(shadow);
             Assert.True(worst <= bound, $"decay {Decays[k]} ({dtype}, {policy}): |op path − fp64| = {worst:G3} over the bound {bound:G3}");
             // Not vacuous: the walk carried the parameter far beyond the bound away from the average.
-            Assert.True(exact[k].Zip(TensorValues.Doubles(model[0]), (a, b) => Math.Abs(a - b)).Max() > 100 * bound);
+            Assert.True(exact[k].DistanceFrom(TensorValues.Doubles(model[0])) > 100 * bound);
             foreach (var name in ema.TrackedNames)
             {
                 var bits = TensorValues.Bits(ema.Profiles[k][name]);

@@ -24,6 +24,9 @@ public static class Memory
     /// <summary>The peak resident size since the last <see cref="ResetPeak"/>.</summary>
     public static long Peak() => Read("VmHWM:");
 
+    /// <summary>The resident size now, split into anonymous memory and file-backed pages (code, mapped files).</summary>
+    public static (long Anon, long File) Resident() => (Read("RssAnon:"), Read("RssFile:"));
+
     /// <summary>Writes every page of a CPU tensor's storage (with <paramref name="value"/>), so reading it later adds nothing.</summary>
     public static void MakeResident(torch.Tensor tensor, double value = 0)
     {

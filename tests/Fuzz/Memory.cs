@@ -24,8 +24,27 @@ public static class Memory
     /// <summary>The peak resident size since the last <see cref="ResetPeak"/>.</summary>
     public static long Peak() => Read("VmHWM:");
 
-    /// <summary>The resident size now, split into anonymous memory and file-backed pages (code, mapped files).</summary>
-    public static (long Anon, long File) Resident() => (Read("RssAnon:"), Read("RssFile:"));
+    /// <summary>
+    /// The peak resident growth while <paramref name="action"/> runs, over the size just before it (after a collection),
+    /// and how the resident size had grown by its end in anonymous and file-backed pages (code, mapped files), for a
+    /// failure message.
+    /// </summary>
+    public static long PeakGrowth(Action action, out string residentGrowth)
+    {
+        GC.Collect();
+        var (anon, file) = Resident();
+        long baseline = ResetPeak();
+        action();
+        long peak = Peak() - baseline;
+        var (anonAfter, fileAfter) = Resident();
+        residentGrowth = $"resident at the end: anonymous {(anonAfter - anon) >> 20:+#;-#;0} MiB, file-backed {(fileAfter - file) >> 20:+#;-#;0} MiB";
+        return peak;
+    }
+
+    /// <inheritdoc cref="PeakGrowth(Action, out string)"/>
+    public static long PeakGrowth(Action action) => PeakGrowth(action, out _);
+
+    private static (long Anon, long File) Resident() => (Read("RssAnon:"), Read("RssFile:"));
 
     /// <summary>Writes every page of a CPU tensor's storage (with <paramref name="value"/>), so reading it later adds nothing.</summary>
     public static void MakeResident(torch.Tensor tensor, double value = 0)

@@ -45,11 +45,11 @@ public sealed class LargeCheckpointTests
         }
         using var small = torch.arange(6, dtype: torch.ScalarType.Float32);
 
-        long savePeak = PeakGrowth(() =>
+        long savePeak = EmaGen.Fuzz.Memory.PeakGrowth(() =>
             DcpWriter.Save(folder["ckpt"], new List<KeyValuePair<string, object?>> { new("big", big), new("after", small), new("step", 3L) }));
         var written = clock.Elapsed;
 
-        long readPeak = PeakGrowth(() =>
+        long readPeak = EmaGen.Fuzz.Memory.PeakGrowth(() =>
         {
             var reader = DcpReader.Open(folder["ckpt"]);
             var bigItem = reader.Metadata.LocationOf("big", ((DcpTensorEntry)reader.Metadata.Find("big")!).Chunks[0]);
@@ -72,14 +72,5 @@ public sealed class LargeCheckpointTests
             + $"(budget {PhaseBudget >> 20} MiB each)");
         Assert.True(savePeak <= PhaseBudget, $"the save grew peak RSS by {savePeak} bytes (budget {PhaseBudget})");
         Assert.True(readPeak <= PhaseBudget, $"the piece reads grew peak RSS by {readPeak} bytes (budget {PhaseBudget})");
-    }
-
-    // Peak resident growth over the process's size just before the action.
-    private static long PeakGrowth(Action action)
-    {
-        GC.Collect();
-        long baseline = EmaGen.Fuzz.Memory.ResetPeak();
-        action();
-        return EmaGen.Fuzz.Memory.Peak() - baseline;
     }
 }

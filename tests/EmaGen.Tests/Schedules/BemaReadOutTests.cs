@@ -191,7 +191,8 @@ public sealed class BemaReadOutMemoryTests
         using var before = model[0].clone();
 
         // The swap: the two parameters saved in bf16 (2 × 34 MiB); the corrected weights (2 × 68 MiB fp32) never exist apart.
-        long swap = PeakGrowth(() =>
+        // The growth split in the message: a one-off failure of this bound read 207 MiB in a full-suite run, never alone.
+        long swap = EmaGen.Fuzz.Memory.PeakGrowth(() =>
         {
             // Compared on a slice: two managed copies of all the bits (2 × 34 MiB) counted against the budget when the
             // large-object heap had no free pages to reuse, which made this test fail now and then.
@@ -206,30 +207,14 @@ public sealed class BemaReadOutMemoryTests
         Assert.True(swap < 2 * ParameterBytes + ShadowBytes / 2, $"the swap grew peak RSS by {swap >> 20} MiB ({swapBreakdown})");
 
         // A synchronous save: one corrected tensor (68 MiB) at a time, not both.
-        long save = PeakGrowth(() => ema.Save(folder["s"]));
+        long save = EmaGen.Fuzz.Memory.PeakGrowth(() => ema.Save(folder["s"]));
         Assert.True(save < ShadowBytes * 3 / 2, $"the save grew peak RSS by {save >> 20} MiB");
 
         // An asynchronous save stages the EMA, θ₀ and the corrected weights once; a later one allocates none of them.
         await ema.SaveAsync(folder["a"]);
         BemaReadOutTests.Move(model, 3);
         ema.Update(model);
-        long again = PeakGrowth(() => ema.SaveAsync(folder["b"]).GetAwaiter().GetResult());
+        long again = EmaGen.Fuzz.Memory.PeakGrowth(() => ema.SaveAsync(folder["b"]).GetAwaiter().GetResult());
         Assert.True(again < ShadowBytes, $"a second asynchronous save grew peak RSS by {again >> 20} MiB (swap {swap >> 20}, save {save >> 20})");
-    }
-
-    // The peak growth, and what the resident size grew by in anonymous and file-backed pages at the end (for a failure
-    // message: a one-off failure of the swap's bound read 207 MiB in a full-suite run and never alone).
-    private static long PeakGrowth(Action action) => PeakGrowth(action, out _);
-
-    private static long PeakGrowth(Action action, out string breakdown)
-    {
-        GC.Collect();
-        var (anon, file) = EmaGen.Fuzz.Memory.Resident();
-        long baseline = EmaGen.Fuzz.Memory.ResetPeak();
-        action();
-        long peak = EmaGen.Fuzz.Memory.Peak() - baseline;
-        var (anonAfter, fileAfter) = EmaGen.Fuzz.Memory.Resident();
-        breakdown = $"resident at the end: anonymous {(anonAfter - anon) >> 20:+#;-#;0} MiB, file-backed {(fileAfter - file) >> 20:+#;-#;0} MiB";
-        return peak;
     }
 }

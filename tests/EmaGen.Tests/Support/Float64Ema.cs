@@ -11,39 +11,34 @@ namespace EmaGen.Tests.Support;
 /// </summary>
 internal sealed class Float64Ema
 {
+    private readonly double _decay;
     private readonly double[] _values;
+    private double _maxShadow;
+    private double _maxGap;
 
     public Float64Ema(double decay, double[] start)
     {
-        Decay = decay;
+        _decay = decay;
         _values = (double[])start.Clone();
-        MaxShadow = _values.Max(Math.Abs);
+        _maxShadow = _values.Max(Math.Abs);
     }
-
-    public double Decay { get; }
-
-    public double MaxShadow { get; private set; }
-
-    public double MaxGap { get; private set; }
-
-    public double[] Values => _values;
 
     /// <summary>One update from parameters <paramref name="p"/>.</summary>
     public void Step(double[] p)
     {
         for (int j = 0; j < _values.Length; j++)
         {
-            MaxGap = Math.Max(MaxGap, Math.Abs(p[j] - _values[j]));
-            _values[j] = Decay * _values[j] + (1 - Decay) * p[j];
-            MaxShadow = Math.Max(MaxShadow, Math.Abs(_values[j]));
+            _maxGap = Math.Max(_maxGap, Math.Abs(p[j] - _values[j]));
+            _values[j] = _decay * _values[j] + (1 - _decay) * p[j];
+            _maxShadow = Math.Max(_maxShadow, Math.Abs(_values[j]));
         }
     }
 
     /// <summary>1.01 times the bound after <paramref name="steps"/> updates of a shadow of <paramref name="shadowType"/>.</summary>
     public double Bound(int steps, ScalarType shadowType)
     {
-        double w = 1 - Decay;
-        return 1.01 * Math.Min(steps, 1 / w) * UnitRoundoff(shadowType) * (MaxShadow + 3 * w * MaxGap);
+        double w = 1 - _decay;
+        return 1.01 * Math.Min(steps, 1 / w) * UnitRoundoff(shadowType) * (_maxShadow + 3 * w * _maxGap);
     }
 
     /// <summary>The largest distance of <paramref name="shadow"/> from this EMA.</summary>
@@ -52,7 +47,7 @@ internal sealed class Float64Ema
     /// <summary>The largest distance of parameters <paramref name="p"/> from this EMA (what a bound must be far below to say anything).</summary>
     public double DistanceFrom(double[] p) => p.Zip(_values, (a, b) => Math.Abs(a - b)).Max();
 
-    public static double UnitRoundoff(ScalarType dtype) => dtype switch
+    private static double UnitRoundoff(ScalarType dtype) => dtype switch
     {
         ScalarType.BFloat16 => Math.Pow(2, -8),
         ScalarType.Float16 => Math.Pow(2, -11),

@@ -21,9 +21,9 @@ namespace EmaGen.Tests.Dcp;
 /// until a run reaches no N-th operation. At each N: the caller gets an <see cref="IOException"/> naming a path (an
 /// asynchronous save, a faulted task), the previous checkpoint loads bit-equal, no staging folder or temporary file is
 /// left, and the same save with the fault removed succeeds. Loads likewise: a failing read names the file and leaves
-/// the shadows untouched.
+/// the shadows untouched. The fault seam (<see cref="FileOps"/>) belongs to the test's own flow, so the class runs beside
+/// the others.
 /// </summary>
-[Collection(nameof(ProcessWideState))]
 public sealed class FaultInjectionTests(ITestOutputHelper output)
 {
     // Short, since a rank that fails before it can say so leaves the others to time out (naming it).

@@ -28,8 +28,9 @@ internal sealed unsafe partial class RawCpuBackend
     /// <summary>
     /// The update of one fp32 element; every kernel computes exactly this: <c>ema − (ema − p)·w</c> (the value of
     /// <c>ema + w·(p − ema)</c>, written so that a −0.0 shadow of a −0.0 parameter stays −0.0), w = 1 − decay rounded
-    /// once to the kernel's precision (fp32, or fp64 for fp64 shadows). A shadow equal to its parameter stays unchanged at any decay; decay 0 is a copy
-    /// of the parameter (<see cref="RunKernel{TMode}"/>), exact as the schedules that start there need.
+    /// once to the kernel's precision (fp32, or fp64 for fp64 shadows). A shadow equal to its parameter stays unchanged
+    /// at any decay; decay 0 is a copy of the parameter (<see cref="RunKernel{TMode}"/>), exact as the schedules that
+    /// start there need.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Blend(float ema, float p, float w) => ema - (ema - p) * w;

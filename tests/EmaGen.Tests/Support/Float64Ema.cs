@@ -19,8 +19,9 @@ internal sealed class Float64Ema
     public Float64Ema(double decay, double[] start)
     {
         _decay = decay;
+        // max|e| is taken over the averages the updates make: the start is the shadow exactly (no rounding yet), and
+        // counting it would widen the bound wherever the parameters start largest.
         _values = (double[])start.Clone();
-        _maxShadow = _values.Max(Math.Abs);
     }
 
     /// <summary>One update from parameters <paramref name="p"/>.</summary>
